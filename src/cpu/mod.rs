@@ -1,7 +1,4 @@
 //! The CPU backend: the reference twin of every CUDA kernel, with the same signatures and
 //! semantics, and the default wherever no GPU is present. Parallel with rayon.
 
-pub mod clip;
-pub mod noise;
-pub mod optim;
 pub mod philox;
