@@ -72,9 +72,9 @@ mod cuda {
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
             .map(|s| {
-                s.trim_start_matches("sm_")
-                    .parse()
-                    .unwrap_or_else(|_| fail(&format!("bad compute capability `{s}` in DPSGD_CUDA_ARCHS")))
+                s.trim_start_matches("sm_").parse().unwrap_or_else(|_| {
+                    fail(&format!("bad compute capability `{s}` in DPSGD_CUDA_ARCHS"))
+                })
             })
             .collect();
         if v.is_empty() {
@@ -121,7 +121,10 @@ mod cuda {
             let stem = src.file_stem().unwrap().to_string_lossy().to_string();
             let fatbin = out.join(format!("{stem}.fatbin"));
             let mut cmd = Command::new(&nvcc);
-            cmd.arg("--fatbin").arg("-O3").arg("-std=c++17").arg("-lineinfo");
+            cmd.arg("--fatbin")
+                .arg("-O3")
+                .arg("-std=c++17")
+                .arg("-lineinfo");
             cmd.arg("-I").arg(&kernels);
             if let Some(h) = &home {
                 cmd.arg("-I").arg(h.join("include"));
@@ -130,7 +133,9 @@ mod cuda {
                 cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
             }
             let newest = archs.last().unwrap();
-            cmd.arg(format!("-gencode=arch=compute_{newest},code=compute_{newest}"));
+            cmd.arg(format!(
+                "-gencode=arch=compute_{newest},code=compute_{newest}"
+            ));
             cmd.arg("-o").arg(&fatbin).arg(src);
             let output = cmd
                 .output()
@@ -149,6 +154,7 @@ mod cuda {
                 fatbin.display().to_string()
             ));
         }
-        std::fs::write(out.join("kernels.rs"), consts).unwrap_or_else(|e| fail(&format!("writing kernels.rs: {e}")));
+        std::fs::write(out.join("kernels.rs"), consts)
+            .unwrap_or_else(|e| fail(&format!("writing kernels.rs: {e}")));
     }
 }

@@ -101,7 +101,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Shorthand for [`Error::InvalidParameter`].
-    pub fn invalid(name: &'static str, value: impl std::fmt::Display, expected: impl Into<String>) -> Self {
+    pub fn invalid(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
         Error::InvalidParameter {
             name,
             value: value.to_string(),
@@ -111,7 +115,10 @@ impl Error {
 
     /// Shorthand for [`Error::Shape`].
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape { op, msg: msg.into() }
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -143,7 +150,13 @@ pub(crate) fn check_finite(name: &'static str, x: f64) -> Result<()> {
 }
 
 /// Checks that `x ∈ [lo, hi)` (and finite).
-pub(crate) fn check_range(name: &'static str, x: f64, lo: f64, hi: f64, expected: &str) -> Result<()> {
+pub(crate) fn check_range(
+    name: &'static str,
+    x: f64,
+    lo: f64,
+    hi: f64,
+    expected: &str,
+) -> Result<()> {
     if x.is_finite() && x >= lo && x < hi {
         Ok(())
     } else {

@@ -16,24 +16,35 @@ pub struct Layout {
 impl Layout {
     /// One segment covering all `p` parameters (flat clipping).
     pub fn flat(p: usize) -> Self {
-        Layout { offsets: vec![0, p] }
+        Layout {
+            offsets: vec![0, p],
+        }
     }
 
     /// Segments of the given sizes, in order. Every size must be > 0 and there must be at least
     /// one segment.
     pub fn from_sizes(sizes: &[usize]) -> Result<Self> {
         if sizes.is_empty() {
-            return Err(Error::shape("Layout::from_sizes", "at least one segment is needed"));
+            return Err(Error::shape(
+                "Layout::from_sizes",
+                "at least one segment is needed",
+            ));
         }
         let mut offsets = Vec::with_capacity(sizes.len() + 1);
         offsets.push(0usize);
         for (i, &s) in sizes.iter().enumerate() {
             if s == 0 {
-                return Err(Error::shape("Layout::from_sizes", format!("segment {i} has size 0")));
+                return Err(Error::shape(
+                    "Layout::from_sizes",
+                    format!("segment {i} has size 0"),
+                ));
             }
             let last = *offsets.last().unwrap_or(&0);
             offsets.push(last.checked_add(s).ok_or_else(|| {
-                Error::shape("Layout::from_sizes", "total parameter count overflows usize")
+                Error::shape(
+                    "Layout::from_sizes",
+                    "total parameter count overflows usize",
+                )
             })?);
         }
         Ok(Layout { offsets })

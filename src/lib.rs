@@ -2,12 +2,31 @@
 //!
 //! Differentially private SGD (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016)
 //! with hand-written CUDA kernels and a CPU reference twin for every kernel.
+//!
+//! A DP-SGD step: Poisson-sample a batch; compute each example's gradient; clip each to L2 norm
+//! C; sum; add Gaussian noise N(0, σ²C²); divide by the expected batch size; step. This crate
+//! provides those operations ([`ops`]) on a [`Device`] — the CPU, or a CUDA GPU with the `cuda`
+//! feature — over device-resident [`Buffer`]s, with the same semantics on both.
 
 #![warn(missing_docs)]
 
+pub mod buffer;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
+pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod noise;
+pub mod ops;
+pub mod optim;
 
+pub use buffer::Buffer;
+pub use device::{CudaDevice, Device};
+pub use dtype::{Element, GradElement};
 pub use error::{Error, Result};
 pub use layout::Layout;
+pub use noise::NoiseKey;
+pub use ops::{ClipWorkspace, Clipping};
+pub use optim::{AdamConfig, NoisyStep, SgdConfig};

@@ -1,4 +1,9 @@
 //! The CPU backend: the reference twin of every CUDA kernel, with the same signatures and
 //! semantics, and the default wherever no GPU is present. Parallel with rayon.
+//!
+//! `kernels/clip.cu` ↔ [`clip`], `kernels/noise.cu` ↔ [`noise`], `kernels/optim.cu` ↔ [`optim`].
 
+pub mod clip;
+pub mod noise;
+pub mod optim;
 pub mod philox;

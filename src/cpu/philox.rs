@@ -46,7 +46,12 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 #[inline]
 pub fn block(seed: u64, subsequence: u64, block: u64) -> [u32; 4] {
     philox4x32_10(
-        [block as u32, (block >> 32) as u32, subsequence as u32, (subsequence >> 32) as u32],
+        [
+            block as u32,
+            (block >> 32) as u32,
+            subsequence as u32,
+            (subsequence >> 32) as u32,
+        ],
         [seed as u32, (seed >> 32) as u32],
     )
 }
@@ -67,7 +72,12 @@ pub struct Philox {
 impl Philox {
     /// A stream positioned at the start of `subsequence` under `seed`.
     pub fn new(seed: u64, subsequence: u64) -> Self {
-        Philox { seed, subsequence, position: 0, cache: None }
+        Philox {
+            seed,
+            subsequence,
+            position: 0,
+            cache: None,
+        }
     }
 
     /// The stream's seed.

@@ -1,0 +1,59 @@
+// Fused noisy optimizer steps: the Gaussian noise of DP-SGD is drawn inside the kernel (no
+// noise buffer), added to the clipped sum, divided by the expected batch size, and the
+// optimizer updates the parameters in the same pass. CPU twin: src/cpu/optim.rs (exact
+// formulas there). Noise element j is the same value dpsgd_add_gaussian draws for j.
+#include "common.cuh"
+
+extern "C" __global__ void dpsgd_noisy_sgd(float* __restrict__ param,
+                                           const float* __restrict__ grad_sum,
+                                           float* __restrict__ momentum_buf, DpsgdSgdParams a) {
+    unsigned long long nb = (a.n + 3) / 4;
+    for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < nb;
+         b += (unsigned long long)gridDim.x * blockDim.x) {
+        float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (a.noise_std != 0.0f) z = normal4(a.key, b);
+        for (int i = 0; i < 4; ++i) {
+            unsigned long long j = 4 * b + i;
+            if (j >= a.n) break;
+            float p = param[j];
+            float g = fmaf(a.noise_std, lane(z, i), grad_sum[j]) * a.inv_batch;
+            g = fmaf(a.weight_decay, p, g);
+            if (a.has_momentum) {
+                float m = fmaf(a.momentum, momentum_buf[j], (1.0f - a.dampening) * g);
+                momentum_buf[j] = m;
+                g = a.nesterov ? fmaf(a.momentum, m, g) : m;
+            }
+            param[j] = fmaf(-a.lr, g, p);
+        }
+    }
+}
+
+extern "C" __global__ void dpsgd_noisy_adam(float* __restrict__ param,
+                                            const float* __restrict__ grad_sum,
+                                            float* __restrict__ m1, float* __restrict__ m2,
+                                            DpsgdAdamParams a) {
+    unsigned long long nb = (a.n + 3) / 4;
+    for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < nb;
+         b += (unsigned long long)gridDim.x * blockDim.x) {
+        float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (a.noise_std != 0.0f) z = normal4(a.key, b);
+        for (int i = 0; i < 4; ++i) {
+            unsigned long long j = 4 * b + i;
+            if (j >= a.n) break;
+            float p = param[j];
+            float g = fmaf(a.noise_std, lane(z, i), grad_sum[j]) * a.inv_batch;
+            if (a.decoupled) {
+                p = p * (1.0f - a.lr * a.weight_decay);
+            } else {
+                g = fmaf(a.weight_decay, p, g);
+            }
+            float m = fmaf(a.beta1, m1[j], (1.0f - a.beta1) * g);
+            float v = fmaf(a.beta2, m2[j], (1.0f - a.beta2) * g * g);
+            m1[j] = m;
+            m2[j] = v;
+            float mhat = m / a.bias_correction1;
+            float denom = sqrtf(v / a.bias_correction2) + a.eps;
+            param[j] = p - a.lr * mhat / denom;
+        }
+    }
+}

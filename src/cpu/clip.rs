@@ -1,0 +1,210 @@
+//! Per-sample gradient norms, clip factors and fused clip-and-accumulate on the CPU: the
+//! reference twins of `kernels/clip.cu` (GPU: [`crate::cuda::clip`] with the `cuda` feature).
+//!
+//! DP-SGD (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1)
+//! clips each example's gradient g_i to L2 norm C: ḡ_i = g_i · min(1, C / ‖g_i‖), and sums the
+//! clipped gradients. Opacus computes the factor as `min(1, C / (‖g_i‖ + 1e-6))`; so do we.
+//!
+//! The per-sample gradients are a row-major `[B, P]` matrix (row i = example i). Norms and sums
+//! accumulate in `f32` in a fixed order (16 lanes per row for norms; rows in order for sums),
+//! so the same input gives the same bits, run after run, whatever the thread count.
+
+use crate::dtype::GradElement;
+use crate::ops::check;
+use crate::{Error, Layout, Result};
+use rayon::prelude::*;
+
+/// Columns of the sum one task owns in [`clip_accumulate`] (16 KiB of f32 accumulators).
+pub const ACC_TILE: usize = 4096;
+/// Elements widened at a time for bf16/f16 inputs.
+const WIDEN: usize = 1024;
+/// Opacus's ε in the clip factor.
+pub const CLIP_EPS: f32 = 1e-6;
+
+#[inline]
+fn sumsq_f32(x: &[f32], acc: &mut [f32; 16]) {
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for k in 0..16 {
+            acc[k] += c[k] * c[k];
+        }
+    }
+    for (k, v) in it.remainder().iter().enumerate() {
+        acc[k] += v * v;
+    }
+}
+
+/// Σ x² of one segment of one row, in the fixed 16-lane order.
+fn segment_sumsq<T: GradElement>(x: &[T]) -> f32 {
+    let mut acc = [0f32; 16];
+    if let Some(xf) = T::as_f32(x) {
+        sumsq_f32(xf, &mut acc);
+    } else {
+        let mut buf = [0f32; WIDEN];
+        for c in x.chunks(WIDEN) {
+            let b = &mut buf[..c.len()];
+            T::widen(c, b);
+            sumsq_f32(b, &mut acc);
+        }
+    }
+    // Fixed pairwise order.
+    let mut w = acc;
+    let mut n = 16;
+    while n > 1 {
+        n /= 2;
+        for k in 0..n {
+            w[k] += w[k + n];
+        }
+    }
+    w[0]
+}
+
+/// Per-sample L2 norms, overall and per segment, in one pass over `grads`.
+///
+/// - `grads`: `[batch, P]` row-major, P = `layout.num_params()`.
+/// - `norms[i] = ‖g_i‖₂ = sqrt(Σ_s seg_norms[i, s]²)`, length `batch`.
+/// - `seg_norms[i * S + s] = ‖g_i[segment s]‖₂`, length `batch · S` (S = segments).
+///
+/// Errors: lengths that do not match ([`Error::Shape`]); a row whose norm is NaN or ±Inf, i.e.
+/// a NaN/Inf gradient or one too large for f32 ([`Error::NonFinite`], naming the row) — a
+/// non-finite gradient is reported, never clipped into the sum.
+pub fn per_sample_norms<T: GradElement>(
+    grads: &[T],
+    batch: usize,
+    layout: &Layout,
+    norms: &mut [f32],
+    seg_norms: &mut [f32],
+) -> Result<()> {
+    check::norms_shapes(grads.len(), batch, layout, norms.len(), seg_norms.len())?;
+    let p = layout.num_params();
+    let s = layout.num_segments();
+    if batch == 0 {
+        return Ok(());
+    }
+    norms
+        .par_iter_mut()
+        .zip(seg_norms.par_chunks_mut(s))
+        .zip(grads.par_chunks(p.max(1)))
+        .for_each(|((n, sn), row)| {
+            let mut total = 0f32;
+            for (k, out) in sn.iter_mut().enumerate() {
+                let sq = segment_sumsq(&row[layout.segment(k)]);
+                total += sq;
+                *out = sq.sqrt();
+            }
+            *n = total.sqrt();
+        });
+    check::finite_norms(norms)
+}
+
+/// Clip factors `factors[i] = min(1, C[i % S] / (norms[i] + 1e-6))` (Opacus's formula).
+///
+/// `norms` is `[B, S]` row-major and `max_norms` holds one bound C per segment (S = 1 for flat
+/// clipping, where `norms` is just the `[B]` overall norms). Errors: any C not finite and > 0,
+/// `norms.len()` not a multiple of S, or lengths that differ.
+pub fn clip_factors(norms: &[f32], max_norms: &[f32], factors: &mut [f32]) -> Result<()> {
+    check::factors_shapes(norms.len(), max_norms, factors.len())?;
+    let s = max_norms.len();
+    factors
+        .par_chunks_mut(s)
+        .zip(norms.par_chunks(s))
+        .for_each(|(f, n)| {
+            for k in 0..s {
+                f[k] = (max_norms[k] / (n[k] + CLIP_EPS)).min(1.0);
+            }
+        });
+    Ok(())
+}
+
+/// Fused clip-and-accumulate: `sum[j] += Σ_i factors[i, seg(j)] · g[i, j]` over rows i in order.
+///
+/// Reads the `[batch, P]` matrix once and allocates no `[B, P]` temporary. `factors` is
+/// `[batch, F]` with F = 1 (flat clipping: one factor per row) or F = S (per-layer clipping:
+/// one factor per row and segment). The sum is *added to*, so several physical batches can
+/// accumulate into one logical batch; zero it first for a fresh sum. With `batch == 0` it leaves
+/// `sum` unchanged.
+pub fn clip_accumulate<T: GradElement>(
+    grads: &[T],
+    batch: usize,
+    layout: &Layout,
+    factors: &[f32],
+    sum: &mut [f32],
+) -> Result<()> {
+    let nf = check::accumulate_shapes(grads.len(), batch, layout, factors.len(), sum.len())?;
+    let p = layout.num_params();
+    if batch == 0 || p == 0 {
+        return Ok(());
+    }
+    let offsets = layout.offsets();
+    sum.par_chunks_mut(ACC_TILE)
+        .enumerate()
+        .for_each(|(t, out)| {
+            let c0 = t * ACC_TILE;
+            let c1 = c0 + out.len();
+            // Segments that intersect [c0, c1): (segment, a, b) with a..b in absolute columns.
+            let first = offsets.partition_point(|&o| o <= c0) - 1;
+            let mut pieces = Vec::new();
+            let mut seg = first;
+            while seg + 1 < offsets.len() && offsets[seg] < c1 {
+                let a = offsets[seg].max(c0);
+                let b = offsets[seg + 1].min(c1);
+                if a < b {
+                    pieces.push((seg, a, b));
+                }
+                seg += 1;
+            }
+            let mut buf = [0f32; ACC_TILE];
+            for row in 0..batch {
+                let g = &grads[row * p..(row + 1) * p];
+                let fr = &factors[row * nf..(row + 1) * nf];
+                for &(seg, a, b) in &pieces {
+                    let f = if nf == 1 { fr[0] } else { fr[seg] };
+                    let dst = &mut out[a - c0..b - c0];
+                    let src = &g[a..b];
+                    if let Some(sf) = T::as_f32(src) {
+                        axpy(f, sf, dst);
+                    } else {
+                        let w = &mut buf[..b - a];
+                        T::widen(src, w);
+                        axpy(f, w, dst);
+                    }
+                }
+            }
+        });
+    Ok(())
+}
+
+#[inline]
+fn axpy(f: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += f * *xi;
+    }
+}
+
+/// Unfused reference pipeline (for tests and the fusion benchmark): materialises the clipped
+/// `[B, P]` matrix, then reduces it. Same result as [`clip_accumulate`] up to rounding.
+pub fn clip_then_sum_unfused(
+    grads: &[f32],
+    batch: usize,
+    p: usize,
+    factors: &[f32],
+    sum: &mut [f32],
+) -> Result<()> {
+    if grads.len() != batch * p || factors.len() != batch || sum.len() != p {
+        return Err(Error::shape(
+            "clip_then_sum_unfused",
+            "grads must be [B, P], factors [B], sum [P]",
+        ));
+    }
+    let mut clipped = grads.to_vec();
+    clipped
+        .par_chunks_mut(p.max(1))
+        .zip(factors.par_iter())
+        .for_each(|(row, &f)| row.iter_mut().for_each(|x| *x *= f));
+    for row in clipped.chunks(p.max(1)) {
+        for (s, x) in sum.iter_mut().zip(row) {
+            *s += *x;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Fused noisy optimizer steps on the CPU: the reference twins of `kernels/optim.cu`.
+//!
+//! DP-SGD (Abadi et al., CCS 2016, Algorithm 1) adds Gaussian noise N(0, σ²C²) to the sum of
+//! clipped per-example gradients and divides by the (expected) lot size E. Here the noise is
+//! drawn inside the update, element by element, from the same Philox stream as
+//! [`add_gaussian`](crate::cpu::noise::add_gaussian) (no noise buffer). For every j:
+//!
+//! ```text
+//! ĝ = (sum_j + σC·ξ_j) / E                    ξ_j ~ N(0,1) from noisy.key (σC = noisy.noise_std)
+//! SGD:   ĝ += λ·p;  if μ > 0 { m = μ·m + (1−d)·ĝ;  ĝ = nesterov ? ĝ + μ·m : m };  p −= lr·ĝ
+//! Adam:  decoupled ? p ·= (1 − lr·λ) : ĝ += λ·p
+//!        m = β₁m + (1−β₁)ĝ;  v = β₂v + (1−β₂)ĝ²;  p −= lr · (m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε)
+//! ```
+//!
+//! Momentum buffers start at zero (PyTorch initialises them with the first gradient, which
+//! differs only when dampening ≠ 0).
+
+use crate::cpu::noise::normal4;
+use crate::ops::check;
+use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
+use crate::Result;
+use rayon::prelude::*;
+
+const TASK: usize = 16 * 1024;
+
+/// One fused noisy SGD step over the flat parameters (see the module docs for the formula).
+///
+/// `momentum_buf` must be given (length P) when `cfg.momentum > 0`. All parameters are
+/// validated before any noise is drawn.
+pub fn noisy_sgd_step(
+    params: &mut [f32],
+    grad_sum: &[f32],
+    momentum_buf: Option<&mut [f32]>,
+    cfg: &SgdConfig,
+    noisy: &NoisyStep,
+) -> Result<()> {
+    check::sgd(
+        params.len(),
+        grad_sum.len(),
+        momentum_buf.as_ref().map(|m| m.len()),
+        cfg,
+        noisy,
+    )?;
+    let inv_batch = 1.0f32 / noisy.expected_batch_size;
+    let std = noisy.noise_std;
+    let key = noisy.key;
+    let has_m = cfg.momentum > 0.0;
+    let mut dummy = [];
+    let mbuf: &mut [f32] = match momentum_buf {
+        Some(m) if has_m => m,
+        _ => &mut dummy,
+    };
+    let run = |t: usize, p: &mut [f32], s: &[f32], mut m: Option<&mut [f32]>| {
+        let b0 = (t * TASK / 4) as u64;
+        for (k, pq) in p.chunks_mut(4).enumerate() {
+            let z = if std != 0.0 {
+                normal4(key, b0 + k as u64)
+            } else {
+                [0.0; 4]
+            };
+            for i in 0..pq.len() {
+                let j = 4 * k + i;
+                let pj = pq[i];
+                let mut g = std.mul_add(z[i], s[j]) * inv_batch;
+                g = cfg.weight_decay.mul_add(pj, g);
+                if let Some(m) = m.as_deref_mut() {
+                    let mj = cfg.momentum.mul_add(m[j], (1.0 - cfg.dampening) * g);
+                    m[j] = mj;
+                    g = if cfg.nesterov {
+                        cfg.momentum.mul_add(mj, g)
+                    } else {
+                        mj
+                    };
+                }
+                pq[i] = (-cfg.lr).mul_add(g, pj);
+            }
+        }
+    };
+    if has_m {
+        params
+            .par_chunks_mut(TASK)
+            .zip(grad_sum.par_chunks(TASK))
+            .zip(mbuf.par_chunks_mut(TASK))
+            .enumerate()
+            .for_each(|(t, ((p, s), m))| run(t, p, s, Some(m)));
+    } else {
+        params
+            .par_chunks_mut(TASK)
+            .zip(grad_sum.par_chunks(TASK))
+            .enumerate()
+            .for_each(|(t, (p, s))| run(t, p, s, None));
+    }
+    Ok(())
+}
+
+/// One fused noisy Adam/AdamW step; `t` is the 1-based step count (for bias correction).
+/// All parameters are validated before any noise is drawn.
+pub fn noisy_adam_step(
+    params: &mut [f32],
+    grad_sum: &[f32],
+    m1: &mut [f32],
+    m2: &mut [f32],
+    t: u64,
+    cfg: &AdamConfig,
+    noisy: &NoisyStep,
+) -> Result<()> {
+    check::adam(
+        params.len(),
+        grad_sum.len(),
+        m1.len(),
+        m2.len(),
+        t,
+        cfg,
+        noisy,
+    )?;
+    let inv_batch = 1.0f32 / noisy.expected_batch_size;
+    let (bc1, bc2) = check::bias_corrections(cfg, t);
+    let std = noisy.noise_std;
+    let key = noisy.key;
+    params
+        .par_chunks_mut(TASK)
+        .zip(grad_sum.par_chunks(TASK))
+        .zip(m1.par_chunks_mut(TASK).zip(m2.par_chunks_mut(TASK)))
+        .enumerate()
+        .for_each(|(ti, ((p, s), (m, v)))| {
+            let b0 = (ti * TASK / 4) as u64;
+            for (k, pq) in p.chunks_mut(4).enumerate() {
+                let z = if std != 0.0 {
+                    normal4(key, b0 + k as u64)
+                } else {
+                    [0.0; 4]
+                };
+                for i in 0..pq.len() {
+                    let j = 4 * k + i;
+                    let mut pj = pq[i];
+                    let mut g = std.mul_add(z[i], s[j]) * inv_batch;
+                    if cfg.decoupled {
+                        pj *= 1.0 - cfg.lr * cfg.weight_decay;
+                    } else {
+                        g = cfg.weight_decay.mul_add(pj, g);
+                    }
+                    let mj = cfg.beta1.mul_add(m[j], (1.0 - cfg.beta1) * g);
+                    let vj = cfg.beta2.mul_add(v[j], (1.0 - cfg.beta2) * g * g);
+                    m[j] = mj;
+                    v[j] = vj;
+                    let denom = (vj / bc2).sqrt() + cfg.eps;
+                    pq[i] = pj - cfg.lr * (mj / bc1) / denom;
+                }
+            }
+        });
+    Ok(())
+}

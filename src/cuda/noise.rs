@@ -1,0 +1,124 @@
+//! Philox noise on the GPU (`kernels/noise.cu`). Same signatures and semantics as
+//! [`crate::cpu::noise`]; the 32-bit outputs are bit-identical to the CPU's.
+
+use super::ffi::DpsgdNoiseKey;
+use super::{drv, CudaBackend};
+use crate::error::check_non_negative;
+use crate::{NoiseKey, Result};
+use cudarc::driver::{CudaFunction, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+
+pub(crate) fn ffi_key(k: NoiseKey) -> DpsgdNoiseKey {
+    DpsgdNoiseKey {
+        seed: k.seed,
+        subsequence: k.subsequence,
+    }
+}
+
+fn launch<T: DeviceRepr>(
+    dev: &CudaBackend,
+    f: &CudaFunction,
+    name: &'static str,
+    out: &mut CudaViewMut<'_, T>,
+    scale: Option<f32>,
+    key: NoiseKey,
+    grid: u32,
+) -> Result<()> {
+    let n = out.len() as u64;
+    if n == 0 {
+        return Ok(());
+    }
+    let k = ffi_key(key);
+    let cfg = LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (super::ffi::DPSGD_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut l = dev.stream.launch_builder(f);
+    l.arg(&mut *out).arg(&n);
+    if let Some(s) = &scale {
+        l.arg(s);
+    }
+    l.arg(&k);
+    // SAFETY: argument types and order match the kernel `name` (out, n[, scale], key); out holds
+    // n elements and the kernels bound every access by n.
+    unsafe { l.launch(cfg) }.map_err(drv(name))?;
+    Ok(())
+}
+
+/// GPU twin of [`crate::cpu::noise::philox_bits`].
+pub fn philox_bits(dev: &CudaBackend, out: &mut CudaViewMut<'_, u32>, key: NoiseKey) -> Result<()> {
+    let g = dev.grid_for((out.len() as u64).div_ceil(4));
+    launch(
+        dev,
+        &dev.k.philox_bits,
+        "dpsgd_philox_bits",
+        out,
+        None,
+        key,
+        g,
+    )
+}
+
+/// The same bits as [`philox_bits`], drawn through cuRAND's `curand_init` + `curand4` (one
+/// state per 4 outputs). For tests that the kernels use cuRAND's stream.
+pub fn philox_bits_curand(
+    dev: &CudaBackend,
+    out: &mut CudaViewMut<'_, u32>,
+    key: NoiseKey,
+) -> Result<()> {
+    let blocks = (out.len() as u64)
+        .div_ceil(4)
+        .div_ceil(super::ffi::DPSGD_BLOCK as u64)
+        .max(1);
+    let g =
+        u32::try_from(blocks).map_err(|_| crate::Error::shape("philox_bits_curand", "too long"))?;
+    launch(
+        dev,
+        &dev.k.philox_bits_curand,
+        "dpsgd_philox_bits_curand",
+        out,
+        None,
+        key,
+        g,
+    )
+}
+
+/// GPU twin of [`crate::cpu::noise::add_gaussian`].
+pub fn add_gaussian(
+    dev: &CudaBackend,
+    out: &mut CudaViewMut<'_, f32>,
+    std: f32,
+    key: NoiseKey,
+) -> Result<()> {
+    check_non_negative("std", std as f64)?;
+    let g = dev.grid_for((out.len() as u64).div_ceil(4));
+    launch(
+        dev,
+        &dev.k.add_gaussian,
+        "dpsgd_add_gaussian",
+        out,
+        Some(std),
+        key,
+        g,
+    )
+}
+
+/// GPU twin of [`crate::cpu::noise::add_laplace`].
+pub fn add_laplace(
+    dev: &CudaBackend,
+    out: &mut CudaViewMut<'_, f32>,
+    scale: f32,
+    key: NoiseKey,
+) -> Result<()> {
+    check_non_negative("scale", scale as f64)?;
+    let g = dev.grid_for((out.len() as u64).div_ceil(4));
+    launch(
+        dev,
+        &dev.k.add_laplace,
+        "dpsgd_add_laplace",
+        out,
+        Some(scale),
+        key,
+        g,
+    )
+}

@@ -1,0 +1,516 @@
+//! The four operations of a DP-SGD step on device buffers, dispatched to the CPU backend
+//! ([`crate::cpu`]) or the CUDA backend (`crate::cuda`, feature `cuda`). Both backends have the
+//! same semantics; see the CPU twins for the exact formulas:
+//!
+//! 1. [`per_sample_norms`] — ‖g_i‖₂ overall and per segment ([`crate::cpu::clip::per_sample_norms`]);
+//! 2. [`clip_factors`] — `min(1, C / (‖g_i‖ + 1e-6))` ([`crate::cpu::clip::clip_factors`]);
+//! 3. [`clip_accumulate`] — `sum += Σ_i f_i·g_i`, fused ([`crate::cpu::clip::clip_accumulate`]);
+//! 4. noise ([`add_gaussian`], [`add_laplace`]) and the fused noisy optimizer steps
+//!    ([`noisy_sgd_step`], [`noisy_adam_step`]; [`crate::cpu::optim`]).
+//!
+//! [`clip_and_accumulate`] chains 1–3 with a reusable [`ClipWorkspace`].
+//!
+//! Reference: Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar, Zhang, "Deep Learning with
+//! Differential Privacy", CCS 2016, Algorithm 1.
+
+use crate::buffer::Storage;
+use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
+use crate::{cpu, Buffer, Device, Error, GradElement, Layout, NoiseKey, Result};
+
+macro_rules! mismatch {
+    ($op:expr) => {
+        Error::DeviceMismatch {
+            op: $op,
+            msg: "the buffers live on different devices".into(),
+        }
+    };
+}
+
+/// Per-sample L2 norms (`norms`: `[batch]`) and per-segment norms (`seg_norms`: `[batch, S]`).
+/// Errors on shape mismatch and on non-finite gradients (naming the row).
+pub fn per_sample_norms<T: GradElement>(
+    grads: &Buffer<T>,
+    batch: usize,
+    layout: &Layout,
+    norms: &mut Buffer<f32>,
+    seg_norms: &mut Buffer<f32>,
+) -> Result<()> {
+    match (&grads.storage, &mut norms.storage, &mut seg_norms.storage) {
+        (Storage::Cpu(g), Storage::Cpu(n), Storage::Cpu(s)) => {
+            cpu::clip::per_sample_norms(g, batch, layout, n, s)
+        }
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(g, d, gl), Storage::Cuda(n, _, nl), Storage::Cuda(s, _, sl)) => {
+            crate::cuda::clip::per_sample_norms(
+                &d.inner,
+                &g.slice(0..*gl),
+                batch,
+                layout,
+                &mut n.slice_mut(0..*nl),
+                &mut s.slice_mut(0..*sl),
+            )
+        }
+        _ => Err(mismatch!("per_sample_norms")),
+    }
+}
+
+/// Clip factors `min(1, C_s / (norm + 1e-6))` for `[B, S]` norms and S bounds.
+pub fn clip_factors(
+    norms: &Buffer<f32>,
+    max_norms: &[f32],
+    factors: &mut Buffer<f32>,
+) -> Result<()> {
+    match (&norms.storage, &mut factors.storage) {
+        (Storage::Cpu(n), Storage::Cpu(f)) => cpu::clip::clip_factors(n, max_norms, f),
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(n, d, nl), Storage::Cuda(f, _, fl)) => crate::cuda::clip::clip_factors(
+            &d.inner,
+            &n.slice(0..*nl),
+            max_norms,
+            &mut f.slice_mut(0..*fl),
+        ),
+        _ => Err(mismatch!("clip_factors")),
+    }
+}
+
+/// Fused clip-and-accumulate: `sum[j] += Σ_i factors[i, seg(j)] · g[i, j]`.
+pub fn clip_accumulate<T: GradElement>(
+    grads: &Buffer<T>,
+    batch: usize,
+    layout: &Layout,
+    factors: &Buffer<f32>,
+    sum: &mut Buffer<f32>,
+) -> Result<()> {
+    match (&grads.storage, &factors.storage, &mut sum.storage) {
+        (Storage::Cpu(g), Storage::Cpu(f), Storage::Cpu(s)) => {
+            cpu::clip::clip_accumulate(g, batch, layout, f, s)
+        }
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(g, d, gl), Storage::Cuda(f, _, fl), Storage::Cuda(s, _, sl)) => {
+            crate::cuda::clip::clip_accumulate(
+                &d.inner,
+                &g.slice(0..*gl),
+                batch,
+                layout,
+                &f.slice(0..*fl),
+                &mut s.slice_mut(0..*sl),
+            )
+        }
+        _ => Err(mismatch!("clip_accumulate")),
+    }
+}
+
+/// `out[j]` = 32-bit output j of `key`'s Philox stream (identical on every backend).
+pub fn philox_bits(out: &mut Buffer<u32>, key: NoiseKey) -> Result<()> {
+    match &mut out.storage {
+        Storage::Cpu(o) => cpu::noise::philox_bits(o, key),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(o, d, n) => {
+            crate::cuda::noise::philox_bits(&d.inner, &mut o.slice_mut(0..*n), key)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Storage::Cuda(never, _) => match *never {},
+    }
+}
+
+/// `out[j] += std · N(0,1)_j` from `key`'s stream.
+pub fn add_gaussian(out: &mut Buffer<f32>, std: f32, key: NoiseKey) -> Result<()> {
+    match &mut out.storage {
+        Storage::Cpu(o) => cpu::noise::add_gaussian(o, std, key),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(o, d, n) => {
+            crate::cuda::noise::add_gaussian(&d.inner, &mut o.slice_mut(0..*n), std, key)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Storage::Cuda(never, _) => match *never {},
+    }
+}
+
+/// `out[j] += scale · Laplace(0,1)_j` from `key`'s stream.
+pub fn add_laplace(out: &mut Buffer<f32>, scale: f32, key: NoiseKey) -> Result<()> {
+    match &mut out.storage {
+        Storage::Cpu(o) => cpu::noise::add_laplace(o, scale, key),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(o, d, n) => {
+            crate::cuda::noise::add_laplace(&d.inner, &mut o.slice_mut(0..*n), scale, key)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Storage::Cuda(never, _) => match *never {},
+    }
+}
+
+/// Fused noisy SGD step (formula: [`crate::cpu::optim`]).
+pub fn noisy_sgd_step(
+    params: &mut Buffer<f32>,
+    grad_sum: &Buffer<f32>,
+    momentum_buf: Option<&mut Buffer<f32>>,
+    cfg: &SgdConfig,
+    noisy: &NoisyStep,
+) -> Result<()> {
+    match (&mut params.storage, &grad_sum.storage) {
+        (Storage::Cpu(p), Storage::Cpu(s)) => {
+            let m = match momentum_buf {
+                None => None,
+                Some(b) => Some(
+                    b.as_mut_slice()
+                        .ok_or_else(|| mismatch!("noisy_sgd_step"))?,
+                ),
+            };
+            cpu::optim::noisy_sgd_step(p, s, m, cfg, noisy)
+        }
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(p, d, pl), Storage::Cuda(s, _, sl)) => {
+            let mut m = match momentum_buf {
+                None => None,
+                Some(b) => Some(
+                    b.cuda_view_mut()
+                        .ok_or_else(|| mismatch!("noisy_sgd_step"))?,
+                ),
+            };
+            crate::cuda::optim::noisy_sgd_step(
+                &d.inner,
+                &mut p.slice_mut(0..*pl),
+                &s.slice(0..*sl),
+                m.as_mut(),
+                cfg,
+                noisy,
+            )
+        }
+        _ => Err(mismatch!("noisy_sgd_step")),
+    }
+}
+
+/// Fused noisy Adam/AdamW step; `t` is the 1-based step count (formula: [`crate::cpu::optim`]).
+pub fn noisy_adam_step(
+    params: &mut Buffer<f32>,
+    grad_sum: &Buffer<f32>,
+    m1: &mut Buffer<f32>,
+    m2: &mut Buffer<f32>,
+    t: u64,
+    cfg: &AdamConfig,
+    noisy: &NoisyStep,
+) -> Result<()> {
+    match (
+        &mut params.storage,
+        &grad_sum.storage,
+        &mut m1.storage,
+        &mut m2.storage,
+    ) {
+        (Storage::Cpu(p), Storage::Cpu(s), Storage::Cpu(a), Storage::Cpu(b)) => {
+            cpu::optim::noisy_adam_step(p, s, a, b, t, cfg, noisy)
+        }
+        #[cfg(feature = "cuda")]
+        (
+            Storage::Cuda(p, d, pl),
+            Storage::Cuda(s, _, sl),
+            Storage::Cuda(a, _, al),
+            Storage::Cuda(b, _, bl),
+        ) => crate::cuda::optim::noisy_adam_step(
+            &d.inner,
+            &mut p.slice_mut(0..*pl),
+            &s.slice(0..*sl),
+            &mut a.slice_mut(0..*al),
+            &mut b.slice_mut(0..*bl),
+            t,
+            cfg,
+            noisy,
+        ),
+        _ => Err(mismatch!("noisy_adam_step")),
+    }
+}
+
+/// How per-sample gradients are clipped.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Clipping {
+    /// One bound C on each example's whole gradient.
+    Flat(f32),
+    /// One bound per segment (parameter tensor), Opacus's per-layer clipping. The overall norm
+    /// of a clipped example is then at most √(Σ C_s²): use that as the sensitivity.
+    PerLayer(Vec<f32>),
+}
+
+impl Clipping {
+    /// The bounds, one per factor column (1 for flat clipping).
+    pub fn bounds(&self) -> &[f32] {
+        match self {
+            Clipping::Flat(c) => std::slice::from_ref(c),
+            Clipping::PerLayer(v) => v,
+        }
+    }
+
+    /// The L2 sensitivity of the clipped sum to one example: C, or √(Σ C_s²) per layer.
+    pub fn sensitivity(&self) -> f32 {
+        self.bounds().iter().map(|c| c * c).sum::<f32>().sqrt()
+    }
+}
+
+/// Reusable buffers for [`clip_and_accumulate`], sized for a maximum batch.
+#[derive(Debug)]
+pub struct ClipWorkspace {
+    device: Device,
+    max_batch: usize,
+    segments: usize,
+    /// `[max_batch]` overall norms of the last call.
+    pub norms: Buffer<f32>,
+    /// `[max_batch, S]` per-segment norms of the last call.
+    pub seg_norms: Buffer<f32>,
+    /// `[max_batch, F]` clip factors of the last call.
+    pub factors: Buffer<f32>,
+}
+
+impl ClipWorkspace {
+    /// Buffers for up to `max_batch` rows of a model with `layout`.
+    pub fn new(device: &Device, max_batch: usize, layout: &Layout) -> Result<Self> {
+        let s = layout.num_segments();
+        Ok(ClipWorkspace {
+            device: device.clone(),
+            max_batch,
+            segments: s,
+            norms: Buffer::zeros(device, max_batch)?,
+            seg_norms: Buffer::zeros(device, max_batch * s)?,
+            factors: Buffer::zeros(device, max_batch * s)?,
+        })
+    }
+}
+
+/// Statistics of one [`clip_and_accumulate`] call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipStats {
+    /// Rows processed.
+    pub batch: usize,
+}
+
+/// Norms → factors → fused accumulate for a `[batch, P]` matrix: `sum += Σ_i clip(g_i)`.
+/// Validates the clipping bounds before touching the data.
+pub fn clip_and_accumulate<T: GradElement>(
+    grads: &Buffer<T>,
+    batch: usize,
+    layout: &Layout,
+    clipping: &Clipping,
+    ws: &mut ClipWorkspace,
+    sum: &mut Buffer<f32>,
+) -> Result<ClipStats> {
+    let bounds = clipping.bounds();
+    check::max_norms(bounds)?;
+    if let Clipping::PerLayer(v) = clipping {
+        if v.len() != layout.num_segments() {
+            return Err(Error::shape(
+                "clip_and_accumulate",
+                format!(
+                    "{} per-layer bounds for {} segments",
+                    v.len(),
+                    layout.num_segments()
+                ),
+            ));
+        }
+    }
+    if batch > ws.max_batch
+        || ws.segments != layout.num_segments()
+        || !ws.device.same(&grads.device())
+    {
+        *ws = ClipWorkspace::new(&grads.device(), batch.max(ws.max_batch), layout)?;
+    }
+    let s = layout.num_segments();
+    let nf = bounds.len();
+    // Views of exactly the needed lengths.
+    let mut norms = take(&mut ws.norms, batch)?;
+    let mut seg = take(&mut ws.seg_norms, batch * s)?;
+    let mut factors = take(&mut ws.factors, batch * nf)?;
+    let r = (|| {
+        per_sample_norms(grads, batch, layout, &mut norms, &mut seg)?;
+        let src = if nf == 1 { &norms } else { &seg };
+        clip_factors(src, bounds, &mut factors)?;
+        clip_accumulate(grads, batch, layout, &factors, sum)
+    })();
+    put(&mut ws.norms, norms);
+    put(&mut ws.seg_norms, seg);
+    put(&mut ws.factors, factors);
+    r.map(|()| ClipStats { batch })
+}
+
+// Buffers of the exact length: CPU vectors are truncated/extended in place (no reallocation
+// past the first call); GPU buffers are re-allocated only when the length changes.
+fn take(b: &mut Buffer<f32>, len: usize) -> Result<Buffer<f32>> {
+    let dev = b.device();
+    let mut out = std::mem::replace(b, Buffer::from_vec(Vec::new()));
+    if out.len() != len {
+        match &mut out.storage {
+            Storage::Cpu(v) => v.resize(len, 0.0),
+            #[allow(unreachable_patterns)]
+            _ => out = Buffer::zeros(&dev, len)?,
+        }
+    }
+    Ok(out)
+}
+
+fn put(b: &mut Buffer<f32>, v: Buffer<f32>) {
+    *b = v;
+}
+
+/// Shape and parameter checks shared by both backends, run before any kernel or noise.
+pub(crate) mod check {
+    use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
+    use crate::{Error, Layout, Result};
+
+    pub fn norms_shapes(
+        glen: usize,
+        batch: usize,
+        layout: &Layout,
+        nlen: usize,
+        slen: usize,
+    ) -> Result<()> {
+        let p = layout.num_params();
+        let s = layout.num_segments();
+        if batch.checked_mul(p) != Some(glen) {
+            return Err(Error::shape(
+                "per_sample_norms",
+                format!("grads has {glen} elements, expected batch {batch} × P {p}"),
+            ));
+        }
+        if nlen != batch {
+            return Err(Error::shape(
+                "per_sample_norms",
+                format!("norms has {nlen} elements, expected batch {batch}"),
+            ));
+        }
+        if slen != batch * s {
+            return Err(Error::shape(
+                "per_sample_norms",
+                format!("seg_norms has {slen} elements, expected batch {batch} × segments {s}"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn finite_norms(norms: &[f32]) -> Result<()> {
+        match norms.iter().position(|n| !n.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(Error::NonFinite {
+                what: "per-sample gradients",
+                detail: format!(
+                    "row {i} has L2 norm {} (a NaN/Inf entry, or values too large for f32)",
+                    norms[i]
+                ),
+            }),
+        }
+    }
+
+    pub fn max_norms(max_norms: &[f32]) -> Result<()> {
+        if max_norms.is_empty() {
+            return Err(Error::shape(
+                "clip_factors",
+                "at least one clipping bound is needed",
+            ));
+        }
+        for &c in max_norms {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::invalid("max_grad_norm", c, "finite and > 0"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn factors_shapes(nlen: usize, max_norms: &[f32], flen: usize) -> Result<()> {
+        self::max_norms(max_norms)?;
+        let s = max_norms.len();
+        if nlen % s != 0 || flen != nlen {
+            return Err(Error::shape(
+                "clip_factors",
+                format!("norms ({nlen}) must be [B, S] with S = {s} bounds, and factors the same length (got {flen})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Returns F, the number of factors per row (1 or S).
+    pub fn accumulate_shapes(
+        glen: usize,
+        batch: usize,
+        layout: &Layout,
+        flen: usize,
+        slen: usize,
+    ) -> Result<usize> {
+        let p = layout.num_params();
+        let s = layout.num_segments();
+        if batch.checked_mul(p) != Some(glen) {
+            return Err(Error::shape(
+                "clip_accumulate",
+                format!("grads has {glen} elements, expected batch {batch} × P {p}"),
+            ));
+        }
+        if slen != p {
+            return Err(Error::shape(
+                "clip_accumulate",
+                format!("sum has {slen} elements, expected P = {p}"),
+            ));
+        }
+        if flen == batch {
+            Ok(1)
+        } else if flen == batch * s {
+            Ok(s)
+        } else {
+            Err(Error::shape(
+                "clip_accumulate",
+                format!("factors has {flen} elements, expected batch {batch} (flat) or batch × segments {s} (per layer)"),
+            ))
+        }
+    }
+
+    pub fn sgd(
+        plen: usize,
+        slen: usize,
+        mlen: Option<usize>,
+        cfg: &SgdConfig,
+        noisy: &NoisyStep,
+    ) -> Result<()> {
+        cfg.validate()?;
+        noisy.validate()?;
+        if slen != plen {
+            return Err(Error::shape(
+                "noisy_sgd_step",
+                format!("grad_sum has {slen} elements, params {plen}"),
+            ));
+        }
+        match mlen {
+            Some(m) if m != plen => Err(Error::shape(
+                "noisy_sgd_step",
+                format!("momentum buffer has {m} elements, params {plen}"),
+            )),
+            None if cfg.momentum > 0.0 => Err(Error::shape(
+                "noisy_sgd_step",
+                "momentum > 0 needs a momentum buffer of the parameters' length",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn adam(
+        plen: usize,
+        slen: usize,
+        m1: usize,
+        m2: usize,
+        t: u64,
+        cfg: &AdamConfig,
+        noisy: &NoisyStep,
+    ) -> Result<()> {
+        cfg.validate()?;
+        noisy.validate()?;
+        if t == 0 {
+            return Err(Error::invalid("t", t, "the 1-based step count, >= 1"));
+        }
+        if slen != plen || m1 != plen || m2 != plen {
+            return Err(Error::shape(
+                "noisy_adam_step",
+                format!("params {plen}, grad_sum {slen}, m {m1}, v {m2}: all must be equal"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn bias_corrections(cfg: &AdamConfig, t: u64) -> (f32, f32) {
+        let t = t.min(i32::MAX as u64) as i32;
+        let bc1 = 1.0 - (cfg.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (cfg.beta2 as f64).powi(t);
+        (bc1 as f32, bc2 as f32)
+    }
+}

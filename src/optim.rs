@@ -1,0 +1,148 @@
+//! Optimizer settings for the fused noisy step, and the step's noise.
+//!
+//! The fused step computes, for every parameter j,
+//! `ĝ_j = (sum_j + σ·C·ξ_j) / E` with ξ_j ~ N(0, 1) drawn inside the kernel (Abadi et al. 2016,
+//! Algorithm 1: "add noise", then divide by the (expected) lot size E), and then one optimizer
+//! update with ĝ. See [`crate::cpu::optim`] for the exact formulas.
+
+use crate::error::{check_finite, check_non_negative, check_positive, check_range};
+use crate::{NoiseKey, Result};
+
+/// SGD with optional momentum, dampening, Nesterov and L2 weight decay, as `torch.optim.SGD`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SgdConfig {
+    /// Learning rate (finite, ≥ 0).
+    pub lr: f32,
+    /// Momentum μ ∈ [0, 1); 0 disables the momentum buffer.
+    pub momentum: f32,
+    /// Dampening ∈ [0, 1].
+    pub dampening: f32,
+    /// L2 weight decay λ ≥ 0 (added to the noisy gradient: ĝ + λp).
+    pub weight_decay: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
+
+impl SgdConfig {
+    /// Plain SGD with learning rate `lr`.
+    pub fn new(lr: f32) -> Self {
+        SgdConfig {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        }
+    }
+
+    /// Sets the momentum.
+    pub fn momentum(mut self, m: f32) -> Self {
+        self.momentum = m;
+        self
+    }
+
+    /// Sets the weight decay.
+    pub fn weight_decay(mut self, wd: f32) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+
+    /// Checks every field; called before any noise is drawn.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("lr", self.lr as f64)?;
+        check_range("momentum", self.momentum as f64, 0.0, 1.0, "in [0, 1)")?;
+        check_range(
+            "dampening",
+            self.dampening as f64,
+            0.0,
+            1.0 + f64::EPSILON,
+            "in [0, 1]",
+        )?;
+        check_non_negative("weight_decay", self.weight_decay as f64)?;
+        Ok(())
+    }
+}
+
+/// Adam (Kingma & Ba 2015), or AdamW (Loshchilov & Hutter 2019) with `decoupled`, as
+/// `torch.optim.Adam` / `torch.optim.AdamW`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamConfig {
+    /// Learning rate (finite, ≥ 0).
+    pub lr: f32,
+    /// β₁ ∈ [0, 1).
+    pub beta1: f32,
+    /// β₂ ∈ [0, 1).
+    pub beta2: f32,
+    /// ε > 0 added to the denominator.
+    pub eps: f32,
+    /// Weight decay ≥ 0: L2 (added to the gradient) or decoupled (AdamW).
+    pub weight_decay: f32,
+    /// AdamW's decoupled weight decay: p ← p·(1 − lr·λ) before the Adam update.
+    pub decoupled: bool,
+}
+
+impl AdamConfig {
+    /// Adam with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8, no weight decay).
+    pub fn new(lr: f32) -> Self {
+        AdamConfig {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+        }
+    }
+
+    /// Checks every field; called before any noise is drawn.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("lr", self.lr as f64)?;
+        check_range("beta1", self.beta1 as f64, 0.0, 1.0, "in [0, 1)")?;
+        check_range("beta2", self.beta2 as f64, 0.0, 1.0, "in [0, 1)")?;
+        check_positive("eps", self.eps as f64)?;
+        check_non_negative("weight_decay", self.weight_decay as f64)?;
+        Ok(())
+    }
+}
+
+/// The DP part of a step: noise standard deviation σ·C, expected batch size E, and the stream.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NoisyStep {
+    /// Standard deviation of the noise added to the clipped sum: σ·C (≥ 0; 0 = no noise).
+    pub noise_std: f32,
+    /// The divisor E: the expected batch size q·N under Poisson sampling (> 0).
+    pub expected_batch_size: f32,
+    /// The Philox stream of this step's noise.
+    pub key: NoiseKey,
+}
+
+impl NoisyStep {
+    /// Noise σ·C for a noise multiplier σ and clipping bound C.
+    pub fn new(
+        noise_multiplier: f32,
+        max_grad_norm: f32,
+        expected_batch_size: f32,
+        key: NoiseKey,
+    ) -> Result<Self> {
+        check_non_negative("noise_multiplier", noise_multiplier as f64)?;
+        check_positive("max_grad_norm", max_grad_norm as f64)?;
+        let s = NoisyStep {
+            noise_std: noise_multiplier * max_grad_norm,
+            expected_batch_size,
+            key,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks every field; called before any noise is drawn.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("noise_std", self.noise_std as f64)?;
+        check_positive("expected_batch_size", self.expected_batch_size as f64)?;
+        check_finite(
+            "1/expected_batch_size",
+            1.0 / self.expected_batch_size as f64,
+        )?;
+        Ok(())
+    }
+}
