@@ -30,3 +30,8 @@ pub use layout::Layout;
 pub use noise::NoiseKey;
 pub use ops::{ClipWorkspace, Clipping};
 pub use optim::{AdamConfig, NoisyStep, SgdConfig};
+
+/// The README's Rust example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
