@@ -18,6 +18,7 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod nn;
 pub mod noise;
 pub mod ops;
 pub mod optim;

@@ -7,3 +7,13 @@ pub mod clip;
 pub mod noise;
 pub mod optim;
 pub mod philox;
+
+// Layers of small conv nets (issue 3): the math behind `crate::nn`, one file per layer family.
+pub mod activation;
+pub mod conv;
+pub mod gemm;
+pub mod grad;
+pub mod linear;
+pub mod loss;
+pub mod norm;
+pub mod pool;

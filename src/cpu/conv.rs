@@ -1,0 +1,761 @@
+//! CPU kernels of `Conv2d` and `ConvTranspose2d` (groups = 1, square kernels): im2col + GEMM.
+//!
+//! Activations are NCHW, row-major, the batch first. Each function takes the whole batch,
+//! validates every slice length (errors, never panics), and runs chunks of the batch in
+//! parallel with rayon; the caller passes the scratch (see [`Conv2dShape::scratch_len`]), so
+//! nothing is allocated. A CUDA twin takes the same arguments.
+//!
+//! Parameters are one contiguous slice, PyTorch's layout: `Conv2d` weight `[Cout, Cin, k, k]`,
+//! `ConvTranspose2d` weight `[Cin, Cout, k, k]`, then the bias `[Cout]` if any. Parameter
+//! gradients go to a [`ParamGrad`] (per-sample rows of the `[B, P]` matrix, or the sum).
+
+use super::gemm::{gemm, Real};
+use super::grad::{check_grad, check_len, chunks_for, run_chunks, GradOut, ParamGrad};
+use crate::{Error, Result};
+
+/// The geometry of a convolution over one example: input `[c, h, w]`, square kernel `k`,
+/// `stride`, zero `pad` on every side, output spatial size `oh × ow`.
+///
+/// For a transposed convolution this is the geometry of the *adjoint* convolution, from the
+/// transposed convolution's output (`c = Cout`, `h × w` = its output size) to its input
+/// (`oh × ow` = its input size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Channels of the convolved image.
+    pub c: usize,
+    /// Height of the convolved image.
+    pub h: usize,
+    /// Width of the convolved image.
+    pub w: usize,
+    /// Kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+    /// Output height, `(h + 2·pad − k) / stride + 1`.
+    pub oh: usize,
+    /// Output width, `(w + 2·pad − k) / stride + 1`.
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// Checks the arguments and computes the output size. Errors if a size is zero or the
+    /// kernel is larger than the padded input.
+    pub fn new(
+        op: &'static str,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
+        if c == 0 || h == 0 || w == 0 {
+            return Err(Error::shape(
+                op,
+                format!("input [{c}, {h}, {w}] has a zero dimension"),
+            ));
+        }
+        if k == 0 {
+            return Err(Error::invalid("kernel_size", k, ">= 1"));
+        }
+        if stride == 0 {
+            return Err(Error::invalid("stride", stride, ">= 1"));
+        }
+        let (ph, pw) = (h + 2 * pad, w + 2 * pad);
+        if k > ph || k > pw {
+            return Err(Error::shape(
+                op,
+                format!("kernel {k}x{k} is larger than the padded input {ph}x{pw} (input {h}x{w}, padding {pad})"),
+            ));
+        }
+        Ok(ConvGeom {
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            oh: (ph - k) / stride + 1,
+            ow: (pw - k) / stride + 1,
+        })
+    }
+
+    /// Elements of one image, `c·h·w`.
+    pub fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// Rows of the column matrix, `c·k·k`.
+    pub fn col_rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    /// Output positions, `oh·ow`.
+    pub fn out_positions(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Elements of the column matrix `[c·k·k, oh·ow]` of one example.
+    pub fn cols_len(&self) -> usize {
+        self.col_rows() * self.out_positions()
+    }
+
+    /// For kernel column `kj`, the output columns `lo..hi` whose input column is inside the image.
+    #[inline]
+    fn valid_range(&self, kj: usize, w: usize, ow: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = if self.pad > kj {
+            (self.pad - kj).div_ceil(s)
+        } else {
+            0
+        };
+        // ix = ox·s + kj − pad ≤ w − 1  ⇔  ox ≤ (w − 1 + pad − kj) / s
+        let hi = if w + self.pad > kj {
+            ((w - 1 + self.pad - kj) / s + 1).min(ow)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// `cols[(ci·k + ki)·k + kj, oy·ow + ox] = x[ci, oy·s + ki − p, ox·s + kj − p]` (0 outside).
+/// `x` is one image (`g.in_len()`), `cols` is `g.cols_len()` long.
+fn im2col_raw<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T]) {
+    let (h, w, k, s, l) = (g.h, g.w, g.k, g.stride, g.out_positions());
+    let x = &x[..g.in_len()];
+    let cols = &mut cols[..g.cols_len()];
+    for ci in 0..g.c {
+        let xc = &x[ci * h * w..(ci + 1) * h * w];
+        for ki in 0..k {
+            for kj in 0..k {
+                let r = (ci * k + ki) * k + kj;
+                let row = &mut cols[r * l..(r + 1) * l];
+                let (lo, hi) = g.valid_range(kj, w, g.ow);
+                for oy in 0..g.oh {
+                    let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    let iy = (oy * s + ki) as isize - g.pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        out.fill(T::ZERO);
+                        continue;
+                    }
+                    let xr = &xc[iy as usize * w..(iy as usize + 1) * w];
+                    out[..lo].fill(T::ZERO);
+                    out[hi..].fill(T::ZERO);
+                    if lo < hi {
+                        let x0 = lo * s + kj - g.pad;
+                        if s == 1 {
+                            out[lo..hi].copy_from_slice(&xr[x0..x0 + (hi - lo)]);
+                        } else {
+                            for (o, xv) in out[lo..hi].iter_mut().zip(xr[x0..].iter().step_by(s)) {
+                                *o = *xv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `x[ci, iy, ix] += Σ cols[...]` over every column entry that
+/// [`im2col`] reads from `(ci, iy, ix)`. Accumulates: zero `x` first for a plain col2im.
+fn col2im_raw<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T]) {
+    let (h, w, k, s, l) = (g.h, g.w, g.k, g.stride, g.out_positions());
+    let x = &mut x[..g.in_len()];
+    let cols = &cols[..g.cols_len()];
+    for ci in 0..g.c {
+        let xc = &mut x[ci * h * w..(ci + 1) * h * w];
+        for ki in 0..k {
+            for kj in 0..k {
+                let r = (ci * k + ki) * k + kj;
+                let row = &cols[r * l..(r + 1) * l];
+                let (lo, hi) = g.valid_range(kj, w, g.ow);
+                if lo >= hi {
+                    continue;
+                }
+                for oy in 0..g.oh {
+                    let iy = (oy * s + ki) as isize - g.pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let src = &row[oy * g.ow + lo..oy * g.ow + hi];
+                    let xr = &mut xc[iy as usize * w..(iy as usize + 1) * w];
+                    let x0 = lo * s + kj - g.pad;
+                    if s == 1 {
+                        for (d, v) in xr[x0..x0 + (hi - lo)].iter_mut().zip(src) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (d, v) in xr[x0..].iter_mut().step_by(s).zip(src) {
+                            *d += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Checks that `g` is what [`ConvGeom::new`] computes from its own fields.
+fn check_geom(op: &'static str, g: &ConvGeom) -> Result<()> {
+    let want = ConvGeom::new(op, g.c, g.h, g.w, g.k, g.stride, g.pad)?;
+    if want != *g {
+        return Err(Error::shape(
+            op,
+            format!("inconsistent geometry {g:?}: build it with ConvGeom::new"),
+        ));
+    }
+    Ok(())
+}
+
+/// `cols[(ci·k + ki)·k + kj, oy·ow + ox] = x[ci, oy·s + ki − p, ox·s + kj − p]` (0 outside).
+/// `x` is one image (`g.in_len()`), `cols` is `g.cols_len()` long.
+pub fn im2col<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T]) -> Result<()> {
+    check_geom("im2col", g)?;
+    check_len("im2col", "x", x.len(), g.in_len())?;
+    check_len("im2col", "cols", cols.len(), g.cols_len())?;
+    im2col_raw(g, x, cols);
+    Ok(())
+}
+
+/// The adjoint of [`im2col`]: `x[ci, iy, ix] += Σ cols[...]` over every column entry that
+/// [`im2col`] reads from `(ci, iy, ix)`. Accumulates: zero `x` first for a plain col2im.
+pub fn col2im<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T]) -> Result<()> {
+    check_geom("col2im", g)?;
+    check_len("col2im", "x", x.len(), g.in_len())?;
+    check_len("col2im", "cols", cols.len(), g.cols_len())?;
+    col2im_raw(g, cols, x);
+    Ok(())
+}
+
+/// Sum over the spatial positions of each channel of `dy` (`[cout, l]`) into `db`, overwriting
+/// when `beta = 0` and accumulating when `beta = 1`.
+#[inline]
+fn bias_grad<T: Real>(dy: &[T], l: usize, db: &mut [T], beta: T) {
+    for (c, d) in db.iter_mut().enumerate() {
+        let mut s = T::ZERO;
+        for v in &dy[c * l..(c + 1) * l] {
+            s += *v;
+        }
+        *d = if beta == T::ZERO { s } else { *d + s };
+    }
+}
+
+/// Shape of a `Conv2d` call: `batch` images `[cin, h, w]`, `cout` filters of `k × k`,
+/// `stride`, zero padding `pad` on every side, optional bias. Output `[batch, cout, oh, ow]`
+/// with `oh = (h + 2·pad − k) / stride + 1` (PyTorch's `nn.Conv2d(cin, cout, k, stride, pad)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    /// Examples in the batch.
+    pub batch: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+}
+
+impl Conv2dShape {
+    /// Validates the shape and returns the per-example im2col geometry. Errors on a zero size
+    /// or a kernel larger than the padded input.
+    pub fn geom(&self) -> Result<ConvGeom> {
+        if self.cout == 0 {
+            return Err(Error::invalid("out_channels", 0, ">= 1"));
+        }
+        ConvGeom::new(
+            "conv2d",
+            self.cin,
+            self.h,
+            self.w,
+            self.k,
+            self.stride,
+            self.pad,
+        )
+    }
+
+    /// Output `(oh, ow)`.
+    pub fn out_hw(&self) -> Result<(usize, usize)> {
+        let g = self.geom()?;
+        Ok((g.oh, g.ow))
+    }
+
+    /// Elements of the weight, `cout·cin·k·k`.
+    pub fn weight_len(&self) -> usize {
+        self.cout * self.cin * self.k * self.k
+    }
+
+    /// Elements of the parameter slice: weight, then `cout` bias values if any.
+    pub fn num_params(&self) -> usize {
+        self.weight_len() + if self.bias { self.cout } else { 0 }
+    }
+
+    /// Scratch that [`conv2d_forward`] and [`conv2d_backward`] need to run `chunks` chunks of
+    /// the batch in parallel (`chunks` = the number of threads is a good choice).
+    pub fn scratch_len(&self, chunks: usize) -> Result<usize> {
+        let g = self.geom()?;
+        Ok(chunks.max(1) * (2 * g.cols_len() + self.num_params()))
+    }
+
+    fn check(&self, op: &'static str, x: usize, params: usize) -> Result<ConvGeom> {
+        let g = self.geom()?;
+        check_len(op, "x", x, self.batch * g.in_len())?;
+        check_len(op, "params", params, self.num_params())?;
+        Ok(g)
+    }
+}
+
+/// `Conv2d` forward: `y_i = W ⋆ x_i + b` for every example.
+///
+/// `x`: `[batch, cin, h, w]`; `params`: weight `[cout, cin, k, k]` then bias `[cout]`;
+/// `y`: `[batch, cout, oh, ow]` (overwritten); `scratch`: at least
+/// [`Conv2dShape::scratch_len`]`(1)` (more gives more parallel chunks).
+pub fn conv2d_forward<T: Real>(
+    s: &Conv2dShape,
+    x: &[T],
+    params: &[T],
+    y: &mut [T],
+    scratch: &mut [T],
+) -> Result<()> {
+    const OP: &str = "conv2d_forward";
+    let g = s.check(OP, x.len(), params.len())?;
+    let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
+    check_len(OP, "y", y.len(), s.batch * cout * l)?;
+    let work = g.cols_len();
+    let chunks = chunks_for(OP, s.batch, scratch.len(), work)?;
+    let (w, b) = params.split_at(s.weight_len());
+    let f = |ex: std::ops::Range<usize>,
+             y: Option<&mut [T]>,
+             _: &mut GradOut<'_, T>,
+             cols: &mut [T]| {
+        let Some(y) = y else { return };
+        for (j, i) in ex.enumerate() {
+            im2col_raw(&g, &x[i * il..(i + 1) * il], cols);
+            let yi = &mut y[j * cout * l..(j + 1) * cout * l];
+            let beta = if s.bias {
+                for (c, bc) in b.iter().enumerate() {
+                    yi[c * l..(c + 1) * l].fill(*bc);
+                }
+                T::ONE
+            } else {
+                T::ZERO
+            };
+            gemm(cout, kk, l, T::ONE, w, kk, 1, cols, l, 1, beta, yi, l, 1);
+        }
+    };
+    run_chunks(
+        s.batch,
+        chunks,
+        Some((y, cout * l)),
+        ParamGrad::None,
+        0,
+        scratch,
+        work,
+        &f,
+    );
+    Ok(())
+}
+
+/// `Conv2d` backward.
+///
+/// Given `dy` (`[batch, cout, oh, ow]`, the gradient of the loss w.r.t. the output), writes the
+/// gradient w.r.t. the input into `dx` (`[batch, cin, h, w]`, overwritten) when given, and the
+/// parameter gradients (weight `[cout, cin, k, k]` then bias `[cout]`) to `grad`. `x` and
+/// `params` are the forward's. `scratch`: at least [`Conv2dShape::scratch_len`]`(1)`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward<T: Real>(
+    s: &Conv2dShape,
+    x: &[T],
+    params: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    grad: ParamGrad<'_, T>,
+    scratch: &mut [T],
+) -> Result<()> {
+    const OP: &str = "conv2d_backward";
+    let g = s.check(OP, x.len(), params.len())?;
+    let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
+    check_len(OP, "dy", dy.len(), s.batch * cout * l)?;
+    if let Some(dx) = &dx {
+        check_len(OP, "dx", dx.len(), s.batch * il)?;
+    }
+    let np = s.num_params();
+    check_grad(OP, &grad, s.batch, np)?;
+    let work = 2 * g.cols_len();
+    let chunks = chunks_for(OP, s.batch, scratch.len(), work + grad.extra_scratch(np))?;
+    let nw = s.weight_len();
+    let w = &params[..nw];
+    let f = |ex: std::ops::Range<usize>,
+             mut dx: Option<&mut [T]>,
+             gout: &mut GradOut<'_, T>,
+             scr: &mut [T]| {
+        let (cols, dcols) = scr.split_at_mut(g.cols_len());
+        for (j, i) in ex.enumerate() {
+            let dyi = &dy[i * cout * l..(i + 1) * cout * l];
+            if let Some((region, beta)) = gout.region(j, np) {
+                im2col_raw(&g, &x[i * il..(i + 1) * il], cols);
+                let (dw, db) = region.split_at_mut(nw);
+                // dW_i [cout × kk] = dY_i [cout × l] · cols_iᵀ [l × kk]
+                gemm(cout, l, kk, T::ONE, dyi, l, 1, cols, 1, l, beta, dw, kk, 1);
+                if s.bias {
+                    bias_grad(dyi, l, db, beta);
+                }
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                // dcols [kk × l] = Wᵀ [kk × cout] · dY_i [cout × l]
+                gemm(
+                    kk,
+                    cout,
+                    l,
+                    T::ONE,
+                    w,
+                    1,
+                    kk,
+                    dyi,
+                    l,
+                    1,
+                    T::ZERO,
+                    dcols,
+                    l,
+                    1,
+                );
+                let dxi = &mut dx[j * il..(j + 1) * il];
+                dxi.fill(T::ZERO);
+                col2im_raw(&g, dcols, dxi);
+            }
+        }
+    };
+    let out = dx.map(|d| (d, il));
+    run_chunks(s.batch, chunks, out, grad, np, scratch, work, &f);
+    Ok(())
+}
+
+/// Shape of a `ConvTranspose2d` call: `batch` inputs `[cin, h, w]`, `cout` output channels,
+/// `k × k` kernel, `stride`, `pad` (PyTorch's `padding`; no `output_padding`), optional bias.
+/// Output `[batch, cout, oh, ow]` with `oh = (h − 1)·stride − 2·pad + k`, as
+/// `nn.ConvTranspose2d(cin, cout, k, stride, pad)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTranspose2dShape {
+    /// Examples in the batch.
+    pub batch: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding (removed from each side of the full output).
+    pub pad: usize,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+}
+
+impl ConvTranspose2dShape {
+    /// Validates the shape and returns the geometry of the adjoint convolution (from this
+    /// layer's output to its input; see [`ConvGeom`]).
+    pub fn geom(&self) -> Result<ConvGeom> {
+        const OP: &str = "conv_transpose2d";
+        if self.cin == 0 || self.h == 0 || self.w == 0 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input [{}, {}, {}] has a zero dimension",
+                    self.cin, self.h, self.w
+                ),
+            ));
+        }
+        if self.cout == 0 {
+            return Err(Error::invalid("out_channels", 0, ">= 1"));
+        }
+        if self.k == 0 {
+            return Err(Error::invalid("kernel_size", 0, ">= 1"));
+        }
+        if self.stride == 0 {
+            return Err(Error::invalid("stride", 0, ">= 1"));
+        }
+        let full = |n: usize| (n - 1) * self.stride + self.k;
+        let (fh, fw) = (full(self.h), full(self.w));
+        if fh <= 2 * self.pad || fw <= 2 * self.pad {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "padding {} removes the whole {fh}x{fw} output (input {}x{}, kernel {}, stride {})",
+                    self.pad, self.h, self.w, self.k, self.stride
+                ),
+            ));
+        }
+        let g = ConvGeom::new(
+            OP,
+            self.cout,
+            fh - 2 * self.pad,
+            fw - 2 * self.pad,
+            self.k,
+            self.stride,
+            self.pad,
+        )?;
+        debug_assert_eq!((g.oh, g.ow), (self.h, self.w));
+        Ok(g)
+    }
+
+    /// Output `(oh, ow)`.
+    pub fn out_hw(&self) -> Result<(usize, usize)> {
+        let g = self.geom()?;
+        Ok((g.h, g.w))
+    }
+
+    /// Elements of the weight, `cin·cout·k·k`.
+    pub fn weight_len(&self) -> usize {
+        self.cin * self.cout * self.k * self.k
+    }
+
+    /// Elements of the parameter slice: weight, then `cout` bias values if any.
+    pub fn num_params(&self) -> usize {
+        self.weight_len() + if self.bias { self.cout } else { 0 }
+    }
+
+    /// Scratch that [`conv_transpose2d_forward`] and [`conv_transpose2d_backward`] need to run
+    /// `chunks` chunks of the batch in parallel.
+    pub fn scratch_len(&self, chunks: usize) -> Result<usize> {
+        let g = self.geom()?;
+        Ok(chunks.max(1) * (g.cols_len() + self.num_params()))
+    }
+
+    fn check(&self, op: &'static str, x: usize, params: usize) -> Result<ConvGeom> {
+        let g = self.geom()?;
+        check_len(op, "x", x, self.batch * self.cin * self.h * self.w)?;
+        check_len(op, "params", params, self.num_params())?;
+        Ok(g)
+    }
+}
+
+/// `ConvTranspose2d` forward: `y_i = col2im(Wᵀ · x_i) + b`.
+///
+/// `x`: `[batch, cin, h, w]`; `params`: weight `[cin, cout, k, k]` then bias `[cout]`;
+/// `y`: `[batch, cout, oh, ow]` (overwritten); `scratch`: at least
+/// [`ConvTranspose2dShape::scratch_len`]`(1)`.
+pub fn conv_transpose2d_forward<T: Real>(
+    s: &ConvTranspose2dShape,
+    x: &[T],
+    params: &[T],
+    y: &mut [T],
+    scratch: &mut [T],
+) -> Result<()> {
+    const OP: &str = "conv_transpose2d_forward";
+    let g = s.check(OP, x.len(), params.len())?;
+    let (kk, lin, ol, cin) = (g.col_rows(), g.out_positions(), g.in_len(), s.cin);
+    check_len(OP, "y", y.len(), s.batch * ol)?;
+    let sp = g.h * g.w;
+    let work = g.cols_len();
+    let chunks = chunks_for(OP, s.batch, scratch.len(), work)?;
+    let (w, b) = params.split_at(s.weight_len());
+    let f = |ex: std::ops::Range<usize>,
+             y: Option<&mut [T]>,
+             _: &mut GradOut<'_, T>,
+             cols: &mut [T]| {
+        let Some(y) = y else { return };
+        for (j, i) in ex.enumerate() {
+            // cols [kk × lin] = Wᵀ [kk × cin] · x_i [cin × lin]
+            let xi = &x[i * cin * lin..(i + 1) * cin * lin];
+            gemm(
+                kk,
+                cin,
+                lin,
+                T::ONE,
+                w,
+                1,
+                kk,
+                xi,
+                lin,
+                1,
+                T::ZERO,
+                cols,
+                lin,
+                1,
+            );
+            let yi = &mut y[j * ol..(j + 1) * ol];
+            if s.bias {
+                for (c, bc) in b.iter().enumerate() {
+                    yi[c * sp..(c + 1) * sp].fill(*bc);
+                }
+            } else {
+                yi.fill(T::ZERO);
+            }
+            col2im_raw(&g, cols, yi);
+        }
+    };
+    run_chunks(
+        s.batch,
+        chunks,
+        Some((y, ol)),
+        ParamGrad::None,
+        0,
+        scratch,
+        work,
+        &f,
+    );
+    Ok(())
+}
+
+/// `ConvTranspose2d` backward (shapes as in [`conv_transpose2d_forward`]): the input gradient
+/// into `dx` (`[batch, cin, h, w]`, overwritten) when given; the parameter gradients (weight
+/// `[cin, cout, k, k]` then bias `[cout]`) to `grad`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_backward<T: Real>(
+    s: &ConvTranspose2dShape,
+    x: &[T],
+    params: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    grad: ParamGrad<'_, T>,
+    scratch: &mut [T],
+) -> Result<()> {
+    const OP: &str = "conv_transpose2d_backward";
+    let g = s.check(OP, x.len(), params.len())?;
+    let (kk, lin, ol, cin) = (g.col_rows(), g.out_positions(), g.in_len(), s.cin);
+    check_len(OP, "dy", dy.len(), s.batch * ol)?;
+    let il = cin * lin;
+    if let Some(dx) = &dx {
+        check_len(OP, "dx", dx.len(), s.batch * il)?;
+    }
+    let np = s.num_params();
+    check_grad(OP, &grad, s.batch, np)?;
+    let sp = g.h * g.w;
+    let nw = s.weight_len();
+    let w = &params[..nw];
+    let work = g.cols_len();
+    let chunks = chunks_for(OP, s.batch, scratch.len(), work + grad.extra_scratch(np))?;
+    let f = |ex: std::ops::Range<usize>,
+             mut dx: Option<&mut [T]>,
+             gout: &mut GradOut<'_, T>,
+             dcols: &mut [T]| {
+        for (j, i) in ex.enumerate() {
+            let dyi = &dy[i * ol..(i + 1) * ol];
+            im2col_raw(&g, dyi, dcols);
+            if let Some((region, beta)) = gout.region(j, np) {
+                let (dw, db) = region.split_at_mut(nw);
+                // dW_i [cin × kk] = x_i [cin × lin] · dcolsᵀ [lin × kk]
+                let xi = &x[i * il..(i + 1) * il];
+                gemm(
+                    cin,
+                    lin,
+                    kk,
+                    T::ONE,
+                    xi,
+                    lin,
+                    1,
+                    dcols,
+                    1,
+                    lin,
+                    beta,
+                    dw,
+                    kk,
+                    1,
+                );
+                if s.bias {
+                    bias_grad(dyi, sp, db, beta);
+                }
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                // dx_i [cin × lin] = W [cin × kk] · dcols [kk × lin]
+                let dxi = &mut dx[j * il..(j + 1) * il];
+                gemm(
+                    cin,
+                    kk,
+                    lin,
+                    T::ONE,
+                    w,
+                    kk,
+                    1,
+                    dcols,
+                    lin,
+                    1,
+                    T::ZERO,
+                    dxi,
+                    lin,
+                    1,
+                );
+            }
+        }
+    };
+    let out = dx.map(|d| (d, il));
+    run_chunks(s.batch, chunks, out, grad, np, scratch, work, &f);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for odd shapes, strides and paddings.
+    #[test]
+    fn col2im_is_adjoint_of_im2col() {
+        for &(c, h, w, k, s, p) in &[
+            (2, 5, 7, 3, 1, 1),
+            (1, 6, 6, 4, 2, 3),
+            (3, 4, 5, 2, 3, 0),
+            (1, 3, 3, 5, 1, 2),
+        ] {
+            let g = ConvGeom::new("t", c, h, w, k, s, p).unwrap();
+            let x: Vec<f64> = (0..g.in_len()).map(|i| (i as f64 * 0.7).sin()).collect();
+            let cv: Vec<f64> = (0..g.cols_len()).map(|i| (i as f64 * 0.3).cos()).collect();
+            let mut cols = vec![f64::NAN; g.cols_len()];
+            im2col_raw(&g, &x, &mut cols);
+            let mut xb = vec![0.0; g.in_len()];
+            col2im_raw(&g, &cv, &mut xb);
+            let lhs: f64 = cols.iter().zip(&cv).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&xb).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() < 1e-10, "{lhs} vs {rhs}");
+            // Direct check of one entry per row of the naive definition.
+            for ci in 0..c {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                let iy = (oy * s + ki) as isize - p as isize;
+                                let ix = (ox * s + kj) as isize - p as isize;
+                                let v = if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
+                                {
+                                    0.0
+                                } else {
+                                    x[(ci * h + iy as usize) * w + ix as usize]
+                                };
+                                assert_eq!(
+                                    cols[((ci * k + ki) * k + kj) * g.out_positions()
+                                        + oy * g.ow
+                                        + ox],
+                                    v
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn geometry_errors() {
+        assert!(ConvGeom::new("t", 1, 3, 3, 8, 1, 2).is_err());
+        assert!(ConvGeom::new("t", 1, 3, 3, 3, 0, 0).is_err());
+        assert_eq!(ConvGeom::new("t", 1, 28, 28, 8, 2, 3).unwrap().oh, 14);
+    }
+}

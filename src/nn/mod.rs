@@ -1,0 +1,81 @@
+//! Small conv nets with per-sample gradients: a [`Sequential`] model over the CPU layer kernels
+//! of [`crate::cpu`] (`conv`, `linear`, `norm`, `pool`, `activation`, `loss`).
+//!
+//! One backward pass writes every example's parameter gradient straight into its row of the
+//! `[B, P]` per-sample gradient matrix, with the model's [`Layout`](crate::Layout) (one segment
+//! per parameter tensor), ready for [`crate::ops::clip_and_accumulate`]:
+//!
+//! ```
+//! use dpsgd::nn::{models, Grads, Loss};
+//! use dpsgd::cpu::loss::Reduction;
+//! use dpsgd::{Buffer, ClipWorkspace, Clipping, Device};
+//! # fn main() -> dpsgd::Result<()> {
+//! let dev = Device::Cpu;
+//! let model = models::sample_conv_net(&dev, 42)?;          // P = 26 010
+//! let b = 4;
+//! let mut ws = model.workspace(b)?;                          // sized once
+//! let mut per_sample = Buffer::zeros(&dev, b * model.num_params())?;
+//! let mut sum = Buffer::zeros(&dev, model.num_params())?;
+//! let mut clip_ws = ClipWorkspace::new(&dev, b, model.layout())?;
+//! let x = Buffer::from_slice(&dev, &vec![0.1f32; b * 28 * 28])?;
+//! let y = [3u32, 1, 4, 1];
+//!
+//! model.forward(&mut ws, &x)?;
+//! let loss = model.loss(&mut ws, Loss::CrossEntropy(&y), Reduction::Sum)?;
+//! model.backward(&mut ws, Grads::PerSample(&mut per_sample), false)?;
+//! dpsgd::ops::clip_and_accumulate(&per_sample, b, model.layout(), &Clipping::Flat(1.0),
+//!                                 &mut clip_ws, &mut sum)?;
+//! // then noise + step: dpsgd::ops::noisy_sgd_step(model.params_mut(), &sum, ...)
+//! # assert!(loss.is_finite());
+//! # Ok(()) }
+//! ```
+//!
+//! Use [`Reduction::Sum`](crate::cpu::loss::Reduction) with per-sample gradients, so that row i
+//! is ∇ℓ_i (a mean would scale every row by 1/B). [`Grads::Sum`] gives the ordinary summed
+//! gradient instead (non-private training, a GAN's generator), and `input_grad = true` the
+//! gradient w.r.t. the input ([`Workspace::input_grad`]; GS-WGAN needs it).
+//!
+//! Backends: the model holds a [`Device`](crate::Device); only the CPU path exists so far, and
+//! a model or workspace on a CUDA device returns [`Error::InvalidParameter`](crate::Error)
+//! naming the device. The layer functions take plain slices and shape structs so that CUDA
+//! twins can mirror their signatures.
+//!
+//! # Why no BatchNorm
+//!
+//! BatchNorm normalises each activation with the mean and variance *of the batch*, so example
+//! j's output — and hence its loss and gradient — depends on every other example in the batch.
+//! There is then no "gradient of example i" to clip: changing one example changes all B
+//! gradients, the sensitivity of the clipped sum is no longer C, and the Gaussian noise of
+//! DP-SGD no longer buys the claimed (ε, δ). The running statistics are a second leak: they are
+//! an unclipped, un-noised average of the private data that ships with the model. GroupNorm
+//! normalises each example over groups of its own channels, so examples stay independent; it
+//! is the usual DP-safe replacement (Opacus rejects BatchNorm and suggests GroupNorm too).
+//!
+//! # Loading in PyTorch
+//!
+//! [`Sequential::save_safetensors`] writes the `state_dict` of the PyTorch `nn.Sequential`
+//! with the same layers (names `"{index}.weight"`, `"{index}.bias"`, where the index counts
+//! every layer, ReLU/pool/Flatten included; PyTorch's layouts; F32):
+//!
+//! ```python
+//! import torch, torch.nn as nn
+//! from safetensors.torch import load_file, save_file
+//!
+//! model = nn.Sequential(                       # = dpsgd::nn::models::sample_conv_net
+//!     nn.Conv2d(1, 16, 8, 2, padding=3), nn.ReLU(), nn.MaxPool2d(2, 1),
+//!     nn.Conv2d(16, 32, 4, 2), nn.ReLU(), nn.MaxPool2d(2, 1), nn.Flatten(),
+//!     nn.Linear(32 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10))
+//! model.load_state_dict(load_file("model.safetensors"))   # strict: names and shapes match
+//! save_file(model.state_dict(), "back.safetensors")       # ... and back to Sequential::load_safetensors
+//! ```
+//!
+//! [`Sequential::load_safetensors`] is as strict as `load_state_dict`: a missing, mis-shaped,
+//! non-F32 or unexpected tensor, or a corrupt file, is an error and leaves the model unchanged.
+
+pub mod io;
+pub mod layer;
+pub mod models;
+pub mod sequential;
+
+pub use layer::{Layer, Shape};
+pub use sequential::{Grads, Loss, ParamInfo, Sequential, SequentialBuilder, Workspace};

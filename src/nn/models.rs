@@ -1,0 +1,151 @@
+//! Ready-made models.
+
+use super::sequential::{Sequential, SequentialBuilder};
+use crate::{Device, Error, Result};
+
+/// Opacus's MNIST example network `SampleConvNet` (P = 26 010) for `[1, 28, 28]` inputs:
+/// `Conv2d(1,16,8,2,padding=3)–ReLU–MaxPool2d(2,1)–Conv2d(16,32,4,2)–ReLU–MaxPool2d(2,1)–
+/// Flatten–Linear(512,32)–ReLU–Linear(32,10)`.
+///
+/// PyTorch twin (same `state_dict` names: `0.*`, `3.*`, `7.*`, `9.*`):
+/// ```python
+/// nn.Sequential(nn.Conv2d(1, 16, 8, 2, padding=3), nn.ReLU(), nn.MaxPool2d(2, 1),
+///               nn.Conv2d(16, 32, 4, 2), nn.ReLU(), nn.MaxPool2d(2, 1), nn.Flatten(),
+///               nn.Linear(32 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10))
+/// ```
+pub fn sample_conv_net(device: &Device, seed: u64) -> Result<Sequential> {
+    sample_conv_net_with(device, seed, false)
+}
+
+/// [`sample_conv_net`] with Tanh instead of ReLU: the tempered-sigmoid network of Papernot,
+/// Thakurta, Song, Chien, Erlingsson, "Tempered Sigmoid Activations for Deep Learning with
+/// Differential Privacy" (AAAI 2021), which trains better under DP-SGD's clipping.
+pub fn sample_conv_net_tanh(device: &Device, seed: u64) -> Result<Sequential> {
+    sample_conv_net_with(device, seed, true)
+}
+
+fn act(b: SequentialBuilder, tanh: bool) -> SequentialBuilder {
+    if tanh {
+        b.tanh()
+    } else {
+        b.relu()
+    }
+}
+
+fn sample_conv_net_with(device: &Device, seed: u64, tanh: bool) -> Result<Sequential> {
+    let b = Sequential::builder(&[1, 28, 28]).conv2d(16, 8, 2, 3, true);
+    let b = act(b, tanh).max_pool2d(2, 1).conv2d(32, 4, 2, 0, true);
+    let b = act(b, tanh).max_pool2d(2, 1).flatten().linear(32, true);
+    act(b, tanh).linear(10, true).build(device, seed)
+}
+
+/// Configuration of the DCGAN pair ([`dcgan_generator`], [`dcgan_discriminator`]), with
+/// GroupNorm where DCGAN has BatchNorm (see [`crate::nn`] for why).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DcganConfig {
+    /// Image side: 28 (MNIST) or 32 (CIFAR-10).
+    pub image_size: usize,
+    /// Image channels (1 or 3).
+    pub channels: usize,
+    /// Latent dimension; the generator's input is `[nz, 1, 1]`.
+    pub nz: usize,
+    /// Generator width (feature maps of its last hidden layer).
+    pub ngf: usize,
+    /// Discriminator width (feature maps of its first layer).
+    pub ndf: usize,
+    /// GroupNorm groups (must divide every normalised width: 2·ngf, 4·ngf, 2·ndf, 4·ndf).
+    pub groups: usize,
+}
+
+impl Default for DcganConfig {
+    /// MNIST: 28×28×1, nz = 100, ngf = ndf = 32, 8 groups.
+    fn default() -> Self {
+        DcganConfig {
+            image_size: 28,
+            channels: 1,
+            nz: 100,
+            ngf: 32,
+            ndf: 32,
+            groups: 8,
+        }
+    }
+}
+
+impl DcganConfig {
+    fn check(&self) -> Result<()> {
+        if self.image_size != 28 && self.image_size != 32 {
+            return Err(Error::invalid("image_size", self.image_size, "28 or 32"));
+        }
+        for (n, v) in [
+            ("channels", self.channels),
+            ("nz", self.nz),
+            ("ngf", self.ngf),
+            ("ndf", self.ndf),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(n, v, ">= 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// DCGAN generator `[nz, 1, 1]` → `[channels, s, s]` in (−1, 1), transposed convolutions
+/// without bias, each hidden one followed by GroupNorm and ReLU, Tanh at the end.
+///
+/// 32×32: `ConvT(nz,4g,4,1,0)` 4² → `ConvT(4g,2g,4,2,1)` 8² → `ConvT(2g,g,4,2,1)` 16² →
+/// `ConvT(g,c,4,2,1)` 32². 28×28: `ConvT(nz,4g,7,1,0)` 7² → `ConvT(4g,2g,4,2,1)` 14² →
+/// `ConvT(2g,c,4,2,1)` 28².
+pub fn dcgan_generator(device: &Device, cfg: &DcganConfig, seed: u64) -> Result<Sequential> {
+    cfg.check()?;
+    let (g, gr) = (cfg.ngf, cfg.groups);
+    let b = Sequential::builder(&[cfg.nz, 1, 1]);
+    let b = if cfg.image_size == 32 {
+        b.conv_transpose2d(4 * g, 4, 1, 0, false)
+            .group_norm(gr)
+            .relu()
+            .conv_transpose2d(2 * g, 4, 2, 1, false)
+            .group_norm(gr)
+            .relu()
+            .conv_transpose2d(g, 4, 2, 1, false)
+            .group_norm(gr)
+            .relu()
+    } else {
+        b.conv_transpose2d(4 * g, 7, 1, 0, false)
+            .group_norm(gr)
+            .relu()
+            .conv_transpose2d(2 * g, 4, 2, 1, false)
+            .group_norm(gr)
+            .relu()
+    };
+    b.conv_transpose2d(cfg.channels, 4, 2, 1, false)
+        .tanh()
+        .build(device, seed)
+}
+
+/// DCGAN discriminator `[channels, s, s]` → one logit per image (use
+/// [`super::Loss::BceWithLogits`]): strided convolutions, LeakyReLU(0.2), GroupNorm on the
+/// hidden ones.
+///
+/// 32×32: `Conv(c,d,4,2,1)` 16² → `Conv(d,2d,4,2,1)` 8² → `Conv(2d,4d,4,2,1)` 4² →
+/// `Conv(4d,1,4,1,0)`. 28×28: `Conv(c,d,4,2,1)` 14² → `Conv(d,2d,4,2,1)` 7² →
+/// `Conv(2d,1,7,1,0)`. Then Flatten.
+pub fn dcgan_discriminator(device: &Device, cfg: &DcganConfig, seed: u64) -> Result<Sequential> {
+    cfg.check()?;
+    let (d, gr, s) = (cfg.ndf, cfg.groups, cfg.image_size);
+    let b = Sequential::builder(&[cfg.channels, s, s])
+        .conv2d(d, 4, 2, 1, false)
+        .leaky_relu(0.2)
+        .conv2d(2 * d, 4, 2, 1, false)
+        .group_norm(gr)
+        .leaky_relu(0.2);
+    let b = if s == 32 {
+        b.conv2d(4 * d, 4, 2, 1, false)
+            .group_norm(gr)
+            .leaky_relu(0.2)
+            .conv2d(1, 4, 1, 0, false)
+    } else {
+        b.conv2d(1, 7, 1, 0, false)
+    };
+    b.flatten().build(device, seed)
+}

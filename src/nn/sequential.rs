@@ -1,0 +1,810 @@
+//! [`Sequential`]: a stack of layers that owns its flat parameter vector, and its
+//! [`Workspace`].
+
+use super::layer::{Layer, Shape};
+use crate::buffer::Storage;
+use crate::cpu::activation::{activation_backward, activation_forward, Activation};
+use crate::cpu::conv::{
+    conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward,
+    Conv2dShape, ConvTranspose2dShape,
+};
+use crate::cpu::grad::ParamGrad;
+use crate::cpu::linear::{linear_backward, linear_forward, LinearShape};
+use crate::cpu::loss::{bce, bce_with_logits, cross_entropy, Reduction};
+use crate::cpu::norm::{group_norm_backward, group_norm_forward, GroupNormShape};
+use crate::cpu::philox::Philox;
+use crate::cpu::pool::{
+    avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, PoolShape,
+};
+use crate::{Buffer, Device, Error, Layout, Result};
+use std::ops::Range;
+
+/// Builds a [`Sequential`] layer by layer from the shape of one input example; each method
+/// infers the input channels/features from the shape so far. Errors (a layer that does not
+/// fit) are reported by [`SequentialBuilder::build`].
+#[derive(Clone, Debug)]
+pub struct SequentialBuilder {
+    input: Shape,
+    layers: Vec<Layer>,
+    shape: Shape,
+    error: Option<String>,
+}
+
+impl SequentialBuilder {
+    /// Starts a model whose examples have shape `input` (`[c, h, w]` or `[features]`).
+    pub fn new(input: &[usize]) -> Self {
+        SequentialBuilder {
+            input: input.to_vec(),
+            layers: Vec::new(),
+            shape: input.to_vec(),
+            error: None,
+        }
+    }
+
+    /// Appends any layer.
+    pub fn push(mut self, layer: Layer) -> Self {
+        if self.error.is_none() {
+            match layer.out_shape(&self.shape) {
+                Ok(s) => self.shape = s,
+                Err(e) => {
+                    self.error = Some(format!(
+                        "layer {} ({}) on input {:?}: {e}",
+                        self.layers.len(),
+                        layer.name(),
+                        self.shape
+                    ))
+                }
+            }
+        }
+        self.layers.push(layer);
+        self
+    }
+
+    fn channels(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+
+    /// `nn.Conv2d(c, cout, k, stride, pad, bias)` with `c` the current channels.
+    pub fn conv2d(self, cout: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Self {
+        let cin = self.channels();
+        self.push(Layer::Conv2d {
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            bias,
+        })
+    }
+
+    /// `nn.ConvTranspose2d(c, cout, k, stride, pad, bias)` with `c` the current channels.
+    pub fn conv_transpose2d(
+        self,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+    ) -> Self {
+        let cin = self.channels();
+        self.push(Layer::ConvTranspose2d {
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            bias,
+        })
+    }
+
+    /// `nn.Linear(f, outf, bias)` with `f` the current (flat) features.
+    pub fn linear(self, outf: usize, bias: bool) -> Self {
+        let inf = self.shape.iter().product();
+        self.push(Layer::Linear { inf, outf, bias })
+    }
+
+    /// `nn.GroupNorm(groups, c)` (ε = 1e-5) with `c` the current channels.
+    pub fn group_norm(self, groups: usize) -> Self {
+        let channels = self.channels();
+        self.push(Layer::GroupNorm {
+            groups,
+            channels,
+            eps: 1e-5,
+        })
+    }
+
+    /// `nn.MaxPool2d(k, stride)`.
+    pub fn max_pool2d(self, k: usize, stride: usize) -> Self {
+        self.push(Layer::MaxPool2d { k, stride })
+    }
+
+    /// `nn.AvgPool2d(k, stride)`.
+    pub fn avg_pool2d(self, k: usize, stride: usize) -> Self {
+        self.push(Layer::AvgPool2d { k, stride })
+    }
+
+    /// `nn.Flatten()`.
+    pub fn flatten(self) -> Self {
+        self.push(Layer::Flatten)
+    }
+
+    /// `nn.ReLU()`.
+    pub fn relu(self) -> Self {
+        self.push(Layer::Act(Activation::Relu))
+    }
+
+    /// `nn.LeakyReLU(slope)`.
+    pub fn leaky_relu(self, slope: f64) -> Self {
+        self.push(Layer::Act(Activation::LeakyRelu(slope)))
+    }
+
+    /// `nn.Tanh()`.
+    pub fn tanh(self) -> Self {
+        self.push(Layer::Act(Activation::Tanh))
+    }
+
+    /// `nn.Sigmoid()`.
+    pub fn sigmoid(self) -> Self {
+        self.push(Layer::Act(Activation::Sigmoid))
+    }
+
+    /// The shape of one example after the layers so far.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Builds the model on `device` with PyTorch's default initialisation drawn from the
+    /// Philox stream `seed`: weights (and biases) of Conv2d, ConvTranspose2d and Linear
+    /// uniform in ±1/√fan_in (= `kaiming_uniform_(a=√5)` for the weight), GroupNorm γ = 1,
+    /// β = 0. Errors if a layer does not fit, or the model has no parameters.
+    pub fn build(self, device: &Device, seed: u64) -> Result<Sequential> {
+        if let Some(e) = self.error {
+            return Err(Error::shape("Sequential", e));
+        }
+        Sequential::new(device, &self.input, self.layers, seed)
+    }
+}
+
+/// One parameter tensor: its PyTorch name (`"0.weight"`), shape, and column range in the flat
+/// parameter vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamInfo {
+    /// `"{layer index}.weight"` or `"{layer index}.bias"`, as in a PyTorch `nn.Sequential`.
+    pub name: String,
+    /// The tensor's shape, PyTorch's layout.
+    pub shape: Vec<usize>,
+    /// Its columns in the flat vector (= its segment in [`Sequential::layout`]).
+    pub range: Range<usize>,
+}
+
+/// A feed-forward stack of layers with its parameters in one flat `f32` vector: for each
+/// layer, its weight then its bias, in layer order (the order of PyTorch's `parameters()`),
+/// with one [`Layout`] segment per tensor. See the [module docs](crate::nn) for a training step.
+#[derive(Debug)]
+pub struct Sequential {
+    device: Device,
+    input: Shape,
+    layers: Vec<Layer>,
+    /// `shapes[i]` is the input shape of layer i; `shapes[L]` the output shape.
+    shapes: Vec<Shape>,
+    /// Column range of each layer's parameters (empty for parameter-free layers).
+    ranges: Vec<Range<usize>>,
+    infos: Vec<ParamInfo>,
+    layout: Layout,
+    params: Buffer<f32>,
+}
+
+impl Sequential {
+    /// Starts a [`SequentialBuilder`] for examples of shape `input`.
+    pub fn builder(input: &[usize]) -> SequentialBuilder {
+        SequentialBuilder::new(input)
+    }
+
+    /// A model from explicit layers (each one's channel/feature counts must chain), initialised
+    /// as in [`SequentialBuilder::build`].
+    pub fn new(device: &Device, input: &[usize], layers: Vec<Layer>, seed: u64) -> Result<Self> {
+        if input.is_empty() || input.contains(&0) {
+            return Err(Error::shape(
+                "Sequential",
+                format!("input shape {input:?} is empty"),
+            ));
+        }
+        let mut shapes = vec![input.to_vec()];
+        let mut ranges = Vec::with_capacity(layers.len());
+        let mut infos = Vec::new();
+        let mut init = Vec::new();
+        let mut rng = Philox::new(seed, 0);
+        for (i, l) in layers.iter().enumerate() {
+            let s = l.out_shape(&shapes[i]).map_err(|e| {
+                Error::shape(
+                    "Sequential",
+                    format!("layer {i} ({}) on input {:?}: {e}", l.name(), shapes[i]),
+                )
+            })?;
+            shapes.push(s);
+            let start = init.len();
+            for (suffix, shape, fan_in) in l.param_tensors() {
+                let n: usize = shape.iter().product();
+                let from = init.len();
+                match l {
+                    Layer::GroupNorm { .. } => {
+                        init.resize(from + n, if suffix == "weight" { 1.0 } else { 0.0 })
+                    }
+                    _ => {
+                        let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+                        init.extend((0..n).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32));
+                    }
+                }
+                infos.push(ParamInfo {
+                    name: format!("{i}.{suffix}"),
+                    shape,
+                    range: from..init.len(),
+                });
+            }
+            ranges.push(start..init.len());
+        }
+        let sizes: Vec<usize> = infos.iter().map(|p| p.range.len()).collect();
+        let layout = Layout::from_sizes(&sizes)
+            .map_err(|_| Error::shape("Sequential", "the model has no parameters"))?;
+        let params = Buffer::from_slice(device, &init)?;
+        Ok(Sequential {
+            device: device.clone(),
+            input: input.to_vec(),
+            layers,
+            shapes,
+            ranges,
+            infos,
+            layout,
+            params,
+        })
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The shape of one input example.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input
+    }
+
+    /// The shape of one output example.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.shapes[self.layers.len()]
+    }
+
+    /// The shape of the activation entering layer `i` (`i = layers().len()`: the output).
+    pub fn shape_at(&self, i: usize) -> Option<&[usize]> {
+        self.shapes.get(i).map(|s| s.as_slice())
+    }
+
+    /// Number of parameters P (the row length of the per-sample gradient matrix).
+    pub fn num_params(&self) -> usize {
+        self.layout.num_params()
+    }
+
+    /// One segment per parameter tensor, in order (for per-layer clipping).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Names, shapes and ranges of the parameter tensors, in order.
+    pub fn param_info(&self) -> &[ParamInfo] {
+        &self.infos
+    }
+
+    /// The flat parameter vector.
+    pub fn params(&self) -> &Buffer<f32> {
+        &self.params
+    }
+
+    /// The flat parameter vector, to update in place (e.g. with [`crate::ops::noisy_sgd_step`]).
+    pub fn params_mut(&mut self) -> &mut Buffer<f32> {
+        &mut self.params
+    }
+
+    /// The column range of layer `i`'s parameters (empty for parameter-free layers).
+    pub fn layer_params(&self, i: usize) -> Option<Range<usize>> {
+        self.ranges.get(i).cloned()
+    }
+
+    fn cpu_params(&self, op: &'static str) -> Result<&[f32]> {
+        match &self.params.storage {
+            Storage::Cpu(v) => Ok(v),
+            #[allow(unreachable_patterns)]
+            _ => Err(no_cuda(op)),
+        }
+    }
+
+    /// A workspace for batches of up to `max_batch` examples, sized once: activations of every
+    /// layer, gradient buffers and the kernels' scratch (one chunk per rayon thread). No
+    /// allocation happens in [`Sequential::forward`] or [`Sequential::backward`].
+    pub fn workspace(&self, max_batch: usize) -> Result<Workspace> {
+        if self.device.is_cuda() {
+            return Err(no_cuda("Sequential::workspace"));
+        }
+        if max_batch == 0 {
+            return Err(Error::invalid("max_batch", 0, ">= 1"));
+        }
+        let chunks = rayon::current_num_threads().clamp(1, max_batch);
+        let numel = |s: &Shape| numel(s);
+        let acts: Vec<Vec<f32>> = self
+            .shapes
+            .iter()
+            .map(|s| vec![0.0; max_batch * numel(s)])
+            .collect();
+        let maxact = self.shapes.iter().map(numel).max().unwrap_or(0) * max_batch;
+        let mut scratch = 0usize;
+        for (i, l) in self.layers.iter().enumerate() {
+            scratch = scratch.max(self.scratch_for(i, l, chunks)?);
+        }
+        Ok(Workspace {
+            max_batch,
+            batch: 0,
+            chunks,
+            acts,
+            ga: vec![0.0; maxact],
+            gb: vec![0.0; maxact],
+            input_grad: vec![0.0; max_batch * numel(&self.input)],
+            scratch: vec![0.0; scratch],
+            have_forward: false,
+            have_output_grad: false,
+            have_input_grad: false,
+        })
+    }
+
+    fn scratch_for(&self, i: usize, l: &Layer, chunks: usize) -> Result<usize> {
+        Ok(match self.op(i, l, 1) {
+            Op::Conv(s) => s.scratch_len(chunks)?,
+            Op::ConvT(s) => s.scratch_len(chunks)?,
+            Op::Linear(s) => s.scratch_len(chunks),
+            Op::Gn(s) => s.scratch_len(chunks),
+            _ => 0,
+        })
+    }
+
+    fn op(&self, i: usize, l: &Layer, batch: usize) -> Op {
+        let s = &self.shapes[i];
+        let (c, h, w) = match s.as_slice() {
+            [c, h, w] => (*c, *h, *w),
+            _ => (s[0], 1, 1),
+        };
+        match *l {
+            Layer::Conv2d {
+                cin,
+                cout,
+                k,
+                stride,
+                pad,
+                bias,
+            } => Op::Conv(Conv2dShape {
+                batch,
+                cin,
+                h,
+                w,
+                cout,
+                k,
+                stride,
+                pad,
+                bias,
+            }),
+            Layer::ConvTranspose2d {
+                cin,
+                cout,
+                k,
+                stride,
+                pad,
+                bias,
+            } => Op::ConvT(ConvTranspose2dShape {
+                batch,
+                cin,
+                h,
+                w,
+                cout,
+                k,
+                stride,
+                pad,
+                bias,
+            }),
+            Layer::Linear { inf, outf, bias } => Op::Linear(LinearShape {
+                batch,
+                inf,
+                outf,
+                bias,
+            }),
+            Layer::GroupNorm {
+                groups,
+                channels,
+                eps,
+            } => Op::Gn(GroupNormShape {
+                batch,
+                c: channels,
+                spatial: s[1..].iter().product(),
+                groups,
+                eps,
+            }),
+            Layer::MaxPool2d { k, stride } => Op::Max(PoolShape {
+                batch,
+                c,
+                h,
+                w,
+                k,
+                stride,
+            }),
+            Layer::AvgPool2d { k, stride } => Op::Avg(PoolShape {
+                batch,
+                c,
+                h,
+                w,
+                k,
+                stride,
+            }),
+            Layer::Flatten => Op::Flatten,
+            Layer::Act(a) => Op::Act(a),
+        }
+    }
+
+    /// Forward pass of a batch: `x` holds `batch` examples of [`Sequential::input_shape`]
+    /// (row-major, batch first), `1 ≤ batch ≤ max_batch`. The output is then
+    /// [`Workspace::output`]. Errors if `x`'s length is not a whole, fitting number of examples.
+    pub fn forward(&self, ws: &mut Workspace, x: &Buffer<f32>) -> Result<()> {
+        let x = match &x.storage {
+            Storage::Cpu(v) => v.as_slice(),
+            #[allow(unreachable_patterns)]
+            _ => return Err(no_cuda("Sequential::forward")),
+        };
+        self.forward_slice(ws, x)
+    }
+
+    /// [`Sequential::forward`] from a host slice (CPU models).
+    pub fn forward_slice(&self, ws: &mut Workspace, x: &[f32]) -> Result<()> {
+        const OP: &str = "Sequential::forward";
+        self.check_ws(OP, ws)?;
+        let params = self.cpu_params(OP)?;
+        let per: usize = self.input.iter().product();
+        if x.is_empty() || x.len() % per != 0 || x.len() / per > ws.max_batch {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input has {} values; expected batch × {per} (one example is {:?}) with 1 ≤ batch ≤ {}",
+                    x.len(),
+                    self.input,
+                    ws.max_batch
+                ),
+            ));
+        }
+        let batch = x.len() / per;
+        ws.batch = batch;
+        ws.have_forward = false;
+        ws.have_output_grad = false;
+        ws.have_input_grad = false;
+        ws.acts[0][..x.len()].copy_from_slice(x);
+        for (i, l) in self.layers.iter().enumerate() {
+            let (lo, hi) = ws.acts.split_at_mut(i + 1);
+            let xin = &lo[i][..batch * numel(&self.shapes[i])];
+            let y = &mut hi[0][..batch * numel(&self.shapes[i + 1])];
+            let p = &params[self.ranges[i].clone()];
+            let scratch = &mut ws.scratch[..];
+            match self.op(i, l, batch) {
+                Op::Conv(s) => conv2d_forward(&s, xin, p, y, scratch)?,
+                Op::ConvT(s) => conv_transpose2d_forward(&s, xin, p, y, scratch)?,
+                Op::Linear(s) => linear_forward(&s, xin, p, y)?,
+                Op::Gn(s) => group_norm_forward(&s, xin, p, y)?,
+                Op::Max(s) => max_pool2d_forward(&s, xin, y)?,
+                Op::Avg(s) => avg_pool2d_forward(&s, xin, y)?,
+                Op::Flatten => y.copy_from_slice(xin),
+                Op::Act(a) => activation_forward(a, xin, y)?,
+            }
+        }
+        ws.have_forward = true;
+        Ok(())
+    }
+
+    fn check_ws(&self, op: &'static str, ws: &Workspace) -> Result<()> {
+        let ok = ws.acts.len() == self.shapes.len()
+            && ws
+                .acts
+                .iter()
+                .zip(&self.shapes)
+                .all(|(a, s)| a.len() == ws.max_batch * numel(s));
+        if !ok {
+            return Err(Error::shape(op, "the workspace was made for another model"));
+        }
+        Ok(())
+    }
+
+    /// Computes the loss of the last forward's output and stores its gradient as the output
+    /// gradient for [`Sequential::backward`]. Use [`Reduction::Sum`] for DP-SGD (per-sample
+    /// gradients are then each example's own; see [`crate::cpu::loss`]).
+    pub fn loss(&self, ws: &mut Workspace, loss: Loss<'_>, reduction: Reduction) -> Result<f64> {
+        const OP: &str = "Sequential::loss";
+        self.check_ws(OP, ws)?;
+        if !ws.have_forward {
+            return Err(Error::shape(OP, "call forward first"));
+        }
+        let b = ws.batch;
+        let per = numel(self.output_shape());
+        let out = &ws.acts[self.layers.len()][..b * per];
+        let dout = &mut ws.ga[..b * per];
+        let v = match loss {
+            Loss::CrossEntropy(t) => {
+                if t.len() != b {
+                    return Err(Error::shape(
+                        OP,
+                        format!("{} targets for a batch of {b}", t.len()),
+                    ));
+                }
+                cross_entropy(out, per, t, reduction, Some(dout))?
+            }
+            Loss::BceWithLogits(t) => bce_with_logits(out, t, reduction, Some(dout))?,
+            Loss::Bce(t) => bce(out, t, reduction, Some(dout))?,
+        };
+        ws.have_output_grad = true;
+        Ok(v)
+    }
+
+    /// Sets the gradient of the loss w.r.t. the last forward's output (`batch ×`
+    /// [`Sequential::output_shape`] values), e.g. the gradient a discriminator passes back to a
+    /// generator.
+    pub fn set_output_grad(&self, ws: &mut Workspace, dy: &[f32]) -> Result<()> {
+        const OP: &str = "Sequential::set_output_grad";
+        self.check_ws(OP, ws)?;
+        if !ws.have_forward {
+            return Err(Error::shape(OP, "call forward first"));
+        }
+        let n = ws.batch * numel(self.output_shape());
+        if dy.len() != n {
+            return Err(Error::shape(
+                OP,
+                format!("dy has {} values, expected {n}", dy.len()),
+            ));
+        }
+        ws.ga[..n].copy_from_slice(dy);
+        ws.have_output_grad = true;
+        Ok(())
+    }
+
+    /// Backward pass from the output gradient set by [`Sequential::loss`] or
+    /// [`Sequential::set_output_grad`]: writes the parameter gradients to `grads` and, when
+    /// `input_grad`, the gradient w.r.t. the input to [`Workspace::input_grad`].
+    pub fn backward(&self, ws: &mut Workspace, grads: Grads<'_>, input_grad: bool) -> Result<()> {
+        const OP: &str = "Sequential::backward";
+        self.check_ws(OP, ws)?;
+        if !ws.have_output_grad {
+            return Err(Error::shape(
+                OP,
+                "call loss or set_output_grad after forward first",
+            ));
+        }
+        let params = self.cpu_params(OP)?;
+        let b = ws.batch;
+        let p = self.num_params();
+        let mut grads = match grads {
+            Grads::None => ParamGrad::None,
+            Grads::PerSample(buf) => {
+                let rows = buf.as_mut_slice().ok_or_else(|| no_cuda(OP))?;
+                if rows.len() < b * p {
+                    return Err(Error::shape(
+                        OP,
+                        format!(
+                            "per-sample matrix has {} values, need {b} × {p}",
+                            rows.len()
+                        ),
+                    ));
+                }
+                ParamGrad::PerSample {
+                    rows,
+                    stride: p,
+                    offset: 0,
+                }
+            }
+            Grads::Sum { grad, accumulate } => {
+                let g = grad.as_mut_slice().ok_or_else(|| no_cuda(OP))?;
+                if g.len() != p {
+                    return Err(Error::shape(
+                        OP,
+                        format!("summed gradient has {} values, need {p}", g.len()),
+                    ));
+                }
+                ParamGrad::Sum {
+                    grad: g,
+                    accumulate,
+                }
+            }
+        };
+        // Layers below the first one with parameters need no gradient unless the input's is wanted.
+        let first = if input_grad {
+            0
+        } else {
+            self.ranges
+                .iter()
+                .position(|r| !r.is_empty())
+                .unwrap_or(self.layers.len())
+        };
+        let Workspace {
+            acts,
+            ga,
+            gb,
+            scratch,
+            input_grad: ig,
+            ..
+        } = ws;
+        let (mut dyb, mut dxb): (&mut Vec<f32>, &mut Vec<f32>) = (ga, gb);
+        for i in (first..self.layers.len()).rev() {
+            let l = &self.layers[i];
+            let r = self.ranges[i].clone();
+            let pl = &params[r.clone()];
+            let nin = b * numel(&self.shapes[i]);
+            let nout = b * numel(&self.shapes[i + 1]);
+            let need_dx = i > first || input_grad;
+            let x = &acts[i][..nin];
+            let y = &acts[i + 1][..nout];
+            let dy = &dyb[..nout];
+            let dx: &mut [f32] = if i == 0 {
+                &mut ig[..nin]
+            } else {
+                &mut dxb[..nin]
+            };
+            let pg = match &mut grads {
+                ParamGrad::None => ParamGrad::None,
+                ParamGrad::PerSample { rows, .. } => ParamGrad::PerSample {
+                    rows,
+                    stride: p,
+                    offset: r.start,
+                },
+                ParamGrad::Sum { grad, accumulate } => ParamGrad::Sum {
+                    grad: &mut grad[r.clone()],
+                    accumulate: *accumulate,
+                },
+            };
+            let pg = if r.is_empty() { ParamGrad::None } else { pg };
+            let dxo = if need_dx { Some(dx) } else { None };
+            let scr = &mut scratch[..];
+            match self.op(i, l, b) {
+                Op::Conv(s) => conv2d_backward(&s, x, pl, dy, dxo, pg, scr)?,
+                Op::ConvT(s) => conv_transpose2d_backward(&s, x, pl, dy, dxo, pg, scr)?,
+                Op::Linear(s) => linear_backward(&s, x, pl, dy, dxo, pg, scr)?,
+                Op::Gn(s) => group_norm_backward(&s, x, pl, dy, dxo, pg, scr)?,
+                Op::Max(s) => {
+                    if let Some(dx) = dxo {
+                        max_pool2d_backward(&s, x, dy, dx)?
+                    }
+                }
+                Op::Avg(s) => {
+                    if let Some(dx) = dxo {
+                        avg_pool2d_backward(&s, dy, dx)?
+                    }
+                }
+                Op::Flatten => {
+                    if let Some(dx) = dxo {
+                        dx.copy_from_slice(dy)
+                    }
+                }
+                Op::Act(a) => {
+                    if let Some(dx) = dxo {
+                        activation_backward(a, x, y, dy, dx)?
+                    }
+                }
+            }
+            std::mem::swap(&mut dyb, &mut dxb);
+        }
+        ws.have_output_grad = false;
+        ws.have_input_grad = input_grad;
+        Ok(())
+    }
+}
+
+fn numel(s: &[usize]) -> usize {
+    s.iter().product()
+}
+
+pub(crate) fn no_cuda(op: &'static str) -> Error {
+    Error::invalid(
+        "device",
+        op,
+        "Device::Cpu: the nn layers have no CUDA backend yet (CPU only for now)",
+    )
+}
+
+enum Op {
+    Conv(Conv2dShape),
+    ConvT(ConvTranspose2dShape),
+    Linear(LinearShape),
+    Gn(GroupNormShape),
+    Max(PoolShape),
+    Avg(PoolShape),
+    Flatten,
+    Act(Activation),
+}
+
+/// A loss on the model's output, with its targets (one per example for cross-entropy, one per
+/// output value for the binary losses).
+#[derive(Clone, Copy, Debug)]
+pub enum Loss<'a> {
+    /// Cross-entropy (log-softmax + NLL) on logits `[batch, classes]`; class indices.
+    CrossEntropy(&'a [u32]),
+    /// Binary cross-entropy on logits; targets in [0, 1].
+    BceWithLogits(&'a [f32]),
+    /// Binary cross-entropy on probabilities (after a Sigmoid); targets in [0, 1].
+    Bce(&'a [f32]),
+}
+
+/// Where [`Sequential::backward`] writes the parameter gradients.
+#[derive(Debug)]
+pub enum Grads<'a> {
+    /// None (only the input gradient, e.g. through a frozen discriminator).
+    None,
+    /// Per-sample gradients: row i of this `[≥batch, P]` row-major matrix gets example i's
+    /// gradient (overwritten), ready for [`crate::ops::clip_and_accumulate`].
+    PerSample(&'a mut Buffer<f32>),
+    /// The gradient summed over the batch (P values), overwritten or accumulated.
+    Sum {
+        /// The summed gradient.
+        grad: &'a mut Buffer<f32>,
+        /// Add to `grad` instead of overwriting it.
+        accumulate: bool,
+    },
+}
+
+/// Activations, gradients and scratch of one model for batches of up to `max_batch`, made by
+/// [`Sequential::workspace`] once and reused every step.
+#[derive(Debug)]
+pub struct Workspace {
+    max_batch: usize,
+    batch: usize,
+    chunks: usize,
+    acts: Vec<Vec<f32>>,
+    ga: Vec<f32>,
+    gb: Vec<f32>,
+    input_grad: Vec<f32>,
+    scratch: Vec<f32>,
+    have_forward: bool,
+    have_output_grad: bool,
+    have_input_grad: bool,
+}
+
+impl Workspace {
+    /// The largest batch it holds.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The batch size of the last forward.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Parallel chunks the kernels split a batch into.
+    pub fn chunks(&self) -> usize {
+        self.chunks
+    }
+
+    /// The last forward's output, `batch ×` the output shape.
+    pub fn output(&self) -> &[f32] {
+        let a = &self.acts[self.acts.len() - 1];
+        &a[..self.batch * (a.len() / self.max_batch)]
+    }
+
+    /// The activation entering layer `i` in the last forward (`i = 0`: the input).
+    pub fn activation(&self, i: usize) -> Option<&[f32]> {
+        self.acts
+            .get(i)
+            .map(|a| &a[..self.batch * (a.len() / self.max_batch)])
+    }
+
+    /// The gradient w.r.t. the input of the last [`Sequential::backward`] with `input_grad`.
+    pub fn input_grad(&self) -> Option<&[f32]> {
+        if self.have_input_grad {
+            let per = self.input_grad.len() / self.max_batch;
+            Some(&self.input_grad[..self.batch * per])
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,1012 @@
+//! Layer kernels and the `Sequential` model: finite differences (f64), per-sample gradients vs
+//! a batch of one, summed vs per-sample, errors, safetensors.
+//!
+//! Tolerances: finite differences are central, h = 1e-6, in f64, compared with
+//! |analytic − numeric| ≤ 1e-6·(1 + |numeric|). Per-sample vs batch-of-one in f64 is compared
+//! to 1e-10 relative (same arithmetic up to GEMM blocking); model-level checks run in f32 with
+//! 1e-5·(1 + |x|).
+
+use dpsgd::cpu::activation::{activation_backward, activation_forward, Activation};
+use dpsgd::cpu::conv::*;
+use dpsgd::cpu::grad::ParamGrad;
+use dpsgd::cpu::linear::*;
+use dpsgd::cpu::loss::*;
+use dpsgd::cpu::norm::*;
+use dpsgd::cpu::philox::Philox;
+use dpsgd::cpu::pool::*;
+use dpsgd::nn::{models, Grads, Layer, Loss, Sequential};
+use dpsgd::{Buffer, Device, Error};
+
+fn rand_vec(rng: &mut Philox, n: usize) -> Vec<f64> {
+    (0..n).map(|_| 2.0 * rng.next_f64() - 1.0).collect()
+}
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol * (1.0 + b.abs())
+}
+
+fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(close(*x, *y, tol), "{what}[{i}]: {x} vs {y}");
+    }
+}
+
+type Fwd<'a> = &'a dyn Fn(&[f64], &[f64]) -> Vec<f64>;
+type Bwd<'a> = &'a dyn Fn(&[f64], &[f64], &[f64]) -> (Vec<f64>, Vec<f64>);
+
+/// Checks the backward (`dx`, summed `dp`) of a layer against central differences of
+/// L = Σ r ⊙ forward(x, p).
+fn fd_check(name: &str, x: &[f64], p: &[f64], fwd: Fwd, bwd: Bwd, seed: u64) {
+    let mut rng = Philox::new(seed, 99);
+    let y = fwd(x, p);
+    let r = rand_vec(&mut rng, y.len());
+    let loss = |x: &[f64], p: &[f64]| -> f64 { fwd(x, p).iter().zip(&r).map(|(a, b)| a * b).sum() };
+    let (dx, dp) = bwd(x, p, &r);
+    let h = 1e-6;
+    let mut xv = x.to_vec();
+    for i in 0..x.len() {
+        let o = xv[i];
+        xv[i] = o + h;
+        let lp = loss(&xv, p);
+        xv[i] = o - h;
+        let lm = loss(&xv, p);
+        xv[i] = o;
+        let num = (lp - lm) / (2.0 * h);
+        assert!(
+            close(dx[i], num, 1e-6),
+            "{name}: dx[{i}] = {} vs numeric {num}",
+            dx[i]
+        );
+    }
+    let mut pv = p.to_vec();
+    for i in 0..p.len() {
+        let o = pv[i];
+        pv[i] = o + h;
+        let lp = loss(x, &pv);
+        pv[i] = o - h;
+        let lm = loss(x, &pv);
+        pv[i] = o;
+        let num = (lp - lm) / (2.0 * h);
+        assert!(
+            close(dp[i], num, 1e-6),
+            "{name}: dp[{i}] = {} vs numeric {num}",
+            dp[i]
+        );
+    }
+}
+
+fn conv_case(rng: &mut Philox) -> Conv2dShape {
+    loop {
+        let k = 1 + rng.next_below(4) as usize;
+        let s = Conv2dShape {
+            batch: 1 + rng.next_below(4) as usize,
+            cin: 1 + rng.next_below(3) as usize,
+            h: 1 + rng.next_below(7) as usize,
+            w: 1 + rng.next_below(7) as usize,
+            cout: 1 + rng.next_below(3) as usize,
+            k,
+            stride: 1 + rng.next_below(3) as usize,
+            pad: rng.next_below(3) as usize,
+            bias: rng.next_below(2) == 0,
+        };
+        if s.geom().is_ok() {
+            return s;
+        }
+    }
+}
+
+fn convt_case(rng: &mut Philox) -> ConvTranspose2dShape {
+    loop {
+        let s = ConvTranspose2dShape {
+            batch: 1 + rng.next_below(4) as usize,
+            cin: 1 + rng.next_below(3) as usize,
+            h: 1 + rng.next_below(5) as usize,
+            w: 1 + rng.next_below(5) as usize,
+            cout: 1 + rng.next_below(3) as usize,
+            k: 1 + rng.next_below(4) as usize,
+            stride: 1 + rng.next_below(3) as usize,
+            pad: rng.next_below(2) as usize,
+            bias: rng.next_below(2) == 0,
+        };
+        if s.geom().is_ok() {
+            return s;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- finite differences
+
+#[test]
+fn fd_conv2d() {
+    let mut rng = Philox::new(1, 0);
+    for case in 0..12 {
+        let s = conv_case(&mut rng);
+        let g = s.geom().unwrap();
+        let x = rand_vec(&mut rng, s.batch * g.in_len());
+        let p = rand_vec(&mut rng, s.num_params());
+        let scratch = vec![0.0; s.scratch_len(2).unwrap()];
+        let ny = s.batch * s.cout * g.out_positions();
+        let fwd = |x: &[f64], p: &[f64]| {
+            let mut y = vec![0.0; ny];
+            conv2d_forward(&s, x, p, &mut y, &mut scratch.clone()).unwrap();
+            y
+        };
+        let bwd = |x: &[f64], p: &[f64], dy: &[f64]| {
+            let mut dx = vec![f64::NAN; x.len()];
+            let mut dp = vec![f64::NAN; p.len()];
+            let g = ParamGrad::Sum {
+                grad: &mut dp,
+                accumulate: false,
+            };
+            conv2d_backward(&s, x, p, dy, Some(&mut dx), g, &mut scratch.clone()).unwrap();
+            (dx, dp)
+        };
+        fd_check(&format!("conv2d {s:?}"), &x, &p, &fwd, &bwd, case);
+    }
+}
+
+#[test]
+fn fd_conv_transpose2d() {
+    let mut rng = Philox::new(2, 0);
+    for case in 0..12 {
+        let s = convt_case(&mut rng);
+        let (oh, ow) = s.out_hw().unwrap();
+        let x = rand_vec(&mut rng, s.batch * s.cin * s.h * s.w);
+        let p = rand_vec(&mut rng, s.num_params());
+        let scratch = vec![0.0; s.scratch_len(3).unwrap()];
+        let ny = s.batch * s.cout * oh * ow;
+        let fwd = |x: &[f64], p: &[f64]| {
+            let mut y = vec![0.0; ny];
+            conv_transpose2d_forward(&s, x, p, &mut y, &mut scratch.clone()).unwrap();
+            y
+        };
+        let bwd = |x: &[f64], p: &[f64], dy: &[f64]| {
+            let mut dx = vec![f64::NAN; x.len()];
+            let mut dp = vec![f64::NAN; p.len()];
+            let g = ParamGrad::Sum {
+                grad: &mut dp,
+                accumulate: false,
+            };
+            conv_transpose2d_backward(&s, x, p, dy, Some(&mut dx), g, &mut scratch.clone())
+                .unwrap();
+            (dx, dp)
+        };
+        fd_check(&format!("conv_transpose2d {s:?}"), &x, &p, &fwd, &bwd, case);
+    }
+}
+
+#[test]
+fn fd_linear() {
+    let mut rng = Philox::new(3, 0);
+    for case in 0..8 {
+        let s = LinearShape {
+            batch: 1 + rng.next_below(5) as usize,
+            inf: 1 + rng.next_below(7) as usize,
+            outf: 1 + rng.next_below(5) as usize,
+            bias: case % 2 == 0,
+        };
+        let x = rand_vec(&mut rng, s.batch * s.inf);
+        let p = rand_vec(&mut rng, s.num_params());
+        let fwd = |x: &[f64], p: &[f64]| {
+            let mut y = vec![0.0; s.batch * s.outf];
+            linear_forward(&s, x, p, &mut y).unwrap();
+            y
+        };
+        let bwd = |x: &[f64], p: &[f64], dy: &[f64]| {
+            let mut dx = vec![f64::NAN; x.len()];
+            let mut dp = vec![f64::NAN; p.len()];
+            let mut scr = vec![0.0; s.scratch_len(2)];
+            let g = ParamGrad::Sum {
+                grad: &mut dp,
+                accumulate: false,
+            };
+            linear_backward(&s, x, p, dy, Some(&mut dx), g, &mut scr).unwrap();
+            (dx, dp)
+        };
+        fd_check(&format!("linear {s:?}"), &x, &p, &fwd, &bwd, case);
+    }
+}
+
+#[test]
+fn fd_group_norm() {
+    let mut rng = Philox::new(4, 0);
+    for case in 0..8 {
+        let groups = 1 + rng.next_below(3) as usize;
+        let s = GroupNormShape {
+            batch: 1 + rng.next_below(3) as usize,
+            c: groups * (1 + rng.next_below(3) as usize),
+            spatial: 1 + rng.next_below(6) as usize,
+            groups,
+            eps: 1e-5,
+        };
+        if s.c / s.groups * s.spatial < 2 {
+            continue;
+        }
+        let x = rand_vec(&mut rng, s.batch * s.c * s.spatial);
+        let p = rand_vec(&mut rng, s.num_params());
+        let fwd = |x: &[f64], p: &[f64]| {
+            let mut y = vec![0.0; x.len()];
+            group_norm_forward(&s, x, p, &mut y).unwrap();
+            y
+        };
+        let bwd = |x: &[f64], p: &[f64], dy: &[f64]| {
+            let mut dx = vec![f64::NAN; x.len()];
+            let mut dp = vec![f64::NAN; p.len()];
+            let mut scr = vec![0.0; s.scratch_len(2)];
+            let g = ParamGrad::Sum {
+                grad: &mut dp,
+                accumulate: false,
+            };
+            group_norm_backward(&s, x, p, dy, Some(&mut dx), g, &mut scr).unwrap();
+            (dx, dp)
+        };
+        fd_check(&format!("group_norm {s:?}"), &x, &p, &fwd, &bwd, case);
+    }
+}
+
+#[test]
+fn fd_pools_and_activations() {
+    let mut rng = Philox::new(5, 0);
+    for case in 0..6 {
+        let s = PoolShape {
+            batch: 2,
+            c: 2,
+            h: 3 + rng.next_below(4) as usize,
+            w: 3 + rng.next_below(4) as usize,
+            k: 1 + rng.next_below(3) as usize,
+            stride: 1 + rng.next_below(2) as usize,
+        };
+        let (oh, ow) = s.out_hw().unwrap();
+        let x = rand_vec(&mut rng, s.batch * s.c * s.h * s.w);
+        let ny = s.batch * s.c * oh * ow;
+        let fwd = |x: &[f64], _: &[f64]| {
+            let mut y = vec![0.0; ny];
+            max_pool2d_forward(&s, x, &mut y).unwrap();
+            y
+        };
+        let bwd = |x: &[f64], _: &[f64], dy: &[f64]| {
+            let mut dx = vec![f64::NAN; x.len()];
+            max_pool2d_backward(&s, x, dy, &mut dx).unwrap();
+            (dx, vec![])
+        };
+        fd_check("max_pool2d", &x, &[], &fwd, &bwd, case);
+        let fwd = |x: &[f64], _: &[f64]| {
+            let mut y = vec![0.0; ny];
+            avg_pool2d_forward(&s, x, &mut y).unwrap();
+            y
+        };
+        let bwd = |_: &[f64], _: &[f64], dy: &[f64]| {
+            let mut dx = vec![f64::NAN; x.len()];
+            avg_pool2d_backward(&s, dy, &mut dx).unwrap();
+            (dx, vec![])
+        };
+        fd_check("avg_pool2d", &x, &[], &fwd, &bwd, case);
+    }
+    for act in [
+        Activation::Relu,
+        Activation::LeakyRelu(0.2),
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ] {
+        let x = rand_vec(&mut rng, 40000); // > one parallel chunk
+        let xs = &x[..50];
+        let fwd = |x: &[f64], _: &[f64]| {
+            let mut y = vec![0.0; x.len()];
+            activation_forward(act, x, &mut y).unwrap();
+            y
+        };
+        let bwd = |x: &[f64], _: &[f64], dy: &[f64]| {
+            let y = fwd(x, &[]);
+            let mut dx = vec![f64::NAN; x.len()];
+            activation_backward(act, x, &y, dy, &mut dx).unwrap();
+            (dx, vec![])
+        };
+        fd_check(&format!("{act:?}"), xs, &[], &fwd, &bwd, 7);
+        // Large input: backward consistent with the small one on the shared prefix.
+        let dy = vec![1.0; x.len()];
+        let (dx, _) = bwd(&x, &[], &dy);
+        let (dxs, _) = bwd(xs, &[], &dy[..50]);
+        assert_eq!(&dx[..50], &dxs[..]);
+    }
+}
+
+#[test]
+fn fd_losses() {
+    let mut rng = Philox::new(6, 0);
+    for red in [Reduction::Mean, Reduction::Sum] {
+        let (b, k) = (4, 5);
+        let z = rand_vec(&mut rng, b * k)
+            .iter()
+            .map(|v| 3.0 * v)
+            .collect::<Vec<_>>();
+        let t: Vec<u32> = (0..b).map(|_| rng.next_below(k as u64) as u32).collect();
+        let mut d = vec![0.0; b * k];
+        let l = cross_entropy(&z, k, &t, red, Some(&mut d)).unwrap();
+        // Against the naive formula.
+        let mut naive = 0.0;
+        for i in 0..b {
+            let row = &z[i * k..(i + 1) * k];
+            let se: f64 = row.iter().map(|v| v.exp()).sum();
+            naive += se.ln() - row[t[i] as usize];
+        }
+        if red == Reduction::Mean {
+            naive /= b as f64;
+        }
+        assert!(close(l, naive, 1e-12));
+        fd_scalar("cross_entropy", &z, &d, |z| {
+            cross_entropy(z, k, &t, red, None).unwrap()
+        });
+
+        let tb: Vec<f64> = (0..b * k).map(|_| rng.next_f64()).collect();
+        let mut d = vec![0.0; b * k];
+        bce_with_logits(&z, &tb, red, Some(&mut d)).unwrap();
+        fd_scalar("bce_with_logits", &z, &d, |z| {
+            bce_with_logits(z, &tb, red, None).unwrap()
+        });
+
+        let p: Vec<f64> = (0..b * k).map(|_| 0.05 + 0.9 * rng.next_f64()).collect();
+        let mut d = vec![0.0; b * k];
+        let l1 = bce(&p, &tb, red, Some(&mut d)).unwrap();
+        fd_scalar("bce", &p, &d, |p| bce(p, &tb, red, None).unwrap());
+        // bce(σ(z)) == bce_with_logits(z)
+        let sig: Vec<f64> = z.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+        let a = bce(&sig, &tb, red, None).unwrap();
+        let c = bce_with_logits(&z, &tb, red, None).unwrap();
+        assert!(close(a, c, 1e-10), "{a} vs {c}");
+        assert!(l1.is_finite());
+    }
+}
+
+fn fd_scalar(name: &str, x: &[f64], d: &[f64], f: impl Fn(&[f64]) -> f64) {
+    let h = 1e-6;
+    let mut v = x.to_vec();
+    for i in 0..x.len() {
+        let o = v[i];
+        v[i] = o + h;
+        let a = f(&v);
+        v[i] = o - h;
+        let b = f(&v);
+        v[i] = o;
+        let num = (a - b) / (2.0 * h);
+        assert!(close(d[i], num, 1e-6), "{name}: d[{i}] = {} vs {num}", d[i]);
+    }
+}
+
+// ---------------------------------------------------------------- per-sample gradients
+
+/// Runs a layer's backward on `n` examples starting at `only` (or 0), into a gradient.
+type RunFn<'a> = dyn Fn(usize, Option<usize>, ParamGrad<'_, f64>) + 'a;
+
+/// Per-sample rows (written at an offset into wider rows) == the summed gradient of a batch of
+/// one, example by example; the summed gradient == the sum of the rows.
+fn per_sample_check(name: &str, batch: usize, np: usize, run: &RunFn) {
+    let (stride, offset) = (np + 7, 3);
+    let mut rows = vec![f64::NAN; batch * stride];
+    run(
+        batch,
+        None,
+        ParamGrad::PerSample {
+            rows: &mut rows,
+            stride,
+            offset,
+        },
+    );
+    let mut total = vec![0.0; np];
+    for i in 0..batch {
+        let mut one = vec![f64::NAN; np];
+        run(
+            1,
+            Some(i),
+            ParamGrad::Sum {
+                grad: &mut one,
+                accumulate: false,
+            },
+        );
+        let row = &rows[i * stride + offset..i * stride + offset + np];
+        assert_close(&format!("{name} row {i}"), row, &one, 1e-10);
+        for (t, v) in total.iter_mut().zip(row) {
+            *t += v;
+        }
+        // Untouched columns.
+        assert!(rows[i * stride..i * stride + offset]
+            .iter()
+            .all(|v| v.is_nan()));
+    }
+    let mut sum = vec![f64::NAN; np];
+    run(
+        batch,
+        None,
+        ParamGrad::Sum {
+            grad: &mut sum,
+            accumulate: false,
+        },
+    );
+    assert_close(&format!("{name} sum"), &sum, &total, 1e-10);
+    // Accumulate adds.
+    run(
+        batch,
+        None,
+        ParamGrad::Sum {
+            grad: &mut sum,
+            accumulate: true,
+        },
+    );
+    let twice: Vec<f64> = total.iter().map(|v| 2.0 * v).collect();
+    assert_close(&format!("{name} accumulate"), &sum, &twice, 1e-10);
+}
+
+#[test]
+fn per_sample_equals_batch_of_one() {
+    let mut rng = Philox::new(7, 0);
+    for _ in 0..25 {
+        let s = conv_case(&mut rng);
+        let s = Conv2dShape {
+            batch: 2 + s.batch,
+            ..s
+        };
+        let g = s.geom().unwrap();
+        let x = rand_vec(&mut rng, s.batch * g.in_len());
+        let p = rand_vec(&mut rng, s.num_params());
+        let dy = rand_vec(&mut rng, s.batch * s.cout * g.out_positions());
+        let chunks = 1 + rng.next_below(3) as usize;
+        let run = |n: usize, only: Option<usize>, pg: ParamGrad<'_, f64>| {
+            let sh = Conv2dShape { batch: n, ..s };
+            let (il, ol) = (g.in_len(), s.cout * g.out_positions());
+            let i = only.unwrap_or(0);
+            let mut scr = vec![0.0; sh.scratch_len(chunks).unwrap()];
+            conv2d_backward(
+                &sh,
+                &x[i * il..(i + n) * il],
+                &p,
+                &dy[i * ol..(i + n) * ol],
+                None,
+                pg,
+                &mut scr,
+            )
+            .unwrap();
+        };
+        per_sample_check(&format!("conv2d {s:?}"), s.batch, s.num_params(), &run);
+    }
+    for _ in 0..15 {
+        let s = convt_case(&mut rng);
+        let s = ConvTranspose2dShape {
+            batch: 2 + s.batch,
+            ..s
+        };
+        let (oh, ow) = s.out_hw().unwrap();
+        let (il, ol) = (s.cin * s.h * s.w, s.cout * oh * ow);
+        let x = rand_vec(&mut rng, s.batch * il);
+        let p = rand_vec(&mut rng, s.num_params());
+        let dy = rand_vec(&mut rng, s.batch * ol);
+        let run = |n: usize, only: Option<usize>, pg: ParamGrad<'_, f64>| {
+            let sh = ConvTranspose2dShape { batch: n, ..s };
+            let i = only.unwrap_or(0);
+            let mut scr = vec![0.0; sh.scratch_len(2).unwrap()];
+            conv_transpose2d_backward(
+                &sh,
+                &x[i * il..(i + n) * il],
+                &p,
+                &dy[i * ol..(i + n) * ol],
+                None,
+                pg,
+                &mut scr,
+            )
+            .unwrap();
+        };
+        per_sample_check(
+            &format!("conv_transpose2d {s:?}"),
+            s.batch,
+            s.num_params(),
+            &run,
+        );
+    }
+    for case in 0..10 {
+        let s = LinearShape {
+            batch: 2 + rng.next_below(9) as usize,
+            inf: 1 + rng.next_below(9) as usize,
+            outf: 1 + rng.next_below(6) as usize,
+            bias: case % 3 != 0,
+        };
+        let x = rand_vec(&mut rng, s.batch * s.inf);
+        let p = rand_vec(&mut rng, s.num_params());
+        let dy = rand_vec(&mut rng, s.batch * s.outf);
+        let run = |n: usize, only: Option<usize>, pg: ParamGrad<'_, f64>| {
+            let sh = LinearShape { batch: n, ..s };
+            let i = only.unwrap_or(0);
+            let mut scr = vec![0.0; sh.scratch_len(3)];
+            linear_backward(
+                &sh,
+                &x[i * s.inf..(i + n) * s.inf],
+                &p,
+                &dy[i * s.outf..(i + n) * s.outf],
+                None,
+                pg,
+                &mut scr,
+            )
+            .unwrap();
+        };
+        per_sample_check(&format!("linear {s:?}"), s.batch, s.num_params(), &run);
+    }
+    for _ in 0..10 {
+        let groups = 1 + rng.next_below(3) as usize;
+        let s = GroupNormShape {
+            batch: 2 + rng.next_below(5) as usize,
+            c: groups * (1 + rng.next_below(3) as usize),
+            spatial: 2 + rng.next_below(6) as usize,
+            groups,
+            eps: 1e-5,
+        };
+        let il = s.c * s.spatial;
+        let x = rand_vec(&mut rng, s.batch * il);
+        let p = rand_vec(&mut rng, s.num_params());
+        let dy = rand_vec(&mut rng, s.batch * il);
+        let run = |n: usize, only: Option<usize>, pg: ParamGrad<'_, f64>| {
+            let sh = GroupNormShape { batch: n, ..s };
+            let i = only.unwrap_or(0);
+            let mut scr = vec![0.0; sh.scratch_len(2)];
+            group_norm_backward(
+                &sh,
+                &x[i * il..(i + n) * il],
+                &p,
+                &dy[i * il..(i + n) * il],
+                None,
+                pg,
+                &mut scr,
+            )
+            .unwrap();
+        };
+        per_sample_check(&format!("group_norm {s:?}"), s.batch, s.num_params(), &run);
+    }
+}
+
+// ---------------------------------------------------------------- Sequential
+
+#[test]
+fn sample_conv_net_shape_and_names() {
+    let m = models::sample_conv_net(&Device::Cpu, 0).unwrap();
+    assert_eq!(m.num_params(), 26010);
+    assert_eq!(m.output_shape(), &[10]);
+    let names: Vec<&str> = m.param_info().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias", "9.weight", "9.bias"]
+    );
+    assert_eq!(m.param_info()[0].shape, [16, 1, 8, 8]);
+    assert_eq!(m.param_info()[4].shape, [32, 512]);
+    assert_eq!(m.layout().num_segments(), 8);
+    // PyTorch's init bounds: ±1/√fan_in.
+    let p = m.params().to_vec().unwrap();
+    let w0 = &p[m.param_info()[0].range.clone()];
+    assert!(w0.iter().all(|v| v.abs() <= 1.0 / 8.0));
+    assert!(w0.iter().any(|v| v.abs() > 0.1));
+    let w7 = &p[m.param_info()[4].range.clone()];
+    let b = 1.0 / 512f32.sqrt();
+    assert!(w7.iter().all(|v| v.abs() <= b) && w7.iter().any(|v| v.abs() > 0.9 * b));
+    let t = models::sample_conv_net_tanh(&Device::Cpu, 0).unwrap();
+    assert_eq!(t.num_params(), 26010);
+    assert_eq!(t.params().to_vec().unwrap(), p, "same seed, same init");
+}
+
+fn model_per_sample_check(
+    m: &Sequential,
+    batch: usize,
+    loss: &dyn Fn(&Sequential, &mut dpsgd::nn::Workspace, usize, usize) -> f64,
+) {
+    let dev = Device::Cpu;
+    let per: usize = m.input_shape().iter().product();
+    let p = m.num_params();
+    let mut rng = Philox::new(11, 0);
+    let x: Vec<f32> = (0..batch * per).map(|_| rng.next_f64() as f32).collect();
+    let mut ws = m.workspace(batch).unwrap();
+    let xb = Buffer::from_slice(&dev, &x).unwrap();
+    m.forward(&mut ws, &xb).unwrap();
+    loss(m, &mut ws, 0, batch);
+    let mut rows = Buffer::zeros(&dev, batch * p).unwrap();
+    m.backward(&mut ws, Grads::PerSample(&mut rows), true)
+        .unwrap();
+    let ig = ws.input_grad().unwrap().to_vec();
+    let rows = rows.to_vec().unwrap();
+    let mut total = vec![0f64; p];
+    for i in 0..batch {
+        let xi = Buffer::from_slice(&dev, &x[i * per..(i + 1) * per]).unwrap();
+        m.forward(&mut ws, &xi).unwrap();
+        loss(m, &mut ws, i, 1);
+        let mut g = Buffer::zeros(&dev, p).unwrap();
+        m.backward(
+            &mut ws,
+            Grads::Sum {
+                grad: &mut g,
+                accumulate: false,
+            },
+            true,
+        )
+        .unwrap();
+        let g = g.to_vec().unwrap();
+        for j in 0..p {
+            let (a, b) = (rows[i * p + j], g[j]);
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "row {i} param {j}: {a} vs {b}"
+            );
+            total[j] += a as f64;
+        }
+        let igi = ws.input_grad().unwrap();
+        for (a, b) in ig[i * per..(i + 1) * per].iter().zip(igi) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+        }
+    }
+    m.forward(&mut ws, &xb).unwrap();
+    loss(m, &mut ws, 0, batch);
+    let mut g = Buffer::zeros(&dev, p).unwrap();
+    m.backward(
+        &mut ws,
+        Grads::Sum {
+            grad: &mut g,
+            accumulate: false,
+        },
+        false,
+    )
+    .unwrap();
+    assert!(ws.input_grad().is_none());
+    for (a, b) in g.to_vec().unwrap().iter().zip(&total) {
+        assert!(
+            (*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
+            "sum {a} vs {b}"
+        );
+    }
+}
+
+#[test]
+fn sample_conv_net_per_sample_equals_batch_of_one() {
+    for m in [
+        models::sample_conv_net(&Device::Cpu, 3).unwrap(),
+        models::sample_conv_net_tanh(&Device::Cpu, 4).unwrap(),
+    ] {
+        let targets: Vec<u32> = (0..6).map(|i| (i * 7 % 10) as u32).collect();
+        let loss = |m: &Sequential, ws: &mut dpsgd::nn::Workspace, i: usize, n: usize| {
+            m.loss(ws, Loss::CrossEntropy(&targets[i..i + n]), Reduction::Sum)
+                .unwrap()
+        };
+        model_per_sample_check(&m, 6, &loss);
+    }
+}
+
+#[test]
+fn dcgan_models() {
+    for size in [28, 32] {
+        let cfg = models::DcganConfig {
+            image_size: size,
+            ngf: 8,
+            ndf: 8,
+            nz: 16,
+            groups: 4,
+            channels: 1 + (size == 32) as usize * 2,
+        };
+        let g = models::dcgan_generator(&Device::Cpu, &cfg, 1).unwrap();
+        assert_eq!(g.output_shape(), &[cfg.channels, size, size]);
+        let d = models::dcgan_discriminator(&Device::Cpu, &cfg, 2).unwrap();
+        assert_eq!(d.output_shape(), &[1]);
+        assert_eq!(d.input_shape(), g.output_shape());
+        let tb = [1.0f32, 0.0, 1.0];
+        let loss = |m: &Sequential, ws: &mut dpsgd::nn::Workspace, i: usize, n: usize| {
+            m.loss(ws, Loss::BceWithLogits(&tb[i..i + n]), Reduction::Sum)
+                .unwrap()
+        };
+        model_per_sample_check(&d, 3, &loss);
+        // Generator: output gradient set by hand (as from a discriminator).
+        let per: usize = g.output_shape().iter().product();
+        let dy: Vec<f32> = (0..3 * per)
+            .map(|j| ((j % 13) as f32 - 6.0) * 0.01)
+            .collect();
+        let set = |m: &Sequential, ws: &mut dpsgd::nn::Workspace, i: usize, n: usize| {
+            m.set_output_grad(ws, &dy[i * per..(i + n) * per]).unwrap();
+            0.0
+        };
+        model_per_sample_check(&g, 3, &set);
+    }
+    let bad = models::DcganConfig {
+        groups: 5,
+        ..Default::default()
+    };
+    assert!(models::dcgan_generator(&Device::Cpu, &bad, 0).is_err());
+    assert!(models::dcgan_discriminator(
+        &Device::Cpu,
+        &models::DcganConfig {
+            image_size: 64,
+            ..Default::default()
+        },
+        0
+    )
+    .is_err());
+}
+
+#[test]
+fn builder_mirrors_layers_and_pools() {
+    let m = Sequential::builder(&[2, 9, 9])
+        .conv2d(4, 3, 1, 1, true)
+        .group_norm(2)
+        .leaky_relu(0.1)
+        .avg_pool2d(3, 2)
+        .conv2d(3, 2, 1, 0, false)
+        .sigmoid()
+        .flatten()
+        .linear(5, true)
+        .build(&Device::Cpu, 5)
+        .unwrap();
+    assert_eq!(m.shape_at(4), Some(&[4, 4, 4][..]));
+    let names: Vec<&str> = m.param_info().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "7.weight", "7.bias"]
+    );
+    let t: Vec<u32> = vec![0, 4, 2, 1];
+    let loss = |m: &Sequential, ws: &mut dpsgd::nn::Workspace, i: usize, n: usize| {
+        m.loss(ws, Loss::CrossEntropy(&t[i..i + n]), Reduction::Sum)
+            .unwrap()
+    };
+    model_per_sample_check(&m, 4, &loss);
+    let same = Sequential::new(&Device::Cpu, &[2, 9, 9], m.layers().to_vec(), 5).unwrap();
+    assert_eq!(
+        same.params().to_vec().unwrap(),
+        m.params().to_vec().unwrap()
+    );
+}
+
+// ---------------------------------------------------------------- errors
+
+#[test]
+fn errors_not_panics() {
+    let dev = Device::Cpu;
+    let m = models::sample_conv_net(&dev, 0).unwrap();
+    let mut ws = m.workspace(4).unwrap();
+    // Input that does not fit the model.
+    for n in [0, 27 * 28, 5 * 784, 784 + 1] {
+        let x = Buffer::from_slice(&dev, &vec![0f32; n]).unwrap();
+        assert!(
+            matches!(m.forward(&mut ws, &x), Err(Error::Shape { .. })),
+            "len {n}"
+        );
+    }
+    // Backward/loss before forward.
+    assert!(m
+        .loss(&mut ws, Loss::CrossEntropy(&[1]), Reduction::Sum)
+        .is_err());
+    let mut g = Buffer::zeros(&dev, m.num_params()).unwrap();
+    assert!(m
+        .backward(
+            &mut ws,
+            Grads::Sum {
+                grad: &mut g,
+                accumulate: false
+            },
+            false
+        )
+        .is_err());
+    let x = Buffer::from_slice(&dev, &vec![0f32; 2 * 784]).unwrap();
+    m.forward(&mut ws, &x).unwrap();
+    assert!(
+        m.loss(&mut ws, Loss::CrossEntropy(&[1]), Reduction::Sum)
+            .is_err(),
+        "one target for two"
+    );
+    assert!(
+        m.loss(&mut ws, Loss::CrossEntropy(&[1, 10]), Reduction::Sum)
+            .is_err(),
+        "class 10 of 10"
+    );
+    m.loss(&mut ws, Loss::CrossEntropy(&[1, 9]), Reduction::Sum)
+        .unwrap();
+    let mut short = Buffer::zeros(&dev, m.num_params()).unwrap();
+    assert!(m
+        .backward(&mut ws, Grads::PerSample(&mut short), false)
+        .is_err());
+    let mut wrong = Buffer::zeros(&dev, 3).unwrap();
+    assert!(m
+        .backward(
+            &mut ws,
+            Grads::Sum {
+                grad: &mut wrong,
+                accumulate: false
+            },
+            false
+        )
+        .is_err());
+    // A workspace of another model.
+    let other = models::sample_conv_net_tanh(&dev, 0).unwrap();
+    let m2 = Sequential::builder(&[1, 28, 28])
+        .flatten()
+        .linear(3, true)
+        .build(&dev, 0)
+        .unwrap();
+    let mut ws2 = m2.workspace(2).unwrap();
+    assert!(other.forward(&mut ws2, &x).is_err());
+    // Kernel larger than the padded input.
+    assert!(Sequential::builder(&[1, 5, 5])
+        .conv2d(2, 8, 1, 1, true)
+        .build(&dev, 0)
+        .is_err());
+    assert!(Sequential::builder(&[1, 5, 5])
+        .max_pool2d(6, 1)
+        .build(&dev, 0)
+        .is_err());
+    assert!(
+        Sequential::builder(&[3, 5, 5])
+            .linear(2, true)
+            .build(&dev, 0)
+            .is_err(),
+        "no flatten"
+    );
+    assert!(
+        Sequential::builder(&[1, 5, 5])
+            .relu()
+            .build(&dev, 0)
+            .is_err(),
+        "no parameters"
+    );
+    assert!(Sequential::new(
+        &dev,
+        &[1, 5, 5],
+        vec![Layer::Conv2d {
+            cin: 2,
+            cout: 1,
+            k: 3,
+            stride: 1,
+            pad: 0,
+            bias: true
+        }],
+        0
+    )
+    .is_err());
+    assert!(m.workspace(0).is_err());
+    let s = Conv2dShape {
+        batch: 1,
+        cin: 1,
+        h: 3,
+        w: 3,
+        cout: 1,
+        k: 8,
+        stride: 1,
+        pad: 2,
+        bias: true,
+    };
+    assert!(matches!(s.geom(), Err(Error::Shape { .. })));
+    let mut y = vec![0f32; 9];
+    assert!(conv2d_forward(&s, &[0.0; 9], &[0.0; 65], &mut y, &mut [0.0; 10]).is_err());
+    // Kernel functions: short slices and scratch are errors.
+    let s = Conv2dShape {
+        batch: 2,
+        cin: 1,
+        h: 4,
+        w: 4,
+        cout: 2,
+        k: 3,
+        stride: 1,
+        pad: 1,
+        bias: true,
+    };
+    let np = s.num_params();
+    let mut scr = vec![0f32; s.scratch_len(1).unwrap()];
+    let mut y = vec![0f32; 2 * 2 * 16];
+    assert!(conv2d_forward(&s, &[0.0; 31], &vec![0.0; np], &mut y, &mut scr).is_err());
+    assert!(conv2d_forward(&s, &[0.0; 32], &vec![0.0; np], &mut y, &mut [0.0; 3]).is_err());
+    let mut rows = vec![0f32; 2 * np];
+    let pg = ParamGrad::PerSample {
+        rows: &mut rows,
+        stride: np,
+        offset: 1,
+    };
+    assert!(conv2d_backward(&s, &[0.0; 32], &vec![0.0; np], &y, None, pg, &mut scr).is_err());
+    let g = ConvGeom {
+        c: 1,
+        h: 4,
+        w: 4,
+        k: 3,
+        stride: 1,
+        pad: 1,
+        oh: 9,
+        ow: 9,
+    };
+    assert!(im2col(&g, &[0f32; 16], &mut [0f32; 729]).is_err());
+    let ps = PoolShape {
+        batch: 1,
+        c: 1,
+        h: 2,
+        w: 2,
+        k: 3,
+        stride: 1,
+    };
+    assert!(max_pool2d_forward(&ps, &[0f32; 4], &mut [0f32; 1]).is_err());
+    assert!(bce(&[1.5f32], &[1.0], Reduction::Sum, None).is_err());
+    assert!(matches!(
+        cross_entropy(&[f32::NAN, 0.0], 2, &[0], Reduction::Sum, None),
+        Err(Error::NonFinite { .. })
+    ));
+    let gn = GroupNormShape {
+        batch: 1,
+        c: 3,
+        spatial: 2,
+        groups: 2,
+        eps: 1e-5,
+    };
+    assert!(group_norm_forward(&gn, &[0f32; 6], &[0f32; 6], &mut [0f32; 6]).is_err());
+}
+
+// ---------------------------------------------------------------- safetensors
+
+#[test]
+fn safetensors_round_trip_and_bad_files() {
+    let dev = Device::Cpu;
+    let dir = std::env::temp_dir().join(format!("dpsgd-nn-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.safetensors");
+    let a = models::sample_conv_net(&dev, 1).unwrap();
+    a.save_safetensors(&path).unwrap();
+    let mut b = models::sample_conv_net(&dev, 2).unwrap();
+    assert_ne!(a.params().to_vec().unwrap(), b.params().to_vec().unwrap());
+    b.load_safetensors(&path).unwrap();
+    assert_eq!(a.params().to_vec().unwrap(), b.params().to_vec().unwrap());
+    // The file's own content, read with the safetensors crate: PyTorch names and shapes.
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("3.weight").unwrap().shape(), &[32, 16, 4, 4]);
+    assert_eq!(st.tensor("9.bias").unwrap().shape(), &[10]);
+
+    let before = b.params().to_vec().unwrap();
+    // Another architecture: missing / mis-shaped tensors.
+    let c = Sequential::builder(&[1, 28, 28])
+        .conv2d(16, 8, 2, 3, true)
+        .build(&dev, 0)
+        .unwrap();
+    let pc = dir.join("c.safetensors");
+    c.save_safetensors(&pc).unwrap();
+    assert!(
+        matches!(b.load_safetensors(&pc), Err(Error::Format { .. })),
+        "missing"
+    );
+    let d = Sequential::builder(&[1, 28, 28])
+        .conv2d(16, 7, 2, 3, true)
+        .relu()
+        .max_pool2d(2, 1)
+        .conv2d(32, 4, 2, 0, true)
+        .relu()
+        .max_pool2d(2, 1)
+        .flatten()
+        .linear(32, true)
+        .relu()
+        .linear(10, true)
+        .build(&dev, 0)
+        .unwrap();
+    let pd = dir.join("d.safetensors");
+    d.save_safetensors(&pd).unwrap();
+    let e = b.load_safetensors(&pd).unwrap_err();
+    assert!(
+        matches!(e, Error::Format { .. }) && e.to_string().contains("0.weight"),
+        "{e}"
+    );
+    // Extra tensor: the other way round (c has fewer tensors than b).
+    let mut c2 = Sequential::builder(&[1, 28, 28])
+        .conv2d(16, 8, 2, 3, true)
+        .build(&dev, 0)
+        .unwrap();
+    assert!(
+        matches!(c2.load_safetensors(&path), Err(Error::Format { .. })),
+        "unexpected tensors"
+    );
+    // Corrupt and truncated files, a missing file.
+    let pz = dir.join("z.safetensors");
+    std::fs::write(&pz, b"not a safetensors file at all").unwrap();
+    assert!(matches!(b.load_safetensors(&pz), Err(Error::Format { .. })));
+    std::fs::write(&pz, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(b.load_safetensors(&pz), Err(Error::Format { .. })));
+    assert!(matches!(
+        b.load_safetensors(dir.join("nope.safetensors")),
+        Err(Error::Io { .. })
+    ));
+    assert_eq!(
+        b.params().to_vec().unwrap(),
+        before,
+        "unchanged after failed loads"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
