@@ -14,6 +14,7 @@ pub mod buffer;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod data;
 pub mod device;
 pub mod dtype;
 pub mod error;
