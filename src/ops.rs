@@ -180,6 +180,21 @@ pub fn noisy_sgd_step(
     }
 }
 
+/// The noised mean gradient `out = (grad_sum + σC·ξ) / E` (formula: [`crate::cpu::optim::noisy_mean`]).
+pub fn noisy_mean(out: &mut Buffer<f32>, grad_sum: &Buffer<f32>, noisy: &NoisyStep) -> Result<()> {
+    match (&mut out.storage, &grad_sum.storage) {
+        (Storage::Cpu(o), Storage::Cpu(s)) => cpu::optim::noisy_mean(o, s, noisy),
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(o, d, ol), Storage::Cuda(s, _, sl)) => crate::cuda::optim::noisy_mean(
+            &d.inner,
+            &mut o.slice_mut(0..*ol),
+            &s.slice(0..*sl),
+            noisy,
+        ),
+        _ => Err(mismatch!("noisy_mean")),
+    }
+}
+
 /// Fused noisy Adam/AdamW step; `t` is the 1-based step count (formula: [`crate::cpu::optim`]).
 pub fn noisy_adam_step(
     params: &mut Buffer<f32>,
@@ -502,6 +517,17 @@ pub(crate) mod check {
             return Err(Error::shape(
                 "noisy_adam_step",
                 format!("params {plen}, grad_sum {slen}, m {m1}, v {m2}: all must be equal"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn noisy_mean(olen: usize, slen: usize, noisy: &NoisyStep) -> Result<()> {
+        noisy.validate()?;
+        if olen != slen {
+            return Err(Error::shape(
+                "noisy_mean",
+                format!("out has {olen} elements, grad_sum {slen}"),
             ));
         }
         Ok(())

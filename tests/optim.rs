@@ -201,3 +201,32 @@ fn gpu_steps_match_cpu() {
         }
     }
 }
+
+/// The noised mean for external optimizers: (sum + σC·ξ)/E with ξ = `add_gaussian`'s stream;
+/// GPU equal to CPU within 1e-5·(1 + |x|).
+#[test]
+fn noisy_mean_matches_reference_and_gpu() {
+    let n = 10_003;
+    let s = uniform(n, 4.0, 77);
+    let ns = step(0.8, 1.5, 32.0, 12);
+    let mut out = vec![0f32; n];
+    optim::noisy_mean(&mut out, &s, &ns).unwrap();
+    let mut want = s.clone();
+    noise::add_gaussian(&mut want, 0.8 * 1.5, ns.key).unwrap();
+    for j in 0..n {
+        assert_relative_eq!(out[j], want[j] / 32.0, epsilon = 1e-6, max_relative = 1e-6);
+    }
+    assert!(matches!(
+        optim::noisy_mean(&mut out[..3], &s, &ns),
+        Err(Error::Shape { .. })
+    ));
+    let Some(dev) = gpu("noisy_mean_matches_reference_and_gpu") else {
+        return;
+    };
+    let sg = Buffer::from_slice(&dev, &s).unwrap();
+    let mut og = Buffer::<f32>::zeros(&dev, n).unwrap();
+    ops::noisy_mean(&mut og, &sg, &ns).unwrap();
+    for (a, b) in og.to_vec().unwrap().iter().zip(&out) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "gpu {a} cpu {b}");
+    }
+}

@@ -79,6 +79,7 @@ pub(crate) struct Kernels {
     pub add_gaussian: CudaFunction,
     pub add_laplace: CudaFunction,
     pub noisy_sgd: CudaFunction,
+    pub noisy_mean: CudaFunction,
     pub noisy_adam: CudaFunction,
 }
 
@@ -167,6 +168,7 @@ impl CudaBackend {
             add_gaussian: func(&noise, "dpsgd_add_gaussian")?,
             add_laplace: func(&noise, "dpsgd_add_laplace")?,
             noisy_sgd: func(&optim, "dpsgd_noisy_sgd")?,
+            noisy_mean: func(&optim, "dpsgd_noisy_mean")?,
             noisy_adam: func(&optim, "dpsgd_noisy_adam")?,
         };
         Ok(Arc::new(CudaBackend {
