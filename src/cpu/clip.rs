@@ -147,10 +147,15 @@ pub fn clip_accumulate<T: GradElement>(
         return Ok(());
     }
     let offsets = layout.offsets();
-    sum.par_chunks_mut(ACC_TILE)
+    // Narrower tiles when P is small, so every thread gets several (the bits do not depend on
+    // the width: each column sums its rows in order).
+    let tile = (p / (rayon::current_num_threads() * 4))
+        .clamp(256, ACC_TILE)
+        .next_multiple_of(16);
+    sum.par_chunks_mut(tile)
         .enumerate()
         .for_each(|(t, out)| {
-            let c0 = t * ACC_TILE;
+            let c0 = t * tile;
             let c1 = c0 + out.len();
             // Segments that intersect [c0, c1): (segment, a, b) with a..b in absolute columns.
             let first = offsets.partition_point(|&o| o <= c0) - 1;
