@@ -342,3 +342,20 @@ fn gpu_rejects_nan_and_handles_empty_batch() {
     ops::clip_and_accumulate(&empty, 0, &layout, &Clipping::Flat(1.0), &mut ws, &mut sum).unwrap();
     assert_eq!(sum.to_vec().unwrap(), vec![0.0; 5]);
 }
+
+/// A buffer sized for the largest physical batch serves smaller ones: only the first `batch`
+/// rows are read.
+#[test]
+fn reads_only_the_first_batch_rows() {
+    let (p, layout) = (6, Layout::flat(6));
+    let g = uniform(3 * p, 1.0, 4);
+    let want = cpu_clip_sum(&g[..2 * p], 2, &layout, &Clipping::Flat(0.7));
+    let dev = Device::Cpu;
+    let mut big = g.clone();
+    big[2 * p] = f32::NAN; // row 2 is never read
+    let buf = Buffer::from_slice(&dev, &big).unwrap();
+    let mut ws = ClipWorkspace::new(&dev, 3, &layout).unwrap();
+    let mut sum = Buffer::zeros(&dev, p).unwrap();
+    ops::clip_and_accumulate(&buf, 2, &layout, &Clipping::Flat(0.7), &mut ws, &mut sum).unwrap();
+    assert_eq!(sum.to_vec().unwrap(), want);
+}
