@@ -10,12 +10,14 @@
 
 #![warn(missing_docs)]
 
+pub mod accounting;
 pub mod buffer;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod data;
 pub mod device;
+pub mod engine;
 pub mod dtype;
 pub mod error;
 pub mod layout;
@@ -23,6 +25,9 @@ pub mod nn;
 pub mod noise;
 pub mod ops;
 pub mod optim;
+pub mod plot;
+pub mod sampling;
+pub mod train;
 
 pub use buffer::Buffer;
 pub use device::{CudaDevice, Device};

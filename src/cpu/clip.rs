@@ -152,41 +152,39 @@ pub fn clip_accumulate<T: GradElement>(
     let tile = (p / (rayon::current_num_threads() * 4))
         .clamp(256, ACC_TILE)
         .next_multiple_of(16);
-    sum.par_chunks_mut(tile)
-        .enumerate()
-        .for_each(|(t, out)| {
-            let c0 = t * tile;
-            let c1 = c0 + out.len();
-            // Segments that intersect [c0, c1): (segment, a, b) with a..b in absolute columns.
-            let first = offsets.partition_point(|&o| o <= c0) - 1;
-            let mut pieces = Vec::new();
-            let mut seg = first;
-            while seg + 1 < offsets.len() && offsets[seg] < c1 {
-                let a = offsets[seg].max(c0);
-                let b = offsets[seg + 1].min(c1);
-                if a < b {
-                    pieces.push((seg, a, b));
-                }
-                seg += 1;
+    sum.par_chunks_mut(tile).enumerate().for_each(|(t, out)| {
+        let c0 = t * tile;
+        let c1 = c0 + out.len();
+        // Segments that intersect [c0, c1): (segment, a, b) with a..b in absolute columns.
+        let first = offsets.partition_point(|&o| o <= c0) - 1;
+        let mut pieces = Vec::new();
+        let mut seg = first;
+        while seg + 1 < offsets.len() && offsets[seg] < c1 {
+            let a = offsets[seg].max(c0);
+            let b = offsets[seg + 1].min(c1);
+            if a < b {
+                pieces.push((seg, a, b));
             }
-            let mut buf = [0f32; ACC_TILE];
-            for row in 0..batch {
-                let g = &grads[row * p..(row + 1) * p];
-                let fr = &factors[row * nf..(row + 1) * nf];
-                for &(seg, a, b) in &pieces {
-                    let f = if nf == 1 { fr[0] } else { fr[seg] };
-                    let dst = &mut out[a - c0..b - c0];
-                    let src = &g[a..b];
-                    if let Some(sf) = T::as_f32(src) {
-                        axpy(f, sf, dst);
-                    } else {
-                        let w = &mut buf[..b - a];
-                        T::widen(src, w);
-                        axpy(f, w, dst);
-                    }
+            seg += 1;
+        }
+        let mut buf = [0f32; ACC_TILE];
+        for row in 0..batch {
+            let g = &grads[row * p..(row + 1) * p];
+            let fr = &factors[row * nf..(row + 1) * nf];
+            for &(seg, a, b) in &pieces {
+                let f = if nf == 1 { fr[0] } else { fr[seg] };
+                let dst = &mut out[a - c0..b - c0];
+                let src = &g[a..b];
+                if let Some(sf) = T::as_f32(src) {
+                    axpy(f, sf, dst);
+                } else {
+                    let w = &mut buf[..b - a];
+                    T::widen(src, w);
+                    axpy(f, w, dst);
                 }
             }
-        });
+        }
+    });
     Ok(())
 }
 

@@ -46,7 +46,8 @@ impl Split {
 }
 
 /// The datasets dpsgd knows by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// LeCun, Cortes and Burges's handwritten digits (`scripts/fetch-mnist`).
     Mnist,

@@ -1,0 +1,31 @@
+//! The `dpsgd` command line: `train`, `sweep` (and the accounting commands).
+
+pub mod train;
+
+use clap::{Parser, Subcommand};
+
+/// dpsgd: fast differentially private training (DP-SGD) with CUDA kernels and CPU twins.
+#[derive(Debug, Parser)]
+#[command(name = "dpsgd", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model with DP-SGD (MNIST by default) and report ε.
+    Train(train::TrainArgs),
+    /// Train one model per target ε and plot test accuracy against ε.
+    Sweep(train::SweepArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> dpsgd::Result<()> {
+    match cli.command {
+        Command::Train(a) => train::train(a).map(|_| ()),
+        Command::Sweep(a) => train::sweep(a),
+    }
+}

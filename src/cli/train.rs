@@ -1,0 +1,325 @@
+//! `dpsgd train` and `dpsgd sweep`.
+
+use clap::{Args, ValueEnum};
+use dpsgd::accounting::Method;
+use dpsgd::data::DatasetKind;
+use dpsgd::engine::NoiseSpec;
+use dpsgd::train::{write_atomic, DataSource, EpochMetrics, ModelKind, OptimizerKind, TrainConfig, Trainer};
+use dpsgd::{Device, Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+/// Datasets.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DatasetArg {
+    /// MNIST (run scripts/fetch-mnist first).
+    Mnist,
+    /// Fashion-MNIST (Debian's dataset-fashion-mnist; scripts/fetch-fashion-mnist).
+    FashionMnist,
+    /// Generated data (no download; for smoke tests).
+    Synthetic,
+}
+
+/// Models.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModelArg {
+    /// Opacus's SampleConvNet (ReLU).
+    SampleConvnet,
+    /// SampleConvNet with Tanh (tempered sigmoid).
+    TanhConvnet,
+}
+
+/// Optimizers.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OptimArg {
+    /// SGD (with --momentum).
+    Sgd,
+    /// Adam.
+    Adam,
+}
+
+/// Accountants.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AccountantArg {
+    /// Rényi DP (Opacus's default).
+    Rdp,
+    /// Privacy random variables (tightest; an upper bound).
+    Prv,
+}
+
+/// Flags shared by `train` and `sweep`.
+#[derive(Clone, Debug, Args)]
+pub struct CommonArgs {
+    /// Dataset.
+    #[arg(long, value_enum, default_value = "mnist")]
+    pub dataset: DatasetArg,
+    /// Folder of the IDX files (default: data/mnist, or /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Model.
+    #[arg(long, value_enum, default_value = "tanh-convnet")]
+    pub model: ModelArg,
+    /// δ of (ε, δ)-DP.
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    /// Epochs (an epoch is round(1/q) Poisson-sampled steps).
+    #[arg(long, default_value_t = 12)]
+    pub epochs: u64,
+    /// Expected (logical) batch size q·N.
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
+    /// Largest physical batch; larger lots are processed in several passes.
+    #[arg(long, default_value_t = 256)]
+    pub physical_batch: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 2.0)]
+    pub lr: f32,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub optimizer: OptimArg,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f32,
+    /// Clipping bound C.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    /// Accountant for calibration and the budget (both are reported).
+    #[arg(long, value_enum, default_value = "rdp")]
+    pub accountant: AccountantArg,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed (init, sampling, noise). Without it: secure mode (OS seed, never printed or saved).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Hold out this many training examples and report validation accuracy (for tuning).
+    #[arg(long, default_value_t = 0)]
+    pub validation: usize,
+}
+
+/// `dpsgd train`.
+#[derive(Clone, Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Target ε: σ is calibrated so the run ends at ε ≤ this (default 3 when no σ is given).
+    #[arg(long, conflicts_with_all = ["noise_multiplier", "non_private"])]
+    pub epsilon: Option<f64>,
+    /// Fixed noise multiplier σ (ε is reported, not bounded).
+    #[arg(long, conflicts_with = "non_private")]
+    pub noise_multiplier: Option<f64>,
+    /// Train without clipping or noise (the non-private reference).
+    #[arg(long)]
+    pub non_private: bool,
+    /// Output folder (metrics.jsonl, config.json, model.safetensors, plots, checkpoint).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// `dpsgd sweep`.
+#[derive(Clone, Debug, Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Target ε values, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1,2,3,8")]
+    pub epsilons: Vec<f64>,
+    /// Also train the non-private reference.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub non_private: bool,
+    /// Output folder.
+    #[arg(long, default_value = "runs/sweep")]
+    pub out: PathBuf,
+}
+
+fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
+    TrainConfig {
+        data: match c.dataset {
+            DatasetArg::Mnist => DataSource::Idx {
+                kind: DatasetKind::Mnist,
+                dir: c.data_dir.clone(),
+            },
+            DatasetArg::FashionMnist => DataSource::Idx {
+                kind: DatasetKind::FashionMnist,
+                dir: c.data_dir.clone(),
+            },
+            DatasetArg::Synthetic => DataSource::Synthetic { train: 4000, test: 1000 },
+        },
+        model: match c.model {
+            ModelArg::SampleConvnet => ModelKind::SampleConvnet,
+            ModelArg::TanhConvnet => ModelKind::TanhConvnet,
+        },
+        noise,
+        delta: c.delta,
+        epochs: c.epochs,
+        batch_size: c.batch_size,
+        physical_batch: c.physical_batch,
+        lr: c.lr,
+        optimizer: match c.optimizer {
+            OptimArg::Sgd => OptimizerKind::Sgd { momentum: c.momentum },
+            OptimArg::Adam => OptimizerKind::Adam,
+        },
+        max_grad_norm: c.max_grad_norm,
+        accountant: match c.accountant {
+            AccountantArg::Rdp => Method::Rdp,
+            AccountantArg::Prv => Method::Prv,
+        },
+        seed: c.seed,
+        validation: c.validation,
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Runs `dpsgd train`; returns the final metrics.
+pub fn train(a: TrainArgs) -> Result<Vec<EpochMetrics>> {
+    let noise = if a.non_private {
+        None
+    } else {
+        Some(match (a.epsilon, a.noise_multiplier) {
+            (_, Some(s)) => NoiseSpec::NoiseMultiplier(s),
+            (Some(e), None) => NoiseSpec::TargetEpsilon(e),
+            (None, None) => NoiseSpec::TargetEpsilon(3.0),
+        })
+    };
+    let cfg = config(&a.common, noise);
+    let out = a.out.clone().unwrap_or_else(|| {
+        let data = format!("{:?}", a.common.dataset).to_lowercase();
+        PathBuf::from("runs").join(match noise {
+            None => format!("{data}-non-private"),
+            Some(NoiseSpec::TargetEpsilon(e)) => format!("{data}-eps{e}"),
+            Some(NoiseSpec::NoiseMultiplier(s)) => format!("{data}-sigma{s}"),
+        })
+    });
+    run(cfg, &a.common.device, &out, a.resume)
+}
+
+fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<EpochMetrics>> {
+    let device = Device::from_name(device)?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let ckpt = out.join("checkpoint.safetensors");
+    if ckpt.exists() && !resume {
+        return Err(Error::invalid(
+            "--out",
+            out.display(),
+            "a folder without a checkpoint (pass --resume to continue that run, or choose another --out)",
+        ));
+    }
+    let mut t = Trainer::new(cfg.clone(), &device)?;
+    if resume && ckpt.exists() {
+        t.load_checkpoint(out)?;
+        println!("resumed {} after epoch {}", out.display(), t.epochs_done());
+    }
+    let cfg_path = out.join("config.json");
+    write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    println!(
+        "training {:?} on {:?} with {} on {}: {} epochs × {} steps, expected batch {}{}",
+        cfg.model,
+        cfg.data,
+        match t.engine() {
+            Some(e) => format!("DP-SGD (σ = {:.4}, C = {}, δ = {})", e.noise_multiplier(), cfg.max_grad_norm, cfg.delta),
+            None => "non-private SGD".to_string(),
+        },
+        device.describe(),
+        cfg.epochs,
+        t.steps_per_epoch(),
+        cfg.batch_size,
+        if cfg.seed.is_none() { ", secure mode" } else { "" }
+    );
+    while t.epochs_done() < cfg.epochs {
+        let e = t.epochs_done() + 1;
+        let bar = ProgressBar::new(t.steps_per_epoch());
+        bar.set_style(
+            ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} steps {elapsed}")
+                .map_err(|e| Error::invalid("progress template", e, "valid"))?
+                .progress_chars("=> "),
+        );
+        bar.set_message(format!("{e}/{}", cfg.epochs));
+        let m = t.train_epoch(|_, _| bar.inc(1))?;
+        bar.finish_and_clear();
+        let eps = match (m.epsilon_rdp, m.epsilon_prv) {
+            (Some(r), Some(p)) => format!("  ε {r:.3} (RDP) / {p:.3} (PRV)"),
+            _ => String::new(),
+        };
+        println!(
+            "epoch {e:>3}/{}  train loss {:.4}  {} loss {:.4}  {} acc {:.2}%{eps}  {:.1} s",
+            cfg.epochs,
+            m.train_loss,
+            m.eval_split,
+            m.eval_loss,
+            m.eval_split,
+            100.0 * m.eval_accuracy,
+            m.train_seconds
+        );
+        let jsonl: String = t
+            .metrics()
+            .iter()
+            .map(|m| serde_json::to_string(m).map(|s| s + "\n"))
+            .collect::<std::result::Result<_, _>>()?;
+        write_atomic(&out.join("metrics.jsonl"), jsonl.as_bytes())?;
+        t.save_checkpoint(out)?;
+        if let Err(err) = dpsgd::plot::plot_run(out, t.metrics()) {
+            eprintln!("warning: {err}");
+        }
+    }
+    t.model().save_safetensors(out.join("model.safetensors"))?;
+    if let Some(m) = t.metrics().last() {
+        println!(
+            "done: {} accuracy {:.2}%{}; wrote {}",
+            m.eval_split,
+            100.0 * m.eval_accuracy,
+            match (m.epsilon_rdp, m.epsilon_prv) {
+                (Some(r), Some(p)) => format!(" at ε = {r:.3} (RDP) / {p:.3} (PRV), δ = {}", cfg.delta),
+                _ => " (non-private)".to_string(),
+            },
+            out.display()
+        );
+    }
+    Ok(t.metrics().to_vec())
+}
+
+/// Runs `dpsgd sweep`.
+pub fn sweep(a: SweepArgs) -> Result<()> {
+    for &e in &a.epsilons {
+        if !(e.is_finite() && e > 0.0) {
+            return Err(Error::invalid("--epsilons", e, "finite and > 0"));
+        }
+    }
+    let mut points = Vec::new();
+    let mut rows = Vec::new();
+    for &e in &a.epsilons {
+        let cfg = config(&a.common, Some(NoiseSpec::TargetEpsilon(e)));
+        let dir = a.out.join(format!("eps-{e}"));
+        let m = run(cfg, &a.common.device, &dir, dir.join("checkpoint.safetensors").exists())?;
+        let last = m.last().cloned().ok_or_else(|| Error::invalid("--epochs", 0, ">= 1"))?;
+        points.push((e, last.eval_accuracy));
+        rows.push(serde_json::json!({"target_epsilon": e, "epsilon_rdp": last.epsilon_rdp, "epsilon_prv": last.epsilon_prv, "accuracy": last.eval_accuracy, "noise_multiplier": last.noise_multiplier}));
+    }
+    let baseline = if a.non_private {
+        let dir = a.out.join("non-private");
+        let m = run(config(&a.common, None), &a.common.device, &dir, dir.join("checkpoint.safetensors").exists())?;
+        m.last().map(|l| l.eval_accuracy)
+    } else {
+        None
+    };
+    let summary = serde_json::json!({"points": rows, "non_private_accuracy": baseline});
+    write_atomic(&a.out.join("sweep.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    let png = a.out.join("accuracy_vs_epsilon.png");
+    dpsgd::plot::plot_sweep(&png, &points, baseline)?;
+    println!("sweep: {} points; wrote {} and sweep.json", points.len(), png.display());
+    for (e, acc) in &points {
+        println!("  ε = {e}: accuracy {:.2}%", 100.0 * acc);
+    }
+    if let Some(b) = baseline {
+        println!("  non-private: {:.2}%", 100.0 * b);
+    }
+    Ok(())
+}

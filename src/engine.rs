@@ -1,0 +1,390 @@
+//! The private training engine, in the spirit of Opacus's `make_private`, usable without our
+//! layers: hand it the `[B, P]` per-sample gradients of a Poisson-sampled batch (any number of
+//! physical batches per logical step), and it clips, accumulates, adds noise, steps (or returns
+//! the noised mean gradient) and accounts.
+//!
+//! One DP-SGD step (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016,
+//! Algorithm 1) over a lot L sampled with rate q from N examples:
+//!
+//! ```text
+//! ḡ = ( Σ_{i ∈ L} clip_C(g_i) + N(0, σ²C²·I) ) / (q·N)      then θ ← optimizer(θ, ḡ)
+//! ```
+//!
+//! The divisor is the *expected* lot size q·N (not |L|): with Poisson sampling the lot size is
+//! itself data-dependent, and dividing by it would leak (Opacus does the same).
+//!
+//! # Privacy bookkeeping
+//! - Every step — including one whose lot is empty — is recorded in the accountant
+//!   ([`crate::accounting`]) before its noisy result is released.
+//! - With a target ε the engine refuses ([`Error::BudgetExhausted`]) a step that would take ε
+//!   past the target, before any noise is drawn (Opacus only reports).
+//! - Step `t` draws its noise from `NoiseKey::for_step(seed, t, 0)`: a fresh Philox subsequence
+//!   per step, never reused, also across resumed runs (the step counter is checkpointed).
+//! - In secure mode the seed comes from the OS ([`crate::cpu::philox::os_seed`]), is never
+//!   printed, and is not written to checkpoints: a resumed secure run draws a new seed.
+
+use crate::accounting::{self, Accountant, Method, PrivacyAccountant};
+use crate::ops::{self, ClipStats, ClipWorkspace, Clipping};
+use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
+use crate::{Buffer, Device, Error, GradElement, Layout, NoiseKey, Result};
+use serde::{Deserialize, Serialize};
+
+/// How much noise: a fixed noise multiplier σ, or the smallest σ that keeps ε ≤ target over the
+/// planned number of steps (calibrated with the configured accountant).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseSpec {
+    /// A fixed noise multiplier σ ≥ 0 (ε is reported, not bounded).
+    NoiseMultiplier(f64),
+    /// A target ε > 0: σ is calibrated for `steps`, and steps beyond the budget are refused.
+    TargetEpsilon(f64),
+}
+
+/// The privacy configuration of a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyConfig {
+    /// Noise multiplier or target ε.
+    pub noise: NoiseSpec,
+    /// δ ∈ (0, 1).
+    pub delta: f64,
+    /// Flat or per-layer clipping bounds.
+    pub clipping: Clipping,
+    /// Poisson sampling rate q ∈ (0, 1].
+    pub sample_rate: f64,
+    /// Dataset size N (the expected lot size is q·N).
+    pub dataset_size: usize,
+    /// The number of steps the run plans (for calibration with a target ε).
+    pub planned_steps: u64,
+    /// RDP or PRV accounting.
+    pub accountant: Method,
+}
+
+impl PrivacyConfig {
+    /// Checks every field (before anything is drawn).
+    pub fn validate(&self) -> Result<()> {
+        match self.noise {
+            NoiseSpec::NoiseMultiplier(s) => {
+                if !(s.is_finite() && s >= 0.0) {
+                    return Err(Error::invalid("noise_multiplier", s, "finite and >= 0"));
+                }
+            }
+            NoiseSpec::TargetEpsilon(e) => {
+                if !(e.is_finite() && e > 0.0) {
+                    return Err(Error::invalid("epsilon", e, "finite and > 0"));
+                }
+            }
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(Error::invalid("delta", self.delta, "in (0, 1)"));
+        }
+        if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+            return Err(Error::invalid("sample_rate", self.sample_rate, "in (0, 1]"));
+        }
+        if self.dataset_size == 0 {
+            return Err(Error::invalid("dataset_size", 0, ">= 1"));
+        }
+        if self.planned_steps == 0 {
+            return Err(Error::invalid("planned_steps", 0, ">= 1"));
+        }
+        ops::check::max_norms(self.clipping.bounds())
+    }
+
+    /// The expected lot size q·N, the divisor of the noisy sum.
+    pub fn expected_batch_size(&self) -> f64 {
+        self.sample_rate * self.dataset_size as f64
+    }
+}
+
+/// The engine's resumable state (serde): the accountant, the step counter and — outside secure
+/// mode — the noise seed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EngineState {
+    /// The accountant with every step taken so far.
+    pub accountant: Accountant,
+    /// Steps taken (the next step's noise subsequence).
+    pub step: u64,
+    /// The noise seed; `None` in secure mode (a resumed run draws a fresh OS seed).
+    pub seed: Option<u64>,
+    /// The calibrated (or given) noise multiplier.
+    pub noise_multiplier: f64,
+}
+
+/// The private training engine. See the module docs.
+#[derive(Debug)]
+pub struct PrivacyEngine {
+    cfg: PrivacyConfig,
+    sigma: f64,
+    layout: Layout,
+    device: Device,
+    accountant: Accountant,
+    step: u64,
+    seed: u64,
+    secure: bool,
+    ws: ClipWorkspace,
+    sum: Buffer<f32>,
+    rows: usize,
+    allowed: Option<(u64, u64)>,
+}
+
+impl PrivacyEngine {
+    /// An engine for a model with `layout` on `device`. `seed: None` = secure mode (seed from
+    /// the OS, never logged or saved); `Some(s)` = reproducible runs (tests, experiments).
+    /// With a target ε, σ is calibrated here (bisection; the returned σ never exceeds the target
+    /// over `planned_steps`).
+    pub fn new(cfg: PrivacyConfig, layout: Layout, device: &Device, seed: Option<u64>) -> Result<Self> {
+        cfg.validate()?;
+        if let Clipping::PerLayer(v) = &cfg.clipping {
+            if v.len() != layout.num_segments() {
+                return Err(Error::shape(
+                    "PrivacyEngine::new",
+                    format!("{} per-layer bounds for {} parameter tensors", v.len(), layout.num_segments()),
+                ));
+            }
+        }
+        let sigma = match cfg.noise {
+            NoiseSpec::NoiseMultiplier(s) => s,
+            NoiseSpec::TargetEpsilon(eps) => accounting::calibrate_noise_multiplier(
+                cfg.accountant,
+                eps,
+                cfg.delta,
+                cfg.sample_rate,
+                cfg.planned_steps,
+                1e-3,
+            )?,
+        };
+        let (secure, seed) = match seed {
+            Some(s) => (false, s),
+            None => (true, crate::cpu::philox::os_seed()?),
+        };
+        let ws = ClipWorkspace::new(device, 1, &layout)?;
+        let sum = Buffer::zeros(device, layout.num_params())?;
+        Ok(PrivacyEngine {
+            sigma,
+            layout,
+            device: device.clone(),
+            accountant: Accountant::new(cfg.accountant),
+            step: 0,
+            seed,
+            secure,
+            ws,
+            sum,
+            rows: 0,
+            allowed: None,
+            cfg,
+        })
+    }
+
+    /// Restores a saved state (a resumed run). The configuration must be the run's own.
+    pub fn restore(&mut self, state: EngineState) -> Result<()> {
+        if !(state.noise_multiplier.is_finite() && state.noise_multiplier >= 0.0) {
+            return Err(Error::invalid("noise_multiplier", state.noise_multiplier, "finite and >= 0"));
+        }
+        if state.accountant.method != self.cfg.accountant {
+            return Err(Error::invalid(
+                "accountant",
+                format!("{:?}", state.accountant.method),
+                format!("the run's own accountant ({:?})", self.cfg.accountant),
+            ));
+        }
+        self.accountant = state.accountant;
+        self.step = state.step;
+        self.sigma = state.noise_multiplier;
+        match state.seed {
+            Some(s) if !self.secure => self.seed = s,
+            _ => {
+                // Secure mode: a fresh seed. Subsequences continue from `step`, so no (seed,
+                // subsequence) pair repeats either way.
+                self.secure = true;
+                self.seed = crate::cpu::philox::os_seed()?;
+            }
+        }
+        self.allowed = None;
+        Ok(())
+    }
+
+    /// The state to checkpoint (no seed in secure mode).
+    pub fn state(&self) -> EngineState {
+        EngineState {
+            accountant: self.accountant.clone(),
+            step: self.step,
+            seed: (!self.secure).then_some(self.seed),
+            noise_multiplier: self.sigma,
+        }
+    }
+
+    /// The device the lot's sum lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PrivacyConfig {
+        &self.cfg
+    }
+
+    /// The noise multiplier σ in use (calibrated when a target ε was given).
+    pub fn noise_multiplier(&self) -> f64 {
+        self.sigma
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The accountant (every step so far).
+    pub fn accountant(&self) -> &Accountant {
+        &self.accountant
+    }
+
+    /// ε spent so far at the configured δ (0 before the first step).
+    pub fn epsilon(&self) -> Result<f64> {
+        if self.step == 0 {
+            return Ok(0.0);
+        }
+        self.accountant.epsilon(self.cfg.delta)
+    }
+
+    /// ε so far under `method` (e.g. to report RDP and PRV side by side).
+    pub fn epsilon_with(&self, method: Method) -> Result<f64> {
+        if self.step == 0 {
+            return Ok(0.0);
+        }
+        accounting::epsilon(method, self.accountant.history().entries(), self.cfg.delta)
+    }
+
+    /// Clips a physical batch of per-sample gradients (`grads`: `[batch, P]`, on the engine's
+    /// device) and adds them to the current lot's sum. Call once per physical batch, then one
+    /// of the step functions. NaN/Inf gradients are an error (nothing is added).
+    pub fn accumulate<T: GradElement>(&mut self, grads: &Buffer<T>, batch: usize) -> Result<ClipStats> {
+        let st = ops::clip_and_accumulate(grads, batch, &self.layout, &self.cfg.clipping, &mut self.ws, &mut self.sum)?;
+        self.rows += batch;
+        Ok(st)
+    }
+
+    /// Examples accumulated into the current lot.
+    pub fn lot_size(&self) -> usize {
+        self.rows
+    }
+
+    /// The number of steps the budget still allows with the current σ and q (`None` without a
+    /// target ε).
+    pub fn remaining_steps(&mut self) -> Result<Option<u64>> {
+        let NoiseSpec::TargetEpsilon(target) = self.cfg.noise else {
+            return Ok(None);
+        };
+        // Cached per step count; recomputed by exponential + binary search over extra steps.
+        if let Some((at, n)) = self.allowed {
+            if at == self.step {
+                return Ok(Some(n));
+            }
+            if at < self.step && n >= self.step - at {
+                // Same (σ, q) history: the allowance shrinks step for step.
+                return Ok(Some(n - (self.step - at)));
+            }
+        }
+        let fits = |extra: u64| -> Result<bool> {
+            let mut a = self.accountant.clone();
+            a.step_many(self.sigma, self.cfg.sample_rate, extra)?;
+            Ok(a.epsilon(self.cfg.delta)? <= target)
+        };
+        let n = if !fits(1)? {
+            0
+        } else {
+            let mut lo = 1u64;
+            let mut hi = 2u64;
+            while fits(hi)? {
+                lo = hi;
+                hi = hi.saturating_mul(2);
+                if hi > 1 << 40 {
+                    break;
+                }
+            }
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid)? {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        self.allowed = Some((self.step, n));
+        Ok(Some(n))
+    }
+
+    /// Refuses a step the budget does not allow; records the step otherwise, and returns its
+    /// noise. Runs before any noise is drawn.
+    fn begin_step(&mut self) -> Result<NoisyStep> {
+        if let Some(0) = self.remaining_steps()? {
+            let NoiseSpec::TargetEpsilon(target) = self.cfg.noise else {
+                unreachable!("remaining_steps is Some only with a target")
+            };
+            return Err(Error::BudgetExhausted(format!(
+                "step {} would take ε past the target {target} (δ = {}, σ = {:.4}, q = {}); stop training or raise the target",
+                self.step + 1,
+                self.cfg.delta,
+                self.sigma,
+                self.cfg.sample_rate
+            )));
+        }
+        let c = self.cfg.clipping.sensitivity();
+        let noisy = NoisyStep {
+            noise_std: (self.sigma * c as f64) as f32,
+            expected_batch_size: self.cfg.expected_batch_size() as f32,
+            key: NoiseKey::for_step(self.seed, self.step, 0)?,
+        };
+        noisy.validate()?;
+        // The accountant sees the step before its result is released.
+        self.accountant.step(self.sigma, self.cfg.sample_rate)?;
+        self.step += 1;
+        Ok(noisy)
+    }
+
+    fn end_step(&mut self) -> Result<()> {
+        self.sum.fill_zero()?;
+        self.rows = 0;
+        Ok(())
+    }
+
+    /// A fused noisy SGD step on `params` with the current lot: p −= lr·(Σ clip(g) + σC·ξ)/(qN)
+    /// (plus momentum/weight decay). An empty lot is a valid step (noise only).
+    pub fn step_sgd(&mut self, params: &mut Buffer<f32>, momentum: Option<&mut Buffer<f32>>, cfg: &SgdConfig) -> Result<()> {
+        cfg.validate()?;
+        let noisy = self.begin_step()?;
+        ops::noisy_sgd_step(params, &self.sum, momentum, cfg, &noisy)?;
+        self.end_step()
+    }
+
+    /// A fused noisy Adam step (`t` = this optimizer's 1-based step count).
+    pub fn step_adam(
+        &mut self,
+        params: &mut Buffer<f32>,
+        m: &mut Buffer<f32>,
+        v: &mut Buffer<f32>,
+        t: u64,
+        cfg: &AdamConfig,
+    ) -> Result<()> {
+        cfg.validate()?;
+        let noisy = self.begin_step()?;
+        ops::noisy_adam_step(params, &self.sum, m, v, t, cfg, &noisy)?;
+        self.end_step()
+    }
+
+    /// For trainers with their own optimizer: writes the noised mean gradient
+    /// (Σ clip(g) + σC·ξ)/(qN) of the current lot to `out` (length P, on the engine's device)
+    /// and returns ε spent so far.
+    pub fn noisy_gradient(&mut self, out: &mut Buffer<f32>) -> Result<f64> {
+        if out.len() != self.layout.num_params() {
+            return Err(Error::shape(
+                "PrivacyEngine::noisy_gradient",
+                format!("out has {} values, expected P = {}", out.len(), self.layout.num_params()),
+            ));
+        }
+        let noisy = self.begin_step()?;
+        ops::noisy_mean(out, &self.sum, &noisy)?;
+        self.end_step()?;
+        self.epsilon()
+    }
+}

@@ -1,0 +1,157 @@
+//! PNG plots of a run (plotters): loss and accuracy per epoch, ε per epoch, and the ε sweep
+//! (test accuracy against ε, with the non-private accuracy as a reference line).
+//!
+//! Text needs a TrueType font: DejaVu Sans from Debian's `fonts-dejavu-core`
+//! (`/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf`) or the file named by `DPSGD_FONT`.
+//! Without one, [`PlotError`](crate::Error::Format) says so and names the package.
+
+use crate::train::EpochMetrics;
+use crate::{Error, Result};
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const FONT_PATHS: [&str; 2] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+fn font_ready() -> std::result::Result<(), String> {
+    static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let candidates: Vec<PathBuf> = std::env::var_os("DPSGD_FONT")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(FONT_PATHS.iter().map(PathBuf::from))
+            .collect();
+        for p in &candidates {
+            if let Ok(bytes) = std::fs::read(p) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                    .map_err(|_| format!("{} is not a usable TrueType font", p.display()));
+            }
+        }
+        Err("no TrueType font found for plot labels: install fonts-dejavu-core (apt) or set DPSGD_FONT to a .ttf file".into())
+    })
+    .clone()
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Format {
+        path: path.to_path_buf(),
+        msg: format!("plotting failed: {e}"),
+    }
+}
+
+/// One line of a chart: a label and (x, y) points.
+pub struct Series<'a> {
+    /// Legend label.
+    pub label: &'a str,
+    /// Points.
+    pub points: Vec<(f64, f64)>,
+    /// Colour.
+    pub color: RGBColor,
+}
+
+/// Draws line series (with markers) to a PNG at `path`.
+pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> Result<()> {
+    font_ready().map_err(|e| err(path, e))?;
+    let pts = series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        if x.is_finite() && y.is_finite() {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+    }
+    if x0 > x1 {
+        return Err(err(path, "no finite points to plot"));
+    }
+    let pad = |a: f64, b: f64| if b - a < 1e-12 { 0.5f64.max(a.abs() * 0.05) } else { (b - a) * 0.05 };
+    let (px, py) = (pad(x0, x1), pad(y0, y1));
+    let root = BitMapBackend::new(path, (800, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+        .map_err(|e| err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| err(path, e))?;
+    for s in series {
+        let c = s.color;
+        chart
+            .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+            .map_err(|e| err(path, e))?
+            .label(s.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled())))
+            .map_err(|e| err(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))?;
+    Ok(())
+}
+
+/// `loss.png`, `accuracy.png` and (for private runs) `epsilon.png` in `dir`.
+pub fn plot_run(dir: &Path, m: &[EpochMetrics]) -> Result<Vec<PathBuf>> {
+    let xs = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        m.iter().filter_map(|e| f(e).map(|y| (e.epoch as f64, y))).collect()
+    };
+    let mut out = Vec::new();
+    let split = m.first().map_or("test", |e| e.eval_split.as_str());
+    let p = dir.join("loss.png");
+    line_chart(&p, "Loss per epoch", "epoch", "cross-entropy", &[
+        Series { label: "train", points: xs(&|e| Some(e.train_loss)), color: BLUE },
+        Series { label: split, points: xs(&|e| Some(e.eval_loss)), color: RED },
+    ])?;
+    out.push(p);
+    let p = dir.join("accuracy.png");
+    line_chart(&p, &format!("{split} accuracy per epoch"), "epoch", "accuracy (%)", &[Series {
+        label: split,
+        points: xs(&|e| Some(100.0 * e.eval_accuracy)),
+        color: BLUE,
+    }])?;
+    out.push(p);
+    if m.iter().any(|e| e.epsilon_rdp.is_some()) {
+        let p = dir.join("epsilon.png");
+        line_chart(&p, "Privacy spent (ε) per epoch", "epoch", "ε", &[
+            Series { label: "RDP", points: xs(&|e| e.epsilon_rdp), color: RED },
+            Series { label: "PRV (upper bound)", points: xs(&|e| e.epsilon_prv), color: BLUE },
+        ])?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The sweep plot: accuracy (%) against ε, with a flat line at the non-private accuracy.
+pub fn plot_sweep(path: &Path, points: &[(f64, f64)], non_private: Option<f64>) -> Result<()> {
+    let mut series = vec![Series {
+        label: "DP-SGD",
+        points: points.iter().map(|&(e, a)| (e, 100.0 * a)).collect(),
+        color: BLUE,
+    }];
+    if let Some(a) = non_private {
+        let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(l, h), &(e, _)| (l.min(e), h.max(e)));
+        series.push(Series {
+            label: "non-private",
+            points: vec![(lo, 100.0 * a), (hi, 100.0 * a)],
+            color: RED,
+        });
+    }
+    line_chart(path, "Test accuracy against ε", "ε (δ = 1e-5)", "test accuracy (%)", &series)
+}

@@ -1,0 +1,571 @@
+//! The DP-SGD trainer behind `dpsgd train`: a Sequential model, a dataset, Poisson sampling,
+//! per-sample gradients, the [`PrivacyEngine`], epochs with evaluation, metrics, plots and
+//! atomic checkpoints that resume bit for bit on the CPU.
+//!
+//! One step (Abadi et al. 2016, Algorithm 1): sample a lot with rate q ([`PoissonSampler`]);
+//! split it into physical batches of at most `physical_batch` examples (Opacus's
+//! BatchMemoryManager: memory does not grow with the lot); for each, forward, per-example
+//! cross-entropy (sum reduction, so each row of the `[B, P]` matrix is one example's own
+//! gradient), per-sample gradients, clip-and-accumulate; then one fused noisy optimizer step.
+
+use crate::accounting::Method;
+use crate::data::{Dataset, DatasetKind, Split};
+use crate::engine::{EngineState, NoiseSpec, PrivacyConfig, PrivacyEngine};
+use crate::nn::{models, Grads, Loss, Sequential, Workspace};
+use crate::ops::Clipping;
+use crate::optim::{AdamConfig, SgdConfig};
+use crate::sampling::PoissonSampler;
+use crate::cpu::loss::Reduction;
+use crate::{Buffer, Device, Error, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Which data to train on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSource {
+    /// MNIST or Fashion-MNIST from IDX files in `dir` (`None`: the dataset's default folder).
+    Idx {
+        /// Which dataset.
+        kind: DatasetKind,
+        /// Where its IDX files are.
+        dir: Option<PathBuf>,
+    },
+    /// Generated, learnable data (tests, demos): `train` and `test` examples.
+    Synthetic {
+        /// Training examples.
+        train: usize,
+        /// Test examples.
+        test: usize,
+    },
+}
+
+/// The model to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Opacus's MNIST `SampleConvNet` (ReLU).
+    SampleConvnet,
+    /// The same with Tanh (tempered sigmoid, Papernot et al. 2021).
+    TanhConvnet,
+}
+
+/// The optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// SGD with momentum (0 = plain SGD).
+    Sgd {
+        /// Momentum.
+        momentum: f32,
+    },
+    /// Adam with PyTorch's defaults.
+    Adam,
+}
+
+/// Everything that defines a training run (saved as `config.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The data.
+    pub data: DataSource,
+    /// The model.
+    pub model: ModelKind,
+    /// Noise multiplier or target ε; `None` = non-private training (no clipping, no noise).
+    pub noise: Option<NoiseSpec>,
+    /// δ.
+    pub delta: f64,
+    /// Epochs (an epoch is round(1/q) Poisson steps).
+    pub epochs: u64,
+    /// Expected lot size q·N.
+    pub batch_size: usize,
+    /// Largest physical batch (memory bound); lots are split into passes of at most this many.
+    pub physical_batch: usize,
+    /// Learning rate.
+    pub lr: f32,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// Clipping bound C.
+    pub max_grad_norm: f32,
+    /// Accountant used for the budget and calibration.
+    pub accountant: Method,
+    /// Seed for initialisation, sampling and noise; `None` = secure mode (OS seed, never
+    /// printed or saved).
+    pub seed: Option<u64>,
+    /// Hold out this many training examples as a validation set (evaluated instead of the test
+    /// set; for honest hyperparameter tuning).
+    pub validation: usize,
+}
+
+impl TrainConfig {
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::invalid("epochs", 0, ">= 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", 0, ">= 1"));
+        }
+        if self.physical_batch == 0 {
+            return Err(Error::invalid("physical_batch", 0, ">= 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid("lr", self.lr, "finite and > 0"));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
+            return Err(Error::invalid("max_grad_norm", self.max_grad_norm, "finite and > 0"));
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(Error::invalid("delta", self.delta, "in (0, 1)"));
+        }
+        if let OptimizerKind::Sgd { momentum } = self.optimizer {
+            if !(0.0..1.0).contains(&momentum) {
+                return Err(Error::invalid("momentum", momentum, "in [0, 1)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One epoch's figures (a line of `metrics.jsonl`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: u64,
+    /// Steps taken so far.
+    pub steps: u64,
+    /// Mean training loss over the examples of this epoch's lots.
+    pub train_loss: f64,
+    /// Mean loss on the evaluation set.
+    pub eval_loss: f64,
+    /// Accuracy on the evaluation set (test, or validation when held out).
+    pub eval_accuracy: f64,
+    /// `"test"` or `"validation"`.
+    pub eval_split: String,
+    /// ε so far by the RDP accountant (δ of the run); `None` when non-private.
+    pub epsilon_rdp: Option<f64>,
+    /// ε so far by the PRV accountant (upper bound); `None` when non-private.
+    pub epsilon_prv: Option<f64>,
+    /// σ.
+    pub noise_multiplier: Option<f64>,
+    /// Wall time of the epoch's training steps (s).
+    pub train_seconds: f64,
+}
+
+/// Checkpoint metadata (JSON inside the safetensors header).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    config: TrainConfig,
+    epochs_done: u64,
+    engine: Option<EngineState>,
+    sampler: PoissonSampler,
+    adam_t: u64,
+    metrics: Vec<EpochMetrics>,
+}
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// A training run. See the module docs.
+pub struct Trainer {
+    cfg: TrainConfig,
+    device: Device,
+    model: Sequential,
+    ws: Workspace,
+    psg: Buffer<f32>,
+    grad: Buffer<f32>,
+    engine: Option<PrivacyEngine>,
+    sampler: PoissonSampler,
+    m1: Buffer<f32>,
+    m2: Buffer<f32>,
+    adam_t: u64,
+    train: Dataset,
+    eval: Dataset,
+    eval_split: &'static str,
+    epochs_done: u64,
+    metrics: Vec<EpochMetrics>,
+    lot: Vec<usize>,
+    xb: Vec<f32>,
+    yb: Vec<u32>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("config", &self.cfg)
+            .field("epochs_done", &self.epochs_done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// Loads the data, builds the model and the engine (calibrating σ for a target ε).
+    pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let (train, test) = match &cfg.data {
+            DataSource::Idx { kind, dir } => {
+                let dir = dir.clone().unwrap_or_else(|| kind.default_dir().to_path_buf());
+                (
+                    Dataset::load(*kind, &dir, Split::Train)?,
+                    Dataset::load(*kind, &dir, Split::Test)?,
+                )
+            }
+            DataSource::Synthetic { train, test } => (
+                Dataset::synthetic(*train, 1)?,
+                Dataset::synthetic(*test, 2)?,
+            ),
+        };
+        let seed = match cfg.seed {
+            Some(s) => s,
+            None => crate::cpu::philox::os_seed()?,
+        };
+        let (train, eval, eval_split) = if cfg.validation > 0 {
+            let (tr, va) = train.split_validation(cfg.validation, 0x5eed)?;
+            (tr, va, "validation")
+        } else {
+            (train, test, "test")
+        };
+        let n = train.len();
+        if cfg.batch_size > n {
+            return Err(Error::invalid(
+                "batch_size",
+                cfg.batch_size,
+                format!("<= the training set size {n}"),
+            ));
+        }
+        let q = cfg.batch_size as f64 / n as f64;
+        let model = match cfg.model {
+            ModelKind::SampleConvnet => models::sample_conv_net(device, seed)?,
+            ModelKind::TanhConvnet => models::sample_conv_net_tanh(device, seed)?,
+        };
+        let p = model.num_params();
+        let physical = cfg.physical_batch;
+        let ws = model.workspace(physical)?;
+        let sampler = match cfg.seed {
+            Some(s) => PoissonSampler::new(n, q, s ^ 0x9e37_79b9_7f4a_7c15)?,
+            None => PoissonSampler::secure(n, q)?,
+        };
+        let steps_per_epoch = sampler.steps_per_epoch();
+        let engine = match cfg.noise {
+            None => None,
+            Some(noise) => {
+                let pc = PrivacyConfig {
+                    noise,
+                    delta: cfg.delta,
+                    clipping: Clipping::Flat(cfg.max_grad_norm),
+                    sample_rate: q,
+                    dataset_size: n,
+                    planned_steps: steps_per_epoch * cfg.epochs,
+                    accountant: cfg.accountant,
+                };
+                Some(PrivacyEngine::new(pc, model.layout().clone(), device, cfg.seed)?)
+            }
+        };
+        let m_len = match cfg.optimizer {
+            OptimizerKind::Sgd { momentum } if momentum > 0.0 => p,
+            OptimizerKind::Adam => p,
+            _ => 0,
+        };
+        let v_len = if matches!(cfg.optimizer, OptimizerKind::Adam) { p } else { 0 };
+        let ex = train.example_len();
+        Ok(Trainer {
+            psg: Buffer::zeros(device, physical * p)?,
+            grad: Buffer::zeros(device, p)?,
+            m1: Buffer::zeros(device, m_len)?,
+            m2: Buffer::zeros(device, v_len)?,
+            adam_t: 0,
+            device: device.clone(),
+            model,
+            ws,
+            engine,
+            sampler,
+            eval_split,
+            train,
+            eval,
+            epochs_done: 0,
+            metrics: Vec::new(),
+            lot: Vec::with_capacity(n),
+            xb: vec![0.0; physical * ex],
+            yb: vec![0; physical],
+            cfg,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Sequential {
+        &self.model
+    }
+
+    /// The engine (`None` when non-private).
+    pub fn engine(&self) -> Option<&PrivacyEngine> {
+        self.engine.as_ref()
+    }
+
+    /// Epochs completed.
+    pub fn epochs_done(&self) -> u64 {
+        self.epochs_done
+    }
+
+    /// Metrics of the completed epochs.
+    pub fn metrics(&self) -> &[EpochMetrics] {
+        &self.metrics
+    }
+
+    /// Steps per epoch: round(1/q).
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.sampler.steps_per_epoch()
+    }
+
+    /// Trains one epoch; `on_step(step_in_epoch, lot_size)` is called after every step.
+    pub fn train_epoch(&mut self, mut on_step: impl FnMut(u64, usize)) -> Result<EpochMetrics> {
+        let t0 = Instant::now();
+        let (mut loss_sum, mut seen) = (0f64, 0usize);
+        for s in 0..self.steps_per_epoch() {
+            let (l, n) = self.step()?;
+            loss_sum += l;
+            seen += n;
+            on_step(s + 1, n);
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let (eval_loss, eval_accuracy) = self.evaluate()?;
+        self.epochs_done += 1;
+        let (epsilon_rdp, epsilon_prv, noise_multiplier) = match &self.engine {
+            None => (None, None, None),
+            Some(e) => (
+                Some(e.epsilon_with(Method::Rdp)?),
+                Some(e.epsilon_with(Method::Prv)?),
+                Some(e.noise_multiplier()),
+            ),
+        };
+        let m = EpochMetrics {
+            epoch: self.epochs_done,
+            steps: self.engine.as_ref().map_or(self.epochs_done * self.steps_per_epoch(), |e| e.steps()),
+            train_loss: loss_sum / seen.max(1) as f64,
+            eval_loss,
+            eval_accuracy,
+            eval_split: self.eval_split.to_string(),
+            epsilon_rdp,
+            epsilon_prv,
+            noise_multiplier,
+            train_seconds,
+        };
+        self.metrics.push(m.clone());
+        Ok(m)
+    }
+
+    /// One step: sample a lot, per-sample gradients in physical batches, clip, noise, update.
+    /// Returns (summed loss over the lot, lot size).
+    fn step(&mut self) -> Result<(f64, usize)> {
+        self.sampler.sample_into(&mut self.lot);
+        let lot = std::mem::take(&mut self.lot);
+        let r = self.step_on(&lot);
+        self.lot = lot;
+        r
+    }
+
+    fn step_on(&mut self, lot: &[usize]) -> Result<(f64, usize)> {
+        let ex = self.train.example_len();
+        let mut loss_sum = 0f64;
+        if self.engine.is_none() {
+            self.grad.fill_zero()?;
+        }
+        for chunk in lot.chunks(self.cfg.physical_batch) {
+            let b = chunk.len();
+            self.train.gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
+            self.model.forward_slice(&mut self.ws, &self.xb[..b * ex])?;
+            let l = self.model.loss(&mut self.ws, Loss::CrossEntropy(&self.yb[..b]), Reduction::Sum)?;
+            if !l.is_finite() {
+                return Err(Error::NonFinite {
+                    what: "training loss",
+                    detail: format!("loss {l} at step {}; the last checkpoint is kept — lower the learning rate", self.global_step()),
+                });
+            }
+            loss_sum += l;
+            match &mut self.engine {
+                Some(engine) => {
+                    self.model.backward(&mut self.ws, Grads::PerSample(&mut self.psg), false)?;
+                    engine.accumulate(&self.psg, b)?;
+                }
+                None => {
+                    self.model.backward(
+                        &mut self.ws,
+                        Grads::Sum {
+                            grad: &mut self.grad,
+                            accumulate: true,
+                        },
+                        false,
+                    )?;
+                }
+            }
+        }
+        self.update(lot.len())?;
+        Ok((loss_sum, lot.len()))
+    }
+
+    fn global_step(&self) -> u64 {
+        self.engine.as_ref().map_or(0, |e| e.steps())
+    }
+
+    fn update(&mut self, lot: usize) -> Result<()> {
+        let lr = self.cfg.lr;
+        let params = self.model.params_mut();
+        match (&mut self.engine, self.cfg.optimizer) {
+            (Some(e), OptimizerKind::Sgd { momentum }) => {
+                let m = (momentum > 0.0).then_some(&mut self.m1);
+                e.step_sgd(params, m, &SgdConfig::new(lr).momentum(momentum))
+            }
+            (Some(e), OptimizerKind::Adam) => {
+                self.adam_t += 1;
+                e.step_adam(params, &mut self.m1, &mut self.m2, self.adam_t, &AdamConfig::new(lr))
+            }
+            (None, opt) => {
+                // Non-private reference: the mean gradient of the lot, no clipping, no noise.
+                let noisy = crate::NoisyStep {
+                    noise_std: 0.0,
+                    expected_batch_size: lot.max(1) as f32,
+                    key: crate::NoiseKey::from_parts(0, 0),
+                };
+                match opt {
+                    OptimizerKind::Sgd { momentum } => {
+                        let m = (momentum > 0.0).then_some(&mut self.m1);
+                        crate::ops::noisy_sgd_step(params, &self.grad, m, &SgdConfig::new(lr).momentum(momentum), &noisy)
+                    }
+                    OptimizerKind::Adam => {
+                        self.adam_t += 1;
+                        crate::ops::noisy_adam_step(params, &self.grad, &mut self.m1, &mut self.m2, self.adam_t, &AdamConfig::new(lr), &noisy)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Mean loss and accuracy on the evaluation set.
+    pub fn evaluate(&mut self) -> Result<(f64, f64)> {
+        let ex = self.eval.example_len();
+        let n = self.eval.len();
+        let classes = self.eval.classes();
+        let (mut loss, mut correct) = (0f64, 0usize);
+        let idx: Vec<usize> = (0..n).collect();
+        for chunk in idx.chunks(self.cfg.physical_batch) {
+            let b = chunk.len();
+            self.eval.gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
+            self.model.forward_slice(&mut self.ws, &self.xb[..b * ex])?;
+            for (row, &y) in self.ws.output().chunks(classes).zip(&self.yb[..b]) {
+                let am = row
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |acc, (k, &v)| if v > acc.1 { (k, v) } else { acc })
+                    .0;
+                correct += (am as u32 == y) as usize;
+            }
+            loss += self.model.loss(&mut self.ws, Loss::CrossEntropy(&self.yb[..b]), Reduction::Sum)?;
+        }
+        Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64))
+    }
+
+    /// Writes `dir/checkpoint.safetensors` atomically (temp file + rename): parameters,
+    /// optimizer state, accountant, step counter, sampler stream, metrics. In secure mode the
+    /// seeds are not written.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        let state = CheckpointState {
+            config: self.cfg.clone(),
+            epochs_done: self.epochs_done,
+            engine: self.engine.as_ref().map(|e| e.state()),
+            sampler: self.sampler.clone(),
+            adam_t: self.adam_t,
+            metrics: self.metrics.clone(),
+        };
+        let mut meta = HashMap::new();
+        meta.insert("dpsgd_checkpoint".to_string(), serde_json::to_string(&state)?);
+        if self.cfg.seed.is_none() {
+            // Secure mode: the sampler stream's seed must not be stored.
+            meta.insert("secure".to_string(), "true".to_string());
+            let mut s = state.clone();
+            s.sampler = PoissonSampler::new(1, 1.0, 0)?;
+            meta.insert("dpsgd_checkpoint".to_string(), serde_json::to_string(&s)?);
+        }
+        let tensors = [("params", self.model.params()), ("m1", &self.m1), ("m2", &self.m2)];
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, b)| {
+                let v = b.to_vec()?;
+                Ok((n.to_string(), vec![v.len()], v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            })
+            .collect::<Result<_>>()?;
+        let path = dir.join(CHECKPOINT);
+        let fmt = |msg: String| Error::Format { path: path.clone(), msg };
+        let views = bytes
+            .iter()
+            .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| fmt(e.to_string()))?)))
+            .collect::<Result<Vec<_>>>()?;
+        let data = safetensors::serialize(views, Some(meta)).map_err(|e| fmt(e.to_string()))?;
+        write_atomic(&path, &data)
+    }
+
+    /// Restores a checkpoint written by [`Trainer::save_checkpoint`] for the same configuration.
+    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join(CHECKPOINT);
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let fmt = |msg: String| Error::Format { path: path.clone(), msg };
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| fmt(format!("not a checkpoint: {e}")))?;
+        let meta = header.metadata().as_ref().ok_or_else(|| fmt("no dpsgd metadata".into()))?;
+        let json = meta.get("dpsgd_checkpoint").ok_or_else(|| fmt("no dpsgd_checkpoint metadata".into()))?;
+        let state: CheckpointState = serde_json::from_str(json).map_err(|e| fmt(format!("bad checkpoint state: {e}")))?;
+        if state.config != self.cfg {
+            return Err(fmt("the checkpoint was written by a run with another configuration (see its config.json); use a new --out or the same flags".into()));
+        }
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| fmt(e.to_string()))?;
+        let read = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = st.tensor(name).map_err(|_| fmt(format!("missing tensor {name}")))?;
+            if t.dtype() != Dtype::F32 || t.shape() != [len] {
+                return Err(fmt(format!("tensor {name} has the wrong type or shape")));
+            }
+            Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        };
+        let p = read("params", self.model.num_params())?;
+        let m1 = read("m1", self.m1.len())?;
+        let m2 = read("m2", self.m2.len())?;
+        if p.iter().chain(&m1).chain(&m2).any(|x| !x.is_finite()) {
+            return Err(fmt("non-finite values in the checkpoint".into()));
+        }
+        match (&mut self.engine, state.engine) {
+            (Some(e), Some(s)) => e.restore(s)?,
+            (None, None) => {}
+            _ => return Err(fmt("private/non-private mismatch".into())),
+        }
+        self.model.params_mut().copy_from_slice(&p)?;
+        self.m1.copy_from_slice(&m1)?;
+        self.m2.copy_from_slice(&m2)?;
+        if meta.get("secure").is_none() {
+            self.sampler = state.sampler;
+        }
+        self.adam_t = state.adam_t;
+        self.epochs_done = state.epochs_done;
+        self.metrics = state.metrics;
+        Ok(())
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Writes `data` to `path` via a temporary file in the same folder and a rename, so a crash
+/// leaves either the old file or the new one.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)
+}

@@ -1,0 +1,231 @@
+//! The private training engine and the trainer: external per-sample gradients, the budget,
+//! empty lots, learning on generated data, checkpoints that resume bit for bit (also after
+//! SIGKILL), and typed errors.
+
+use approx::assert_relative_eq;
+use dpsgd::accounting::{Method, PrivacyAccountant};
+use dpsgd::engine::{NoiseSpec, PrivacyConfig, PrivacyEngine};
+use dpsgd::ops::Clipping;
+use dpsgd::train::{DataSource, ModelKind, OptimizerKind, TrainConfig, Trainer};
+use dpsgd::{Buffer, Device, Error, Layout, SgdConfig};
+use std::path::PathBuf;
+
+fn privacy(noise: NoiseSpec, steps: u64) -> PrivacyConfig {
+    PrivacyConfig {
+        noise,
+        delta: 1e-5,
+        clipping: Clipping::Flat(1.0),
+        sample_rate: 0.01,
+        dataset_size: 1000,
+        planned_steps: steps,
+        accountant: Method::Rdp,
+    }
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dpsgd-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Another trainer's own per-sample gradients in, the noised mean gradient and ε out; with
+/// σ = 0 the result is exactly Σ clip(g_i) / (qN).
+#[test]
+fn engine_with_external_gradients() {
+    let layout = Layout::from_sizes(&[3, 2]).unwrap();
+    let dev = Device::Cpu;
+    let mut e = PrivacyEngine::new(privacy(NoiseSpec::NoiseMultiplier(0.0), 10), layout, &dev, Some(1)).unwrap();
+    // Two examples: norms 5 (clipped to 1) and 0.5 (kept).
+    let g = Buffer::from_slice(&dev, &[3.0f32, 4.0, 0.0, 0.0, 0.0, 0.3, 0.4, 0.0, 0.0, 0.0]).unwrap();
+    e.accumulate(&g, 2).unwrap();
+    assert_eq!(e.lot_size(), 2);
+    let mut out = Buffer::<f32>::zeros(&dev, 5).unwrap();
+    let eps = e.noisy_gradient(&mut out).unwrap();
+    assert!(eps.is_infinite() || eps > 100.0, "σ = 0 gives no privacy: ε = {eps}");
+    let v = out.to_vec().unwrap();
+    let f0 = 1.0 / (5.0 + 1e-6);
+    assert_relative_eq!(v[0], (3.0 * f0 + 0.3) / 10.0, max_relative = 1e-5);
+    assert_relative_eq!(v[1], (4.0 * f0 + 0.4) / 10.0, max_relative = 1e-5);
+    assert_eq!(e.steps(), 1);
+    assert_eq!(e.lot_size(), 0, "the lot is consumed by the step");
+}
+
+/// An empty lot is a step: noise is added and the accountant records it.
+#[test]
+fn empty_lots_are_noised_and_accounted() {
+    let dev = Device::Cpu;
+    let mut e = PrivacyEngine::new(privacy(NoiseSpec::NoiseMultiplier(1.0), 10), Layout::flat(100), &dev, Some(2)).unwrap();
+    let mut p = Buffer::<f32>::zeros(&dev, 100).unwrap();
+    e.step_sgd(&mut p, None, &SgdConfig::new(1.0)).unwrap();
+    assert_eq!(e.steps(), 1);
+    assert!(e.epsilon().unwrap() > 0.0);
+    assert!(p.to_vec().unwrap().iter().any(|&x| x != 0.0), "noise was added");
+    assert_eq!(e.accountant().history().total_steps(), 1);
+}
+
+/// With a target ε, σ is calibrated for the planned steps, those steps are allowed, and the
+/// next one is refused before any noise is drawn.
+#[test]
+fn budget_refuses_the_step_past_the_target() {
+    let dev = Device::Cpu;
+    let steps = 50;
+    let mut e = PrivacyEngine::new(privacy(NoiseSpec::TargetEpsilon(1.0), steps), Layout::flat(8), &dev, Some(3)).unwrap();
+    let sigma = e.noise_multiplier();
+    assert!(sigma > 0.3 && sigma < 10.0, "σ = {sigma}");
+    let mut p = Buffer::<f32>::zeros(&dev, 8).unwrap();
+    for _ in 0..steps {
+        e.step_sgd(&mut p, None, &SgdConfig::new(0.1)).unwrap();
+    }
+    let eps = e.epsilon().unwrap();
+    assert!(eps <= 1.0 && eps > 0.9, "ε after the planned steps = {eps}");
+    let mut extra = 0;
+    let err = loop {
+        let before = p.to_vec().unwrap();
+        match e.step_sgd(&mut p, None, &SgdConfig::new(0.1)) {
+            Ok(()) => extra += 1,
+            Err(err) => {
+                assert_eq!(p.to_vec().unwrap(), before, "no noise drawn for a refused step");
+                break err;
+            }
+        }
+        assert!(extra < 10_000);
+    };
+    assert!(matches!(err, Error::BudgetExhausted(_)), "{err}");
+    assert!(e.epsilon().unwrap() <= 1.0, "ε never passes the target");
+}
+
+#[test]
+fn invalid_privacy_parameters_are_typed_errors() {
+    let dev = Device::Cpu;
+    let bad = [
+        privacy(NoiseSpec::TargetEpsilon(0.0), 10),
+        privacy(NoiseSpec::TargetEpsilon(-1.0), 10),
+        privacy(NoiseSpec::NoiseMultiplier(-0.5), 10),
+        privacy(NoiseSpec::NoiseMultiplier(f64::NAN), 10),
+        PrivacyConfig { delta: 0.0, ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10) },
+        PrivacyConfig { delta: 1.0, ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10) },
+        PrivacyConfig { sample_rate: 0.0, ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10) },
+        PrivacyConfig { clipping: Clipping::Flat(0.0), ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10) },
+    ];
+    for c in bad {
+        let r = PrivacyEngine::new(c.clone(), Layout::flat(4), &dev, Some(0));
+        assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{c:?}: {r:?}");
+    }
+}
+
+fn small_config(seed: u64, epochs: u64) -> TrainConfig {
+    TrainConfig {
+        data: DataSource::Synthetic { train: 1200, test: 300 },
+        model: ModelKind::TanhConvnet,
+        noise: Some(NoiseSpec::NoiseMultiplier(1.0)),
+        delta: 1e-5,
+        epochs,
+        batch_size: 120,
+        physical_batch: 50,
+        lr: 2.0,
+        optimizer: OptimizerKind::Sgd { momentum: 0.0 },
+        max_grad_norm: 1.0,
+        accountant: Method::Rdp,
+        seed: Some(seed),
+        validation: 0,
+    }
+}
+
+/// DP-SGD learns the generated data (lots split into physical batches of 50).
+#[test]
+fn private_training_learns() {
+    let mut t = Trainer::new(small_config(7, 3), &Device::Cpu).unwrap();
+    let (_, acc0) = t.evaluate().unwrap();
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(t.train_epoch(|_, _| {}).unwrap());
+    }
+    let m = last.unwrap();
+    assert!(m.eval_accuracy > 0.8 && m.eval_accuracy > acc0 + 0.3, "accuracy {acc0} → {}", m.eval_accuracy);
+    let (r, p) = (m.epsilon_rdp.unwrap(), m.epsilon_prv.unwrap());
+    assert!(r > 0.0 && p > 0.0 && p <= r * 1.05, "ε RDP {r}, PRV {p}");
+    assert_eq!(m.steps, 30);
+}
+
+/// A run stopped after epoch 1 and resumed from its checkpoint ends with the same parameter
+/// bits and the same ε as an uninterrupted run.
+#[test]
+fn resume_is_bit_exact() {
+    let dev = Device::Cpu;
+    let mut full = Trainer::new(small_config(11, 2), &dev).unwrap();
+    full.train_epoch(|_, _| {}).unwrap();
+    full.train_epoch(|_, _| {}).unwrap();
+    let dir = tmpdir("resume");
+    let mut a = Trainer::new(small_config(11, 2), &dev).unwrap();
+    a.train_epoch(|_, _| {}).unwrap();
+    a.save_checkpoint(&dir).unwrap();
+    drop(a);
+    let mut b = Trainer::new(small_config(11, 2), &dev).unwrap();
+    b.load_checkpoint(&dir).unwrap();
+    assert_eq!(b.epochs_done(), 1);
+    b.train_epoch(|_, _| {}).unwrap();
+    let (pf, pb) = (full.model().params().to_vec().unwrap(), b.model().params().to_vec().unwrap());
+    assert!(pf.iter().zip(&pb).all(|(x, y)| x.to_bits() == y.to_bits()), "parameters differ after resume");
+    assert_eq!(full.engine().unwrap().epsilon().unwrap(), b.engine().unwrap().epsilon().unwrap());
+    // A checkpoint of another configuration is refused.
+    let mut other = Trainer::new(small_config(12, 2), &dev).unwrap();
+    assert!(matches!(other.load_checkpoint(&dir), Err(Error::Format { .. })));
+    // A corrupt checkpoint is a Format error.
+    std::fs::write(dir.join("checkpoint.safetensors"), b"garbage").unwrap();
+    assert!(matches!(b.load_checkpoint(&dir), Err(Error::Format { .. })));
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dpsgd")
+}
+
+fn train_cmd(out: &std::path::Path, resume: bool) -> std::process::Command {
+    let mut c = std::process::Command::new(bin());
+    c.args([
+        "train", "--dataset", "synthetic", "--epochs", "4", "--batch-size", "16", "--physical-batch", "16",
+        "--noise-multiplier", "1.0", "--lr", "0.5", "--seed", "5", "--out",
+    ])
+    .arg(out)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    if resume {
+        c.arg("--resume");
+    }
+    c
+}
+
+/// `dpsgd train` killed with SIGKILL mid-run and resumed with `--resume` writes the same model
+/// bytes as an uninterrupted run.
+#[test]
+fn sigkill_then_resume_matches_uninterrupted_run() {
+    let whole = tmpdir("whole");
+    assert!(train_cmd(&whole, false).status().unwrap().success());
+    let killed = tmpdir("killed");
+    let mut child = train_cmd(&killed, false).spawn().unwrap();
+    let ckpt = killed.join("checkpoint.safetensors");
+    let t0 = std::time::Instant::now();
+    while !ckpt.exists() && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    assert!(ckpt.exists(), "no checkpoint was written before the kill");
+    assert!(!killed.join("model.safetensors").exists(), "the run finished before it was killed");
+    assert!(train_cmd(&killed, true).status().unwrap().success());
+    let a = std::fs::read(whole.join("model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("model.safetensors")).unwrap();
+    assert!(a == b, "resumed model differs from the uninterrupted one");
+    let ma = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
+    let mb = std::fs::read_to_string(killed.join("metrics.jsonl")).unwrap();
+    let eps = |s: &str| -> Vec<f64> {
+        s.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epsilon_rdp"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(eps(&ma), eps(&mb));
+    // Without --resume an existing checkpoint is not overwritten: exit code 2.
+    let st = train_cmd(&killed, false).status().unwrap();
+    assert_eq!(st.code(), Some(2));
+}
