@@ -131,13 +131,22 @@ impl PrivacyEngine {
     /// the OS, never logged or saved); `Some(s)` = reproducible runs (tests, experiments).
     /// With a target ε, σ is calibrated here (bisection; the returned σ never exceeds the target
     /// over `planned_steps`).
-    pub fn new(cfg: PrivacyConfig, layout: Layout, device: &Device, seed: Option<u64>) -> Result<Self> {
+    pub fn new(
+        cfg: PrivacyConfig,
+        layout: Layout,
+        device: &Device,
+        seed: Option<u64>,
+    ) -> Result<Self> {
         cfg.validate()?;
         if let Clipping::PerLayer(v) = &cfg.clipping {
             if v.len() != layout.num_segments() {
                 return Err(Error::shape(
                     "PrivacyEngine::new",
-                    format!("{} per-layer bounds for {} parameter tensors", v.len(), layout.num_segments()),
+                    format!(
+                        "{} per-layer bounds for {} parameter tensors",
+                        v.len(),
+                        layout.num_segments()
+                    ),
                 ));
             }
         }
@@ -177,7 +186,11 @@ impl PrivacyEngine {
     /// Restores a saved state (a resumed run). The configuration must be the run's own.
     pub fn restore(&mut self, state: EngineState) -> Result<()> {
         if !(state.noise_multiplier.is_finite() && state.noise_multiplier >= 0.0) {
-            return Err(Error::invalid("noise_multiplier", state.noise_multiplier, "finite and >= 0"));
+            return Err(Error::invalid(
+                "noise_multiplier",
+                state.noise_multiplier,
+                "finite and >= 0",
+            ));
         }
         if state.accountant.method != self.cfg.accountant {
             return Err(Error::invalid(
@@ -256,8 +269,19 @@ impl PrivacyEngine {
     /// Clips a physical batch of per-sample gradients (`grads`: `[batch, P]`, on the engine's
     /// device) and adds them to the current lot's sum. Call once per physical batch, then one
     /// of the step functions. NaN/Inf gradients are an error (nothing is added).
-    pub fn accumulate<T: GradElement>(&mut self, grads: &Buffer<T>, batch: usize) -> Result<ClipStats> {
-        let st = ops::clip_and_accumulate(grads, batch, &self.layout, &self.cfg.clipping, &mut self.ws, &mut self.sum)?;
+    pub fn accumulate<T: GradElement>(
+        &mut self,
+        grads: &Buffer<T>,
+        batch: usize,
+    ) -> Result<ClipStats> {
+        let st = ops::clip_and_accumulate(
+            grads,
+            batch,
+            &self.layout,
+            &self.cfg.clipping,
+            &mut self.ws,
+            &mut self.sum,
+        )?;
         self.rows += batch;
         Ok(st)
     }
@@ -350,7 +374,12 @@ impl PrivacyEngine {
 
     /// A fused noisy SGD step on `params` with the current lot: p −= lr·(Σ clip(g) + σC·ξ)/(qN)
     /// (plus momentum/weight decay). An empty lot is a valid step (noise only).
-    pub fn step_sgd(&mut self, params: &mut Buffer<f32>, momentum: Option<&mut Buffer<f32>>, cfg: &SgdConfig) -> Result<()> {
+    pub fn step_sgd(
+        &mut self,
+        params: &mut Buffer<f32>,
+        momentum: Option<&mut Buffer<f32>>,
+        cfg: &SgdConfig,
+    ) -> Result<()> {
         cfg.validate()?;
         let noisy = self.begin_step()?;
         ops::noisy_sgd_step(params, &self.sum, momentum, cfg, &noisy)?;
@@ -379,7 +408,11 @@ impl PrivacyEngine {
         if out.len() != self.layout.num_params() {
             return Err(Error::shape(
                 "PrivacyEngine::noisy_gradient",
-                format!("out has {} values, expected P = {}", out.len(), self.layout.num_params()),
+                format!(
+                    "out has {} values, expected P = {}",
+                    out.len(),
+                    self.layout.num_params()
+                ),
             ));
         }
         let noisy = self.begin_step()?;

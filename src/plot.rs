@@ -54,7 +54,13 @@ pub struct Series<'a> {
 }
 
 /// Draws line series (with markers) to a PNG at `path`.
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> Result<()> {
     font_ready().map_err(|e| err(path, e))?;
     let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -69,7 +75,13 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
     if x0 > x1 {
         return Err(err(path, "no finite points to plot"));
     }
-    let pad = |a: f64, b: f64| if b - a < 1e-12 { 0.5f64.max(a.abs() * 0.05) } else { (b - a) * 0.05 };
+    let pad = |a: f64, b: f64| {
+        if b - a < 1e-12 {
+            0.5f64.max(a.abs() * 0.05)
+        } else {
+            (b - a) * 0.05
+        }
+    };
     let (px, py) = (pad(x0, x1), pad(y0, y1));
     let root = BitMapBackend::new(path, (800, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
@@ -110,29 +122,65 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
 /// `loss.png`, `accuracy.png` and (for private runs) `epsilon.png` in `dir`.
 pub fn plot_run(dir: &Path, m: &[EpochMetrics]) -> Result<Vec<PathBuf>> {
     let xs = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
-        m.iter().filter_map(|e| f(e).map(|y| (e.epoch as f64, y))).collect()
+        m.iter()
+            .filter_map(|e| f(e).map(|y| (e.epoch as f64, y)))
+            .collect()
     };
     let mut out = Vec::new();
     let split = m.first().map_or("test", |e| e.eval_split.as_str());
     let p = dir.join("loss.png");
-    line_chart(&p, "Loss per epoch", "epoch", "cross-entropy", &[
-        Series { label: "train", points: xs(&|e| Some(e.train_loss)), color: BLUE },
-        Series { label: split, points: xs(&|e| Some(e.eval_loss)), color: RED },
-    ])?;
+    line_chart(
+        &p,
+        "Loss per epoch",
+        "epoch",
+        "cross-entropy",
+        &[
+            Series {
+                label: "train",
+                points: xs(&|e| Some(e.train_loss)),
+                color: BLUE,
+            },
+            Series {
+                label: split,
+                points: xs(&|e| Some(e.eval_loss)),
+                color: RED,
+            },
+        ],
+    )?;
     out.push(p);
     let p = dir.join("accuracy.png");
-    line_chart(&p, &format!("{split} accuracy per epoch"), "epoch", "accuracy (%)", &[Series {
-        label: split,
-        points: xs(&|e| Some(100.0 * e.eval_accuracy)),
-        color: BLUE,
-    }])?;
+    line_chart(
+        &p,
+        &format!("{split} accuracy per epoch"),
+        "epoch",
+        "accuracy (%)",
+        &[Series {
+            label: split,
+            points: xs(&|e| Some(100.0 * e.eval_accuracy)),
+            color: BLUE,
+        }],
+    )?;
     out.push(p);
     if m.iter().any(|e| e.epsilon_rdp.is_some()) {
         let p = dir.join("epsilon.png");
-        line_chart(&p, "Privacy spent (ε) per epoch", "epoch", "ε", &[
-            Series { label: "RDP", points: xs(&|e| e.epsilon_rdp), color: RED },
-            Series { label: "PRV (upper bound)", points: xs(&|e| e.epsilon_prv), color: BLUE },
-        ])?;
+        line_chart(
+            &p,
+            "Privacy spent (ε) per epoch",
+            "epoch",
+            "ε",
+            &[
+                Series {
+                    label: "RDP",
+                    points: xs(&|e| e.epsilon_rdp),
+                    color: RED,
+                },
+                Series {
+                    label: "PRV (upper bound)",
+                    points: xs(&|e| e.epsilon_prv),
+                    color: BLUE,
+                },
+            ],
+        )?;
         out.push(p);
     }
     Ok(out)
@@ -146,12 +194,20 @@ pub fn plot_sweep(path: &Path, points: &[(f64, f64)], non_private: Option<f64>) 
         color: BLUE,
     }];
     if let Some(a) = non_private {
-        let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(l, h), &(e, _)| (l.min(e), h.max(e)));
+        let (lo, hi) = points
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &(e, _)| (l.min(e), h.max(e)));
         series.push(Series {
             label: "non-private",
             points: vec![(lo, 100.0 * a), (hi, 100.0 * a)],
             color: RED,
         });
     }
-    line_chart(path, "Test accuracy against ε", "ε (δ = 1e-5)", "test accuracy (%)", &series)
+    line_chart(
+        path,
+        "Test accuracy against ε",
+        "ε (δ = 1e-5)",
+        "test accuracy (%)",
+        &series,
+    )
 }

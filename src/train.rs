@@ -9,13 +9,13 @@
 //! gradient), per-sample gradients, clip-and-accumulate; then one fused noisy optimizer step.
 
 use crate::accounting::Method;
+use crate::cpu::loss::Reduction;
 use crate::data::{Dataset, DatasetKind, Split};
 use crate::engine::{EngineState, NoiseSpec, PrivacyConfig, PrivacyEngine};
 use crate::nn::{models, Grads, Loss, Sequential, Workspace};
 use crate::ops::Clipping;
 use crate::optim::{AdamConfig, SgdConfig};
 use crate::sampling::PoissonSampler;
-use crate::cpu::loss::Reduction;
 use crate::{Buffer, Device, Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -115,7 +115,11 @@ impl TrainConfig {
             return Err(Error::invalid("lr", self.lr, "finite and > 0"));
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
-            return Err(Error::invalid("max_grad_norm", self.max_grad_norm, "finite and > 0"));
+            return Err(Error::invalid(
+                "max_grad_norm",
+                self.max_grad_norm,
+                "finite and > 0",
+            ));
         }
         if !(self.delta > 0.0 && self.delta < 1.0) {
             return Err(Error::invalid("delta", self.delta, "in (0, 1)"));
@@ -205,7 +209,9 @@ impl Trainer {
         cfg.validate()?;
         let (train, test) = match &cfg.data {
             DataSource::Idx { kind, dir } => {
-                let dir = dir.clone().unwrap_or_else(|| kind.default_dir().to_path_buf());
+                let dir = dir
+                    .clone()
+                    .unwrap_or_else(|| kind.default_dir().to_path_buf());
                 (
                     Dataset::load(*kind, &dir, Split::Train)?,
                     Dataset::load(*kind, &dir, Split::Test)?,
@@ -259,7 +265,12 @@ impl Trainer {
                     planned_steps: steps_per_epoch * cfg.epochs,
                     accountant: cfg.accountant,
                 };
-                Some(PrivacyEngine::new(pc, model.layout().clone(), device, cfg.seed)?)
+                Some(PrivacyEngine::new(
+                    pc,
+                    model.layout().clone(),
+                    device,
+                    cfg.seed,
+                )?)
             }
         };
         let m_len = match cfg.optimizer {
@@ -267,7 +278,11 @@ impl Trainer {
             OptimizerKind::Adam => p,
             _ => 0,
         };
-        let v_len = if matches!(cfg.optimizer, OptimizerKind::Adam) { p } else { 0 };
+        let v_len = if matches!(cfg.optimizer, OptimizerKind::Adam) {
+            p
+        } else {
+            0
+        };
         let ex = train.example_len();
         Ok(Trainer {
             psg: Buffer::zeros(device, physical * p)?,
@@ -345,7 +360,10 @@ impl Trainer {
         };
         let m = EpochMetrics {
             epoch: self.epochs_done,
-            steps: self.engine.as_ref().map_or(self.epochs_done * self.steps_per_epoch(), |e| e.steps()),
+            steps: self
+                .engine
+                .as_ref()
+                .map_or(self.epochs_done * self.steps_per_epoch(), |e| e.steps()),
             train_loss: loss_sum / seen.max(1) as f64,
             eval_loss,
             eval_accuracy,
@@ -377,9 +395,14 @@ impl Trainer {
         }
         for chunk in lot.chunks(self.cfg.physical_batch) {
             let b = chunk.len();
-            self.train.gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
+            self.train
+                .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
             self.model.forward_slice(&mut self.ws, &self.xb[..b * ex])?;
-            let l = self.model.loss(&mut self.ws, Loss::CrossEntropy(&self.yb[..b]), Reduction::Sum)?;
+            let l = self.model.loss(
+                &mut self.ws,
+                Loss::CrossEntropy(&self.yb[..b]),
+                Reduction::Sum,
+            )?;
             if !l.is_finite() {
                 return Err(Error::NonFinite {
                     what: "training loss",
@@ -389,7 +412,8 @@ impl Trainer {
             loss_sum += l;
             match &mut self.engine {
                 Some(engine) => {
-                    self.model.backward(&mut self.ws, Grads::PerSample(&mut self.psg), false)?;
+                    self.model
+                        .backward(&mut self.ws, Grads::PerSample(&mut self.psg), false)?;
                     engine.accumulate(&self.psg, b)?;
                 }
                 None => {
@@ -422,7 +446,13 @@ impl Trainer {
             }
             (Some(e), OptimizerKind::Adam) => {
                 self.adam_t += 1;
-                e.step_adam(params, &mut self.m1, &mut self.m2, self.adam_t, &AdamConfig::new(lr))
+                e.step_adam(
+                    params,
+                    &mut self.m1,
+                    &mut self.m2,
+                    self.adam_t,
+                    &AdamConfig::new(lr),
+                )
             }
             (None, opt) => {
                 // Non-private reference: the mean gradient of the lot, no clipping, no noise.
@@ -434,11 +464,25 @@ impl Trainer {
                 match opt {
                     OptimizerKind::Sgd { momentum } => {
                         let m = (momentum > 0.0).then_some(&mut self.m1);
-                        crate::ops::noisy_sgd_step(params, &self.grad, m, &SgdConfig::new(lr).momentum(momentum), &noisy)
+                        crate::ops::noisy_sgd_step(
+                            params,
+                            &self.grad,
+                            m,
+                            &SgdConfig::new(lr).momentum(momentum),
+                            &noisy,
+                        )
                     }
                     OptimizerKind::Adam => {
                         self.adam_t += 1;
-                        crate::ops::noisy_adam_step(params, &self.grad, &mut self.m1, &mut self.m2, self.adam_t, &AdamConfig::new(lr), &noisy)
+                        crate::ops::noisy_adam_step(
+                            params,
+                            &self.grad,
+                            &mut self.m1,
+                            &mut self.m2,
+                            self.adam_t,
+                            &AdamConfig::new(lr),
+                            &noisy,
+                        )
                     }
                 }
             }
@@ -454,17 +498,25 @@ impl Trainer {
         let idx: Vec<usize> = (0..n).collect();
         for chunk in idx.chunks(self.cfg.physical_batch) {
             let b = chunk.len();
-            self.eval.gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
+            self.eval
+                .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
             self.model.forward_slice(&mut self.ws, &self.xb[..b * ex])?;
             for (row, &y) in self.ws.output().chunks(classes).zip(&self.yb[..b]) {
                 let am = row
                     .iter()
                     .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |acc, (k, &v)| if v > acc.1 { (k, v) } else { acc })
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |acc, (k, &v)| if v > acc.1 { (k, v) } else { acc },
+                    )
                     .0;
                 correct += (am as u32 == y) as usize;
             }
-            loss += self.model.loss(&mut self.ws, Loss::CrossEntropy(&self.yb[..b]), Reduction::Sum)?;
+            loss += self.model.loss(
+                &mut self.ws,
+                Loss::CrossEntropy(&self.yb[..b]),
+                Reduction::Sum,
+            )?;
         }
         Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64))
     }
@@ -482,7 +534,10 @@ impl Trainer {
             metrics: self.metrics.clone(),
         };
         let mut meta = HashMap::new();
-        meta.insert("dpsgd_checkpoint".to_string(), serde_json::to_string(&state)?);
+        meta.insert(
+            "dpsgd_checkpoint".to_string(),
+            serde_json::to_string(&state)?,
+        );
         if self.cfg.seed.is_none() {
             // Secure mode: the sampler stream's seed must not be stored.
             meta.insert("secure".to_string(), "true".to_string());
@@ -490,19 +545,35 @@ impl Trainer {
             s.sampler = PoissonSampler::new(1, 1.0, 0)?;
             meta.insert("dpsgd_checkpoint".to_string(), serde_json::to_string(&s)?);
         }
-        let tensors = [("params", self.model.params()), ("m1", &self.m1), ("m2", &self.m2)];
+        let tensors = [
+            ("params", self.model.params()),
+            ("m1", &self.m1),
+            ("m2", &self.m2),
+        ];
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .iter()
             .map(|(n, b)| {
                 let v = b.to_vec()?;
-                Ok((n.to_string(), vec![v.len()], v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+                Ok((
+                    n.to_string(),
+                    vec![v.len()],
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ))
             })
             .collect::<Result<_>>()?;
         let path = dir.join(CHECKPOINT);
-        let fmt = |msg: String| Error::Format { path: path.clone(), msg };
+        let fmt = |msg: String| Error::Format {
+            path: path.clone(),
+            msg,
+        };
         let views = bytes
             .iter()
-            .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| fmt(e.to_string()))?)))
+            .map(|(n, s, b)| {
+                Ok((
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| fmt(e.to_string()))?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let data = safetensors::serialize(views, Some(meta)).map_err(|e| fmt(e.to_string()))?;
         write_atomic(&path, &data)
@@ -511,22 +582,40 @@ impl Trainer {
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`] for the same configuration.
     pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join(CHECKPOINT);
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        let fmt = |msg: String| Error::Format { path: path.clone(), msg };
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| fmt(format!("not a checkpoint: {e}")))?;
-        let meta = header.metadata().as_ref().ok_or_else(|| fmt("no dpsgd metadata".into()))?;
-        let json = meta.get("dpsgd_checkpoint").ok_or_else(|| fmt("no dpsgd_checkpoint metadata".into()))?;
-        let state: CheckpointState = serde_json::from_str(json).map_err(|e| fmt(format!("bad checkpoint state: {e}")))?;
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let fmt = |msg: String| Error::Format {
+            path: path.clone(),
+            msg,
+        };
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| fmt(format!("not a checkpoint: {e}")))?;
+        let meta = header
+            .metadata()
+            .as_ref()
+            .ok_or_else(|| fmt("no dpsgd metadata".into()))?;
+        let json = meta
+            .get("dpsgd_checkpoint")
+            .ok_or_else(|| fmt("no dpsgd_checkpoint metadata".into()))?;
+        let state: CheckpointState =
+            serde_json::from_str(json).map_err(|e| fmt(format!("bad checkpoint state: {e}")))?;
         if state.config != self.cfg {
             return Err(fmt("the checkpoint was written by a run with another configuration (see its config.json); use a new --out or the same flags".into()));
         }
         let st = SafeTensors::deserialize(&bytes).map_err(|e| fmt(e.to_string()))?;
         let read = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let t = st.tensor(name).map_err(|_| fmt(format!("missing tensor {name}")))?;
+            let t = st
+                .tensor(name)
+                .map_err(|_| fmt(format!("missing tensor {name}")))?;
             if t.dtype() != Dtype::F32 || t.shape() != [len] {
                 return Err(fmt(format!("tensor {name} has the wrong type or shape")));
             }
-            Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
         };
         let p = read("params", self.model.num_params())?;
         let m1 = read("m1", self.m1.len())?;
@@ -561,7 +650,10 @@ impl Trainer {
 /// leaves either the old file or the new one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(data).map_err(io)?;

@@ -35,14 +35,24 @@ fn tmpdir(name: &str) -> PathBuf {
 fn engine_with_external_gradients() {
     let layout = Layout::from_sizes(&[3, 2]).unwrap();
     let dev = Device::Cpu;
-    let mut e = PrivacyEngine::new(privacy(NoiseSpec::NoiseMultiplier(0.0), 10), layout, &dev, Some(1)).unwrap();
+    let mut e = PrivacyEngine::new(
+        privacy(NoiseSpec::NoiseMultiplier(0.0), 10),
+        layout,
+        &dev,
+        Some(1),
+    )
+    .unwrap();
     // Two examples: norms 5 (clipped to 1) and 0.5 (kept).
-    let g = Buffer::from_slice(&dev, &[3.0f32, 4.0, 0.0, 0.0, 0.0, 0.3, 0.4, 0.0, 0.0, 0.0]).unwrap();
+    let g =
+        Buffer::from_slice(&dev, &[3.0f32, 4.0, 0.0, 0.0, 0.0, 0.3, 0.4, 0.0, 0.0, 0.0]).unwrap();
     e.accumulate(&g, 2).unwrap();
     assert_eq!(e.lot_size(), 2);
     let mut out = Buffer::<f32>::zeros(&dev, 5).unwrap();
     let eps = e.noisy_gradient(&mut out).unwrap();
-    assert!(eps.is_infinite() || eps > 100.0, "σ = 0 gives no privacy: ε = {eps}");
+    assert!(
+        eps.is_infinite() || eps > 100.0,
+        "σ = 0 gives no privacy: ε = {eps}"
+    );
     let v = out.to_vec().unwrap();
     let f0 = 1.0 / (5.0 + 1e-6);
     assert_relative_eq!(v[0], (3.0 * f0 + 0.3) / 10.0, max_relative = 1e-5);
@@ -55,12 +65,21 @@ fn engine_with_external_gradients() {
 #[test]
 fn empty_lots_are_noised_and_accounted() {
     let dev = Device::Cpu;
-    let mut e = PrivacyEngine::new(privacy(NoiseSpec::NoiseMultiplier(1.0), 10), Layout::flat(100), &dev, Some(2)).unwrap();
+    let mut e = PrivacyEngine::new(
+        privacy(NoiseSpec::NoiseMultiplier(1.0), 10),
+        Layout::flat(100),
+        &dev,
+        Some(2),
+    )
+    .unwrap();
     let mut p = Buffer::<f32>::zeros(&dev, 100).unwrap();
     e.step_sgd(&mut p, None, &SgdConfig::new(1.0)).unwrap();
     assert_eq!(e.steps(), 1);
     assert!(e.epsilon().unwrap() > 0.0);
-    assert!(p.to_vec().unwrap().iter().any(|&x| x != 0.0), "noise was added");
+    assert!(
+        p.to_vec().unwrap().iter().any(|&x| x != 0.0),
+        "noise was added"
+    );
     assert_eq!(e.accountant().history().total_steps(), 1);
 }
 
@@ -70,7 +89,13 @@ fn empty_lots_are_noised_and_accounted() {
 fn budget_refuses_the_step_past_the_target() {
     let dev = Device::Cpu;
     let steps = 50;
-    let mut e = PrivacyEngine::new(privacy(NoiseSpec::TargetEpsilon(1.0), steps), Layout::flat(8), &dev, Some(3)).unwrap();
+    let mut e = PrivacyEngine::new(
+        privacy(NoiseSpec::TargetEpsilon(1.0), steps),
+        Layout::flat(8),
+        &dev,
+        Some(3),
+    )
+    .unwrap();
     let sigma = e.noise_multiplier();
     assert!(sigma > 0.3 && sigma < 10.0, "σ = {sigma}");
     let mut p = Buffer::<f32>::zeros(&dev, 8).unwrap();
@@ -85,7 +110,11 @@ fn budget_refuses_the_step_past_the_target() {
         match e.step_sgd(&mut p, None, &SgdConfig::new(0.1)) {
             Ok(()) => extra += 1,
             Err(err) => {
-                assert_eq!(p.to_vec().unwrap(), before, "no noise drawn for a refused step");
+                assert_eq!(
+                    p.to_vec().unwrap(),
+                    before,
+                    "no noise drawn for a refused step"
+                );
                 break err;
             }
         }
@@ -103,20 +132,38 @@ fn invalid_privacy_parameters_are_typed_errors() {
         privacy(NoiseSpec::TargetEpsilon(-1.0), 10),
         privacy(NoiseSpec::NoiseMultiplier(-0.5), 10),
         privacy(NoiseSpec::NoiseMultiplier(f64::NAN), 10),
-        PrivacyConfig { delta: 0.0, ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10) },
-        PrivacyConfig { delta: 1.0, ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10) },
-        PrivacyConfig { sample_rate: 0.0, ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10) },
-        PrivacyConfig { clipping: Clipping::Flat(0.0), ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10) },
+        PrivacyConfig {
+            delta: 0.0,
+            ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10)
+        },
+        PrivacyConfig {
+            delta: 1.0,
+            ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10)
+        },
+        PrivacyConfig {
+            sample_rate: 0.0,
+            ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10)
+        },
+        PrivacyConfig {
+            clipping: Clipping::Flat(0.0),
+            ..privacy(NoiseSpec::NoiseMultiplier(1.0), 10)
+        },
     ];
     for c in bad {
         let r = PrivacyEngine::new(c.clone(), Layout::flat(4), &dev, Some(0));
-        assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{c:?}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::InvalidParameter { .. })),
+            "{c:?}: {r:?}"
+        );
     }
 }
 
 fn small_config(seed: u64, epochs: u64) -> TrainConfig {
     TrainConfig {
-        data: DataSource::Synthetic { train: 1200, test: 300 },
+        data: DataSource::Synthetic {
+            train: 1200,
+            test: 300,
+        },
         model: ModelKind::TanhConvnet,
         noise: Some(NoiseSpec::NoiseMultiplier(1.0)),
         delta: 1e-5,
@@ -142,7 +189,11 @@ fn private_training_learns() {
         last = Some(t.train_epoch(|_, _| {}).unwrap());
     }
     let m = last.unwrap();
-    assert!(m.eval_accuracy > 0.8 && m.eval_accuracy > acc0 + 0.3, "accuracy {acc0} → {}", m.eval_accuracy);
+    assert!(
+        m.eval_accuracy > 0.8 && m.eval_accuracy > acc0 + 0.3,
+        "accuracy {acc0} → {}",
+        m.eval_accuracy
+    );
     let (r, p) = (m.epsilon_rdp.unwrap(), m.epsilon_prv.unwrap());
     assert!(r > 0.0 && p > 0.0 && p <= r * 1.05, "ε RDP {r}, PRV {p}");
     assert_eq!(m.steps, 30);
@@ -165,12 +216,24 @@ fn resume_is_bit_exact() {
     b.load_checkpoint(&dir).unwrap();
     assert_eq!(b.epochs_done(), 1);
     b.train_epoch(|_, _| {}).unwrap();
-    let (pf, pb) = (full.model().params().to_vec().unwrap(), b.model().params().to_vec().unwrap());
-    assert!(pf.iter().zip(&pb).all(|(x, y)| x.to_bits() == y.to_bits()), "parameters differ after resume");
-    assert_eq!(full.engine().unwrap().epsilon().unwrap(), b.engine().unwrap().epsilon().unwrap());
+    let (pf, pb) = (
+        full.model().params().to_vec().unwrap(),
+        b.model().params().to_vec().unwrap(),
+    );
+    assert!(
+        pf.iter().zip(&pb).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "parameters differ after resume"
+    );
+    assert_eq!(
+        full.engine().unwrap().epsilon().unwrap(),
+        b.engine().unwrap().epsilon().unwrap()
+    );
     // A checkpoint of another configuration is refused.
     let mut other = Trainer::new(small_config(12, 2), &dev).unwrap();
-    assert!(matches!(other.load_checkpoint(&dir), Err(Error::Format { .. })));
+    assert!(matches!(
+        other.load_checkpoint(&dir),
+        Err(Error::Format { .. })
+    ));
     // A corrupt checkpoint is a Format error.
     std::fs::write(dir.join("checkpoint.safetensors"), b"garbage").unwrap();
     assert!(matches!(b.load_checkpoint(&dir), Err(Error::Format { .. })));
@@ -183,8 +246,22 @@ fn bin() -> &'static str {
 fn train_cmd(out: &std::path::Path, resume: bool) -> std::process::Command {
     let mut c = std::process::Command::new(bin());
     c.args([
-        "train", "--dataset", "synthetic", "--epochs", "4", "--batch-size", "16", "--physical-batch", "16",
-        "--noise-multiplier", "1.0", "--lr", "0.5", "--seed", "5", "--out",
+        "train",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "--physical-batch",
+        "16",
+        "--noise-multiplier",
+        "1.0",
+        "--lr",
+        "0.5",
+        "--seed",
+        "5",
+        "--out",
     ])
     .arg(out)
     .stdout(std::process::Stdio::null())
@@ -212,7 +289,10 @@ fn sigkill_then_resume_matches_uninterrupted_run() {
     child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
     assert!(ckpt.exists(), "no checkpoint was written before the kill");
-    assert!(!killed.join("model.safetensors").exists(), "the run finished before it was killed");
+    assert!(
+        !killed.join("model.safetensors").exists(),
+        "the run finished before it was killed"
+    );
     assert!(train_cmd(&killed, true).status().unwrap().success());
     let a = std::fs::read(whole.join("model.safetensors")).unwrap();
     let b = std::fs::read(killed.join("model.safetensors")).unwrap();
@@ -221,7 +301,11 @@ fn sigkill_then_resume_matches_uninterrupted_run() {
     let mb = std::fs::read_to_string(killed.join("metrics.jsonl")).unwrap();
     let eps = |s: &str| -> Vec<f64> {
         s.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epsilon_rdp"].as_f64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["epsilon_rdp"]
+                    .as_f64()
+                    .unwrap()
+            })
             .collect()
     };
     assert_eq!(eps(&ma), eps(&mb));

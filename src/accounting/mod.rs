@@ -47,7 +47,11 @@ impl History {
                 return;
             }
         }
-        self.entries.push(HistoryEntry { noise_multiplier: s, sample_rate: q, steps: n });
+        self.entries.push(HistoryEntry {
+            noise_multiplier: s,
+            sample_rate: q,
+            steps: n,
+        });
     }
 }
 
@@ -72,7 +76,10 @@ pub struct Accountant {
 impl Accountant {
     /// New.
     pub fn new(method: Method) -> Self {
-        Accountant { method, history: History::default() }
+        Accountant {
+            method,
+            history: History::default(),
+        }
     }
     /// Many steps.
     pub fn step_many(&mut self, s: f64, q: f64, n: u64) -> Result<()> {
@@ -95,7 +102,11 @@ impl PrivacyAccountant for Accountant {
 
 fn log_add(a: f64, b: f64) -> f64 {
     let (hi, lo) = if a > b { (a, b) } else { (b, a) };
-    if lo == f64::NEG_INFINITY { hi } else { hi + (lo - hi).exp().ln_1p() }
+    if lo == f64::NEG_INFINITY {
+        hi
+    } else {
+        hi + (lo - hi).exp().ln_1p()
+    }
 }
 
 fn ln_binom(n: u64, k: u64) -> f64 {
@@ -115,7 +126,9 @@ fn rdp_int(q: f64, s: f64, a: u64) -> f64 {
     }
     let mut la = f64::NEG_INFINITY;
     for i in 0..=a {
-        let t = ln_binom(a, i) + i as f64 * q.ln() + (a - i) as f64 * (1.0 - q).ln()
+        let t = ln_binom(a, i)
+            + i as f64 * q.ln()
+            + (a - i) as f64 * (1.0 - q).ln()
             + (i as f64 * i as f64 - i as f64) / (2.0 * s * s);
         la = log_add(la, t);
     }
@@ -126,7 +139,10 @@ fn rdp_int(q: f64, s: f64, a: u64) -> f64 {
 pub fn epsilon(_m: Method, h: &[HistoryEntry], delta: f64) -> Result<f64> {
     let mut best = f64::INFINITY;
     for a in 2..=64u64 {
-        let rdp: f64 = h.iter().map(|e| e.steps as f64 * rdp_int(e.sample_rate, e.noise_multiplier, a)).sum();
+        let rdp: f64 = h
+            .iter()
+            .map(|e| e.steps as f64 * rdp_int(e.sample_rate, e.noise_multiplier, a))
+            .sum();
         let af = a as f64;
         let eps = rdp - (delta.ln() + af.ln()) / (af - 1.0) + ((af - 1.0) / af).ln();
         best = best.min(eps);
@@ -135,8 +151,26 @@ pub fn epsilon(_m: Method, h: &[HistoryEntry], delta: f64) -> Result<f64> {
 }
 
 /// Calibration.
-pub fn calibrate_noise_multiplier(m: Method, target: f64, delta: f64, q: f64, steps: u64, tol: f64) -> Result<f64> {
-    let e = |s: f64| epsilon(m, &[HistoryEntry { noise_multiplier: s, sample_rate: q, steps }], delta).unwrap_or(f64::INFINITY);
+pub fn calibrate_noise_multiplier(
+    m: Method,
+    target: f64,
+    delta: f64,
+    q: f64,
+    steps: u64,
+    tol: f64,
+) -> Result<f64> {
+    let e = |s: f64| {
+        epsilon(
+            m,
+            &[HistoryEntry {
+                noise_multiplier: s,
+                sample_rate: q,
+                steps,
+            }],
+            delta,
+        )
+        .unwrap_or(f64::INFINITY)
+    };
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
     while e(hi) > target {
         hi *= 2.0;
@@ -146,7 +180,11 @@ pub fn calibrate_noise_multiplier(m: Method, target: f64, delta: f64, q: f64, st
     }
     while hi - lo > tol {
         let mid = 0.5 * (lo + hi);
-        if e(mid) > target { lo = mid } else { hi = mid }
+        if e(mid) > target {
+            lo = mid
+        } else {
+            hi = mid
+        }
     }
     Ok(hi)
 }

@@ -4,7 +4,9 @@ use clap::{Args, ValueEnum};
 use dpsgd::accounting::Method;
 use dpsgd::data::DatasetKind;
 use dpsgd::engine::NoiseSpec;
-use dpsgd::train::{write_atomic, DataSource, EpochMetrics, ModelKind, OptimizerKind, TrainConfig, Trainer};
+use dpsgd::train::{
+    write_atomic, DataSource, EpochMetrics, ModelKind, OptimizerKind, TrainConfig, Trainer,
+};
 use dpsgd::{Device, Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -146,7 +148,10 @@ fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
                 kind: DatasetKind::FashionMnist,
                 dir: c.data_dir.clone(),
             },
-            DatasetArg::Synthetic => DataSource::Synthetic { train: 4000, test: 1000 },
+            DatasetArg::Synthetic => DataSource::Synthetic {
+                train: 4000,
+                test: 1000,
+            },
         },
         model: match c.model {
             ModelArg::SampleConvnet => ModelKind::SampleConvnet,
@@ -159,7 +164,9 @@ fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
         physical_batch: c.physical_batch,
         lr: c.lr,
         optimizer: match c.optimizer {
-            OptimArg::Sgd => OptimizerKind::Sgd { momentum: c.momentum },
+            OptimArg::Sgd => OptimizerKind::Sgd {
+                momentum: c.momentum,
+            },
             OptimArg::Adam => OptimizerKind::Adam,
         },
         max_grad_norm: c.max_grad_norm,
@@ -225,14 +232,23 @@ fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<E
         cfg.model,
         cfg.data,
         match t.engine() {
-            Some(e) => format!("DP-SGD (σ = {:.4}, C = {}, δ = {})", e.noise_multiplier(), cfg.max_grad_norm, cfg.delta),
+            Some(e) => format!(
+                "DP-SGD (σ = {:.4}, C = {}, δ = {})",
+                e.noise_multiplier(),
+                cfg.max_grad_norm,
+                cfg.delta
+            ),
             None => "non-private SGD".to_string(),
         },
         device.describe(),
         cfg.epochs,
         t.steps_per_epoch(),
         cfg.batch_size,
-        if cfg.seed.is_none() { ", secure mode" } else { "" }
+        if cfg.seed.is_none() {
+            ", secure mode"
+        } else {
+            ""
+        }
     );
     while t.epochs_done() < cfg.epochs {
         let e = t.epochs_done() + 1;
@@ -277,7 +293,8 @@ fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<E
             m.eval_split,
             100.0 * m.eval_accuracy,
             match (m.epsilon_rdp, m.epsilon_prv) {
-                (Some(r), Some(p)) => format!(" at ε = {r:.3} (RDP) / {p:.3} (PRV), δ = {}", cfg.delta),
+                (Some(r), Some(p)) =>
+                    format!(" at ε = {r:.3} (RDP) / {p:.3} (PRV), δ = {}", cfg.delta),
                 _ => " (non-private)".to_string(),
             },
             out.display()
@@ -298,23 +315,43 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     for &e in &a.epsilons {
         let cfg = config(&a.common, Some(NoiseSpec::TargetEpsilon(e)));
         let dir = a.out.join(format!("eps-{e}"));
-        let m = run(cfg, &a.common.device, &dir, dir.join("checkpoint.safetensors").exists())?;
-        let last = m.last().cloned().ok_or_else(|| Error::invalid("--epochs", 0, ">= 1"))?;
+        let m = run(
+            cfg,
+            &a.common.device,
+            &dir,
+            dir.join("checkpoint.safetensors").exists(),
+        )?;
+        let last = m
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::invalid("--epochs", 0, ">= 1"))?;
         points.push((e, last.eval_accuracy));
         rows.push(serde_json::json!({"target_epsilon": e, "epsilon_rdp": last.epsilon_rdp, "epsilon_prv": last.epsilon_prv, "accuracy": last.eval_accuracy, "noise_multiplier": last.noise_multiplier}));
     }
     let baseline = if a.non_private {
         let dir = a.out.join("non-private");
-        let m = run(config(&a.common, None), &a.common.device, &dir, dir.join("checkpoint.safetensors").exists())?;
+        let m = run(
+            config(&a.common, None),
+            &a.common.device,
+            &dir,
+            dir.join("checkpoint.safetensors").exists(),
+        )?;
         m.last().map(|l| l.eval_accuracy)
     } else {
         None
     };
     let summary = serde_json::json!({"points": rows, "non_private_accuracy": baseline});
-    write_atomic(&a.out.join("sweep.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_atomic(
+        &a.out.join("sweep.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     let png = a.out.join("accuracy_vs_epsilon.png");
     dpsgd::plot::plot_sweep(&png, &points, baseline)?;
-    println!("sweep: {} points; wrote {} and sweep.json", points.len(), png.display());
+    println!(
+        "sweep: {} points; wrote {} and sweep.json",
+        points.len(),
+        png.display()
+    );
     for (e, acc) in &points {
         println!("  ε = {e}: accuracy {:.2}%", 100.0 * acc);
     }
