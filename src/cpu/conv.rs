@@ -149,8 +149,8 @@ fn im2col_raw<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T], ld: usize) {
                             out[lo..hi].copy_from_slice(&xr[x0..x0 + (hi - lo)]);
                         } else {
                             let src = &xr[x0..x0 + (hi - lo - 1) * s + 1];
-                            for (t, o) in out[lo..hi].iter_mut().enumerate() {
-                                *o = src[t * s];
+                            for (o, c) in out[lo..hi].iter_mut().zip(src.chunks(s)) {
+                                *o = c[0];
                             }
                         }
                     }
