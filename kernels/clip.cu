@@ -79,13 +79,17 @@ extern "C" __global__ void dpsgd_norms_finalize(const float* __restrict__ partia
     float* sn = seg_norms + row * n_seg;
     for (unsigned s = 0; s < n_seg; ++s) sn[s] = 0.0f;
     const float* pr = partial + row * n_chunks;
-    for (unsigned c = 0; c < n_chunks; ++c) sn[chunks[c].segment] += pr[c];
-    float total = 0.0f;
-    for (unsigned s = 0; s < n_seg; ++s) {
-        total += sn[s];
-        sn[s] = sqrtf(sn[s]);
+    // Chunks come in segment order; their f32 partial sums add up in f64 (as on the CPU).
+    double total = 0.0;
+    unsigned c = 0;
+    while (c < n_chunks) {
+        unsigned s = chunks[c].segment;
+        double acc = 0.0;
+        for (; c < n_chunks && chunks[c].segment == s; ++c) acc += (double)pr[c];
+        sn[s] = (float)sqrt(acc);
+        total += acc;
     }
-    norms[row] = sqrtf(total);
+    norms[row] = (float)sqrt(total);
 }
 
 // factors[i] = min(1, C[i % n_seg] / (norms[i] + 1e-6)), Opacus's formula; n = B * n_seg.

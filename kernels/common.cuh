@@ -4,7 +4,9 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <curand_kernel.h>
+// Only cuRAND's Philox and its constants: curand_kernel.h would embed every generator's tables.
+#include <curand_globals.h>
+#include <curand_philox4x32_x.h>
 #include "dpsgd.h"
 
 __device__ __forceinline__ float to_f32(float x) { return x; }

@@ -21,22 +21,6 @@ extern "C" __global__ void dpsgd_philox_bits(unsigned* __restrict__ out, unsigne
     }
 }
 
-// The same 32-bit outputs drawn through curand_init/curand4 (one state per thread), to show
-// that philox_block() is cuRAND's stream. Tests only.
-extern "C" __global__ void dpsgd_philox_bits_curand(unsigned* __restrict__ out,
-                                                    unsigned long long n, DpsgdNoiseKey key) {
-    unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
-    if (4 * b >= n) return;
-    curandStatePhilox4_32_10_t st;
-    curand_init(key.seed, key.subsequence, 4 * b, &st);
-    uint4 v = curand4(&st);
-    unsigned long long j = 4 * b;
-    out[j] = v.x;
-    if (j + 1 < n) out[j + 1] = v.y;
-    if (j + 2 < n) out[j + 2] = v.z;
-    if (j + 3 < n) out[j + 3] = v.w;
-}
-
 // out[j] += std * N(0,1)_j (Box-Muller on the block's two pairs).
 extern "C" __global__ void dpsgd_add_gaussian(float* __restrict__ out, unsigned long long n,
                                               float std_dev, DpsgdNoiseKey key) {

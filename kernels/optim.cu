@@ -57,3 +57,22 @@ extern "C" __global__ void dpsgd_noisy_adam(float* __restrict__ param,
         }
     }
 }
+
+// out[j] = (grad_sum[j] + noise_std * N(0,1)_j) * inv_batch: the noised mean gradient, for
+// trainers with their own optimizer. Same noise element j as dpsgd_add_gaussian.
+extern "C" __global__ void dpsgd_noisy_mean(float* __restrict__ out,
+                                            const float* __restrict__ grad_sum,
+                                            unsigned long long n, float noise_std, float inv_batch,
+                                            DpsgdNoiseKey key) {
+    unsigned long long nb = (n + 3) / 4;
+    for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < nb;
+         b += (unsigned long long)gridDim.x * blockDim.x) {
+        float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (noise_std != 0.0f) z = normal4(key, b);
+        for (int i = 0; i < 4; ++i) {
+            unsigned long long j = 4 * b + i;
+            if (j >= n) break;
+            out[j] = fmaf(noise_std, lane(z, i), grad_sum[j]) * inv_batch;
+        }
+    }
+}

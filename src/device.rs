@@ -30,6 +30,13 @@ impl std::fmt::Debug for CudaDevice {
 }
 
 impl CudaDevice {
+    /// The CUDA backend behind this handle (context, stream, loaded kernels), for calling the
+    /// `crate::cuda` twins directly on `CudaView`s.
+    #[cfg(feature = "cuda")]
+    pub fn backend(&self) -> &std::sync::Arc<crate::cuda::CudaBackend> {
+        &self.inner
+    }
+
     /// The GPU's ordinal.
     pub fn ordinal(&self) -> usize {
         #[cfg(feature = "cuda")]

@@ -14,6 +14,7 @@ pub mod buffer;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod data;
 pub mod device;
 pub mod dtype;
 pub mod error;
@@ -31,3 +32,8 @@ pub use layout::Layout;
 pub use noise::NoiseKey;
 pub use ops::{ClipWorkspace, Clipping};
 pub use optim::{AdamConfig, NoisyStep, SgdConfig};
+
+/// The README's Rust example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

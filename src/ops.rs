@@ -26,8 +26,19 @@ macro_rules! mismatch {
     };
 }
 
+/// The length of `grads` the ops read: the first `batch` rows when the buffer holds more (a
+/// buffer sized for the largest physical batch), else all of it (and the twins report the
+/// mismatch).
+fn rows_len(glen: usize, batch: usize, layout: &Layout) -> usize {
+    match batch.checked_mul(layout.num_params()) {
+        Some(need) if need <= glen => need,
+        _ => glen,
+    }
+}
+
 /// Per-sample L2 norms (`norms`: `[batch]`) and per-segment norms (`seg_norms`: `[batch, S]`).
-/// Errors on shape mismatch and on non-finite gradients (naming the row).
+/// `grads` holds at least `batch` rows of P; the first `batch` are read. Errors on shape
+/// mismatch and on non-finite gradients (naming the row).
 pub fn per_sample_norms<T: GradElement>(
     grads: &Buffer<T>,
     batch: usize,
@@ -35,15 +46,16 @@ pub fn per_sample_norms<T: GradElement>(
     norms: &mut Buffer<f32>,
     seg_norms: &mut Buffer<f32>,
 ) -> Result<()> {
+    let glen = rows_len(grads.len(), batch, layout);
     match (&grads.storage, &mut norms.storage, &mut seg_norms.storage) {
         (Storage::Cpu(g), Storage::Cpu(n), Storage::Cpu(s)) => {
-            cpu::clip::per_sample_norms(g, batch, layout, n, s)
+            cpu::clip::per_sample_norms(&g[..glen], batch, layout, n, s)
         }
         #[cfg(feature = "cuda")]
-        (Storage::Cuda(g, d, gl), Storage::Cuda(n, _, nl), Storage::Cuda(s, _, sl)) => {
+        (Storage::Cuda(g, d, _), Storage::Cuda(n, _, nl), Storage::Cuda(s, _, sl)) => {
             crate::cuda::clip::per_sample_norms(
                 &d.inner,
-                &g.slice(0..*gl),
+                &g.slice(0..glen),
                 batch,
                 layout,
                 &mut n.slice_mut(0..*nl),
@@ -73,7 +85,8 @@ pub fn clip_factors(
     }
 }
 
-/// Fused clip-and-accumulate: `sum[j] += Σ_i factors[i, seg(j)] · g[i, j]`.
+/// Fused clip-and-accumulate: `sum[j] += Σ_i factors[i, seg(j)] · g[i, j]` over the first
+/// `batch` rows of `grads`.
 pub fn clip_accumulate<T: GradElement>(
     grads: &Buffer<T>,
     batch: usize,
@@ -81,15 +94,16 @@ pub fn clip_accumulate<T: GradElement>(
     factors: &Buffer<f32>,
     sum: &mut Buffer<f32>,
 ) -> Result<()> {
+    let glen = rows_len(grads.len(), batch, layout);
     match (&grads.storage, &factors.storage, &mut sum.storage) {
         (Storage::Cpu(g), Storage::Cpu(f), Storage::Cpu(s)) => {
-            cpu::clip::clip_accumulate(g, batch, layout, f, s)
+            cpu::clip::clip_accumulate(&g[..glen], batch, layout, f, s)
         }
         #[cfg(feature = "cuda")]
-        (Storage::Cuda(g, d, gl), Storage::Cuda(f, _, fl), Storage::Cuda(s, _, sl)) => {
+        (Storage::Cuda(g, d, _), Storage::Cuda(f, _, fl), Storage::Cuda(s, _, sl)) => {
             crate::cuda::clip::clip_accumulate(
                 &d.inner,
-                &g.slice(0..*gl),
+                &g.slice(0..glen),
                 batch,
                 layout,
                 &f.slice(0..*fl),
@@ -177,6 +191,21 @@ pub fn noisy_sgd_step(
             )
         }
         _ => Err(mismatch!("noisy_sgd_step")),
+    }
+}
+
+/// The noised mean gradient `out = (grad_sum + σC·ξ) / E` (formula: [`crate::cpu::optim::noisy_mean`]).
+pub fn noisy_mean(out: &mut Buffer<f32>, grad_sum: &Buffer<f32>, noisy: &NoisyStep) -> Result<()> {
+    match (&mut out.storage, &grad_sum.storage) {
+        (Storage::Cpu(o), Storage::Cpu(s)) => cpu::optim::noisy_mean(o, s, noisy),
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(o, d, ol), Storage::Cuda(s, _, sl)) => crate::cuda::optim::noisy_mean(
+            &d.inner,
+            &mut o.slice_mut(0..*ol),
+            &s.slice(0..*sl),
+            noisy,
+        ),
+        _ => Err(mismatch!("noisy_mean")),
     }
 }
 
@@ -502,6 +531,17 @@ pub(crate) mod check {
             return Err(Error::shape(
                 "noisy_adam_step",
                 format!("params {plen}, grad_sum {slen}, m {m1}, v {m2}: all must be equal"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn noisy_mean(olen: usize, slen: usize, noisy: &NoisyStep) -> Result<()> {
+        noisy.validate()?;
+        if olen != slen {
+            return Err(Error::shape(
+                "noisy_mean",
+                format!("out has {olen} elements, grad_sum {slen}"),
             ));
         }
         Ok(())

@@ -6,7 +6,8 @@
 //! clipped gradients. Opacus computes the factor as `min(1, C / (‖g_i‖ + 1e-6))`; so do we.
 //!
 //! The per-sample gradients are a row-major `[B, P]` matrix (row i = example i). Norms and sums
-//! accumulate in `f32` in a fixed order (16 lanes per row for norms; rows in order for sums),
+//! accumulate in a fixed order (norms: 16 f32 lanes per chunk of 8192, chunk sums in f64; sums:
+//! rows in order in f32),
 //! so the same input gives the same bits, run after run, whatever the thread count.
 
 use crate::dtype::GradElement;
@@ -34,8 +35,13 @@ fn sumsq_f32(x: &[f32], acc: &mut [f32; 16]) {
     }
 }
 
-/// Σ x² of one segment of one row, in the fixed 16-lane order.
-fn segment_sumsq<T: GradElement>(x: &[T]) -> f32 {
+/// Elements per partial sum of squares (the GPU's `DPSGD_NORM_CHUNK`): each chunk is summed in
+/// 16 f32 lanes, and the chunk sums are added in f64, so long rows (P in the millions) keep
+/// ~1e-7 relative accuracy instead of the ~1e-5 of one running f32 sum.
+const NORM_CHUNK: usize = 8192;
+
+/// Σ x² of one chunk, in the fixed 16-lane order.
+fn chunk_sumsq<T: GradElement>(x: &[T]) -> f32 {
     let mut acc = [0f32; 16];
     if let Some(xf) = T::as_f32(x) {
         sumsq_f32(xf, &mut acc);
@@ -57,6 +63,11 @@ fn segment_sumsq<T: GradElement>(x: &[T]) -> f32 {
         }
     }
     w[0]
+}
+
+/// Σ x² of one segment of one row: chunk sums in a fixed order, accumulated in f64.
+fn segment_sumsq<T: GradElement>(x: &[T]) -> f64 {
+    x.chunks(NORM_CHUNK).map(|c| chunk_sumsq(c) as f64).sum()
 }
 
 /// Per-sample L2 norms, overall and per segment, in one pass over `grads`.
@@ -86,13 +97,13 @@ pub fn per_sample_norms<T: GradElement>(
         .zip(seg_norms.par_chunks_mut(s))
         .zip(grads.par_chunks(p.max(1)))
         .for_each(|((n, sn), row)| {
-            let mut total = 0f32;
+            let mut total = 0f64;
             for (k, out) in sn.iter_mut().enumerate() {
                 let sq = segment_sumsq(&row[layout.segment(k)]);
                 total += sq;
-                *out = sq.sqrt();
+                *out = sq.sqrt() as f32;
             }
-            *n = total.sqrt();
+            *n = total.sqrt() as f32;
         });
     check::finite_norms(norms)
 }
@@ -136,10 +147,15 @@ pub fn clip_accumulate<T: GradElement>(
         return Ok(());
     }
     let offsets = layout.offsets();
-    sum.par_chunks_mut(ACC_TILE)
+    // Narrower tiles when P is small, so every thread gets several (the bits do not depend on
+    // the width: each column sums its rows in order).
+    let tile = (p / (rayon::current_num_threads() * 4))
+        .clamp(256, ACC_TILE)
+        .next_multiple_of(16);
+    sum.par_chunks_mut(tile)
         .enumerate()
         .for_each(|(t, out)| {
-            let c0 = t * ACC_TILE;
+            let c0 = t * tile;
             let c1 = c0 + out.len();
             // Segments that intersect [c0, c1): (segment, a, b) with a..b in absolute columns.
             let first = offsets.partition_point(|&o| o <= c0) - 1;

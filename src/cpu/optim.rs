@@ -150,3 +150,30 @@ pub fn noisy_adam_step(
         });
     Ok(())
 }
+
+/// The noised mean gradient `out[j] = (grad_sum[j] + σC·ξ_j) / E` (ξ_j the same element
+/// [`add_gaussian`](crate::cpu::noise::add_gaussian) draws for j), for trainers that run their
+/// own optimizer. Parameters are validated before any noise is drawn.
+pub fn noisy_mean(out: &mut [f32], grad_sum: &[f32], noisy: &NoisyStep) -> Result<()> {
+    check::noisy_mean(out.len(), grad_sum.len(), noisy)?;
+    let inv_batch = 1.0f32 / noisy.expected_batch_size;
+    let std = noisy.noise_std;
+    let key = noisy.key;
+    out.par_chunks_mut(TASK)
+        .zip(grad_sum.par_chunks(TASK))
+        .enumerate()
+        .for_each(|(t, (o, s))| {
+            let b0 = (t * TASK / 4) as u64;
+            for (k, oq) in o.chunks_mut(4).enumerate() {
+                let z = if std != 0.0 {
+                    normal4(key, b0 + k as u64)
+                } else {
+                    [0.0; 4]
+                };
+                for i in 0..oq.len() {
+                    oq[i] = std.mul_add(z[i], s[4 * k + i]) * inv_batch;
+                }
+            }
+        });
+    Ok(())
+}

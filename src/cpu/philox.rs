@@ -59,7 +59,7 @@ pub fn block(seed: u64, subsequence: u64, block: u64) -> [u32; 4] {
 /// A sequential reader of one cuRAND Philox stream, for host-side sampling (Poisson sampling,
 /// mechanisms). `Philox::new(seed, subsequence)` yields exactly what `curand(&state)` yields
 /// after `curand_init(seed, subsequence, 0, &state)`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Philox {
     seed: u64,
     subsequence: u64,
@@ -67,6 +67,17 @@ pub struct Philox {
     position: u64,
     #[serde(skip)]
     cache: Option<(u64, [u32; 4])>,
+}
+
+impl std::fmt::Debug for Philox {
+    // The seed is secret in secure mode: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Philox")
+            .field("seed", &"<redacted>")
+            .field("subsequence", &self.subsequence)
+            .field("position", &self.position)
+            .finish()
+    }
 }
 
 impl Philox {
@@ -137,9 +148,12 @@ impl Philox {
         ((self.next_u64() >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// A uniform integer in `0..n` without modulo bias (rejection sampling). `n` must be > 0.
+    /// A uniform integer in `0..n` without modulo bias (rejection sampling); 0 when `n` is 0
+    /// (the empty range has no other answer; callers check their ranges).
     pub fn next_below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "next_below(0)");
+        if n == 0 {
+            return 0;
+        }
         let zone = u64::MAX - (u64::MAX - n + 1) % n;
         loop {
             let x = self.next_u64();

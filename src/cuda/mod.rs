@@ -97,6 +97,7 @@ pub(crate) struct Kernels {
     pub add_gaussian: CudaFunction,
     pub add_laplace: CudaFunction,
     pub noisy_sgd: CudaFunction,
+    pub noisy_mean: CudaFunction,
     pub noisy_adam: CudaFunction,
 }
 
@@ -224,6 +225,11 @@ impl CudaBackend {
         let clip = load(&ctx, fatbin::CLIP, "loading kernels/clip.cu")?;
         let noise = load(&ctx, fatbin::NOISE, "loading kernels/noise.cu")?;
         let optim = load(&ctx, fatbin::OPTIM, "loading kernels/optim.cu")?;
+        let curand_check = load(
+            &ctx,
+            fatbin::CURAND_CHECK,
+            "loading kernels/curand_check.cu",
+        )?;
         let k = Kernels {
             sumsq_f32: func(&clip, "dpsgd_sumsq_partial_f32")?,
             sumsq_bf16: func(&clip, "dpsgd_sumsq_partial_bf16")?,
@@ -235,10 +241,11 @@ impl CudaBackend {
             clip_acc_f16: func(&clip, "dpsgd_clip_accumulate_f16")?,
             reduce_splits: func(&clip, "dpsgd_reduce_splits")?,
             philox_bits: func(&noise, "dpsgd_philox_bits")?,
-            philox_bits_curand: func(&noise, "dpsgd_philox_bits_curand")?,
+            philox_bits_curand: func(&curand_check, "dpsgd_philox_bits_curand")?,
             add_gaussian: func(&noise, "dpsgd_add_gaussian")?,
             add_laplace: func(&noise, "dpsgd_add_laplace")?,
             noisy_sgd: func(&optim, "dpsgd_noisy_sgd")?,
+            noisy_mean: func(&optim, "dpsgd_noisy_mean")?,
             noisy_adam: func(&optim, "dpsgd_noisy_adam")?,
         };
         let nn = NnKernels::load(&ctx)?;

@@ -122,3 +122,40 @@ pub fn add_laplace(
         g,
     )
 }
+
+/// cuRAND's host API (`curandGenerateNormal` with the default XORWOW generator, through
+/// cudarc's `CudaRng`) filling `out` with N(0, std²): the peer our `add_gaussian` is benchmarked
+/// against. Not used for privacy noise (its stream is not the CPU twin's). Errors when
+/// libcurand cannot be loaded.
+pub struct CurandHost {
+    rng: cudarc::curand::CudaRng,
+}
+
+impl CurandHost {
+    /// A generator on `dev`'s stream. Needs libcurand.so on the library path.
+    pub fn new(dev: &CudaBackend, seed: u64) -> Result<Self> {
+        // SAFETY: is_culib_present only tries to dlopen libcurand and reports whether it could.
+        if !unsafe { cudarc::curand::sys::is_culib_present() } {
+            return Err(crate::Error::CudaUnavailable(
+                "libcurand.so not found: add the directory holding it to LD_LIBRARY_PATH".into(),
+            ));
+        }
+        let rng = cudarc::curand::CudaRng::new(seed, dev.stream.clone()).map_err(|e| {
+            crate::Error::Cuda {
+                op: "curandCreateGenerator",
+                msg: format!("{e:?}"),
+            }
+        })?;
+        Ok(CurandHost { rng })
+    }
+
+    /// Overwrites `out` with N(0, std²) samples (cuRAND needs an even length for normals).
+    pub fn fill_normal(&self, out: &mut CudaViewMut<'_, f32>, std: f32) -> Result<()> {
+        self.rng
+            .fill_with_normal(out, 0.0, std)
+            .map_err(|e| crate::Error::Cuda {
+                op: "curandGenerateNormal",
+                msg: format!("{e:?}"),
+            })
+    }
+}

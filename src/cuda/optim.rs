@@ -119,3 +119,30 @@ pub fn noisy_adam_step(
     unsafe { l.launch(cfg(dev, n)) }.map_err(drv("dpsgd_noisy_adam"))?;
     Ok(())
 }
+
+/// GPU twin of [`crate::cpu::optim::noisy_mean`].
+pub fn noisy_mean(
+    dev: &CudaBackend,
+    out: &mut CudaViewMut<'_, f32>,
+    grad_sum: &CudaView<'_, f32>,
+    noisy: &NoisyStep,
+) -> Result<()> {
+    check::noisy_mean(out.len(), grad_sum.len(), noisy)?;
+    let n = out.len() as u64;
+    if n == 0 {
+        return Ok(());
+    }
+    let key = ffi_key(noisy.key);
+    let inv = 1.0f32 / noisy.expected_batch_size;
+    let mut l = dev.stream.launch_builder(&dev.k.noisy_mean);
+    l.arg(&mut *out)
+        .arg(grad_sum)
+        .arg(&n)
+        .arg(&noisy.noise_std)
+        .arg(&inv)
+        .arg(&key);
+    // SAFETY: types and order match dpsgd_noisy_mean (out, grad_sum, n, noise_std, inv_batch,
+    // key); both buffers hold n floats (checked above) and the kernel bounds every access by n.
+    unsafe { l.launch(cfg(dev, n)) }.map_err(drv("dpsgd_noisy_mean"))?;
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Gaussian and Laplace noise from Philox (`add_gaussian`, `add_laplace`) over P values, beside
+//! the bandwidth bound of the same read-modify-write, and on the GPU beside cuRAND's host API
+//! (`curandGenerateNormal`, the peer the issue names).
+
+mod common;
+
+use common::{criterion, gpu, key, PARAMS};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use dpsgd::cpu::noise;
+use dpsgd::{ops, Buffer};
+use rayon::prelude::*;
+
+const SIZES: [usize; 4] = [26_010, 1_000_000, 10_000_000, 100_000_000];
+
+fn cpu(c: &mut Criterion) {
+    let mut g = c.benchmark_group("noise/cpu");
+    for &n in &PARAMS {
+        let mut v = vec![0f32; n];
+        g.throughput(Throughput::Bytes((n * 4) as u64));
+        g.bench_function(BenchmarkId::new("rmw_bound", n), |b| {
+            b.iter(|| {
+                v.par_chunks_mut(1 << 14)
+                    .for_each(|c| c.iter_mut().for_each(|x| *x += 1.0))
+            })
+        });
+        g.bench_function(BenchmarkId::new("add_gaussian", n), |b| {
+            b.iter(|| noise::add_gaussian(&mut v, 1.0, key(1)).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("add_laplace", n), |b| {
+            b.iter(|| noise::add_laplace(&mut v, 1.0, key(2)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn cuda(c: &mut Criterion) {
+    let Some(dev) = gpu() else { return };
+    let mut g = c.benchmark_group("noise/gpu");
+    for &n in &SIZES {
+        let mut v = Buffer::<f32>::zeros(&dev, n).unwrap();
+        g.throughput(Throughput::Bytes((n * 4) as u64));
+        g.bench_function(BenchmarkId::new("add_gaussian", n), |b| {
+            b.iter(|| {
+                ops::add_gaussian(&mut v, 1.0, key(1)).unwrap();
+                dev.synchronize().unwrap()
+            })
+        });
+        g.bench_function(BenchmarkId::new("add_laplace", n), |b| {
+            b.iter(|| {
+                ops::add_laplace(&mut v, 1.0, key(2)).unwrap();
+                dev.synchronize().unwrap()
+            })
+        });
+        #[cfg(feature = "cuda")]
+        {
+            let dpsgd::Device::Cuda(cd) = &dev else {
+                unreachable!()
+            };
+            match dpsgd::cuda::noise::CurandHost::new(cd.backend(), 7) {
+                Ok(rng) => {
+                    g.bench_function(BenchmarkId::new("curand_host_normal", n), |b| {
+                        b.iter(|| {
+                            rng.fill_normal(&mut v.cuda_view_mut().unwrap(), 1.0)
+                                .unwrap();
+                            dev.synchronize().unwrap()
+                        })
+                    });
+                }
+                Err(e) => eprintln!("cuRAND host peer skipped: {e}"),
+            }
+        }
+    }
+    g.finish();
+}
+
+criterion_group! { name = benches; config = criterion(); targets = cpu, cuda }
+criterion_main!(benches);
