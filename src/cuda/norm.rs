@@ -148,7 +148,7 @@ pub fn group_norm_backward(
         let mut rows = gout;
         let mut rows_sub = rows.as_mut().map(|(r, off)| r.slice_mut(*off..));
         let mut scratch_sub = use_scratch.then(|| scratch.slice_mut(..need));
-                let mut b = dev.stream.launch_builder(&dev.nn.group_norm_bwd);
+        let mut b = dev.stream.launch_builder(&dev.nn.group_norm_bwd);
         b.arg(&a).arg(x).arg(params).arg(dy);
         // Unused outputs get a valid pointer that the kernel never writes (its flag is 0).
         match dx {
