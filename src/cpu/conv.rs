@@ -123,16 +123,15 @@ impl ConvGeom {
 
 /// `cols[(ci·k + ki)·k + kj, oy·ow + ox] = x[ci, oy·s + ki − p, ox·s + kj − p]` (0 outside).
 /// `x` is one image (`g.in_len()`), `cols` is `g.cols_len()` long.
-fn im2col_raw<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T]) {
+fn im2col_raw<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T], ld: usize) {
     let (h, w, k, s, l) = (g.h, g.w, g.k, g.stride, g.out_positions());
     let x = &x[..g.in_len()];
-    let cols = &mut cols[..g.cols_len()];
     for ci in 0..g.c {
         let xc = &x[ci * h * w..(ci + 1) * h * w];
         for ki in 0..k {
             for kj in 0..k {
                 let r = (ci * k + ki) * k + kj;
-                let row = &mut cols[r * l..(r + 1) * l];
+                let row = &mut cols[r * ld..r * ld + l];
                 let (lo, hi) = g.valid_range(kj, w, g.ow);
                 for oy in 0..g.oh {
                     let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
@@ -149,8 +148,9 @@ fn im2col_raw<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T]) {
                         if s == 1 {
                             out[lo..hi].copy_from_slice(&xr[x0..x0 + (hi - lo)]);
                         } else {
-                            for (o, xv) in out[lo..hi].iter_mut().zip(xr[x0..].iter().step_by(s)) {
-                                *o = *xv;
+                            let src = &xr[x0..x0 + (hi - lo - 1) * s + 1];
+                            for (o, c) in out[lo..hi].iter_mut().zip(src.chunks(s)) {
+                                *o = c[0];
                             }
                         }
                     }
@@ -162,16 +162,15 @@ fn im2col_raw<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T]) {
 
 /// The adjoint of [`im2col`]: `x[ci, iy, ix] += Σ cols[...]` over every column entry that
 /// [`im2col`] reads from `(ci, iy, ix)`. Accumulates: zero `x` first for a plain col2im.
-fn col2im_raw<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T]) {
+fn col2im_raw<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T], ld: usize) {
     let (h, w, k, s, l) = (g.h, g.w, g.k, g.stride, g.out_positions());
     let x = &mut x[..g.in_len()];
-    let cols = &cols[..g.cols_len()];
     for ci in 0..g.c {
         let xc = &mut x[ci * h * w..(ci + 1) * h * w];
         for ki in 0..k {
             for kj in 0..k {
                 let r = (ci * k + ki) * k + kj;
-                let row = &cols[r * l..(r + 1) * l];
+                let row = &cols[r * ld..r * ld + l];
                 let (lo, hi) = g.valid_range(kj, w, g.ow);
                 if lo >= hi {
                     continue;
@@ -189,8 +188,9 @@ fn col2im_raw<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T]) {
                             *d += *v;
                         }
                     } else {
-                        for (d, v) in xr[x0..].iter_mut().step_by(s).zip(src) {
-                            *d += *v;
+                        let dst = &mut xr[x0..x0 + (hi - lo - 1) * s + 1];
+                        for (t, v) in src.iter().enumerate() {
+                            dst[t * s] += *v;
                         }
                     }
                 }
@@ -217,7 +217,7 @@ pub fn im2col<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T]) -> Result<()> {
     check_geom("im2col", g)?;
     check_len("im2col", "x", x.len(), g.in_len())?;
     check_len("im2col", "cols", cols.len(), g.cols_len())?;
-    im2col_raw(g, x, cols);
+    im2col_raw(g, x, cols, g.out_positions());
     Ok(())
 }
 
@@ -227,7 +227,7 @@ pub fn col2im<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T]) -> Result<()> {
     check_geom("col2im", g)?;
     check_len("col2im", "x", x.len(), g.in_len())?;
     check_len("col2im", "cols", cols.len(), g.cols_len())?;
-    col2im_raw(g, cols, x);
+    col2im_raw(g, cols, x, g.out_positions());
     Ok(())
 }
 
@@ -307,7 +307,21 @@ impl Conv2dShape {
     /// the batch in parallel (`chunks` = the number of threads is a good choice).
     pub fn scratch_len(&self, chunks: usize) -> Result<usize> {
         let g = self.geom()?;
-        Ok(chunks.max(1) * (2 * g.cols_len() + self.num_params()))
+        Ok(chunks.max(1) * (self.work_len(&g) + self.num_params()))
+    }
+
+    /// Examples per GEMM: the im2col matrices of a micro-batch, `[cin·k·k, mb·oh·ow]`, take
+    /// about 256 KiB (L2-resident), and the forward and input-gradient products run on a whole
+    /// micro-batch at once. Per-sample weight gradients stay one product per example.
+    pub fn micro_batch(&self, g: &ConvGeom) -> usize {
+        (65536 / g.cols_len().max(1)).clamp(1, 16)
+    }
+
+    /// Kernel scratch of one chunk: im2col and its gradient for a micro-batch, plus the
+    /// micro-batch's outputs (or output gradients) as `[cout, mb·oh·ow]`.
+    fn work_len(&self, g: &ConvGeom) -> usize {
+        let mb = self.micro_batch(g);
+        mb * (2 * g.cols_len() + self.cout * g.out_positions())
     }
 
     fn check(&self, op: &'static str, x: usize, params: usize) -> Result<ConvGeom> {
@@ -334,28 +348,58 @@ pub fn conv2d_forward<T: Real>(
     let g = s.check(OP, x.len(), params.len())?;
     let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
     check_len(OP, "y", y.len(), s.batch * cout * l)?;
-    let work = g.cols_len();
+    let work = s.work_len(&g);
     let chunks = chunks_for(OP, s.batch, scratch.len(), work)?;
+    let mb = s.micro_batch(&g);
     let (w, b) = params.split_at(s.weight_len());
-    let f = |ex: std::ops::Range<usize>,
-             y: Option<&mut [T]>,
-             _: &mut GradOut<'_, T>,
-             cols: &mut [T]| {
-        let Some(y) = y else { return };
-        for (j, i) in ex.enumerate() {
-            im2col_raw(&g, &x[i * il..(i + 1) * il], cols);
-            let yi = &mut y[j * cout * l..(j + 1) * cout * l];
-            let beta = if s.bias {
-                for (c, bc) in b.iter().enumerate() {
-                    yi[c * l..(c + 1) * l].fill(*bc);
+    let f =
+        |ex: std::ops::Range<usize>, y: Option<&mut [T]>, _: &mut GradOut<'_, T>, scr: &mut [T]| {
+            let Some(y) = y else { return };
+            let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
+            let ybuf = &mut rest[mb * g.cols_len()..];
+            let mut j0 = 0;
+            while j0 < ex.len() {
+                let n = mb.min(ex.len() - j0);
+                let ld = n * l;
+                for jj in 0..n {
+                    let i = ex.start + j0 + jj;
+                    im2col_raw(&g, &x[i * il..(i + 1) * il], &mut cols[jj * l..], ld);
                 }
-                T::ONE
-            } else {
-                T::ZERO
-            };
-            gemm(cout, kk, l, T::ONE, w, kk, 1, cols, l, 1, beta, yi, l, 1);
-        }
-    };
+                // Y [cout × n·l] = W [cout × kk] · cols [kk × n·l]
+                gemm(
+                    cout,
+                    kk,
+                    ld,
+                    T::ONE,
+                    w,
+                    kk,
+                    1,
+                    cols,
+                    ld,
+                    1,
+                    T::ZERO,
+                    ybuf,
+                    ld,
+                    1,
+                );
+                for jj in 0..n {
+                    let yi = &mut y[(j0 + jj) * cout * l..(j0 + jj + 1) * cout * l];
+                    for c in 0..cout {
+                        let src = &ybuf[c * ld + jj * l..c * ld + jj * l + l];
+                        let dst = &mut yi[c * l..(c + 1) * l];
+                        if s.bias {
+                            let bc = b[c];
+                            for (d, v) in dst.iter_mut().zip(src) {
+                                *d = *v + bc;
+                            }
+                        } else {
+                            dst.copy_from_slice(src);
+                        }
+                    }
+                }
+                j0 += n;
+            }
+        };
     run_chunks(
         s.batch,
         chunks,
@@ -394,48 +438,115 @@ pub fn conv2d_backward<T: Real>(
     }
     let np = s.num_params();
     check_grad(OP, &grad, s.batch, np)?;
-    let work = 2 * g.cols_len();
+    let work = s.work_len(&g);
     let chunks = chunks_for(OP, s.batch, scratch.len(), work + grad.extra_scratch(np))?;
+    let mb = s.micro_batch(&g);
     let nw = s.weight_len();
     let w = &params[..nw];
     let f = |ex: std::ops::Range<usize>,
              mut dx: Option<&mut [T]>,
              gout: &mut GradOut<'_, T>,
              scr: &mut [T]| {
-        let (cols, dcols) = scr.split_at_mut(g.cols_len());
-        for (j, i) in ex.enumerate() {
-            let dyi = &dy[i * cout * l..(i + 1) * cout * l];
-            if let Some((region, beta)) = gout.region(j, np) {
-                im2col_raw(&g, &x[i * il..(i + 1) * il], cols);
+        let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
+        let (dcols, dyb) = rest.split_at_mut(mb * g.cols_len());
+        let mut j0 = 0;
+        while j0 < ex.len() {
+            let n = mb.min(ex.len() - j0);
+            let ld = n * l;
+            let first = ex.start + j0;
+            let dys = &dy[first * cout * l..(first + n) * cout * l];
+            if gout.wanted() {
+                for jj in 0..n {
+                    let i = first + jj;
+                    im2col_raw(&g, &x[i * il..(i + 1) * il], &mut cols[jj * l..], ld);
+                }
+            }
+            let summed = gout.is_sum();
+            if summed || dx.is_some() {
+                // dY of the micro-batch as [cout × n·l].
+                for jj in 0..n {
+                    for c in 0..cout {
+                        dyb[c * ld + jj * l..c * ld + jj * l + l]
+                            .copy_from_slice(&dys[(jj * cout + c) * l..(jj * cout + c + 1) * l]);
+                    }
+                }
+            }
+            if let Some((region, beta)) = gout.sum_region(np) {
                 let (dw, db) = region.split_at_mut(nw);
-                // dW_i [cout × kk] = dY_i [cout × l] · cols_iᵀ [l × kk]
-                gemm(cout, l, kk, T::ONE, dyi, l, 1, cols, 1, l, beta, dw, kk, 1);
+                // dW [cout × kk] += dY [cout × n·l] · colsᵀ [n·l × kk]
+                gemm(
+                    cout,
+                    ld,
+                    kk,
+                    T::ONE,
+                    dyb,
+                    ld,
+                    1,
+                    cols,
+                    1,
+                    ld,
+                    beta,
+                    dw,
+                    kk,
+                    1,
+                );
                 if s.bias {
-                    bias_grad(dyi, l, db, beta);
+                    bias_grad(dyb, ld, db, beta);
+                }
+            } else {
+                for jj in 0..n {
+                    let Some((region, beta)) = gout.region(j0 + jj, np) else {
+                        break;
+                    };
+                    let dyi = &dys[jj * cout * l..(jj + 1) * cout * l];
+                    let (dw, db) = region.split_at_mut(nw);
+                    // dW_i [cout × kk] = dY_i [cout × l] · cols_iᵀ [l × kk]
+                    gemm(
+                        cout,
+                        l,
+                        kk,
+                        T::ONE,
+                        dyi,
+                        l,
+                        1,
+                        &cols[jj * l..],
+                        1,
+                        ld,
+                        beta,
+                        dw,
+                        kk,
+                        1,
+                    );
+                    if s.bias {
+                        bias_grad(dyi, l, db, beta);
+                    }
                 }
             }
             if let Some(dx) = dx.as_deref_mut() {
-                // dcols [kk × l] = Wᵀ [kk × cout] · dY_i [cout × l]
+                // dcols [kk × n·l] = Wᵀ [kk × cout] · dY [cout × n·l]
                 gemm(
                     kk,
                     cout,
-                    l,
+                    ld,
                     T::ONE,
                     w,
                     1,
                     kk,
-                    dyi,
-                    l,
+                    dyb,
+                    ld,
                     1,
                     T::ZERO,
                     dcols,
-                    l,
+                    ld,
                     1,
                 );
-                let dxi = &mut dx[j * il..(j + 1) * il];
-                dxi.fill(T::ZERO);
-                col2im_raw(&g, dcols, dxi);
+                for jj in 0..n {
+                    let dxi = &mut dx[(j0 + jj) * il..(j0 + jj + 1) * il];
+                    dxi.fill(T::ZERO);
+                    col2im_raw(&g, &dcols[jj * l..], dxi, ld);
+                }
             }
+            j0 += n;
         }
     };
     let out = dx.map(|d| (d, il));
@@ -599,7 +710,7 @@ pub fn conv_transpose2d_forward<T: Real>(
             } else {
                 yi.fill(T::ZERO);
             }
-            col2im_raw(&g, cols, yi);
+            col2im_raw(&g, cols, yi, lin);
         }
     };
     run_chunks(
@@ -649,7 +760,7 @@ pub fn conv_transpose2d_backward<T: Real>(
              dcols: &mut [T]| {
         for (j, i) in ex.enumerate() {
             let dyi = &dy[i * ol..(i + 1) * ol];
-            im2col_raw(&g, dyi, dcols);
+            im2col_raw(&g, dyi, dcols, lin);
             if let Some((region, beta)) = gout.region(j, np) {
                 let (dw, db) = region.split_at_mut(nw);
                 // dW_i [cin × kk] = x_i [cin × lin] · dcolsᵀ [lin × kk]
@@ -718,9 +829,9 @@ mod tests {
             let x: Vec<f64> = (0..g.in_len()).map(|i| (i as f64 * 0.7).sin()).collect();
             let cv: Vec<f64> = (0..g.cols_len()).map(|i| (i as f64 * 0.3).cos()).collect();
             let mut cols = vec![f64::NAN; g.cols_len()];
-            im2col_raw(&g, &x, &mut cols);
+            im2col_raw(&g, &x, &mut cols, g.out_positions());
             let mut xb = vec![0.0; g.in_len()];
-            col2im_raw(&g, &cv, &mut xb);
+            col2im_raw(&g, &cv, &mut xb, g.out_positions());
             let lhs: f64 = cols.iter().zip(&cv).map(|(a, b)| a * b).sum();
             let rhs: f64 = x.iter().zip(&xb).map(|(a, b)| a * b).sum();
             assert!((lhs - rhs).abs() < 1e-10, "{lhs} vs {rhs}");

@@ -48,6 +48,8 @@ pub trait Real:
     fn sqrt(self) -> Self;
     /// `true` unless NaN or ±∞.
     fn is_finite(self) -> bool;
+    /// `true` for NaN.
+    fn is_nan(self) -> bool;
 }
 
 macro_rules! impl_real {
@@ -83,6 +85,10 @@ macro_rules! impl_real {
             #[inline]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
+            }
+            #[inline]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
             }
         }
     };

@@ -130,6 +130,12 @@ impl<T: Real> GradOut<'_, T> {
         }
     }
 
+    /// Whether this is a chunk's partial sum (a [`ParamGrad::Sum`]).
+    #[inline]
+    pub(crate) fn is_sum(&self) -> bool {
+        matches!(self, GradOut::Acc { .. })
+    }
+
     /// Whether a gradient is wanted.
     #[inline]
     pub(crate) fn wanted(&self) -> bool {

@@ -507,7 +507,9 @@ impl Sequential {
             let xin = &lo[i][..batch * numel(&self.shapes[i])];
             let y = &mut hi[0][..batch * numel(&self.shapes[i + 1])];
             let p = &params[self.ranges[i].clone()];
-            let scratch = &mut ws.scratch[..];
+            // Exactly `chunks` chunks of scratch: one per thread.
+            let need = self.scratch_for(i, l, ws.chunks)?;
+            let scratch = &mut ws.scratch[..need];
             match self.op(i, l, batch) {
                 Op::Conv(s) => conv2d_forward(&s, xin, p, y, scratch)?,
                 Op::ConvT(s) => conv_transpose2d_forward(&s, xin, p, y, scratch)?,
@@ -656,6 +658,7 @@ impl Sequential {
                 .position(|r| !r.is_empty())
                 .unwrap_or(self.layers.len())
         };
+        let chunks = ws.chunks;
         let Workspace {
             acts,
             ga,
@@ -694,7 +697,7 @@ impl Sequential {
             };
             let pg = if r.is_empty() { ParamGrad::None } else { pg };
             let dxo = if need_dx { Some(dx) } else { None };
-            let scr = &mut scratch[..];
+            let scr = &mut scratch[..self.scratch_for(i, l, chunks)?];
             match self.op(i, l, b) {
                 Op::Conv(s) => conv2d_backward(&s, x, pl, dy, dxo, pg, scr)?,
                 Op::ConvT(s) => conv_transpose2d_backward(&s, x, pl, dy, dxo, pg, scr)?,
