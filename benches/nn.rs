@@ -2,6 +2,10 @@
 //! (forward + cross-entropy + backward with per-sample gradients into [B, P] +
 //! `ops::clip_and_accumulate`), the non-private step (summed gradient), and the forward alone.
 //! Throughput is reported in examples per second. Compare with `benches/python/nn_step.py`.
+//!
+//! The `gpu/` group (with `--features cuda`, when `Device::cuda(0)` opens; it prints why it
+//! skips otherwise) runs the same DP-SGD step and non-private step on the GPU: the model,
+//! workspace, input, per-sample matrix and clipped sum all live in device memory.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dpsgd::cpu::loss::Reduction;
@@ -92,5 +96,73 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn gpu(c: &mut Criterion) {
+    let dev = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("gpu/sample_conv_net_b256: skipped, no usable GPU ({e})");
+            return;
+        }
+    };
+    eprintln!("gpu/sample_conv_net_b256 on {}", dev.describe());
+    let b = B;
+    let model = models::sample_conv_net(&dev, 1).expect("SampleConvNet on the GPU");
+    let p = model.num_params();
+    let mut ws = model.workspace(b).expect("workspace");
+    let mut rng = Philox::new(1, 0);
+    let x: Vec<f32> = (0..b * 784).map(|_| rng.next_f64() as f32).collect();
+    let x = Buffer::from_slice(&dev, &x).expect("input");
+    let y: Vec<u32> = (0..b as u32).map(|i| i % 10).collect();
+    let mut per_sample = Buffer::zeros(&dev, b * p).expect("per-sample matrix");
+    let mut sum = Buffer::zeros(&dev, p).expect("sum");
+    let mut clip_ws = ClipWorkspace::new(&dev, b, model.layout()).expect("clip workspace");
+    let clipping = Clipping::Flat(1.0);
+
+    let mut g = c.benchmark_group("gpu/sample_conv_net_b256");
+    g.throughput(Throughput::Elements(b as u64));
+    g.bench_function("dp_step", |bch| {
+        bch.iter(|| {
+            model.forward(&mut ws, &x).unwrap();
+            model
+                .loss(&mut ws, Loss::CrossEntropy(&y), Reduction::Sum)
+                .unwrap();
+            model
+                .backward(&mut ws, Grads::PerSample(&mut per_sample), false)
+                .unwrap();
+            sum.fill_zero().unwrap();
+            ops::clip_and_accumulate(
+                &per_sample,
+                b,
+                model.layout(),
+                &clipping,
+                &mut clip_ws,
+                &mut sum,
+            )
+            .unwrap();
+            dev.synchronize().unwrap();
+        })
+    });
+    g.bench_function("non_private_step", |bch| {
+        bch.iter(|| {
+            model.forward(&mut ws, &x).unwrap();
+            model
+                .loss(&mut ws, Loss::CrossEntropy(&y), Reduction::Mean)
+                .unwrap();
+            model
+                .backward(
+                    &mut ws,
+                    Grads::Sum {
+                        grad: &mut sum,
+                        accumulate: false,
+                    },
+                    false,
+                )
+                .unwrap();
+            dev.synchronize().unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, gpu);
 criterion_main!(benches);

@@ -65,4 +65,85 @@ typedef struct DpsgdAdamParams {
     int decoupled;
 } DpsgdAdamParams;
 
+
+/* ---- Conv-net layers (kernels/{conv,linear,norm,pool,activation,loss,grad}.cu) ---- */
+
+/* Output tile (rows and columns) of the implicit-GEMM kernels (kernels/nn.cuh): 64 x 64 per
+   block of DPSGD_BLOCK threads, 4 x 4 outputs per thread. */
+#define DPSGD_GEMM_TILE 64
+
+/* Activation kinds of kernels/activation.cu (src/cpu/activation.rs's `Activation`). */
+#define DPSGD_ACT_RELU 0
+#define DPSGD_ACT_LEAKY_RELU 1
+#define DPSGD_ACT_TANH 2
+#define DPSGD_ACT_SIGMOID 3
+
+/* The geometry of a convolution over one image [c, h, w] with a k x k kernel, stride, zero
+   padding `pad`, output oh x ow: src/cpu/conv.rs's ConvGeom. */
+typedef struct DpsgdConvGeom {
+    unsigned int c;
+    unsigned int h;
+    unsigned int w;
+    unsigned int k;
+    unsigned int stride;
+    unsigned int pad;
+    unsigned int oh;
+    unsigned int ow;
+} DpsgdConvGeom;
+
+/* Arguments of the convolution kernels (kernels/conv.cu). `m` is the channel count of the
+   other operand: the output channels of dpsgd_conv_fwd, the channels of dy in
+   dpsgd_conv_bwd_data, the rows of the per-example activation in dpsgd_conv_wgrad.
+   Gradient kernels: block z covers examples [z·ex_per, min((z+1)·ex_per, batch)) and writes
+   at out + z·z_stride as value + beta·old (old unread when beta = 0). */
+typedef struct DpsgdConvArgs {
+    DpsgdConvGeom g;
+    unsigned int m;
+    unsigned int batch;
+    unsigned int has_bias;
+    unsigned int ex_per;
+    unsigned long long z_stride;
+    float beta;
+    unsigned int pad_;
+} DpsgdConvArgs;
+
+/* Arguments of the Linear kernels (kernels/linear.cu); ex_per, z_stride and beta as above
+   (z_stride is the row stride P of the per-sample matrix in dpsgd_linear_per_sample). */
+typedef struct DpsgdLinearArgs {
+    unsigned int batch;
+    unsigned int inf;
+    unsigned int outf;
+    unsigned int has_bias;
+    unsigned int ex_per;
+    unsigned int pad_;
+    unsigned long long z_stride;
+    float beta;
+    unsigned int pad2_;
+} DpsgdLinearArgs;
+
+/* Arguments of the GroupNorm kernels (kernels/norm.cu). The backward writes example b's
+   (dγ, dβ) at gout + b·out_stride (dγ [c], then dβ [c]) when want_grad. */
+typedef struct DpsgdGroupNormArgs {
+    unsigned int batch;
+    unsigned int c;
+    unsigned int spatial;
+    unsigned int groups;
+    double eps;
+    unsigned long long out_stride;
+    unsigned int want_grad;
+    unsigned int want_dx;
+} DpsgdGroupNormArgs;
+
+/* Arguments of the pooling kernels (kernels/pool.cu): `planes` = batch · channels images of
+   h x w, k x k windows, stride, output oh x ow. */
+typedef struct DpsgdPoolArgs {
+    unsigned long long planes;
+    unsigned int h;
+    unsigned int w;
+    unsigned int k;
+    unsigned int stride;
+    unsigned int oh;
+    unsigned int ow;
+} DpsgdPoolArgs;
+
 #endif /* DPSGD_H */

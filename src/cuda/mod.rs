@@ -2,12 +2,22 @@
 //! `kernels/*.cu`, compiled by build.rs with nvcc into fatbins embedded in the library.
 //!
 //! `kernels/clip.cu` ↔ [`clip`], `kernels/noise.cu` ↔ [`noise`], `kernels/optim.cu` ↔ [`optim`];
-//! each function has the same signature and semantics as its CPU twin in [`crate::cpu`], with
-//! `CudaSlice`s in place of slices. All `unsafe` of the crate lives in this module.
+//! the conv-net layers: `kernels/conv.cu` ↔ [`conv`], `linear.cu` ↔ [`linear`], `norm.cu` ↔
+//! [`norm`], `pool.cu` ↔ [`pool`], `activation.cu` ↔ [`activation`], `loss.cu` ↔ [`loss`],
+//! `grad.cu` ↔ [`grad`] (shared tiled-GEMM helpers in `kernels/nn.cuh`). Each function has the
+//! same semantics as its CPU twin in [`crate::cpu`], with `CudaView`s in place of slices. All
+//! `unsafe` of the crate lives in this module.
 
+pub mod activation;
 pub mod clip;
+pub mod conv;
+pub mod grad;
+pub mod linear;
+pub mod loss;
 pub mod noise;
+pub mod norm;
 pub mod optim;
+pub mod pool;
 
 use crate::{Error, Result};
 use cudarc::driver::{
@@ -55,6 +65,14 @@ unsafe impl ValidAsZeroBits for ffi::DpsgdTile {}
 unsafe impl DeviceRepr for ffi::DpsgdSgdParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ffi::DpsgdAdamParams {}
+// SAFETY: as above (the conv-net layer kernels' argument structs).
+unsafe impl DeviceRepr for ffi::DpsgdConvArgs {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ffi::DpsgdLinearArgs {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ffi::DpsgdGroupNormArgs {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ffi::DpsgdPoolArgs {}
 
 /// Maps a driver error into the crate's error, naming the operation.
 pub(crate) fn drv(op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
@@ -83,11 +101,70 @@ pub(crate) struct Kernels {
     pub noisy_adam: CudaFunction,
 }
 
+/// The conv-net layer kernels (`kernels/{conv,linear,norm,pool,activation,loss,grad}.cu`).
+pub(crate) struct NnKernels {
+    pub conv_fwd: CudaFunction,
+    pub conv_bwd_data: CudaFunction,
+    pub conv_wgrad: CudaFunction,
+    pub bias_grad: CudaFunction,
+    pub sum_rows: CudaFunction,
+    pub linear_fwd: CudaFunction,
+    pub linear_bwd_data: CudaFunction,
+    pub linear_wgrad_sum: CudaFunction,
+    pub linear_per_sample: CudaFunction,
+    pub group_norm_fwd: CudaFunction,
+    pub group_norm_bwd: CudaFunction,
+    pub max_pool_fwd: CudaFunction,
+    pub max_pool_bwd: CudaFunction,
+    pub avg_pool_fwd: CudaFunction,
+    pub avg_pool_bwd: CudaFunction,
+    pub act_fwd: CudaFunction,
+    pub act_bwd: CudaFunction,
+    pub cross_entropy: CudaFunction,
+    pub bce_with_logits: CudaFunction,
+    pub bce: CudaFunction,
+}
+
+impl NnKernels {
+    fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
+        let conv = load(ctx, fatbin::CONV, "loading kernels/conv.cu")?;
+        let grad = load(ctx, fatbin::GRAD, "loading kernels/grad.cu")?;
+        let linear = load(ctx, fatbin::LINEAR, "loading kernels/linear.cu")?;
+        let norm = load(ctx, fatbin::NORM, "loading kernels/norm.cu")?;
+        let pool = load(ctx, fatbin::POOL, "loading kernels/pool.cu")?;
+        let act = load(ctx, fatbin::ACTIVATION, "loading kernels/activation.cu")?;
+        let loss = load(ctx, fatbin::LOSS, "loading kernels/loss.cu")?;
+        Ok(NnKernels {
+            conv_fwd: func(&conv, "dpsgd_conv_fwd")?,
+            conv_bwd_data: func(&conv, "dpsgd_conv_bwd_data")?,
+            conv_wgrad: func(&conv, "dpsgd_conv_wgrad")?,
+            bias_grad: func(&grad, "dpsgd_bias_grad")?,
+            sum_rows: func(&grad, "dpsgd_sum_rows")?,
+            linear_fwd: func(&linear, "dpsgd_linear_fwd")?,
+            linear_bwd_data: func(&linear, "dpsgd_linear_bwd_data")?,
+            linear_wgrad_sum: func(&linear, "dpsgd_linear_wgrad_sum")?,
+            linear_per_sample: func(&linear, "dpsgd_linear_per_sample")?,
+            group_norm_fwd: func(&norm, "dpsgd_group_norm_fwd")?,
+            group_norm_bwd: func(&norm, "dpsgd_group_norm_bwd")?,
+            max_pool_fwd: func(&pool, "dpsgd_max_pool_fwd")?,
+            max_pool_bwd: func(&pool, "dpsgd_max_pool_bwd")?,
+            avg_pool_fwd: func(&pool, "dpsgd_avg_pool_fwd")?,
+            avg_pool_bwd: func(&pool, "dpsgd_avg_pool_bwd")?,
+            act_fwd: func(&act, "dpsgd_act_fwd")?,
+            act_bwd: func(&act, "dpsgd_act_bwd")?,
+            cross_entropy: func(&loss, "dpsgd_cross_entropy")?,
+            bce_with_logits: func(&loss, "dpsgd_bce_with_logits")?,
+            bce: func(&loss, "dpsgd_bce")?,
+        })
+    }
+}
+
 /// An opened GPU: context, stream, loaded kernels.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) k: Kernels,
+    pub(crate) nn: NnKernels,
     pub(crate) sm_count: u32,
     name: String,
     pub(crate) tiles: TileCache,
@@ -171,10 +248,12 @@ impl CudaBackend {
             noisy_mean: func(&optim, "dpsgd_noisy_mean")?,
             noisy_adam: func(&optim, "dpsgd_noisy_adam")?,
         };
+        let nn = NnKernels::load(&ctx)?;
         Ok(Arc::new(CudaBackend {
             ctx,
             stream,
             k,
+            nn,
             sm_count,
             name,
             tiles: Default::default(),

@@ -35,10 +35,15 @@
 //! gradient instead (non-private training, a GAN's generator), and `input_grad = true` the
 //! gradient w.r.t. the input ([`Workspace::input_grad`]; GS-WGAN needs it).
 //!
-//! Backends: the model holds a [`Device`](crate::Device); only the CPU path exists so far, and
-//! a model or workspace on a CUDA device returns [`Error::InvalidParameter`](crate::Error)
-//! naming the device. The layer functions take plain slices and shape structs so that CUDA
-//! twins can mirror their signatures.
+//! Backends: the model holds a [`Device`](crate::Device). On `Device::Cpu` the layers run the
+//! kernels of [`crate::cpu`]; on `Device::Cuda` (feature `cuda`) the same calls run their GPU
+//! twins in `crate::cuda` (`conv`, `linear`, `norm`, `pool`, `activation`, `loss`) over
+//! device-resident buffers: the workspace holds every activation, gradient and scratch buffer
+//! in device memory, the input, the per-sample matrix and the summed gradient are GPU
+//! [`Buffer`](crate::Buffer)s on the model's device, and [`Workspace::output_vec`] /
+//! [`Workspace::input_grad_vec`] copy results back (the host views `output()` /
+//! `input_grad()` of a GPU workspace are empty). Mixing devices is a typed
+//! [`Error::DeviceMismatch`](crate::Error).
 //!
 //! # Why no BatchNorm
 //!

@@ -19,6 +19,9 @@ use crate::cpu::pool::{
 use crate::{Buffer, Device, Error, Layout, Result};
 use std::ops::Range;
 
+// The CUDA path (`Device::Cuda` models): a child module, so it shares the private fields.
+mod gpu;
+
 /// Builds a [`Sequential`] layer by layer from the shape of one input example; each method
 /// infers the input channels/features from the shape so far. Errors (a layer that does not
 /// fit) are reported by [`SequentialBuilder::build`].
@@ -326,6 +329,10 @@ impl Sequential {
     /// layer, gradient buffers and the kernels' scratch (one chunk per rayon thread). No
     /// allocation happens in [`Sequential::forward`] or [`Sequential::backward`].
     pub fn workspace(&self, max_batch: usize) -> Result<Workspace> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = &self.device {
+            return self.gpu_workspace(d, max_batch);
+        }
         if self.device.is_cuda() {
             return Err(no_cuda("Sequential::workspace"));
         }
@@ -356,6 +363,8 @@ impl Sequential {
             have_forward: false,
             have_output_grad: false,
             have_input_grad: false,
+            #[cfg(feature = "cuda")]
+            gpu: None,
         })
     }
 
@@ -454,6 +463,10 @@ impl Sequential {
     /// (row-major, batch first), `1 ≤ batch ≤ max_batch`. The output is then
     /// [`Workspace::output`]. Errors if `x`'s length is not a whole, fitting number of examples.
     pub fn forward(&self, ws: &mut Workspace, x: &Buffer<f32>) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if ws.gpu.is_some() || self.device.is_cuda() {
+            return self.gpu_forward(ws, x);
+        }
         let x = match &x.storage {
             Storage::Cpu(v) => v.as_slice(),
             #[allow(unreachable_patterns)]
@@ -464,6 +477,10 @@ impl Sequential {
 
     /// [`Sequential::forward`] from a host slice (CPU models).
     pub fn forward_slice(&self, ws: &mut Workspace, x: &[f32]) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if ws.gpu.is_some() || self.device.is_cuda() {
+            return self.gpu_forward_host(ws, x);
+        }
         const OP: &str = "Sequential::forward";
         self.check_ws(OP, ws)?;
         let params = self.cpu_params(OP)?;
@@ -525,6 +542,10 @@ impl Sequential {
     /// gradient for [`Sequential::backward`]. Use [`Reduction::Sum`] for DP-SGD (per-sample
     /// gradients are then each example's own; see [`crate::cpu::loss`]).
     pub fn loss(&self, ws: &mut Workspace, loss: Loss<'_>, reduction: Reduction) -> Result<f64> {
+        #[cfg(feature = "cuda")]
+        if ws.gpu.is_some() || self.device.is_cuda() {
+            return self.gpu_loss(ws, loss, reduction);
+        }
         const OP: &str = "Sequential::loss";
         self.check_ws(OP, ws)?;
         if !ws.have_forward {
@@ -555,6 +576,10 @@ impl Sequential {
     /// [`Sequential::output_shape`] values), e.g. the gradient a discriminator passes back to a
     /// generator.
     pub fn set_output_grad(&self, ws: &mut Workspace, dy: &[f32]) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if ws.gpu.is_some() || self.device.is_cuda() {
+            return self.gpu_set_output_grad(ws, dy);
+        }
         const OP: &str = "Sequential::set_output_grad";
         self.check_ws(OP, ws)?;
         if !ws.have_forward {
@@ -576,6 +601,10 @@ impl Sequential {
     /// [`Sequential::set_output_grad`]: writes the parameter gradients to `grads` and, when
     /// `input_grad`, the gradient w.r.t. the input to [`Workspace::input_grad`].
     pub fn backward(&self, ws: &mut Workspace, grads: Grads<'_>, input_grad: bool) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if ws.gpu.is_some() || self.device.is_cuda() {
+            return self.gpu_backward(ws, grads, input_grad);
+        }
         const OP: &str = "Sequential::backward";
         self.check_ws(OP, ws)?;
         if !ws.have_output_grad {
@@ -770,6 +799,10 @@ pub struct Workspace {
     have_forward: bool,
     have_output_grad: bool,
     have_input_grad: bool,
+    /// The device-resident buffers of a workspace made for a `Device::Cuda` model (the host
+    /// vectors above are then empty).
+    #[cfg(feature = "cuda")]
+    gpu: Option<gpu::GpuWorkspace>,
 }
 
 impl Workspace {
