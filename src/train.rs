@@ -501,7 +501,8 @@ impl Trainer {
             self.eval
                 .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
             self.model.forward_slice(&mut self.ws, &self.xb[..b * ex])?;
-            for (row, &y) in self.ws.output().chunks(classes).zip(&self.yb[..b]) {
+            let out = self.ws.output_vec()?;
+            for (row, &y) in out.chunks(classes).zip(&self.yb[..b]) {
                 let am = row
                     .iter()
                     .enumerate()
