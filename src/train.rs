@@ -97,6 +97,33 @@ pub struct TrainConfig {
     /// Hold out this many training examples as a validation set (evaluated instead of the test
     /// set; for honest hyperparameter tuning).
     pub validation: usize,
+    /// Learning-rate schedule over the planned steps.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+}
+
+/// Learning-rate schedule: the rate of step t (0-based) of T planned steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// lr throughout.
+    #[default]
+    Constant,
+    /// lr · (1 + cos(π t / T)) / 2: large steps early, small (noise-averaging) steps late.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The factor for step `t` of `total`.
+    pub fn factor(self, t: u64, total: u64) -> f32 {
+        match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => {
+                let x = (t.min(total) as f64) / (total.max(1) as f64);
+                (0.5 * (1.0 + (std::f64::consts::PI * x).cos())) as f32
+            }
+        }
+    }
 }
 
 impl TrainConfig {
@@ -166,6 +193,8 @@ struct CheckpointState {
     engine: Option<EngineState>,
     sampler: PoissonSampler,
     adam_t: u64,
+    #[serde(default)]
+    steps_taken: u64,
     metrics: Vec<EpochMetrics>,
 }
 
@@ -184,6 +213,7 @@ pub struct Trainer {
     m1: Buffer<f32>,
     m2: Buffer<f32>,
     adam_t: u64,
+    steps_taken: u64,
     train: Dataset,
     eval: Dataset,
     eval_split: &'static str,
@@ -290,6 +320,7 @@ impl Trainer {
             m1: Buffer::zeros(device, m_len)?,
             m2: Buffer::zeros(device, v_len)?,
             adam_t: 0,
+            steps_taken: 0,
             device: device.clone(),
             model,
             ws,
@@ -437,7 +468,9 @@ impl Trainer {
     }
 
     fn update(&mut self, lot: usize) -> Result<()> {
-        let lr = self.cfg.lr;
+        let total = self.cfg.epochs * self.steps_per_epoch();
+        let lr = self.cfg.lr * self.cfg.lr_schedule.factor(self.steps_taken, total);
+        self.steps_taken += 1;
         let params = self.model.params_mut();
         match (&mut self.engine, self.cfg.optimizer) {
             (Some(e), OptimizerKind::Sgd { momentum }) => {
@@ -532,6 +565,7 @@ impl Trainer {
             engine: self.engine.as_ref().map(|e| e.state()),
             sampler: self.sampler.clone(),
             adam_t: self.adam_t,
+            steps_taken: self.steps_taken,
             metrics: self.metrics.clone(),
         };
         let mut meta = HashMap::new();
@@ -636,6 +670,7 @@ impl Trainer {
             self.sampler = state.sampler;
         }
         self.adam_t = state.adam_t;
+        self.steps_taken = state.steps_taken;
         self.epochs_done = state.epochs_done;
         self.metrics = state.metrics;
         Ok(())

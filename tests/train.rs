@@ -176,6 +176,7 @@ fn small_config(seed: u64, epochs: u64) -> TrainConfig {
         accountant: Method::Rdp,
         seed: Some(seed),
         validation: 0,
+        lr_schedule: dpsgd::train::LrSchedule::Cosine,
     }
 }
 

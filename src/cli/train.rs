@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use dpsgd::accounting::Method;
 use dpsgd::data::DatasetKind;
 use dpsgd::engine::NoiseSpec;
-use dpsgd::train::{
+use dpsgd::train::{LrSchedule, 
     write_atomic, DataSource, EpochMetrics, ModelKind, OptimizerKind, TrainConfig, Trainer,
 };
 use dpsgd::{Device, Error, Result};
@@ -97,6 +97,18 @@ pub struct CommonArgs {
     /// Hold out this many training examples and report validation accuracy (for tuning).
     #[arg(long, default_value_t = 0)]
     pub validation: usize,
+    /// Learning-rate schedule over the planned steps.
+    #[arg(long, value_enum, default_value = "constant")]
+    pub lr_schedule: ScheduleArg,
+}
+
+/// Learning-rate schedules.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ScheduleArg {
+    /// Constant.
+    Constant,
+    /// Cosine decay to 0 over the run.
+    Cosine,
 }
 
 /// `dpsgd train`.
@@ -176,6 +188,10 @@ fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
         },
         seed: c.seed,
         validation: c.validation,
+        lr_schedule: match c.lr_schedule {
+            ScheduleArg::Constant => LrSchedule::Constant,
+            ScheduleArg::Cosine => LrSchedule::Cosine,
+        },
     }
 }
 
