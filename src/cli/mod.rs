@@ -1,5 +1,6 @@
 //! The `dpsgd` command line: `train`, `sweep` (and the accounting commands).
 
+pub mod accounting;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,10 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Train one model per target ε and plot test accuracy against ε.
     Sweep(train::SweepArgs),
+    /// ε of a DP-SGD run (σ, q, steps or epochs, δ).
+    Epsilon(accounting::EpsilonArgs),
+    /// The smallest noise multiplier σ for a target ε.
+    NoiseMultiplier(accounting::NoiseArgs),
 }
 
 /// Runs the parsed command line.
@@ -27,5 +32,7 @@ pub fn run(cli: Cli) -> dpsgd::Result<()> {
     match cli.command {
         Command::Train(a) => train::train(a).map(|_| ()),
         Command::Sweep(a) => train::sweep(a),
+        Command::Epsilon(a) => accounting::epsilon_cmd(a),
+        Command::NoiseMultiplier(a) => accounting::noise_cmd(a),
     }
 }

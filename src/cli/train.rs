@@ -4,8 +4,9 @@ use clap::{Args, ValueEnum};
 use dpsgd::accounting::Method;
 use dpsgd::data::DatasetKind;
 use dpsgd::engine::NoiseSpec;
-use dpsgd::train::{LrSchedule, 
-    write_atomic, DataSource, EpochMetrics, ModelKind, OptimizerKind, TrainConfig, Trainer,
+use dpsgd::train::{
+    write_atomic, DataSource, EpochMetrics, LrSchedule, ModelKind, OptimizerKind, TrainConfig,
+    Trainer,
 };
 use dpsgd::{Device, Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};

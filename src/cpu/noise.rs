@@ -33,8 +33,11 @@ const TASK: usize = 16 * 1024;
 /// cuRAND's Box–Muller on one pair of 32-bit outputs (see the module docs).
 #[inline]
 pub fn box_muller(x: u32, y: u32) -> (f32, f32) {
-    let u = (x as f32).mul_add(POW2_M32, POW2_M32 * 0.5);
-    let v = (y as f32).mul_add(POW2_M32_2PI, POW2_M32_2PI * 0.5);
+    // x·2⁻³² is exact, so u equals the GPU's __fmaf_rn result bit for bit; v may differ from it
+    // by one rounding (≤ 1 ulp). Plain multiply-add: `mul_add` is a libm call on targets built
+    // without the `fma` feature, and this is the inner loop of every noise draw.
+    let u = (x as f32) * POW2_M32 + POW2_M32 * 0.5;
+    let v = (y as f32) * POW2_M32_2PI + POW2_M32_2PI * 0.5;
     let s = (-2.0f32 * u.ln()).sqrt();
     (v.sin() * s, v.cos() * s)
 }
@@ -51,7 +54,7 @@ pub fn normal4(key: NoiseKey, b: u64) -> [f32; 4] {
 /// A standard Laplace from one 32-bit output (see the module docs).
 #[inline]
 pub fn laplace1(x: u32) -> f32 {
-    let u = ((x & 0x7fff_ffff) as f32).mul_add(POW2_M31, POW2_M31 * 0.5);
+    let u = ((x & 0x7fff_ffff) as f32) * POW2_M31 + POW2_M31 * 0.5;
     let e = -u.ln();
     if x & 0x8000_0000 != 0 {
         -e
@@ -89,7 +92,7 @@ pub fn add_gaussian(out: &mut [f32], std: f32, key: NoiseKey) -> Result<()> {
     for_blocks(out, |b, quad| {
         let z = normal4(key, b);
         for (o, zi) in quad.iter_mut().zip(z) {
-            *o = std.mul_add(zi, *o);
+            *o += std * zi;
         }
     });
     Ok(())
@@ -102,7 +105,7 @@ pub fn add_laplace(out: &mut [f32], scale: f32, key: NoiseKey) -> Result<()> {
     for_blocks(out, |b, quad| {
         let x = block(key.seed, key.subsequence, b);
         for (o, xi) in quad.iter_mut().zip(x) {
-            *o = scale.mul_add(laplace1(xi), *o);
+            *o += scale * laplace1(xi);
         }
     });
     Ok(())

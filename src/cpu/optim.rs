@@ -61,18 +61,18 @@ pub fn noisy_sgd_step(
             for i in 0..pq.len() {
                 let j = 4 * k + i;
                 let pj = pq[i];
-                let mut g = std.mul_add(z[i], s[j]) * inv_batch;
-                g = cfg.weight_decay.mul_add(pj, g);
+                let mut g = (std * z[i] + s[j]) * inv_batch;
+                g += cfg.weight_decay * pj;
                 if let Some(m) = m.as_deref_mut() {
-                    let mj = cfg.momentum.mul_add(m[j], (1.0 - cfg.dampening) * g);
+                    let mj = cfg.momentum * m[j] + (1.0 - cfg.dampening) * g;
                     m[j] = mj;
                     g = if cfg.nesterov {
-                        cfg.momentum.mul_add(mj, g)
+                        cfg.momentum * mj + g
                     } else {
                         mj
                     };
                 }
-                pq[i] = (-cfg.lr).mul_add(g, pj);
+                pq[i] = (-cfg.lr) * g + pj;
             }
         }
     };
@@ -133,14 +133,14 @@ pub fn noisy_adam_step(
                 for i in 0..pq.len() {
                     let j = 4 * k + i;
                     let mut pj = pq[i];
-                    let mut g = std.mul_add(z[i], s[j]) * inv_batch;
+                    let mut g = (std * z[i] + s[j]) * inv_batch;
                     if cfg.decoupled {
                         pj *= 1.0 - cfg.lr * cfg.weight_decay;
                     } else {
-                        g = cfg.weight_decay.mul_add(pj, g);
+                        g += cfg.weight_decay * pj;
                     }
-                    let mj = cfg.beta1.mul_add(m[j], (1.0 - cfg.beta1) * g);
-                    let vj = cfg.beta2.mul_add(v[j], (1.0 - cfg.beta2) * g * g);
+                    let mj = cfg.beta1 * m[j] + (1.0 - cfg.beta1) * g;
+                    let vj = cfg.beta2 * v[j] + (1.0 - cfg.beta2) * g * g;
                     m[j] = mj;
                     v[j] = vj;
                     let denom = (vj / bc2).sqrt() + cfg.eps;
@@ -171,7 +171,7 @@ pub fn noisy_mean(out: &mut [f32], grad_sum: &[f32], noisy: &NoisyStep) -> Resul
                     [0.0; 4]
                 };
                 for i in 0..oq.len() {
-                    oq[i] = std.mul_add(z[i], s[4 * k + i]) * inv_batch;
+                    oq[i] = (std * z[i] + s[4 * k + i]) * inv_batch;
                 }
             }
         });

@@ -1,0 +1,88 @@
+//! Noise calibration: the smallest noise multiplier σ whose ε (by either accountant) stays at or
+//! below a target over a planned run.
+//!
+//! # Proof Definition
+//! For fixed (q, T, δ), ε(σ) is non-increasing in σ for the subsampled Gaussian (more noise is
+//! post-processing-equivalent to less privacy loss; Mironov, Talwar, Zhang 2019 for RDP, Gopi et
+//! al. 2021 for PRV). Bisection keeps the invariant ε(σ_hi) ≤ target and returns σ_hi, so the
+//! returned σ never exceeds the target; the bracket shrinks to the caller's tolerance.
+
+use super::{epsilon, validate_delta, validate_epsilon, HistoryEntry, Method};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The outcome of a calibration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// The noise multiplier: the upper end of the final bracket.
+    pub noise_multiplier: f64,
+    /// ε at that σ (≤ the target).
+    pub epsilon: f64,
+}
+
+/// The smallest σ (to `tol`) with ε(σ; q, steps, δ) ≤ `target_epsilon` under `method`.
+///
+/// Errors: ε ≤ 0, δ ∉ (0, 1), q ∉ (0, 1], steps = 0, tol ≤ 0, or a target no σ ≤ 1e4 reaches.
+pub fn calibrate(
+    method: Method,
+    target_epsilon: f64,
+    delta: f64,
+    sample_rate: f64,
+    steps: u64,
+    tol: f64,
+) -> Result<Calibration> {
+    validate_epsilon(target_epsilon)?;
+    validate_delta(delta)?;
+    if !(sample_rate > 0.0 && sample_rate <= 1.0) {
+        return Err(Error::invalid("sample_rate", sample_rate, "in (0, 1]"));
+    }
+    if steps == 0 {
+        return Err(Error::invalid("steps", 0, ">= 1"));
+    }
+    if !(tol.is_finite() && tol > 0.0) {
+        return Err(Error::invalid("tol", tol, "finite and > 0"));
+    }
+    let eps = |s: f64| -> Result<f64> {
+        epsilon(method, &[HistoryEntry::new(s, sample_rate, steps)?], delta)
+    };
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    let mut e_hi = eps(hi)?;
+    while e_hi > target_epsilon {
+        lo = hi;
+        hi *= 2.0;
+        if hi > 1e4 {
+            return Err(Error::invalid(
+                "epsilon",
+                target_epsilon,
+                "reachable with a noise multiplier <= 1e4 (raise ε or δ, or lower q or the steps)",
+            ));
+        }
+        e_hi = eps(hi)?;
+    }
+    while hi - lo > tol {
+        let mid = 0.5 * (lo + hi);
+        let e = eps(mid)?;
+        if e > target_epsilon {
+            lo = mid;
+        } else {
+            hi = mid;
+            e_hi = e;
+        }
+    }
+    Ok(Calibration {
+        noise_multiplier: hi,
+        epsilon: e_hi,
+    })
+}
+
+/// [`calibrate`]'s σ.
+pub fn calibrate_noise_multiplier(
+    method: Method,
+    target_epsilon: f64,
+    delta: f64,
+    sample_rate: f64,
+    steps: u64,
+    tol: f64,
+) -> Result<f64> {
+    Ok(calibrate(method, target_epsilon, delta, sample_rate, steps, tol)?.noise_multiplier)
+}
