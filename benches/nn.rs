@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dpsgd::cpu::loss::Reduction;
 use dpsgd::cpu::philox::Philox;
 use dpsgd::nn::{models, Grads, Loss};
-use dpsgd::{ops, Buffer, ClipWorkspace, Clipping, Device};
+use dpsgd::{ops, Buffer, ClipWorkspace, Clipping, Device, NoiseKey, NoisyStep, SgdConfig};
 use std::hint::black_box;
 
 const B: usize = 256;
@@ -52,6 +52,34 @@ fn bench(c: &mut Criterion) {
                 &mut sum,
             )
             .unwrap();
+            black_box(l)
+        })
+    });
+    // The whole DP-SGD step, as Opacus's DPOptimizer does it: the above, then Gaussian noise
+    // (σ = 1, C = 1) and the SGD update of the parameters, fused.
+    let mut model_noisy = models::sample_conv_net(&dev, 0).expect("model");
+    let noisy = NoisyStep::new(1.0, 1.0, B as f32, NoiseKey::from_parts(0xbe9c, 1)).expect("noise");
+    let sgd = SgdConfig::new(0.1);
+    g.bench_function("dp_step_noisy", |bch| {
+        bch.iter(|| {
+            model_noisy.forward(&mut ws, &x).unwrap();
+            let l = model_noisy
+                .loss(&mut ws, Loss::CrossEntropy(&y), Reduction::Sum)
+                .unwrap();
+            model_noisy
+                .backward(&mut ws, Grads::PerSample(&mut per_sample), false)
+                .unwrap();
+            sum.fill_zero().unwrap();
+            ops::clip_and_accumulate(
+                &per_sample,
+                B,
+                model_noisy.layout(),
+                &clipping,
+                &mut clip_ws,
+                &mut sum,
+            )
+            .unwrap();
+            ops::noisy_sgd_step(model_noisy.params_mut(), &sum, None, &sgd, &noisy).unwrap();
             black_box(l)
         })
     });

@@ -311,6 +311,85 @@ fn fd_pools_and_activations() {
     }
 }
 
+/// Naive max-pool (first maximum in row-major window order; a NaN beats everything, the last
+/// NaN wins, as PyTorch's `val > max || isnan(val)`): output and backward routing.
+fn naive_max_pool(s: &PoolShape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (oh, ow) = s.out_hw().unwrap();
+    let mut y = vec![0.0; s.batch * s.c * oh * ow];
+    let mut dx = vec![0.0; x.len()];
+    for p in 0..s.batch * s.c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut at = p * s.h * s.w + oy * s.stride * s.w + ox * s.stride;
+                for ki in 0..s.k {
+                    for kj in 0..s.k {
+                        let i = p * s.h * s.w + (oy * s.stride + ki) * s.w + ox * s.stride + kj;
+                        if x[i] > x[at] || x[i].is_nan() {
+                            at = i;
+                        }
+                    }
+                }
+                let o = (p * oh + oy) * ow + ox;
+                y[o] = x[at];
+                dx[at] += dy[o];
+            }
+        }
+    }
+    (y, dx)
+}
+
+/// The vectorised max-pool against the naive one on inputs full of ties (small integers, so
+/// every routing decision is exact) and with NaNs, over strides 1–2, windows 1–3 and rows
+/// longer than one block; and the branch-free activation backward on signed zeros.
+#[test]
+fn max_pool_ties_nans_and_relu_zeros() {
+    let mut rng = Philox::new(11, 0);
+    for case in 0..40 {
+        let s = PoolShape {
+            batch: 2,
+            c: 3,
+            h: 2 + rng.next_below(8) as usize,
+            w: 2 + rng.next_below(if case % 5 == 0 { 150 } else { 12 }) as usize,
+            k: 1 + rng.next_below(3) as usize,
+            stride: 1 + rng.next_below(2) as usize,
+        };
+        if s.out_hw().is_err() {
+            continue;
+        }
+        let n = s.batch * s.c * s.h * s.w;
+        let mut x: Vec<f32> = (0..n).map(|_| rng.next_below(4) as f32 - 2.0).collect();
+        if case % 3 == 0 {
+            for _ in 0..3 {
+                let i = rng.next_below(n as u64) as usize;
+                x[i] = f32::NAN;
+            }
+        }
+        let (oh, ow) = s.out_hw().unwrap();
+        let dy: Vec<f32> = (0..s.batch * s.c * oh * ow)
+            .map(|i| (i % 7) as f32 + 1.0)
+            .collect();
+        let (want_y, want_dx) = naive_max_pool(&s, &x, &dy);
+        let mut y = vec![0.0; want_y.len()];
+        max_pool2d_forward(&s, &x, &mut y).unwrap();
+        let mut dx = vec![f32::NAN; n];
+        max_pool2d_backward(&s, &x, &dy, &mut dx).unwrap();
+        for (a, b) in y.iter().zip(&want_y) {
+            assert!(a == b || (a.is_nan() && b.is_nan()), "{s:?}: y {a} vs {b}");
+        }
+        assert_eq!(dx, want_dx, "{s:?}: dx");
+    }
+    let x = [-1.0f32, -0.0, 0.0, 2.0, f32::NAN, 0.5];
+    let dy = [1.0f32; 6];
+    let mut y = [0.0f32; 6];
+    let mut dx = [0.0f32; 6];
+    activation_forward(Activation::Relu, &x, &mut y).unwrap();
+    activation_backward(Activation::Relu, &x, &y, &dy, &mut dx).unwrap();
+    assert_eq!(dx, [0.0, 0.0, 0.0, 1.0, 0.0, 1.0]);
+    activation_backward(Activation::LeakyRelu(0.25), &x, &y, &dy, &mut dx).unwrap();
+    assert_eq!(&dx[..4], &[0.25, 0.25, 0.25, 1.0]);
+    assert_eq!(dx[5], 1.0);
+}
+
 #[test]
 fn fd_losses() {
     let mut rng = Philox::new(6, 0);

@@ -92,6 +92,8 @@ pub fn activation_backward<T: Real>(
     check_len(OP, "y", y.len(), x.len())?;
     check_len(OP, "dy", dy.len(), x.len())?;
     check_len(OP, "dx", dx.len(), x.len())?;
+    // Plain indexed loops over equal-length slices, with selects instead of branches (the
+    // sign of a ReLU input is unpredictable): they vectorise.
     let it = dx
         .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
@@ -99,26 +101,37 @@ pub fn activation_backward<T: Real>(
         .zip(dy.par_chunks(CHUNK));
     match act {
         Activation::Relu => it.for_each(|(((dx, x), _), dy)| {
-            for ((o, v), d) in dx.iter_mut().zip(x).zip(dy) {
-                *o = if *v > T::ZERO { *d } else { T::ZERO };
+            let n = dx.len();
+            let (x, dy) = (&x[..n], &dy[..n]);
+            for i in 0..n {
+                // Both loads first: a select, not a branch.
+                let (v, d) = (x[i], dy[i]);
+                dx[i] = if v > T::ZERO { d } else { T::ZERO };
             }
         }),
         Activation::LeakyRelu(a) => {
             let a = T::from_f64(a);
             it.for_each(|(((dx, x), _), dy)| {
-                for ((o, v), d) in dx.iter_mut().zip(x).zip(dy) {
-                    *o = if *v > T::ZERO { *d } else { a * *d };
+                let n = dx.len();
+                let (x, dy) = (&x[..n], &dy[..n]);
+                for i in 0..n {
+                    let (v, d) = (x[i], dy[i]);
+                    dx[i] = d * if v > T::ZERO { T::ONE } else { a };
                 }
             })
         }
         Activation::Tanh => it.for_each(|(((dx, _), y), dy)| {
-            for ((o, v), d) in dx.iter_mut().zip(y).zip(dy) {
-                *o = *d * (T::ONE - *v * *v);
+            let n = dx.len();
+            let (y, dy) = (&y[..n], &dy[..n]);
+            for i in 0..n {
+                dx[i] = dy[i] * (T::ONE - y[i] * y[i]);
             }
         }),
         Activation::Sigmoid => it.for_each(|(((dx, _), y), dy)| {
-            for ((o, v), d) in dx.iter_mut().zip(y).zip(dy) {
-                *o = *d * *v * (T::ONE - *v);
+            let n = dx.len();
+            let (y, dy) = (&y[..n], &dy[..n]);
+            for i in 0..n {
+                dx[i] = dy[i] * y[i] * (T::ONE - y[i]);
             }
         }),
     }

@@ -199,6 +199,160 @@ fn col2im_raw<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T], ld: usize) {
     }
 }
 
+/// `dst ← src` for the short runs of the phase-split im2col: run lengths up to 16 are copied
+/// as fixed-size arrays (inline moves, no `memcpy` call per run).
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => {
+                    let d: &mut [T; $n] = dst.try_into().expect("run length");
+                    let s: &[T; $n] = src[..$n].try_into().expect("run length");
+                    *d = *s;
+                })*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+impl ConvGeom {
+    /// Height and width of one phase plane of the padded image: `⌈(h + 2p)/s⌉ × ⌈(w + 2p)/s⌉`.
+    fn phase_hw(&self) -> (usize, usize) {
+        (
+            (self.h + 2 * self.pad).div_ceil(self.stride),
+            (self.w + 2 * self.pad).div_ceil(self.stride),
+        )
+    }
+
+    /// Elements of the phase-split image (`c · s² ` planes): scratch of [`phase_split`].
+    fn phase_len(&self) -> usize {
+        let (ph, pw) = self.phase_hw();
+        self.c * self.stride * self.stride * ph * pw
+    }
+}
+
+/// Space-to-depth of one zero-padded image: plane `(ci, py, px)` of `ph` holds
+/// `xpad[ci, i·s + py, j·s + px]` at `(i, j)` (`xpad` = `x` with `pad` zeros on each side). Then
+/// the im2col row `(ci, ki, kj)` is, for each output row `oy`, the contiguous run of `ow` values
+/// of plane `(ci, ki mod s, kj mod s)` at `(ki/s + oy, kj/s ..)`: no strided gather and no
+/// bounds logic in the `c·k²` rows, only in the `c·(h+2p)·(w+2p)` values of the split.
+fn phase_split<T: Real>(g: &ConvGeom, x: &[T], ph: &mut [T]) {
+    let (s, p, h, w) = (g.stride, g.pad, g.h, g.w);
+    let (phh, phw) = g.phase_hw();
+    let plane = phh * phw;
+    for ci in 0..g.c {
+        let xc = &x[ci * h * w..(ci + 1) * h * w];
+        for py in 0..s {
+            for px in 0..s {
+                let dst = &mut ph[((ci * s + py) * s + px) * plane..][..plane];
+                // Columns j with 0 ≤ j·s + px − p < w.
+                let jlo = if p > px { (p - px).div_ceil(s) } else { 0 };
+                let jhi = if w + p > px {
+                    ((w - 1 + p - px) / s + 1).min(phw)
+                } else {
+                    0
+                };
+                let jlo = jlo.min(jhi);
+                for (i, row) in dst.chunks_exact_mut(phw).enumerate() {
+                    let iy = (i * s + py) as isize - p as isize;
+                    if iy < 0 || iy >= h as isize || jlo == jhi {
+                        row.fill(T::ZERO);
+                        continue;
+                    }
+                    let xr = &xc[iy as usize * w..(iy as usize + 1) * w];
+                    row[..jlo].fill(T::ZERO);
+                    row[jhi..].fill(T::ZERO);
+                    let x0 = jlo * s + px - p;
+                    if s == 1 {
+                        row[jlo..jhi].copy_from_slice(&xr[x0..x0 + (jhi - jlo)]);
+                    } else {
+                        let src = &xr[x0..x0 + (jhi - jlo - 1) * s + 1];
+                        for (o, v) in row[jlo..jhi].iter_mut().zip(src.iter().step_by(s)) {
+                            *o = *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`phase_split`] restricted to the image: `dx[ci, iy, ix] = dph[...]` of its
+/// padded position (each image value is in exactly one plane; `dx` overwritten).
+fn phase_merge<T: Real>(g: &ConvGeom, dph: &[T], dx: &mut [T]) {
+    let (s, p, h, w) = (g.stride, g.pad, g.h, g.w);
+    let (phh, phw) = g.phase_hw();
+    let plane = phh * phw;
+    for ci in 0..g.c {
+        let dxc = &mut dx[ci * h * w..(ci + 1) * h * w];
+        for (iy, dxr) in dxc.chunks_exact_mut(w).enumerate() {
+            let (yy, py) = ((iy + p) / s, (iy + p) % s);
+            for px in 0..s {
+                let src = &dph[((ci * s + py) * s + px) * plane + yy * phw..][..phw];
+                // Image columns ix ≡ px − p (mod s): ix = j·s + px − p.
+                let jlo = if p > px { (p - px).div_ceil(s) } else { 0 };
+                let mut ix = jlo * s + px - p;
+                let mut j = jlo;
+                while ix < w {
+                    dxr[ix] = src[j];
+                    ix += s;
+                    j += 1;
+                }
+            }
+        }
+    }
+}
+
+/// im2col of one example from its phase split (see [`phase_split`]) into columns
+/// `[c·k², oh·ow]` with leading dimension `ld`.
+fn im2col_phased<T: Real>(g: &ConvGeom, ph: &[T], cols: &mut [T], ld: usize) {
+    let (s, k, oh, ow) = (g.stride, g.k, g.oh, g.ow);
+    let (phh, phw) = g.phase_hw();
+    let plane = phh * phw;
+    let l = oh * ow;
+    for ci in 0..g.c {
+        for ki in 0..k {
+            for kj in 0..k {
+                let r = (ci * k + ki) * k + kj;
+                let src = &ph[((ci * s + ki % s) * s + kj % s) * plane..][..plane];
+                let off = (ki / s) * phw + kj / s;
+                let row = &mut cols[r * ld..r * ld + l];
+                for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
+                    copy_run(out, &src[off + oy * phw..off + oy * phw + ow]);
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_phased`]: adds the columns into the phase planes `dph` (zero them
+/// first), to be scattered back with [`phase_merge`].
+fn col2im_phased<T: Real>(g: &ConvGeom, cols: &[T], ld: usize, dph: &mut [T]) {
+    let (s, k, oh, ow) = (g.stride, g.k, g.oh, g.ow);
+    let (phh, phw) = g.phase_hw();
+    let plane = phh * phw;
+    let l = oh * ow;
+    for ci in 0..g.c {
+        for ki in 0..k {
+            for kj in 0..k {
+                let r = (ci * k + ki) * k + kj;
+                let dst = &mut dph[((ci * s + ki % s) * s + kj % s) * plane..][..plane];
+                let off = (ki / s) * phw + kj / s;
+                let row = &cols[r * ld..r * ld + l];
+                for (oy, src) in row.chunks_exact(ow).enumerate() {
+                    let d = &mut dst[off + oy * phw..off + oy * phw + ow];
+                    for t in 0..ow {
+                        d[t] += src[t];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Checks that `g` is what [`ConvGeom::new`] computes from its own fields.
 fn check_geom(op: &'static str, g: &ConvGeom) -> Result<()> {
     let want = ConvGeom::new(op, g.c, g.h, g.w, g.k, g.stride, g.pad)?;
@@ -317,11 +471,12 @@ impl Conv2dShape {
         (65536 / g.cols_len().max(1)).clamp(1, 16)
     }
 
-    /// Kernel scratch of one chunk: im2col and its gradient for a micro-batch, plus the
-    /// micro-batch's outputs (or output gradients) as `[cout, mb·oh·ow]`.
+    /// Kernel scratch of one chunk: im2col and its gradient for a micro-batch, the
+    /// micro-batch's outputs (or output gradients) as `[cout, mb·oh·ow]`, and the phase split
+    /// of one example (or its gradient).
     fn work_len(&self, g: &ConvGeom) -> usize {
         let mb = self.micro_batch(g);
-        mb * (2 * g.cols_len() + self.cout * g.out_positions())
+        mb * (2 * g.cols_len() + self.cout * g.out_positions()) + g.phase_len()
     }
 
     fn check(&self, op: &'static str, x: usize, params: usize) -> Result<ConvGeom> {
@@ -356,14 +511,15 @@ pub fn conv2d_forward<T: Real>(
         |ex: std::ops::Range<usize>, y: Option<&mut [T]>, _: &mut GradOut<'_, T>, scr: &mut [T]| {
             let Some(y) = y else { return };
             let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
-            let ybuf = &mut rest[mb * g.cols_len()..];
+            let (ybuf, ph) = rest[mb * g.cols_len()..].split_at_mut(mb * cout * l);
             let mut j0 = 0;
             while j0 < ex.len() {
                 let n = mb.min(ex.len() - j0);
                 let ld = n * l;
                 for jj in 0..n {
                     let i = ex.start + j0 + jj;
-                    im2col_raw(&g, &x[i * il..(i + 1) * il], &mut cols[jj * l..], ld);
+                    phase_split(&g, &x[i * il..(i + 1) * il], ph);
+                    im2col_phased(&g, ph, &mut cols[jj * l..], ld);
                 }
                 // Y [cout × n·l] = W [cout × kk] · cols [kk × n·l]
                 gemm(
@@ -448,7 +604,8 @@ pub fn conv2d_backward<T: Real>(
              gout: &mut GradOut<'_, T>,
              scr: &mut [T]| {
         let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
-        let (dcols, dyb) = rest.split_at_mut(mb * g.cols_len());
+        let (dcols, rest) = rest.split_at_mut(mb * g.cols_len());
+        let (dyb, ph) = rest.split_at_mut(mb * cout * l);
         let mut j0 = 0;
         while j0 < ex.len() {
             let n = mb.min(ex.len() - j0);
@@ -458,7 +615,8 @@ pub fn conv2d_backward<T: Real>(
             if gout.wanted() {
                 for jj in 0..n {
                     let i = first + jj;
-                    im2col_raw(&g, &x[i * il..(i + 1) * il], &mut cols[jj * l..], ld);
+                    phase_split(&g, &x[i * il..(i + 1) * il], ph);
+                    im2col_phased(&g, ph, &mut cols[jj * l..], ld);
                 }
             }
             let summed = gout.is_sum();
@@ -542,8 +700,9 @@ pub fn conv2d_backward<T: Real>(
                 );
                 for jj in 0..n {
                     let dxi = &mut dx[(j0 + jj) * il..(j0 + jj + 1) * il];
-                    dxi.fill(T::ZERO);
-                    col2im_raw(&g, &dcols[jj * l..], dxi, ld);
+                    ph.fill(T::ZERO);
+                    col2im_phased(&g, &dcols[jj * l..], ld, ph);
+                    phase_merge(&g, ph, dxi);
                 }
             }
             j0 += n;
@@ -859,6 +1018,43 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The phase-split im2col/col2im (used by `Conv2d`) equal the direct ones, over strides
+    /// 1–3, paddings and run lengths above and below the fixed-size copies.
+    #[test]
+    fn phased_im2col_matches_direct() {
+        for &(c, h, w, k, s, p) in &[
+            (1, 28, 28, 8, 2, 3),
+            (16, 13, 13, 4, 2, 0),
+            (2, 5, 7, 3, 1, 1),
+            (1, 6, 6, 4, 2, 3),
+            (3, 4, 5, 2, 3, 0),
+            (1, 3, 3, 5, 1, 2),
+            (2, 40, 37, 3, 1, 1),
+            (2, 11, 9, 5, 3, 4),
+        ] {
+            let g = ConvGeom::new("t", c, h, w, k, s, p).unwrap();
+            let x: Vec<f64> = (0..g.in_len()).map(|i| (i as f64 * 0.7).sin()).collect();
+            let cv: Vec<f64> = (0..g.cols_len()).map(|i| (i as f64 * 0.3).cos()).collect();
+            let l = g.out_positions();
+            let mut want = vec![f64::NAN; g.cols_len()];
+            im2col_raw(&g, &x, &mut want, l);
+            let mut ph = vec![f64::NAN; g.phase_len()];
+            phase_split(&g, &x, &mut ph);
+            let mut got = vec![f64::NAN; g.cols_len()];
+            im2col_phased(&g, &ph, &mut got, l);
+            assert_eq!(got, want, "{g:?}");
+            let mut want = vec![0.0; g.in_len()];
+            col2im_raw(&g, &cv, &mut want, l);
+            ph.fill(0.0);
+            col2im_phased(&g, &cv, l, &mut ph);
+            let mut got = vec![f64::NAN; g.in_len()];
+            phase_merge(&g, &ph, &mut got);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12, "{g:?}: {a} vs {b}");
             }
         }
     }

@@ -84,64 +84,149 @@ impl PoolShape {
     }
 }
 
-/// Outputs per block of [`max_plane`] (stack arrays).
+/// Outputs per block of a row (stack arrays of the max-pool kernels).
 const BLOCK: usize = 64;
 
-/// Visits the windows of one channel plane `xc` (width `w`): `visit(output index, index of the
-/// window's first maximum in row-major window order in `xc`, the maximum)`; a NaN is taken
-/// as the maximum (PyTorch's `val > max || isnan(val)`). Processes blocks of an output row with branch-free selects, so that it vectorises.
-#[inline]
+/// `m ← v` where `v` beats `m`: larger, or NaN (PyTorch's `val > max || isnan(val)`). Written
+/// with a non-short-circuit `|` so that it compiles to a compare-and-blend, not a branch (the
+/// comparison is unpredictable on real activations).
+#[inline(always)]
+fn beats<T: Real>(v: T, m: T) -> bool {
+    (v > m) | v.is_nan()
+}
+
+/// The maxima of one output row block: `m[t] = max over the window of output ox0 + t` of the
+/// plane `xc` (width `w`) in row `oy`, for `t < n` (NaN if the window holds one).
+/// Branch-free; vectorises over `t` for stride 1.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn max_plane<T: Real>(
+fn max_row<T: Real>(
     xc: &[T],
     w: usize,
     k: usize,
     st: usize,
-    oh: usize,
-    ow: usize,
-    mut visit: impl FnMut(usize, usize, T),
+    oy: usize,
+    ox0: usize,
+    m: &mut [T; BLOCK],
+    n: usize,
 ) {
+    let r0 = oy * st * w + ox0 * st;
+    let m = &mut m[..n];
+    if st == 1 {
+        m.copy_from_slice(&xc[r0..r0 + n]);
+    } else {
+        for t in 0..n {
+            m[t] = xc[r0 + t * st];
+        }
+    }
+    for ki in 0..k {
+        for kj in 0..k {
+            if ki == 0 && kj == 0 {
+                continue;
+            }
+            let base = r0 + ki * w + kj;
+            if st == 1 {
+                let row = &xc[base..base + n];
+                for t in 0..n {
+                    let (v, mt) = (row[t], m[t]);
+                    m[t] = if beats(v, mt) { v } else { mt };
+                }
+            } else {
+                let row = &xc[base..base + (n - 1) * st + 1];
+                for t in 0..n {
+                    let (v, mt) = (row[t * st], m[t]);
+                    m[t] = if beats(v, mt) { v } else { mt };
+                }
+            }
+        }
+    }
+}
+
+/// Max-pool forward of one channel plane.
+#[inline]
+fn max_plane_forward<T: Real>(xc: &[T], yc: &mut [T], w: usize, k: usize, st: usize, ow: usize) {
     let mut m = [T::ZERO; BLOCK];
-    let mut idx = [0u32; BLOCK];
-    for oy in 0..oh {
-        let r0 = oy * st * w;
+    for (oy, yr) in yc.chunks_exact_mut(ow).enumerate() {
         let mut ox0 = 0;
         while ox0 < ow {
             let n = BLOCK.min(ow - ox0);
-            for t in 0..n {
-                let at = r0 + (ox0 + t) * st;
-                m[t] = xc[at];
-                idx[t] = at as u32;
+            max_row(xc, w, k, st, oy, ox0, &mut m, n);
+            yr[ox0..ox0 + n].copy_from_slice(&m[..n]);
+            ox0 += n;
+        }
+    }
+}
+
+/// Max-pool backward of one channel plane: `dxc` (zeroed here) gets each `dyc` at its window's
+/// arg-max, the first maximum in row-major window order (PyTorch's choice).
+///
+/// The maximum `m` is recomputed, then the taps are visited in order with the gradient still
+/// to route, `rem`: a tap equal to `m` takes `rem` and leaves 0 for the later ones. All
+/// float compare-and-selects, so that it vectorises (stride 1). A row block whose window holds
+/// a NaN takes the scalar path (the gradient goes to the last NaN, as PyTorch's
+/// `val > max || isnan(val)` scan).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn max_plane_backward<T: Real>(
+    xc: &[T],
+    dyc: &[T],
+    dxc: &mut [T],
+    w: usize,
+    k: usize,
+    st: usize,
+    ow: usize,
+) {
+    let mut m = [T::ZERO; BLOCK];
+    let mut rem = [T::ZERO; BLOCK];
+    dxc.fill(T::ZERO);
+    for (oy, dyr) in dyc.chunks_exact(ow).enumerate() {
+        let mut ox0 = 0;
+        while ox0 < ow {
+            let n = BLOCK.min(ow - ox0);
+            max_row(xc, w, k, st, oy, ox0, &mut m, n);
+            let g = &dyr[ox0..ox0 + n];
+            let r0 = oy * st * w + ox0 * st;
+            let mm = &m[..n];
+            if mm.iter().fold(false, |a, v| a | v.is_nan()) {
+                for t in 0..n {
+                    let (mut best, mut at) = (xc[r0 + t * st], r0 + t * st);
+                    for ki in 0..k {
+                        for kj in 0..k {
+                            let i = r0 + t * st + ki * w + kj;
+                            if beats(xc[i], best) {
+                                (best, at) = (xc[i], i);
+                            }
+                        }
+                    }
+                    dxc[at] += g[t];
+                }
+                ox0 += n;
+                continue;
             }
+            let rem = &mut rem[..n];
+            rem.copy_from_slice(g);
             for ki in 0..k {
                 for kj in 0..k {
-                    let base = r0 + ki * w + ox0 * st + kj;
+                    let base = r0 + ki * w + kj;
                     if st == 1 {
-                        let row = &xc[base..base + n];
-                        let b = base as u32;
+                        let xr = &xc[base..base + n];
+                        let d = &mut dxc[base..base + n];
                         for t in 0..n {
-                            let v = row[t];
-                            let better = v > m[t] || v.is_nan();
-                            m[t] = if better { v } else { m[t] };
-                            idx[t] = if better { b + t as u32 } else { idx[t] };
+                            let (v, r, dt) = (xr[t], rem[t], d[t]);
+                            let hit = v == mm[t];
+                            d[t] = dt + if hit { r } else { T::ZERO };
+                            rem[t] = if hit { T::ZERO } else { r };
                         }
                     } else {
-                        let row = &xc[base..base + (n - 1) * st + 1];
                         for t in 0..n {
-                            let v = row[t * st];
-                            let better = v > m[t] || v.is_nan();
-                            m[t] = if better { v } else { m[t] };
-                            idx[t] = if better {
-                                (base + t * st) as u32
-                            } else {
-                                idx[t]
-                            };
+                            let i = base + t * st;
+                            let (v, r) = (xc[i], rem[t]);
+                            let hit = v == mm[t];
+                            dxc[i] += if hit { r } else { T::ZERO };
+                            rem[t] = if hit { T::ZERO } else { r };
                         }
                     }
                 }
-            }
-            for t in 0..n {
-                visit(oy * ow + ox0 + t, idx[t] as usize, m[t]);
             }
             ox0 += n;
         }
@@ -157,7 +242,7 @@ pub fn max_pool2d_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) -> Resul
         .zip(x.par_chunks(planes * h * w))
         .for_each(|(yp, xp)| {
             for (yc, xc) in yp.chunks_exact_mut(oh * ow).zip(xp.chunks_exact(h * w)) {
-                max_plane(xc, w, k, st, oh, ow, |o, _, m| yc[o] = m);
+                max_plane_forward(xc, yc, w, k, st, ow);
             }
         });
     Ok(())
@@ -173,13 +258,12 @@ pub fn max_pool2d_backward<T: Real>(s: &PoolShape, x: &[T], dy: &[T], dx: &mut [
         .zip(x.par_chunks(planes * h * w))
         .zip(dy.par_chunks(planes * oh * ow))
         .for_each(|((dxp, xp), dyp)| {
-            dxp.fill(T::ZERO);
             for ((dxc, xc), dyc) in dxp
                 .chunks_exact_mut(h * w)
                 .zip(xp.chunks_exact(h * w))
                 .zip(dyp.chunks_exact(oh * ow))
             {
-                max_plane(xc, w, k, st, oh, ow, |o, i, _| dxc[i] += dyc[o]);
+                max_plane_backward(xc, dyc, dxc, w, k, st, ow);
             }
         });
     Ok(())
