@@ -240,8 +240,9 @@ fn resume_is_bit_exact() {
     assert!(matches!(b.load_checkpoint(&dir), Err(Error::Format { .. })));
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dpsgd")
+/// The `dpsgd` binary: `DPSGD_BIN` when set (binaries staged to another machine), else cargo's.
+fn bin() -> String {
+    std::env::var("DPSGD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dpsgd").to_string())
 }
 
 fn train_cmd(out: &std::path::Path, resume: bool) -> std::process::Command {
