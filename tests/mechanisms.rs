@@ -608,3 +608,25 @@ fn gnmax_data_dependent_analysis() {
         Err(Error::Shape { .. })
     ));
 }
+
+#[test]
+fn edge_parameters_stay_finite() {
+    for (eps, delta) in [(50.0, 1e-5), (1.0, 1e-100), (1e-4, 0.5), (0.01, 1e-12)] {
+        let s = analytic_sigma(eps, delta, 1.0).unwrap();
+        assert!(s.is_finite() && s > 0.0, "ε={eps} δ={delta}: σ={s}");
+        assert!(exact_delta(s, eps, 1.0).unwrap() <= delta);
+        assert!(
+            exact_delta(s * 0.999, eps, 1.0).unwrap() > delta,
+            "ε={eps} δ={delta}: not tight"
+        );
+    }
+    let mut rng = Philox::new(0, 0);
+    // Huge and tiny rational variances and scales sample without overflow.
+    let big: Vec<i64> = (0..200)
+        .map(|_| sample_discrete_gaussian(1 << 60, 3, &mut rng).unwrap())
+        .collect();
+    assert!(big.iter().any(|&x| x.unsigned_abs() > 1 << 20));
+    assert!((0..200).all(|_| sample_discrete_gaussian(1, 1_000_000, &mut rng).unwrap() == 0));
+    assert!((0..200).all(|_| sample_discrete_laplace(1, u64::MAX, &mut rng).unwrap() == 0));
+    let _ = sample_discrete_laplace(u64::MAX, 1, &mut rng).unwrap();
+}
