@@ -45,16 +45,20 @@ pub fn uniform_ulp(rng: &mut Philox) -> f64 {
 ///
 /// # Proof Definition
 /// Mironov, "On Significance of the Least Significant Bits for Differential Privacy" (CCS 2012),
-/// Theorem 1 (Section 5.2): for a sensitivity-1 query the snapping mechanism with scale λ is
+/// Section 5.2 (the snapping mechanism's privacy theorem): for a sensitivity-1 query the snapping
+/// mechanism with scale λ is
 /// (1/λ + 2⁻⁴⁹·B/λ)-DP provided λ < B < 2⁴⁶·λ (the 2⁻⁴⁹ term bounds 12·B·η/λ, η = 2⁻⁵³).
-/// Measuring the query in units of Δ (sensitivity 1, scale λ/Δ = 1/ε, bound B/Δ) the guarantee
-/// implemented and reported by [`Snapping::effective_epsilon`] is
+/// Mironov states it for sensitivity 1; for sensitivity Δ the density-ratio term becomes Δ/λ = ε
+/// and the rounding term (an absolute error of at most ~12·B·η in the interval endpoints, divided
+/// by λ) stays 12·B·η/λ, so the guarantee implemented and reported by
+/// [`Snapping::effective_epsilon`] is (equivalently: the sensitivity-1 theorem applied to f/Δ
+/// with scale 1/ε and bound B/Δ)
 ///
 /// ε′ = ε·(1 + 2⁻⁴⁹·B/Δ), under the condition Δ/ε < B < 2⁴⁶·Δ/ε
 ///
 /// (checked by [`Snapping::new`]). Mironov's theorem assumes a correctly rounded natural
-/// logarithm; this implementation uses Rust's `f64::ln` (the platform libm: faithfully rounded,
-/// within 1 ulp, but not guaranteed correctly rounded), so the guarantee holds to the extent the
+/// logarithm; this implementation uses Rust's `f64::ln` (the platform libm: typically within one
+/// ulp, but not guaranteed to be correctly rounded), so the guarantee holds to the extent the
 /// platform `ln` is correctly rounded on the values drawn — use a correctly rounded `ln` (e.g.
 /// CRlibm) for a proof-grade deployment.
 ///
@@ -103,7 +107,7 @@ impl Snapping {
             return Err(Error::invalid(
                 "bound",
                 bound,
-                format!("in (λ, 2^46·λ) = ({lambda}, {max_bound}) for λ = Δ/ε (Mironov 2012, Theorem 1)"),
+                format!("in (λ, 2^46·λ) = ({lambda}, {max_bound}) for λ = Δ/ε (Mironov 2012, Section 5.2)"),
             ));
         }
         Ok(Snapping {
