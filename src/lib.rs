@@ -21,6 +21,7 @@ pub mod dtype;
 pub mod engine;
 pub mod error;
 pub mod layout;
+pub mod mechanisms;
 pub mod nn;
 pub mod noise;
 pub mod ops;

@@ -1,0 +1,117 @@
+//! Randomized response (local differential privacy for one bit).
+
+use crate::cpu::philox::Philox;
+use crate::error::check_positive;
+use crate::{Error, Result};
+
+/// Binary randomized response, the "answer truthfully with probability p, otherwise report the
+/// opposite bit" variant (Warner 1965). Each respondent's report is ε-locally differentially
+/// private with ε = ln(p/(1−p)); p ∈ (1/2, 1).
+///
+/// (The coin-flip variant — with probability ½ tell the truth, otherwise answer a fair coin — is
+/// this variant with p = 3/4, ε = ln 3.)
+///
+/// # Proof Definition
+/// Warner, "Randomized Response: A Survey Technique for Eliminating Evasive Answer Bias" (JASA
+/// 1965); Dwork & Roth (2014), Section 3.2 (randomized response is ε-DP with
+/// ε = ln(Pr[report = truth]/Pr[report ≠ truth])): for either true bit the likelihood ratio of
+/// any report is at most p/(1−p).
+///
+/// # Floating-point safety
+/// **Not exactly** the stated distribution: the Bernoulli(p) draw compares a 53-bit uniform with
+/// p, so the truthful probability is p rounded to a multiple of 2⁻⁵³ and ε is exact only up to
+/// that rounding. The output is one bit, so there are no low-order bits to attack.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RandomizedResponse {
+    p: f64,
+}
+
+/// An estimate of the true proportion of `true` answers from randomized responses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProportionEstimate {
+    /// The unbiased estimate π̂ = (λ̂ − (1−p))/(2p − 1), with λ̂ the observed fraction of `true`
+    /// reports. It can fall outside [0, 1]; clamp it yourself if you need a proportion (clamping
+    /// adds bias).
+    pub proportion: f64,
+    /// The estimated standard error √(λ̂(1−λ̂)/n)/(2p−1) (the plug-in estimate of the standard
+    /// deviation of π̂, which is √(λ(1−λ)/n)/(2p−1) with λ = pπ + (1−p)(1−π)).
+    pub std_error: f64,
+    /// The number of reports n.
+    pub n: u64,
+}
+
+impl RandomizedResponse {
+    /// Randomized response that answers truthfully with probability `p` ∈ (1/2, 1).
+    pub fn new(p: f64) -> Result<Self> {
+        if p.is_finite() && p > 0.5 && p < 1.0 {
+            Ok(RandomizedResponse { p })
+        } else {
+            Err(Error::invalid(
+                "p",
+                p,
+                "in the open interval (0.5, 1): p = 1/2 carries no information and p = 1 no privacy",
+            ))
+        }
+    }
+
+    /// Randomized response at ε > 0: p = e^ε/(1 + e^ε).
+    pub fn from_epsilon(epsilon: f64) -> Result<Self> {
+        check_positive("epsilon", epsilon)?;
+        let p = 1.0 / (1.0 + (-epsilon).exp());
+        Self::new(p).map_err(|_| {
+            Error::invalid(
+                "epsilon",
+                epsilon,
+                "small enough that p < 1 in f64 (ε < ~36)",
+            )
+        })
+    }
+
+    /// The coin-flip variant (truth with probability ½, else a fair coin): p = 3/4, ε = ln 3.
+    pub fn coin_flip() -> Self {
+        RandomizedResponse { p: 0.75 }
+    }
+
+    /// The probability of answering truthfully.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
+    /// The local privacy parameter ε = ln(p/(1−p)).
+    pub fn epsilon(&self) -> f64 {
+        (self.p / (1.0 - self.p)).ln()
+    }
+
+    /// One respondent's randomized report of `truth`.
+    pub fn respond(&self, truth: bool, rng: &mut Philox) -> bool {
+        if rng.next_f64() < self.p {
+            truth
+        } else {
+            !truth
+        }
+    }
+
+    /// The unbiased estimate of the true proportion from reports, with its standard error.
+    /// Errors on an empty slice.
+    pub fn estimate(&self, reports: &[bool]) -> Result<ProportionEstimate> {
+        let yes = reports.iter().filter(|&&r| r).count() as u64;
+        self.estimate_from_counts(yes, reports.len() as u64)
+    }
+
+    /// [`Self::estimate`] from the count of `true` reports among `n` reports (`yes ≤ n`, n ≥ 1).
+    pub fn estimate_from_counts(&self, yes: u64, n: u64) -> Result<ProportionEstimate> {
+        if n == 0 {
+            return Err(Error::invalid("n", n, "at least one report"));
+        }
+        if yes > n {
+            return Err(Error::invalid("yes", yes, format!("<= n = {n}")));
+        }
+        let lam = yes as f64 / n as f64;
+        let denom = 2.0 * self.p - 1.0;
+        Ok(ProportionEstimate {
+            proportion: (lam - (1.0 - self.p)) / denom,
+            std_error: (lam * (1.0 - lam) / n as f64).sqrt() / denom,
+            n,
+        })
+    }
+}
