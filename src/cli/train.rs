@@ -66,10 +66,10 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 1e-5)]
     pub delta: f64,
     /// Epochs (an epoch is round(1/q) Poisson-sampled steps).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 40)]
     pub epochs: u64,
     /// Expected (logical) batch size q·N.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
     /// Largest physical batch; larger lots are processed in several passes.
     #[arg(long, default_value_t = 256)]
@@ -84,7 +84,7 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 0.0)]
     pub momentum: f32,
     /// Clipping bound C.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.1)]
     pub max_grad_norm: f32,
     /// Accountant for calibration and the budget (both are reported).
     #[arg(long, value_enum, default_value = "rdp")]
