@@ -285,13 +285,37 @@ pub fn epsilon_pld(history: &[HistoryEntry], delta: f64, opts: &PldOptions) -> R
         // tail, which is what δ(ε) is made of).
         let t_med = prv.median();
         let edge = |k: usize| (k as f64 - c as f64 - 0.5) * h;
-        // F below the median, 1 − F above it, at every cell edge (each evaluated once).
+        // Tails: edges below k_lo have F < τ and edges above k_hi have 1 − F < τ. Their cells
+        // are not evaluated; their mass is moved conservatively — the lower tail's up into
+        // cell k_lo, the upper tail's into the top cell (more privacy loss, a larger δ(ε)).
+        // τ·2 is far below the δ error budget (τ = 1e-6·δ_err / T).
+        let tau = 1e-6 * delta_err / total as f64;
+        let (k_lo, k_hi) = {
+            // first edge with F ≥ τ, and first edge with 1 − F < τ (both monotone).
+            let first = |pred: &dyn Fn(usize) -> bool| -> usize {
+                let (mut lo, mut hi) = (0usize, n + 1);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if pred(mid) {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                lo
+            };
+            let lo = first(&|k| prv.cdf(edge(k)) >= tau).saturating_sub(1);
+            let hi = first(&|k| prv.sf(edge(k)) < tau).clamp(lo + 1, n);
+            (lo, hi)
+        };
+        // F below the median, 1 − F above it, at every needed edge (each evaluated once).
         let mut fe = vec![0.0f64; n + 1];
-        fe.par_iter_mut()
+        fe[k_lo..=k_hi]
+            .par_iter_mut()
             .enumerate()
             .with_min_len(4096)
-            .for_each(|(k, f)| {
-                let t = edge(k);
+            .for_each(|(i, f)| {
+                let t = edge(k_lo + i);
                 *f = if t <= t_med { prv.cdf(t) } else { prv.sf(t) };
             });
         let (cm, sm) = (prv.cdf(t_med), prv.sf(t_med));
@@ -299,6 +323,10 @@ pub fn epsilon_pld(history: &[HistoryEntry], delta: f64, opts: &PldOptions) -> R
             .enumerate()
             .with_min_len(4096)
             .for_each(|(j, x)| {
+                if j < k_lo || j >= k_hi {
+                    *x = 0.0;
+                    return;
+                }
                 let (a, b) = (edge(j), edge(j + 1));
                 let p = if b <= t_med {
                     fe[j + 1] - fe[j]
@@ -309,6 +337,19 @@ pub fn epsilon_pld(history: &[HistoryEntry], delta: f64, opts: &PldOptions) -> R
                 };
                 *x = p.max(0.0);
             });
+        // The tails' mass, moved up.
+        let low_mass = if edge(k_lo) <= t_med {
+            prv.cdf(edge(k_lo))
+        } else {
+            0.0
+        };
+        buf[k_lo] += low_mass;
+        let high_mass = if edge(k_hi) > t_med {
+            prv.sf(edge(k_hi))
+        } else {
+            0.0
+        };
+        buf[n - 1] += high_mass;
         let mean_d: f64 = buf
             .par_iter()
             .enumerate()
