@@ -136,7 +136,7 @@ fn prv_within_error_of_dp_accounting() {
             "{h:?}: {} vs dp_accounting {pess}",
             e.epsilon
         );
-        assert!(e.lower <= e.estimate && e.estimate <= e.epsilon);
+        assert!(e.epsilon_lower <= e.epsilon && e.epsilon - e.epsilon_lower <= e.eps_error + 1e-12);
         let (rdp_eps, _) = epsilon_rdp(&h, d, &default_orders()).unwrap();
         assert!(
             e.epsilon <= rdp_eps + opts.eps_error,
