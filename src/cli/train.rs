@@ -71,8 +71,9 @@ pub struct CommonArgs {
     /// Expected (logical) batch size q·N.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    /// Largest physical batch; larger lots are processed in several passes.
-    #[arg(long, default_value_t = 256)]
+    /// Largest physical batch; larger lots are processed in several passes. The default holds
+    /// a whole Poisson lot of the default batch size (256 ± 16) in one pass.
+    #[arg(long, default_value_t = 512)]
     pub physical_batch: usize,
     /// Learning rate.
     #[arg(long, default_value_t = 2.0)]
