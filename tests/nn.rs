@@ -1101,7 +1101,11 @@ fn fast_tanh_f32_is_accurate() {
         let want = (x as f64).tanh();
         let got = tanh_f32(x) as f64;
         let err = (got - want).abs() / want.abs().max(1e-30);
-        worst = worst.max(if want.abs() > 1e-3 { err } else { (got - want).abs() / 1e-3 });
+        worst = worst.max(if want.abs() > 1e-3 {
+            err
+        } else {
+            (got - want).abs() / 1e-3
+        });
         x += 1.0e-3;
     }
     assert!(worst < 5e-7, "worst relative error {worst}");
