@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod accounting;
+mod atomic;
 pub mod buffer;
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -20,6 +20,7 @@ use crate::{Buffer, Device, Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -682,18 +683,8 @@ impl Trainer {
     }
 }
 
-/// Writes `data` to `path` via a temporary file in the same folder and a rename, so a crash
-/// leaves either the old file or the new one.
+/// Writes `data` to `path` via a temporary file in the same folder, fsync and a rename, so a
+/// crash leaves either the old file or the new one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::atomic::write_with(path, |w| w.write_all(data))
 }

@@ -16,20 +16,9 @@
 
 use dpsgd::Device;
 
-/// The GPU for a GPU-vs-CPU test, or `None` (after printing that the test skipped). With
-/// `DPSGD_REQUIRE_GPU=1` a missing GPU fails the test instead.
-fn gpu(test: &str) -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            if std::env::var("DPSGD_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: DPSGD_REQUIRE_GPU=1 but no GPU is usable: {e}")
-            }
-            eprintln!("{test}: skipped, no GPU ({e})");
-            None
-        }
-    }
-}
+mod common;
+
+use common::gpu;
 
 /// `n` values uniform in [-1, 1) from `rng`.
 fn rand_vec(rng: &mut dpsgd::cpu::philox::Philox, n: usize) -> Vec<f32> {

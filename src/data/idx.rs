@@ -11,7 +11,7 @@
 //! file and what is wrong; a file that cannot be read gives [`Error::Io`].
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::{Error, Result};
 
@@ -280,29 +280,16 @@ pub fn write_idx(path: impl AsRef<Path>, dims: &[usize], data: &[u8]) -> Result<
         ));
     }
     let gz = path.extension().is_some_and(|e| e == "gz");
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp: PathBuf = path.with_file_name(tmp_name);
-    let io = |source| Error::Io {
-        path: tmp.clone(),
-        source,
-    };
-    {
-        let file = std::fs::File::create(&tmp).map_err(io)?;
-        let mut w = std::io::BufWriter::new(file);
+    crate::atomic::write_with(path, |w| {
         if gz {
             let mut enc = flate2::write::GzEncoder::new(w, flate2::Compression::default());
-            enc.write_all(&header).map_err(io)?;
-            enc.write_all(data).map_err(io)?;
-            w = enc.finish().map_err(io)?;
+            enc.write_all(&header)?;
+            enc.write_all(data)?;
+            enc.finish()?;
         } else {
-            w.write_all(&header).map_err(io)?;
-            w.write_all(data).map_err(io)?;
+            w.write_all(&header)?;
+            w.write_all(data)?;
         }
-        w.flush().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
+        Ok(())
     })
 }
