@@ -4,13 +4,14 @@
 //! split, measured back-to-back in one process.
 //!
 //!     cargo bench --bench nn_layers
+//!     DPSGD_BENCH_ACT=tanh cargo bench --bench nn_layers
 
 use dpsgd::cpu::activation::{activation_backward, activation_forward, Activation};
 use dpsgd::cpu::conv::{conv2d_backward, conv2d_forward, Conv2dShape};
 use dpsgd::cpu::grad::ParamGrad;
 use dpsgd::cpu::linear::{linear_backward, linear_forward, LinearShape};
 use dpsgd::cpu::philox::Philox;
-use dpsgd::cpu::pool::{max_pool2d_backward, max_pool2d_forward, PoolShape};
+use dpsgd::cpu::pool::{max_pool2d_backward_with_output, max_pool2d_forward, PoolShape};
 use std::time::Instant;
 
 const B: usize = 256;
@@ -41,6 +42,12 @@ fn rand(rng: &mut Philox, n: usize) -> Vec<f32> {
 }
 
 fn main() {
+    // `DPSGD_BENCH_ACT=tanh` times the Tanh variant (the trainer's default model).
+    let act = match std::env::var("DPSGD_BENCH_ACT").as_deref() {
+        Ok("tanh") => Activation::Tanh,
+        _ => Activation::Relu,
+    };
+    println!("activation: {act:?}");
     let mut rng = Philox::new(7, 0);
     let chunks = rayon::current_num_threads();
     let mut rows = vec![0f32; B * P];
@@ -118,7 +125,7 @@ fn main() {
         conv2d_forward(&c1, &x0, &w1, &mut y1, &mut s1).unwrap()
     });
     total += time("relu1 fwd", || {
-        activation_forward(Activation::Relu, &y1, &mut a1).unwrap()
+        activation_forward(act, &y1, &mut a1).unwrap()
     });
     total += time("pool1 fwd", || {
         max_pool2d_forward(&p1, &a1, &mut q1).unwrap()
@@ -127,7 +134,7 @@ fn main() {
         conv2d_forward(&c2, &q1, &w2, &mut y2, &mut s2).unwrap()
     });
     total += time("relu2 fwd", || {
-        activation_forward(Activation::Relu, &y2, &mut a2).unwrap()
+        activation_forward(act, &y2, &mut a2).unwrap()
     });
     total += time("pool2 fwd", || {
         max_pool2d_forward(&p2, &a2, &mut q2).unwrap()
@@ -136,7 +143,7 @@ fn main() {
         linear_forward(&l1, &q2, &wl1, &mut h1).unwrap()
     });
     total += time("relu3 fwd", || {
-        activation_forward(Activation::Relu, &h1, &mut r1).unwrap()
+        activation_forward(act, &h1, &mut r1).unwrap()
     });
     total += time("linear2 fwd", || {
         linear_forward(&l2, &r1, &wl2, &mut out).unwrap()
@@ -162,7 +169,7 @@ fn main() {
         linear_backward(&l2, &r1, &wl2, &dout, Some(&mut dr1), g, &mut none).unwrap()
     });
     total += time("relu3 bwd", || {
-        activation_backward(Activation::Relu, &h1, &r1, &dr1, &mut dh1).unwrap()
+        activation_backward(act, &h1, &r1, &dr1, &mut dh1).unwrap()
     });
     total += time("linear1 bwd", || {
         let g = ParamGrad::PerSample {
@@ -173,10 +180,10 @@ fn main() {
         linear_backward(&l1, &q2, &wl1, &dh1, Some(&mut dq2), g, &mut none).unwrap()
     });
     total += time("pool2 bwd", || {
-        max_pool2d_backward(&p2, &a2, &dq2, &mut da2).unwrap()
+        max_pool2d_backward_with_output(&p2, &a2, &q2, &dq2, &mut da2).unwrap()
     });
     total += time("relu2 bwd", || {
-        activation_backward(Activation::Relu, &y2, &a2, &da2, &mut dy2).unwrap()
+        activation_backward(act, &y2, &a2, &da2, &mut dy2).unwrap()
     });
     total += time("conv2 bwd (dx + per-sample)", || {
         let g = ParamGrad::PerSample {
@@ -187,10 +194,10 @@ fn main() {
         conv2d_backward(&c2, &q1, &w2, &dy2, Some(&mut dq1), g, &mut s2).unwrap()
     });
     total += time("pool1 bwd", || {
-        max_pool2d_backward(&p1, &a1, &dq1, &mut da1).unwrap()
+        max_pool2d_backward_with_output(&p1, &a1, &q1, &dq1, &mut da1).unwrap()
     });
     total += time("relu1 bwd", || {
-        activation_backward(Activation::Relu, &y1, &a1, &da1, &mut dy1).unwrap()
+        activation_backward(act, &y1, &a1, &da1, &mut dy1).unwrap()
     });
     total += time("conv1 bwd (per-sample)", || {
         let g = ParamGrad::PerSample {

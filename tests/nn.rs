@@ -377,6 +377,10 @@ fn max_pool_ties_nans_and_relu_zeros() {
             assert!(a == b || (a.is_nan() && b.is_nan()), "{s:?}: y {a} vs {b}");
         }
         assert_eq!(dx, want_dx, "{s:?}: dx");
+        // Given the forward's output, the backward skips recomputing the maxima: same dx.
+        let mut dx2 = vec![f32::NAN; n];
+        max_pool2d_backward_with_output(&s, &x, &y, &dy, &mut dx2).unwrap();
+        assert_eq!(dx2, want_dx, "{s:?}: dx from the output");
     }
     let x = [-1.0f32, -0.0, 0.0, 2.0, f32::NAN, 0.5];
     let dy = [1.0f32; 6];
@@ -748,6 +752,78 @@ fn sample_conv_net_per_sample_equals_batch_of_one() {
                 .unwrap()
         };
         model_per_sample_check(&m, 6, &loss);
+    }
+}
+
+/// The depth-first CPU schedule (the default) against the layer-major one: same output,
+/// activations, per-sample rows and input gradient, bit for bit (the same kernels run on the
+/// same examples, only grouped differently); the summed gradient to 1e-5 (added in another
+/// order). Batches below, at and above one group per thread, so that threads get several
+/// groups and a last short one.
+#[test]
+fn depth_first_schedule_equals_layer_major() {
+    let cfg = models::DcganConfig {
+        image_size: 28,
+        ngf: 8,
+        ndf: 8,
+        nz: 16,
+        groups: 4,
+        channels: 1,
+    };
+    let nets = [
+        models::sample_conv_net(&Device::Cpu, 3).unwrap(),
+        models::sample_conv_net_tanh(&Device::Cpu, 4).unwrap(),
+        models::dcgan_discriminator(&Device::Cpu, &cfg, 5).unwrap(),
+        models::dcgan_generator(&Device::Cpu, &cfg, 6).unwrap(),
+    ];
+    let dev = Device::Cpu;
+    for m in &nets {
+        let per: usize = m.input_shape().iter().product();
+        let out: usize = m.output_shape().iter().product();
+        let p = m.num_params();
+        let mut ws_df = m.workspace(80).unwrap();
+        let mut ws_lm = m.workspace(80).unwrap();
+        ws_lm.set_depth_first(false);
+        let g = ws_df.group();
+        for batch in [1, g, 2 * g + 1, 80] {
+            let mut rng = Philox::new(batch as u64, 9);
+            let x: Vec<f32> = (0..batch * per)
+                .map(|_| rng.next_f64() as f32 - 0.5)
+                .collect();
+            let dy: Vec<f32> = (0..batch * out)
+                .map(|_| rng.next_f64() as f32 - 0.5)
+                .collect();
+            let mut res = Vec::new();
+            for ws in [&mut ws_df, &mut ws_lm] {
+                m.forward_slice(ws, &x).unwrap();
+                let acts: Vec<Vec<f32>> = (0..=m.layers().len())
+                    .map(|i| ws.activation(i).unwrap().to_vec())
+                    .collect();
+                m.set_output_grad(ws, &dy).unwrap();
+                let mut rows = Buffer::zeros(&dev, batch * p).unwrap();
+                m.backward(ws, Grads::PerSample(&mut rows), true).unwrap();
+                let ig = ws.input_grad().unwrap().to_vec();
+                m.set_output_grad(ws, &dy).unwrap();
+                let mut sum = Buffer::from_slice(&dev, &vec![1.0f32; p]).unwrap();
+                let grads = Grads::Sum {
+                    grad: &mut sum,
+                    accumulate: true,
+                };
+                m.backward(ws, grads, false).unwrap();
+                res.push((acts, rows.to_vec().unwrap(), ig, sum.to_vec().unwrap()));
+            }
+            let (a, b) = (&res[0], &res[1]);
+            let what = format!("{:?}, batch {batch}", m.layers()[0]);
+            assert_eq!(a.0, b.0, "{what}: activations");
+            assert_eq!(a.1, b.1, "{what}: per-sample rows");
+            assert_eq!(a.2, b.2, "{what}: input gradient");
+            for (u, v) in a.3.iter().zip(&b.3) {
+                assert!(
+                    (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                    "{what}: sum {u} vs {v}"
+                );
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! Tanh/Sigmoid use `y` (`1 − y²`, `y(1 − y)`), so nothing is recomputed.
 
 use super::gemm::Real;
-use super::grad::check_len;
+use super::grad::{check_len, min_len};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -49,7 +49,10 @@ fn sigmoid<T: Real>(x: T) -> T {
 pub fn activation_forward<T: Real>(act: Activation, x: &[T], y: &mut [T]) -> Result<()> {
     act.check()?;
     check_len("activation_forward", "y", y.len(), x.len())?;
-    let it = y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK));
+    let it = y
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .with_min_len(min_len());
     match act {
         Activation::Relu => it.for_each(|(y, x)| {
             for (o, v) in y.iter_mut().zip(x) {
@@ -98,7 +101,8 @@ pub fn activation_backward<T: Real>(
         .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .zip(y.par_chunks(CHUNK))
-        .zip(dy.par_chunks(CHUNK));
+        .zip(dy.par_chunks(CHUNK))
+        .with_min_len(min_len());
     match act {
         Activation::Relu => it.for_each(|(((dx, x), _), dy)| {
             let n = dx.len();

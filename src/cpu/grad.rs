@@ -15,10 +15,46 @@
 //! in parallel with `rayon::join` (no heap allocation). A chunk's partial sum lives in its
 //! scratch region; the partial sums are added in chunk order, so a given scratch length gives
 //! the same bits on every run.
+//!
+//! Inside [`serial`] (on the current thread) every kernel runs as one chunk on that thread:
+//! the depth-first schedule of [`crate::nn::Sequential`] parallelises across groups of
+//! examples itself and runs each layer on a small, cache-resident group.
 
 use super::gemm::Real;
 use crate::{Error, Result};
+use std::cell::Cell;
 use std::ops::Range;
+
+thread_local! {
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the CPU layer kernels single-threaded on this thread (restoring the previous
+/// mode afterwards, also when rayon runs another task on this thread meanwhile).
+pub(crate) fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Whether this thread is inside [`serial`].
+pub(crate) fn is_serial() -> bool {
+    SERIAL.with(|s| s.get())
+}
+
+/// The `with_min_len` for the kernels' rayon iterators: no splitting inside [`serial`].
+pub(crate) fn min_len() -> usize {
+    if is_serial() {
+        usize::MAX
+    } else {
+        1
+    }
+}
 
 /// The destination of a layer's parameter gradients (see the [module docs](self)).
 #[derive(Debug)]
@@ -236,7 +272,8 @@ pub(crate) fn run_chunks<T, F>(
         }
         return;
     }
-    let per = batch.div_ceil(chunks.max(1));
+    let chunks = if is_serial() { 1 } else { chunks.max(1) };
+    let per = batch.div_ceil(chunks);
     let chunks = batch.div_ceil(per);
     let extra = grad.extra_scratch(np);
     let need = work + extra;

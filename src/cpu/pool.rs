@@ -6,7 +6,7 @@
 //! (stride < kernel) accumulate.
 
 use super::gemm::Real;
-use super::grad::check_len;
+use super::grad::{check_len, min_len};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -160,7 +160,7 @@ fn max_plane_forward<T: Real>(xc: &[T], yc: &mut [T], w: usize, k: usize, st: us
 /// Max-pool backward of one channel plane: `dxc` (zeroed here) gets each `dyc` at its window's
 /// arg-max, the first maximum in row-major window order (PyTorch's choice).
 ///
-/// The maximum `m` is recomputed, then the taps are visited in order with the gradient still
+/// The maximum `m` is the forward's output `yc` when given, else recomputed; then the taps are visited in order with the gradient still
 /// to route, `rem`: a tap equal to `m` takes `rem` and leaves 0 for the later ones. All
 /// float compare-and-selects, so that it vectorises (stride 1). A row block whose window holds
 /// a NaN takes the scalar path (the gradient goes to the last NaN, as PyTorch's
@@ -169,6 +169,7 @@ fn max_plane_forward<T: Real>(xc: &[T], yc: &mut [T], w: usize, k: usize, st: us
 #[allow(clippy::too_many_arguments)]
 fn max_plane_backward<T: Real>(
     xc: &[T],
+    yc: Option<&[T]>,
     dyc: &[T],
     dxc: &mut [T],
     w: usize,
@@ -183,7 +184,10 @@ fn max_plane_backward<T: Real>(
         let mut ox0 = 0;
         while ox0 < ow {
             let n = BLOCK.min(ow - ox0);
-            max_row(xc, w, k, st, oy, ox0, &mut m, n);
+            match yc {
+                Some(yc) => m[..n].copy_from_slice(&yc[oy * ow + ox0..oy * ow + ox0 + n]),
+                None => max_row(xc, w, k, st, oy, ox0, &mut m, n),
+            }
             let g = &dyr[ox0..ox0 + n];
             let r0 = oy * st * w + ox0 * st;
             let mm = &m[..n];
@@ -240,6 +244,7 @@ pub fn max_pool2d_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) -> Resul
     let planes = (CHUNK / (h * w)).max(1);
     y.par_chunks_mut(planes * oh * ow)
         .zip(x.par_chunks(planes * h * w))
+        .with_min_len(min_len())
         .for_each(|(yp, xp)| {
             for (yc, xc) in yp.chunks_exact_mut(oh * ow).zip(xp.chunks_exact(h * w)) {
                 max_plane_forward(xc, yc, w, k, st, ow);
@@ -250,22 +255,56 @@ pub fn max_pool2d_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) -> Resul
 
 /// `MaxPool2d` backward: `dx` (overwritten) gets each `dy` at its window's arg-max.
 pub fn max_pool2d_backward<T: Real>(s: &PoolShape, x: &[T], dy: &[T], dx: &mut [T]) -> Result<()> {
+    max_pool_backward(s, x, None, dy, dx)
+}
+
+/// [`max_pool2d_backward`] given also the forward's output `y` (the window maxima, as
+/// [`max_pool2d_forward`] wrote them), which it then need not recompute. Same result, bit for
+/// bit, when `y` is that output.
+pub fn max_pool2d_backward_with_output<T: Real>(
+    s: &PoolShape,
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    dx: &mut [T],
+) -> Result<()> {
+    check_len("max_pool2d_backward", "y", y.len(), dy.len())?;
+    max_pool_backward(s, x, Some(y), dy, dx)
+}
+
+fn max_pool_backward<T: Real>(
+    s: &PoolShape,
+    x: &[T],
+    y: Option<&[T]>,
+    dy: &[T],
+    dx: &mut [T],
+) -> Result<()> {
     let (oh, ow) = s.check("max_pool2d_backward", x.len(), dy.len())?;
     check_len("max_pool2d_backward", "dx", dx.len(), x.len())?;
     let (h, w, k, st) = (s.h, s.w, s.k, s.stride);
     let planes = (CHUNK / (h * w)).max(1);
-    dx.par_chunks_mut(planes * h * w)
+    let run = |((dxp, xp), dyp): ((&mut [T], &[T]), &[T]), yp: Option<&[T]>| {
+        for (j, ((dxc, xc), dyc)) in dxp
+            .chunks_exact_mut(h * w)
+            .zip(xp.chunks_exact(h * w))
+            .zip(dyp.chunks_exact(oh * ow))
+            .enumerate()
+        {
+            let yc = yp.map(|y| &y[j * oh * ow..(j + 1) * oh * ow]);
+            max_plane_backward(xc, yc, dyc, dxc, w, k, st, ow);
+        }
+    };
+    let it = dx
+        .par_chunks_mut(planes * h * w)
         .zip(x.par_chunks(planes * h * w))
-        .zip(dy.par_chunks(planes * oh * ow))
-        .for_each(|((dxp, xp), dyp)| {
-            for ((dxc, xc), dyc) in dxp
-                .chunks_exact_mut(h * w)
-                .zip(xp.chunks_exact(h * w))
-                .zip(dyp.chunks_exact(oh * ow))
-            {
-                max_plane_backward(xc, dyc, dxc, w, k, st, ow);
-            }
-        });
+        .zip(dy.par_chunks(planes * oh * ow));
+    match y {
+        Some(y) => it
+            .zip(y.par_chunks(planes * oh * ow))
+            .with_min_len(min_len())
+            .for_each(|(a, yp)| run(a, Some(yp))),
+        None => it.with_min_len(min_len()).for_each(|a| run(a, None)),
+    }
     Ok(())
 }
 
@@ -276,6 +315,7 @@ pub fn avg_pool2d_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) -> Resul
     let inv = T::ONE / T::from_f64((k * k) as f64);
     y.par_chunks_mut(oh * ow)
         .zip(x.par_chunks(h * w))
+        .with_min_len(min_len())
         .for_each(|(yc, xc)| {
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -300,6 +340,7 @@ pub fn avg_pool2d_backward<T: Real>(s: &PoolShape, dy: &[T], dx: &mut [T]) -> Re
     let inv = T::ONE / T::from_f64((k * k) as f64);
     dx.par_chunks_mut(h * w)
         .zip(dy.par_chunks(oh * ow))
+        .with_min_len(min_len())
         .for_each(|(dxc, dyc)| {
             dxc.fill(T::ZERO);
             for oy in 0..oh {

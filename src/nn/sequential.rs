@@ -14,12 +14,15 @@ use crate::cpu::loss::{bce, bce_with_logits, cross_entropy, Reduction};
 use crate::cpu::norm::{group_norm_backward, group_norm_forward, GroupNormShape};
 use crate::cpu::philox::Philox;
 use crate::cpu::pool::{
-    avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, PoolShape,
+    avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward_with_output, max_pool2d_forward,
+    PoolShape,
 };
 use crate::{Buffer, Device, Error, Layout, Result};
 use std::ops::Range;
 
-// The CUDA path (`Device::Cuda` models): a child module, so it shares the private fields.
+// The CPU schedules (depth-first and layer-major) and the CUDA path (`Device::Cuda` models):
+// child modules, so they share the private fields.
+mod cpu;
 mod gpu;
 
 /// Builds a [`Sequential`] layer by layer from the shape of one input example; each method
@@ -347,10 +350,12 @@ impl Sequential {
             .map(|s| vec![0.0; max_batch * numel(s)])
             .collect();
         let maxact = self.shapes.iter().map(numel).max().unwrap_or(0) * max_batch;
-        let mut scratch = 0usize;
+        let mut scratch = chunks * self.thread_scratch()?;
         for (i, l) in self.layers.iter().enumerate() {
             scratch = scratch.max(self.scratch_for(i, l, chunks)?);
         }
+        let group = cpu::group_size(self.shapes.iter().map(numel).sum());
+        let maxper = self.shapes.iter().map(numel).max().unwrap_or(0);
         Ok(Workspace {
             max_batch,
             batch: 0,
@@ -360,6 +365,10 @@ impl Sequential {
             gb: vec![0.0; maxact],
             input_grad: vec![0.0; max_batch * numel(&self.input)],
             scratch: vec![0.0; scratch],
+            depth_first: true,
+            group,
+            ping: vec![0.0; chunks * 2 * group * maxper],
+            sums: vec![0.0; chunks * self.num_params()],
             have_forward: false,
             have_output_grad: false,
             have_input_grad: false,
@@ -502,27 +511,88 @@ impl Sequential {
         ws.have_output_grad = false;
         ws.have_input_grad = false;
         ws.acts[0][..x.len()].copy_from_slice(x);
-        for (i, l) in self.layers.iter().enumerate() {
-            let (lo, hi) = ws.acts.split_at_mut(i + 1);
-            let xin = &lo[i][..batch * numel(&self.shapes[i])];
-            let y = &mut hi[0][..batch * numel(&self.shapes[i + 1])];
-            let p = &params[self.ranges[i].clone()];
-            // Exactly `chunks` chunks of scratch: one per thread.
-            let need = self.scratch_for(i, l, ws.chunks)?;
-            let scratch = &mut ws.scratch[..need];
-            match self.op(i, l, batch) {
-                Op::Conv(s) => conv2d_forward(&s, xin, p, y, scratch)?,
-                Op::ConvT(s) => conv_transpose2d_forward(&s, xin, p, y, scratch)?,
-                Op::Linear(s) => linear_forward(&s, xin, p, y)?,
-                Op::Gn(s) => group_norm_forward(&s, xin, p, y)?,
-                Op::Max(s) => max_pool2d_forward(&s, xin, y)?,
-                Op::Avg(s) => avg_pool2d_forward(&s, xin, y)?,
-                Op::Flatten => y.copy_from_slice(xin),
-                Op::Act(a) => activation_forward(a, xin, y)?,
+        if ws.depth_first && self.layers.len() < cpu::MAX_LAYERS {
+            self.forward_depth_first(ws, params, batch)?;
+        } else {
+            for (i, l) in self.layers.iter().enumerate() {
+                let (lo, hi) = ws.acts.split_at_mut(i + 1);
+                let xin = &lo[i][..batch * numel(&self.shapes[i])];
+                let y = &mut hi[0][..batch * numel(&self.shapes[i + 1])];
+                // Exactly `chunks` chunks of scratch: one per thread.
+                let need = self.scratch_for(i, l, ws.chunks)?;
+                self.layer_forward(i, batch, xin, params, y, &mut ws.scratch[..need])?;
             }
         }
         ws.have_forward = true;
         Ok(())
+    }
+
+    /// Layer `i`'s forward on `batch` examples (`params`: the whole flat vector).
+    fn layer_forward(
+        &self,
+        i: usize,
+        batch: usize,
+        xin: &[f32],
+        params: &[f32],
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let p = &params[self.ranges[i].clone()];
+        match self.op(i, &self.layers[i], batch) {
+            Op::Conv(s) => conv2d_forward(&s, xin, p, y, scratch),
+            Op::ConvT(s) => conv_transpose2d_forward(&s, xin, p, y, scratch),
+            Op::Linear(s) => linear_forward(&s, xin, p, y),
+            Op::Gn(s) => group_norm_forward(&s, xin, p, y),
+            Op::Max(s) => max_pool2d_forward(&s, xin, y),
+            Op::Avg(s) => avg_pool2d_forward(&s, xin, y),
+            Op::Flatten => {
+                y.copy_from_slice(xin);
+                Ok(())
+            }
+            Op::Act(a) => activation_forward(a, xin, y),
+        }
+    }
+
+    /// Layer `i`'s backward on `batch` examples: `x`, `y` its forward input and output, `dy`
+    /// the output gradient; writes `dx` when given and the parameter gradients to `pg`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(
+        &self,
+        i: usize,
+        batch: usize,
+        x: &[f32],
+        y: &[f32],
+        params: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        pg: ParamGrad<'_, f32>,
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let pl = &params[self.ranges[i].clone()];
+        match self.op(i, &self.layers[i], batch) {
+            Op::Conv(s) => conv2d_backward(&s, x, pl, dy, dx, pg, scratch),
+            Op::ConvT(s) => conv_transpose2d_backward(&s, x, pl, dy, dx, pg, scratch),
+            Op::Linear(s) => linear_backward(&s, x, pl, dy, dx, pg, scratch),
+            Op::Gn(s) => group_norm_backward(&s, x, pl, dy, dx, pg, scratch),
+            Op::Max(s) => match dx {
+                Some(dx) => max_pool2d_backward_with_output(&s, x, y, dy, dx),
+                None => Ok(()),
+            },
+            Op::Avg(s) => match dx {
+                Some(dx) => avg_pool2d_backward(&s, dy, dx),
+                None => Ok(()),
+            },
+            Op::Flatten => {
+                if let Some(dx) = dx {
+                    dx.copy_from_slice(dy)
+                }
+                Ok(())
+            }
+            Op::Act(a) => match dx {
+                Some(dx) => activation_backward(a, x, y, dy, dx),
+                None => Ok(()),
+            },
+        }
     }
 
     fn check_ws(&self, op: &'static str, ws: &Workspace) -> Result<()> {
@@ -616,7 +686,7 @@ impl Sequential {
         let params = self.cpu_params(OP)?;
         let b = ws.batch;
         let p = self.num_params();
-        let mut grads = match grads {
+        let grads = match grads {
             Grads::None => ParamGrad::None,
             Grads::PerSample(buf) => {
                 let rows = buf.as_mut_slice().ok_or_else(|| no_cuda(OP))?;
@@ -658,73 +728,10 @@ impl Sequential {
                 .position(|r| !r.is_empty())
                 .unwrap_or(self.layers.len())
         };
-        let chunks = ws.chunks;
-        let Workspace {
-            acts,
-            ga,
-            gb,
-            scratch,
-            input_grad: ig,
-            ..
-        } = ws;
-        let (mut dyb, mut dxb): (&mut Vec<f32>, &mut Vec<f32>) = (ga, gb);
-        for i in (first..self.layers.len()).rev() {
-            let l = &self.layers[i];
-            let r = self.ranges[i].clone();
-            let pl = &params[r.clone()];
-            let nin = b * numel(&self.shapes[i]);
-            let nout = b * numel(&self.shapes[i + 1]);
-            let need_dx = i > first || input_grad;
-            let x = &acts[i][..nin];
-            let y = &acts[i + 1][..nout];
-            let dy = &dyb[..nout];
-            let dx: &mut [f32] = if i == 0 {
-                &mut ig[..nin]
-            } else {
-                &mut dxb[..nin]
-            };
-            let pg = match &mut grads {
-                ParamGrad::None => ParamGrad::None,
-                ParamGrad::PerSample { rows, .. } => ParamGrad::PerSample {
-                    rows,
-                    stride: p,
-                    offset: r.start,
-                },
-                ParamGrad::Sum { grad, accumulate } => ParamGrad::Sum {
-                    grad: &mut grad[r.clone()],
-                    accumulate: *accumulate,
-                },
-            };
-            let pg = if r.is_empty() { ParamGrad::None } else { pg };
-            let dxo = if need_dx { Some(dx) } else { None };
-            let scr = &mut scratch[..self.scratch_for(i, l, chunks)?];
-            match self.op(i, l, b) {
-                Op::Conv(s) => conv2d_backward(&s, x, pl, dy, dxo, pg, scr)?,
-                Op::ConvT(s) => conv_transpose2d_backward(&s, x, pl, dy, dxo, pg, scr)?,
-                Op::Linear(s) => linear_backward(&s, x, pl, dy, dxo, pg, scr)?,
-                Op::Gn(s) => group_norm_backward(&s, x, pl, dy, dxo, pg, scr)?,
-                Op::Max(s) => {
-                    if let Some(dx) = dxo {
-                        max_pool2d_backward(&s, x, dy, dx)?
-                    }
-                }
-                Op::Avg(s) => {
-                    if let Some(dx) = dxo {
-                        avg_pool2d_backward(&s, dy, dx)?
-                    }
-                }
-                Op::Flatten => {
-                    if let Some(dx) = dxo {
-                        dx.copy_from_slice(dy)
-                    }
-                }
-                Op::Act(a) => {
-                    if let Some(dx) = dxo {
-                        activation_backward(a, x, y, dy, dx)?
-                    }
-                }
-            }
-            std::mem::swap(&mut dyb, &mut dxb);
+        if ws.depth_first && self.layers.len() < cpu::MAX_LAYERS {
+            self.backward_depth_first(ws, params, grads, first, input_grad)?;
+        } else {
+            self.backward_layer_major(ws, params, grads, first, input_grad)?;
         }
         ws.have_output_grad = false;
         ws.have_input_grad = input_grad;
@@ -796,6 +803,14 @@ pub struct Workspace {
     gb: Vec<f32>,
     input_grad: Vec<f32>,
     scratch: Vec<f32>,
+    /// CPU schedule: depth-first (default) or layer-major; see `sequential/cpu.rs`.
+    depth_first: bool,
+    /// Examples per group in the depth-first schedule.
+    group: usize,
+    /// Per-thread gradient ping-pong buffers of the depth-first backward.
+    ping: Vec<f32>,
+    /// Per-thread summed-gradient accumulators of the depth-first backward.
+    sums: Vec<f32>,
     have_forward: bool,
     have_output_grad: bool,
     have_input_grad: bool,
@@ -819,6 +834,21 @@ impl Workspace {
     /// Parallel chunks the kernels split a batch into.
     pub fn chunks(&self) -> usize {
         self.chunks
+    }
+
+    /// Chooses the CPU schedule. Depth-first (the default): each thread takes a contiguous
+    /// range of the batch and runs every layer on a small, cache-resident group of its
+    /// examples at a time. Layer-major: every layer on the whole batch, each kernel parallel
+    /// inside. Both give the same activations, input gradients and per-sample gradients (the
+    /// summed gradient may differ in the last bits: it is added in another order). No effect
+    /// on a CUDA workspace.
+    pub fn set_depth_first(&mut self, on: bool) {
+        self.depth_first = on;
+    }
+
+    /// Examples per group in the depth-first CPU schedule.
+    pub fn group(&self) -> usize {
+        self.group
     }
 
     /// The last forward's output, `batch ×` the output shape.

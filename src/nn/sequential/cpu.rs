@@ -1,0 +1,400 @@
+//! The CPU schedules of [`Sequential`]'s forward and backward passes.
+//!
+//! - **Layer-major** (the simple one): each layer runs on the whole batch, and each kernel
+//!   splits the batch across the rayon threads itself. Every activation and gradient of the
+//!   batch passes through memory once per layer (at B = 256 the SampleConvNet's activations
+//!   are ~13 MB: L3, not L2).
+//! - **Depth-first** (the default): the batch is split once into one contiguous range of
+//!   examples per thread, and each thread runs *all* the layers on a small group of its
+//!   examples at a time ([`Workspace`]'s `group`, sized so that the group's activations stay in
+//!   the core's L2 cache), the kernels single-threaded. The backward's gradient ping-pong
+//!   buffers are the thread's own, one group long; summed parameter gradients go to one
+//!   accumulator per thread, added in thread order afterwards (a given number of threads gives
+//!   the same bits on every run). Same kernels, same arithmetic per example: per-sample
+//!   gradients, activations and input gradients equal the layer-major schedule's.
+//!
+//! Neither allocates: the per-thread views are fixed-size arrays on the stack (models of up to
+//! [`MAX_LAYERS`]` − 1` layers take the depth-first path; longer ones the layer-major one).
+
+use super::{numel, Sequential, Workspace};
+use crate::cpu::grad::{serial, ParamGrad};
+use crate::Result;
+use std::ops::Range;
+
+/// Layer boundaries (layers + 1) the depth-first schedule handles.
+pub(super) const MAX_LAYERS: usize = 64;
+
+/// Bytes of activations one group of examples may take (forward activations of all layers).
+const GROUP_BYTES: usize = 512 * 1024;
+
+/// Most examples in one group.
+const MAX_GROUP: usize = 32;
+
+/// Examples per group for a model whose one example's activations (all layer boundaries) take
+/// `act_elems` floats.
+pub(super) fn group_size(act_elems: usize) -> usize {
+    (GROUP_BYTES / 4 / act_elems.max(1)).clamp(1, MAX_GROUP)
+}
+
+type Views<'a> = [&'a mut [f32]; MAX_LAYERS];
+
+fn empty_views<'a>() -> Views<'a> {
+    std::array::from_fn(|_| Default::default())
+}
+
+/// The mutable buffers of one range of examples in the backward pass.
+struct BwdBufs<'a> {
+    /// The input gradient of these examples (when wanted).
+    input_grad: Option<&'a mut [f32]>,
+    /// Their rows of the per-sample matrix (per-sample mode).
+    rows: Option<&'a mut [f32]>,
+    /// One P-long accumulator per chunk (summed mode).
+    sums: Option<&'a mut [f32]>,
+    /// Two group-long gradient buffers per chunk.
+    ping: &'a mut [f32],
+    /// The kernels' scratch, `need` per chunk.
+    scratch: &'a mut [f32],
+}
+
+fn split_opt(v: Option<&mut [f32]>, at: usize) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
+    match v {
+        Some(v) => {
+            let (a, b) = v.split_at_mut(at);
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    }
+}
+
+/// What does not change across the recursion.
+struct Plan<'a> {
+    params: &'a [f32],
+    /// Examples per chunk (the last may have fewer).
+    per: usize,
+    /// Scratch per chunk.
+    need: usize,
+    /// Examples per group.
+    group: usize,
+    /// Largest activation of one example, over the layer boundaries.
+    maxper: usize,
+}
+
+impl Sequential {
+    /// Scratch one thread needs for any layer (a kernel running as one chunk).
+    pub(super) fn thread_scratch(&self) -> Result<usize> {
+        let mut need = 0;
+        for (i, l) in self.layers.iter().enumerate() {
+            need = need.max(self.scratch_for(i, l, 1)?);
+        }
+        Ok(need)
+    }
+
+    fn plan<'a>(&self, ws: &Workspace, params: &'a [f32], batch: usize) -> Result<Plan<'a>> {
+        let per = batch.div_ceil(ws.chunks.max(1));
+        Ok(Plan {
+            params,
+            per,
+            need: self.thread_scratch()?,
+            group: ws.group,
+            maxper: self.shapes.iter().map(|s| numel(s)).max().unwrap_or(0),
+        })
+    }
+
+    /// Depth-first forward of `batch` examples already copied into `ws.acts[0]`.
+    pub(super) fn forward_depth_first(
+        &self,
+        ws: &mut Workspace,
+        params: &[f32],
+        batch: usize,
+    ) -> Result<()> {
+        let plan = self.plan(ws, params, batch)?;
+        let chunks = batch.div_ceil(plan.per);
+        let n = self.shapes.len();
+        let mut views = empty_views();
+        for (i, (v, a)) in views.iter_mut().zip(ws.acts.iter_mut()).enumerate() {
+            *v = &mut a[..batch * numel(&self.shapes[i])];
+        }
+        let scratch = &mut ws.scratch[..chunks * plan.need];
+        self.fwd_split(&plan, &mut views[..n], 0..batch, 0..chunks, scratch)
+    }
+
+    fn fwd_split(
+        &self,
+        plan: &Plan<'_>,
+        views: &mut [&mut [f32]],
+        ex: Range<usize>,
+        chunks: Range<usize>,
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        if chunks.len() == 1 {
+            return serial(|| self.fwd_leaf(plan, views, ex.len(), scratch));
+        }
+        let mid = chunks.start + chunks.len() / 2;
+        let mid_ex = (mid * plan.per).min(ex.end);
+        let left_n = mid_ex - ex.start;
+        let (mut left, mut right) = (empty_views(), empty_views());
+        for (i, v) in views.iter_mut().enumerate() {
+            let (a, b) = std::mem::take(v).split_at_mut(left_n * numel(&self.shapes[i]));
+            left[i] = a;
+            right[i] = b;
+        }
+        let n = views.len();
+        let (s1, s2) = scratch.split_at_mut((mid - chunks.start) * plan.need);
+        let (r1, r2) = rayon::join(
+            || {
+                self.fwd_split(
+                    plan,
+                    &mut left[..n],
+                    ex.start..mid_ex,
+                    chunks.start..mid,
+                    s1,
+                )
+            },
+            || self.fwd_split(plan, &mut right[..n], mid_ex..ex.end, mid..chunks.end, s2),
+        );
+        r1.and(r2)
+    }
+
+    /// All layers on `n` examples (views relative to the first), one group at a time.
+    fn fwd_leaf(
+        &self,
+        plan: &Plan<'_>,
+        views: &mut [&mut [f32]],
+        n: usize,
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let mut a = 0;
+        while a < n {
+            let b = (a + plan.group).min(n);
+            for i in 0..self.layers.len() {
+                let (pi, po) = (numel(&self.shapes[i]), numel(&self.shapes[i + 1]));
+                let (lo, hi) = views.split_at_mut(i + 1);
+                let xin = &lo[i][a * pi..b * pi];
+                let y = &mut hi[0][a * po..b * po];
+                self.layer_forward(i, b - a, xin, plan.params, y, scratch)?;
+            }
+            a = b;
+        }
+        Ok(())
+    }
+
+    /// Depth-first backward from the output gradient in `ws.ga`.
+    pub(super) fn backward_depth_first(
+        &self,
+        ws: &mut Workspace,
+        params: &[f32],
+        grads: ParamGrad<'_, f32>,
+        first: usize,
+        input_grad: bool,
+    ) -> Result<()> {
+        let batch = ws.batch;
+        let plan = self.plan(ws, params, batch)?;
+        let chunks = batch.div_ceil(plan.per);
+        let p = self.num_params();
+        let Workspace {
+            acts,
+            ga,
+            input_grad: ig,
+            scratch,
+            ping,
+            sums,
+            ..
+        } = ws;
+        let acts: &[Vec<f32>] = acts;
+        let dy_out = &ga[..batch * numel(self.output_shape())];
+        let (rows, sum_target) = match grads {
+            ParamGrad::None => (None, None),
+            ParamGrad::PerSample { rows, .. } => (Some(&mut rows[..batch * p]), None),
+            ParamGrad::Sum { grad, accumulate } => (None, Some((grad, accumulate))),
+        };
+        let bufs = BwdBufs {
+            input_grad: input_grad.then(|| &mut ig[..batch * numel(&self.input)]),
+            rows,
+            sums: sum_target.is_some().then(|| &mut sums[..chunks * p]),
+            ping: &mut ping[..chunks * 2 * plan.group * plan.maxper],
+            scratch: &mut scratch[..chunks * plan.need],
+        };
+        let ctx = BwdCtx {
+            plan: &plan,
+            acts,
+            dy_out,
+            first,
+        };
+        self.bwd_split(&ctx, bufs, 0..batch, 0..chunks)?;
+        if let Some((grad, accumulate)) = sum_target {
+            if !accumulate {
+                grad.fill(0.0);
+            }
+            for acc in sums[..chunks * p].chunks_exact(p) {
+                for (g, a) in grad.iter_mut().zip(acc) {
+                    *g += *a;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn bwd_split(
+        &self,
+        ctx: &BwdCtx<'_>,
+        bufs: BwdBufs<'_>,
+        ex: Range<usize>,
+        chunks: Range<usize>,
+    ) -> Result<()> {
+        if chunks.len() == 1 {
+            return serial(|| self.bwd_leaf(ctx, bufs, ex));
+        }
+        let plan = ctx.plan;
+        let p = self.num_params();
+        let mid = chunks.start + chunks.len() / 2;
+        let mid_ex = (mid * plan.per).min(ex.end);
+        let (nl, cl) = (mid_ex - ex.start, mid - chunks.start);
+        let (ig1, ig2) = split_opt(bufs.input_grad, nl * numel(&self.input));
+        let (r1, r2) = split_opt(bufs.rows, nl * p);
+        let (s1, s2) = split_opt(bufs.sums, cl * p);
+        let (p1, p2) = bufs.ping.split_at_mut(cl * 2 * plan.group * plan.maxper);
+        let (c1, c2) = bufs.scratch.split_at_mut(cl * plan.need);
+        let left = BwdBufs {
+            input_grad: ig1,
+            rows: r1,
+            sums: s1,
+            ping: p1,
+            scratch: c1,
+        };
+        let right = BwdBufs {
+            input_grad: ig2,
+            rows: r2,
+            sums: s2,
+            ping: p2,
+            scratch: c2,
+        };
+        let (a, b) = rayon::join(
+            || self.bwd_split(ctx, left, ex.start..mid_ex, chunks.start..mid),
+            || self.bwd_split(ctx, right, mid_ex..ex.end, mid..chunks.end),
+        );
+        a.and(b)
+    }
+
+    /// All layers from the top down to `ctx.first` on examples `ex`, one group at a time.
+    fn bwd_leaf(&self, ctx: &BwdCtx<'_>, mut bufs: BwdBufs<'_>, ex: Range<usize>) -> Result<()> {
+        let plan = ctx.plan;
+        let p = self.num_params();
+        let top = self.layers.len();
+        let glen = plan.group * plan.maxper;
+        let (pa, pb) = bufs.ping[..2 * glen].split_at_mut(glen);
+        let mut started = false;
+        let mut a = 0;
+        let n = ex.len();
+        while a < n {
+            let b = (a + plan.group).min(n);
+            let m = b - a;
+            let g0 = ex.start + a;
+            let (mut cur, mut nxt): (&mut [f32], &mut [f32]) = (&mut *pa, &mut *pb);
+            for i in (ctx.first..top).rev() {
+                let (pi, po) = (numel(&self.shapes[i]), numel(&self.shapes[i + 1]));
+                let x = &ctx.acts[i][g0 * pi..(g0 + m) * pi];
+                let y = &ctx.acts[i + 1][g0 * po..(g0 + m) * po];
+                let dy: &[f32] = if i + 1 == top {
+                    &ctx.dy_out[g0 * po..(g0 + m) * po]
+                } else {
+                    &cur[..m * po]
+                };
+                let dx = if i == 0 {
+                    bufs.input_grad
+                        .as_deref_mut()
+                        .map(|g| &mut g[a * pi..b * pi])
+                } else if i > ctx.first {
+                    Some(&mut nxt[..m * pi])
+                } else {
+                    None
+                };
+                let r = self.ranges[i].clone();
+                let pg = if r.is_empty() {
+                    ParamGrad::None
+                } else if let Some(rows) = bufs.rows.as_deref_mut() {
+                    ParamGrad::PerSample {
+                        rows: &mut rows[a * p..b * p],
+                        stride: p,
+                        offset: r.start,
+                    }
+                } else if let Some(sums) = bufs.sums.as_deref_mut() {
+                    ParamGrad::Sum {
+                        grad: &mut sums[r],
+                        accumulate: started,
+                    }
+                } else {
+                    ParamGrad::None
+                };
+                self.layer_backward(i, m, x, y, plan.params, dy, dx, pg, bufs.scratch)?;
+                std::mem::swap(&mut cur, &mut nxt);
+            }
+            started = true;
+            a = b;
+        }
+        Ok(())
+    }
+
+    /// The layer-major backward (each kernel on the whole batch, parallel inside).
+    pub(super) fn backward_layer_major(
+        &self,
+        ws: &mut Workspace,
+        params: &[f32],
+        mut grads: ParamGrad<'_, f32>,
+        first: usize,
+        input_grad: bool,
+    ) -> Result<()> {
+        let b = ws.batch;
+        let p = self.num_params();
+        let chunks = ws.chunks;
+        let Workspace {
+            acts,
+            ga,
+            gb,
+            scratch,
+            input_grad: ig,
+            ..
+        } = ws;
+        let (mut dyb, mut dxb): (&mut Vec<f32>, &mut Vec<f32>) = (ga, gb);
+        for i in (first..self.layers.len()).rev() {
+            let l = &self.layers[i];
+            let r = self.ranges[i].clone();
+            let nin = b * numel(&self.shapes[i]);
+            let nout = b * numel(&self.shapes[i + 1]);
+            let need_dx = i > first || input_grad;
+            let x = &acts[i][..nin];
+            let y = &acts[i + 1][..nout];
+            let dy = &dyb[..nout];
+            let dx: &mut [f32] = if i == 0 {
+                &mut ig[..nin]
+            } else {
+                &mut dxb[..nin]
+            };
+            let pg = match &mut grads {
+                ParamGrad::None => ParamGrad::None,
+                ParamGrad::PerSample { rows, .. } => ParamGrad::PerSample {
+                    rows,
+                    stride: p,
+                    offset: r.start,
+                },
+                ParamGrad::Sum { grad, accumulate } => ParamGrad::Sum {
+                    grad: &mut grad[r.clone()],
+                    accumulate: *accumulate,
+                },
+            };
+            let pg = if r.is_empty() { ParamGrad::None } else { pg };
+            let dxo = if need_dx { Some(dx) } else { None };
+            let scr = &mut scratch[..self.scratch_for(i, l, chunks)?];
+            self.layer_backward(i, b, x, y, params, dy, dxo, pg, scr)?;
+            std::mem::swap(&mut dyb, &mut dxb);
+        }
+        Ok(())
+    }
+}
+
+/// The read-only part of the backward recursion.
+struct BwdCtx<'a> {
+    plan: &'a Plan<'a>,
+    acts: &'a [Vec<f32>],
+    dy_out: &'a [f32],
+    first: usize,
+}
