@@ -33,9 +33,6 @@ const MAX_GROUP: usize = 32;
 /// Examples per group for a model whose one example's activations (all layer boundaries) take
 /// `act_elems` floats.
 pub(super) fn group_size(act_elems: usize) -> usize {
-    if let Ok(v) = std::env::var("DPSGD_GROUP_TMP") {
-        return v.parse().unwrap();
-    }
     (GROUP_BYTES / 4 / act_elems.max(1)).clamp(1, MAX_GROUP)
 }
 
