@@ -177,7 +177,71 @@ fn small_config(seed: u64, epochs: u64) -> TrainConfig {
         seed: Some(seed),
         validation: 0,
         lr_schedule: dpsgd::train::LrSchedule::Cosine,
+        ema_decay: None,
     }
+}
+
+/// The parameters' moving average is post-processing: the iterates and ε are those of the
+/// same run without it; evaluation and the saved model use the average and leave the
+/// iterate untouched; a resumed run ends with the same average, bit for bit; a decay outside
+/// (0, 1) is refused.
+#[test]
+fn ema_is_post_processing_and_resumes() {
+    let dev = Device::Cpu;
+    let ema_cfg = |seed| TrainConfig {
+        ema_decay: Some(0.9),
+        ..small_config(seed, 2)
+    };
+    let mut plain = Trainer::new(small_config(13, 2), &dev).unwrap();
+    let mut full = Trainer::new(ema_cfg(13), &dev).unwrap();
+    for _ in 0..2 {
+        plain.train_epoch(|_, _| {}).unwrap();
+        full.train_epoch(|_, _| {}).unwrap();
+    }
+    let iterate = full.model().params().to_vec().unwrap();
+    assert_eq!(plain.model().params().to_vec().unwrap(), iterate);
+    assert_eq!(
+        plain.engine().unwrap().epsilon().unwrap(),
+        full.engine().unwrap().epsilon().unwrap()
+    );
+    let (loss_ema, _) = full.evaluate().unwrap();
+    let (loss_plain, _) = plain.evaluate().unwrap();
+    assert_ne!(loss_ema, loss_plain, "evaluation must use the average");
+    assert_eq!(full.model().params().to_vec().unwrap(), iterate);
+    let dir = tmpdir("ema");
+    full.save_model(dir.join("ema.safetensors")).unwrap();
+    full.model()
+        .save_safetensors(dir.join("iterate.safetensors"))
+        .unwrap();
+    let saved = std::fs::read(dir.join("ema.safetensors")).unwrap();
+    assert_ne!(
+        saved,
+        std::fs::read(dir.join("iterate.safetensors")).unwrap()
+    );
+    assert_eq!(full.model().params().to_vec().unwrap(), iterate);
+    // Stop after epoch 1, resume: the same average at the end.
+    let mut a = Trainer::new(ema_cfg(13), &dev).unwrap();
+    a.train_epoch(|_, _| {}).unwrap();
+    a.save_checkpoint(&dir).unwrap();
+    let mut b = Trainer::new(ema_cfg(13), &dev).unwrap();
+    b.load_checkpoint(&dir).unwrap();
+    b.train_epoch(|_, _| {}).unwrap();
+    b.save_model(dir.join("resumed.safetensors")).unwrap();
+    assert_eq!(
+        saved,
+        std::fs::read(dir.join("resumed.safetensors")).unwrap()
+    );
+    for bad in [0.0, 1.0, f32::NAN] {
+        let cfg = TrainConfig {
+            ema_decay: Some(bad),
+            ..small_config(1, 1)
+        };
+        assert!(matches!(
+            Trainer::new(cfg, &dev),
+            Err(Error::InvalidParameter { .. })
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// DP-SGD learns the generated data (lots split into physical batches of 50).

@@ -102,6 +102,10 @@ pub struct CommonArgs {
     /// Learning-rate schedule over the planned steps.
     #[arg(long, value_enum, default_value = "constant")]
     pub lr_schedule: ScheduleArg,
+    /// Evaluate and save an exponential moving average of the parameters with this decay
+    /// (e.g. 0.999); free in privacy (post-processing of the noisy iterates).
+    #[arg(long)]
+    pub ema_decay: Option<f32>,
 }
 
 /// Learning-rate schedules.
@@ -194,6 +198,7 @@ fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
             ScheduleArg::Constant => LrSchedule::Constant,
             ScheduleArg::Cosine => LrSchedule::Cosine,
         },
+        ema_decay: c.ema_decay,
     }
 }
 
@@ -304,7 +309,7 @@ fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<E
             eprintln!("warning: {err}");
         }
     }
-    t.model().save_safetensors(out.join("model.safetensors"))?;
+    t.save_model(out.join("model.safetensors"))?;
     if let Some(m) = t.metrics().last() {
         println!(
             "done: {} accuracy {:.2}%{}; wrote {}",

@@ -36,7 +36,11 @@
 //! gradient w.r.t. the input ([`Workspace::input_grad`]; GS-WGAN needs it).
 //!
 //! Backends: the model holds a [`Device`](crate::Device). On `Device::Cpu` the layers run the
-//! kernels of [`crate::cpu`]; on `Device::Cuda` (feature `cuda`) the same calls run their GPU
+//! kernels of [`crate::cpu`], by default depth-first: the batch is split once into one
+//! contiguous range per rayon thread, and each thread runs every layer on a small group of its
+//! examples at a time, so activations stay in the core's L2 cache
+//! ([`Workspace::set_depth_first`] switches to the layer-major schedule, every layer on the
+//! whole batch; both give the same per-sample gradients bit for bit); on `Device::Cuda` (feature `cuda`) the same calls run their GPU
 //! twins in `crate::cuda` (`conv`, `linear`, `norm`, `pool`, `activation`, `loss`) over
 //! device-resident buffers: the workspace holds every activation, gradient and scratch buffer
 //! in device memory, the input, the per-sample matrix and the summed gradient are GPU
