@@ -1,9 +1,10 @@
 //! CPU kernels of `MaxPool2d` and `AvgPool2d` (square kernel, stride, no padding, floor mode),
 //! and `Flatten` (a no-op on NCHW data: the model just reinterprets the shape).
 //!
-//! No parameters. The max-pool backward recomputes each window's arg-max from `x` (the first
-//! maximum in row-major window order, as PyTorch) and routes `dy` there; overlapping windows
-//! (stride < kernel) accumulate.
+//! No parameters. The max-pool backward finds each window's arg-max in `x` (the first maximum
+//! in row-major window order, as PyTorch) — against the forward's output with
+//! [`max_pool2d_backward_with_output`], else recomputing the maxima — and routes `dy` there;
+//! overlapping windows (stride < kernel) accumulate.
 
 use super::gemm::Real;
 use super::grad::{check_len, min_len};
@@ -210,8 +211,9 @@ fn max_plane_forward<T: Real>(
 /// Max-pool backward of one channel plane: `dxc` (zeroed here) gets each `dyc` at its window's
 /// arg-max, the first maximum in row-major window order (PyTorch's choice).
 ///
-/// The maximum `m` is the forward's output `yc` when given, else recomputed; then the taps are visited in order with the gradient still
-/// to route, `rem`: a tap equal to `m` takes `rem` and leaves 0 for the later ones. All
+/// The maximum `m` is the forward's output `yc` when given, else recomputed; then the taps
+/// are visited in order with the gradient still to route, `rem`: a tap equal to `m` takes
+/// `rem` and leaves 0 for the later ones. All
 /// float compare-and-selects, so that it vectorises (stride 1). A row block whose window holds
 /// a NaN takes the scalar path (the gradient goes to the last NaN, as PyTorch's
 /// `val > max || isnan(val)` scan).
