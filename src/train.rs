@@ -235,8 +235,6 @@ pub struct Trainer {
     steps_taken: u64,
     /// The parameters' moving average (empty when `ema_decay` is `None`), on the host.
     ema: Vec<f32>,
-    /// Host copy of the parameters for the EMA update of a CUDA model.
-    host_params: Vec<f32>,
     train: Dataset,
     eval: Dataset,
     eval_split: &'static str,
@@ -342,7 +340,6 @@ impl Trainer {
             None => Vec::new(),
         };
         Ok(Trainer {
-            host_params: vec![0.0; if device.is_cuda() { ema.len() } else { 0 }],
             ema,
             psg: Buffer::zeros(device, physical * p)?,
             grad: Buffer::zeros(device, p)?,
@@ -560,11 +557,13 @@ impl Trainer {
         let t = self.steps_taken as f64;
         let b = (beta as f64).min((1.0 + t) / (10.0 + t)) as f32;
         let params = self.model.params();
+        // A CUDA model's parameters come to the host (P floats per step).
+        let copied;
         let theta = match params.as_slice() {
             Some(p) => p,
             None => {
-                self.host_params.copy_from_slice(&params.to_vec()?);
-                &self.host_params
+                copied = params.to_vec()?;
+                &copied
             }
         };
         for (e, p) in self.ema.iter_mut().zip(theta) {
