@@ -123,6 +123,8 @@ pub struct PrivacyEngine {
     ws: ClipWorkspace,
     sum: Buffer<f32>,
     rows: usize,
+    /// `accumulate_model`'s per-sample matrix on a GPU (allocated on first use).
+    rows_buf: Option<Buffer<f32>>,
     allowed: Option<(u64, u64)>,
 }
 
@@ -178,6 +180,7 @@ impl PrivacyEngine {
             ws,
             sum,
             rows: 0,
+            rows_buf: None,
             allowed: None,
             cfg,
         })
@@ -284,6 +287,69 @@ impl PrivacyEngine {
         )?;
         self.rows += batch;
         Ok(st)
+    }
+
+    /// Clips and accumulates the per-sample gradients of `model`'s last forward and loss (the
+    /// physical batch in `ws`), like [`PrivacyEngine::accumulate`] on the rows that
+    /// `model.backward(ws, Grads::PerSample(..))` would give — the same norms and factors,
+    /// the sum equal up to f32 rounding order. On the CPU the clipping is fused into the
+    /// backward ([`Grads::ClippedSum`]): each small group of examples is clipped while its
+    /// rows are in cache and the `[B, P]` matrix is never written; on a GPU the rows go to a
+    /// buffer the engine keeps (allocated on first use) and through the clipping kernels.
+    /// The engine's layout must be the model's parameter count; model and engine must be on
+    /// the same device. NaN/Inf gradients are an error, naming the example; nothing of that
+    /// batch is added.
+    ///
+    /// [`Grads::ClippedSum`]: crate::nn::Grads::ClippedSum
+    pub fn accumulate_model(
+        &mut self,
+        model: &crate::nn::Sequential,
+        ws: &mut crate::nn::Workspace,
+    ) -> Result<ClipStats> {
+        use crate::nn::Grads;
+        const OP: &str = "PrivacyEngine::accumulate_model";
+        if !model.device().same(&self.device) {
+            return Err(Error::invalid(
+                "device",
+                format!("model on {:?}, engine on {:?}", model.device(), self.device),
+                "the same device for the model and the engine",
+            ));
+        }
+        let p = model.num_params();
+        if self.layout.num_params() != p {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "the engine's layout covers {} parameters, the model has {p}",
+                    self.layout.num_params()
+                ),
+            ));
+        }
+        let batch = ws.batch();
+        if self.device.is_cuda() {
+            let need = ws.max_batch() * p;
+            if self.rows_buf.as_ref().is_none_or(|b| b.len() < need) {
+                self.rows_buf = Some(Buffer::zeros(&self.device, need)?);
+            }
+            let mut rows = self.rows_buf.take().expect("allocated above");
+            let r = model
+                .backward(ws, Grads::PerSample(&mut rows), false)
+                .and_then(|()| self.accumulate(&rows, batch));
+            self.rows_buf = Some(rows);
+            return r;
+        }
+        ops::check::max_norms(self.cfg.clipping.bounds())?;
+        model.backward(
+            ws,
+            Grads::ClippedSum {
+                layout: &self.layout,
+                clipping: &self.cfg.clipping,
+                sum: &mut self.sum,
+            },
+            false,
+        )?;
+        self.rows += batch;
+        Ok(ClipStats { batch })
     }
 
     /// Examples accumulated into the current lot.

@@ -225,7 +225,6 @@ pub struct Trainer {
     device: Device,
     model: Sequential,
     ws: Workspace,
-    psg: Buffer<f32>,
     grad: Buffer<f32>,
     engine: Option<PrivacyEngine>,
     sampler: PoissonSampler,
@@ -341,7 +340,6 @@ impl Trainer {
         };
         Ok(Trainer {
             ema,
-            psg: Buffer::zeros(device, physical * p)?,
             grad: Buffer::zeros(device, p)?,
             m1: Buffer::zeros(device, m_len)?,
             m2: Buffer::zeros(device, v_len)?,
@@ -469,9 +467,9 @@ impl Trainer {
             loss_sum += l;
             match &mut self.engine {
                 Some(engine) => {
-                    self.model
-                        .backward(&mut self.ws, Grads::PerSample(&mut self.psg), false)?;
-                    engine.accumulate(&self.psg, b)?;
+                    // Per-sample gradients clipped into the lot's sum (fused into the
+                    // backward on the CPU: no [B, P] matrix).
+                    engine.accumulate_model(&self.model, &mut self.ws)?;
                 }
                 None => {
                     self.model.backward(

@@ -827,6 +827,218 @@ fn depth_first_schedule_equals_layer_major() {
     }
 }
 
+/// `Grads::ClippedSum` (clipping fused into the backward; ghost norms for `Linear`) and
+/// per-sample rows + `ops::clip_and_accumulate` both equal the clipped sum computed in f64
+/// from the rows, to 1e-5·Σ|terms| + 1e-7 (f32 rounding, each summed in its own order): four models plus an MLP with a bias-free layer; flat clipping over the model's
+/// layout and a one-segment layout, per-layer clipping, and a layout whose segments cut
+/// through tensors (no ghost norms then); both CPU schedules; batches of 1, one group, several
+/// groups per thread. Bounds at about the median norm, so some rows are clipped and some not.
+#[test]
+fn clipped_sum_equals_per_sample_then_clip() {
+    use dpsgd::ops::{clip_and_accumulate, per_sample_norms, ClipWorkspace, Clipping};
+    use dpsgd::Layout;
+    let cfg = models::DcganConfig {
+        image_size: 28,
+        ngf: 8,
+        ndf: 8,
+        nz: 16,
+        groups: 4,
+        channels: 1,
+    };
+    let dev = Device::Cpu;
+    let mlp = Sequential::builder(&[2, 5, 5])
+        .flatten()
+        .linear(16, true)
+        .tanh()
+        .linear(8, false)
+        .relu()
+        .linear(3, true)
+        .build(&dev, 7)
+        .unwrap();
+    let nets = [
+        models::sample_conv_net(&dev, 3).unwrap(),
+        models::sample_conv_net_tanh(&dev, 4).unwrap(),
+        models::dcgan_discriminator(&dev, &cfg, 5).unwrap(),
+        models::dcgan_generator(&dev, &cfg, 6).unwrap(),
+        mlp,
+    ];
+    for m in &nets {
+        let per: usize = m.input_shape().iter().product();
+        let out: usize = m.output_shape().iter().product();
+        let p = m.num_params();
+        let mut ws_df = m.workspace(80).unwrap();
+        let mut ws_lm = m.workspace(80).unwrap();
+        ws_lm.set_depth_first(false);
+        let g = ws_df.group();
+        for batch in [1, g, 2 * g + 1, 80] {
+            let mut rng = Philox::new(batch as u64, 11);
+            let x: Vec<f32> = (0..batch * per)
+                .map(|_| rng.next_f64() as f32 - 0.5)
+                .collect();
+            let dy: Vec<f32> = (0..batch * out)
+                .map(|_| 4.0 * (rng.next_f64() as f32 - 0.5))
+                .collect();
+            // The reference rows and their norms.
+            let mut rows = Buffer::zeros(&dev, batch * p).unwrap();
+            m.forward_slice(&mut ws_lm, &x).unwrap();
+            m.set_output_grad(&mut ws_lm, &dy).unwrap();
+            m.backward(&mut ws_lm, Grads::PerSample(&mut rows), false)
+                .unwrap();
+            let s = m.layout().num_segments();
+            let mut norms = Buffer::zeros(&dev, batch).unwrap();
+            let mut seg = Buffer::zeros(&dev, batch * s).unwrap();
+            per_sample_norms(&rows, batch, m.layout(), &mut norms, &mut seg).unwrap();
+            let mut sorted = norms.to_vec().unwrap();
+            sorted.sort_by(f32::total_cmp);
+            let c = sorted[batch / 2].max(1e-3);
+            let seg_v = seg.to_vec().unwrap();
+            let per_layer: Vec<f32> = (0..s)
+                .map(|k| seg_v[(batch / 2) * s + k].max(1e-3))
+                .collect();
+            let cut = Layout::from_sizes(&[p / 3, p - p / 3]).unwrap();
+            let cases = [
+                (m.layout().clone(), Clipping::Flat(c)),
+                (Layout::flat(p), Clipping::Flat(c)),
+                (m.layout().clone(), Clipping::PerLayer(per_layer)),
+                (cut, Clipping::PerLayer(vec![c, 0.5 * c])),
+            ];
+            let rv = rows.to_vec().unwrap();
+            for (layout, clipping) in &cases {
+                let init: Vec<f32> = (0..p).map(|j| (j % 7) as f32 * 0.01).collect();
+                // The exact clipped sum in f64, and Σ|terms| (the scale of f32 rounding).
+                let ns = layout.num_segments();
+                let mut exact: Vec<f64> = init.iter().map(|&v| v as f64).collect();
+                let mut scale: Vec<f64> = init.iter().map(|&v| v.abs() as f64).collect();
+                for row in rv.chunks_exact(p) {
+                    let sq: Vec<f64> = (0..ns)
+                        .map(|k| {
+                            row[layout.segment(k)]
+                                .iter()
+                                .map(|&v| (v as f64).powi(2))
+                                .sum()
+                        })
+                        .collect();
+                    let f: Vec<f64> = match clipping {
+                        Clipping::Flat(c) => {
+                            let n = sq.iter().sum::<f64>().sqrt();
+                            vec![(*c as f64 / (n + 1e-6)).min(1.0); ns]
+                        }
+                        Clipping::PerLayer(v) => (0..ns)
+                            .map(|k| (v[k] as f64 / (sq[k].sqrt() + 1e-6)).min(1.0))
+                            .collect(),
+                    };
+                    for (k, fk) in f.iter().enumerate() {
+                        for j in layout.segment(k) {
+                            let t = fk * row[j] as f64;
+                            exact[j] += t;
+                            scale[j] += t.abs();
+                        }
+                    }
+                }
+                let mut reference = Buffer::from_slice(&dev, &init).unwrap();
+                let mut cws = ClipWorkspace::new(&dev, batch, layout).unwrap();
+                clip_and_accumulate(&rows, batch, layout, clipping, &mut cws, &mut reference)
+                    .unwrap();
+                let mut results = vec![("clip_and_accumulate", reference.to_vec().unwrap())];
+                for (name, ws) in [("depth-first", &mut ws_df), ("layer-major", &mut ws_lm)] {
+                    m.forward_slice(ws, &x).unwrap();
+                    m.set_output_grad(ws, &dy).unwrap();
+                    let mut got = Buffer::from_slice(&dev, &init).unwrap();
+                    m.backward(
+                        ws,
+                        Grads::ClippedSum {
+                            layout,
+                            clipping,
+                            sum: &mut got,
+                        },
+                        false,
+                    )
+                    .unwrap();
+                    results.push((name, got.to_vec().unwrap()));
+                }
+                for (name, got) in &results {
+                    let what = format!(
+                        "{name}: {:?}, batch {batch}, {clipping:?}, {ns} segments",
+                        m.layers()[0],
+                    );
+                    for j in 0..p {
+                        let (u, v) = (got[j] as f64, exact[j]);
+                        assert!(
+                            (u - v).abs() <= 1e-5 * scale[j] + 1e-7,
+                            "{what}: sum[{j}] {u} vs exact {v} (Σ|terms| {})",
+                            scale[j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A NaN in one example's gradient is an error naming that example, on both schedules, and
+/// nothing is added to the sum; mismatched layouts and bounds are typed errors.
+#[test]
+fn clipped_sum_errors() {
+    use dpsgd::ops::Clipping;
+    use dpsgd::Layout;
+    let dev = Device::Cpu;
+    let m = models::sample_conv_net_tanh(&dev, 1).unwrap();
+    let p = m.num_params();
+    let batch = 40;
+    let mut ws_df = m.workspace(batch).unwrap();
+    let mut ws_lm = m.workspace(batch).unwrap();
+    ws_lm.set_depth_first(false);
+    let mut x = vec![0.1f32; batch * 784];
+    x[27 * 784 + 300] = f32::NAN;
+    let dy = vec![0.5f32; batch * 10];
+    for ws in [&mut ws_df, &mut ws_lm] {
+        m.forward_slice(ws, &x).unwrap();
+        m.set_output_grad(ws, &dy).unwrap();
+        let mut sum = Buffer::from_slice(&dev, &vec![1f32; p]).unwrap();
+        let e = m.backward(
+            ws,
+            Grads::ClippedSum {
+                layout: m.layout(),
+                clipping: &Clipping::Flat(1.0),
+                sum: &mut sum,
+            },
+            false,
+        );
+        match e {
+            Err(Error::NonFinite { detail, .. }) => {
+                assert!(detail.contains("row 27"), "{detail}")
+            }
+            other => panic!("expected NonFinite, got {other:?}"),
+        }
+        assert!(sum.to_vec().unwrap().iter().all(|&v| v == 1.0));
+    }
+    let x = vec![0.1f32; batch * 784];
+    let bad: [(Layout, Clipping); 4] = [
+        (Layout::flat(p - 1), Clipping::Flat(1.0)),
+        (m.layout().clone(), Clipping::Flat(0.0)),
+        (m.layout().clone(), Clipping::Flat(f32::NAN)),
+        (m.layout().clone(), Clipping::PerLayer(vec![1.0; 3])),
+    ];
+    for (layout, clipping) in &bad {
+        m.forward_slice(&mut ws_df, &x).unwrap();
+        m.set_output_grad(&mut ws_df, &dy).unwrap();
+        let mut sum = Buffer::zeros(&dev, p).unwrap();
+        let e = m.backward(
+            &mut ws_df,
+            Grads::ClippedSum {
+                layout,
+                clipping,
+                sum: &mut sum,
+            },
+            false,
+        );
+        assert!(
+            matches!(e, Err(Error::Shape { .. } | Error::InvalidParameter { .. })),
+            "{clipping:?}: {e:?}"
+        );
+    }
+}
+
 #[test]
 fn dcgan_models() {
     for size in [28, 32] {

@@ -61,6 +61,62 @@ fn engine_with_external_gradients() {
     assert_eq!(e.lot_size(), 0, "the lot is consumed by the step");
 }
 
+/// `accumulate_model` (the clipping fused into the model's backward) gives the engine the same
+/// lot as the model's per-sample rows through `accumulate`: same lot size, and the same noised
+/// mean gradient with σ = 0 up to f32 summation order (flat and per-layer clipping).
+#[test]
+fn accumulate_model_equals_accumulate_of_rows() {
+    use dpsgd::cpu::loss::Reduction;
+    use dpsgd::nn::{models, Grads, Loss};
+    let dev = Device::Cpu;
+    let model = models::sample_conv_net_tanh(&dev, 2).unwrap();
+    let p = model.num_params();
+    let batch = 37;
+    let mut ws = model.workspace(batch).unwrap();
+    let mut rng = dpsgd::cpu::philox::Philox::new(5, 0);
+    let x: Vec<f32> = (0..batch * 784).map(|_| rng.next_f64() as f32).collect();
+    let y: Vec<u32> = (0..batch).map(|_| rng.next_below(10) as u32).collect();
+    let segs = model.layout().num_segments();
+    for clipping in [
+        Clipping::Flat(0.05),
+        Clipping::PerLayer((0..segs).map(|k| 0.01 + 0.01 * k as f32).collect()),
+    ] {
+        let mut cfg = privacy(NoiseSpec::NoiseMultiplier(0.0), 10);
+        cfg.clipping = clipping;
+        let mut fused =
+            PrivacyEngine::new(cfg.clone(), model.layout().clone(), &dev, Some(1)).unwrap();
+        let mut plain = PrivacyEngine::new(cfg, model.layout().clone(), &dev, Some(1)).unwrap();
+        for _ in 0..2 {
+            model.forward_slice(&mut ws, &x).unwrap();
+            model
+                .loss(&mut ws, Loss::CrossEntropy(&y), Reduction::Sum)
+                .unwrap();
+            fused.accumulate_model(&model, &mut ws).unwrap();
+            model.forward_slice(&mut ws, &x).unwrap();
+            model
+                .loss(&mut ws, Loss::CrossEntropy(&y), Reduction::Sum)
+                .unwrap();
+            let mut rows = Buffer::zeros(&dev, batch * p).unwrap();
+            model
+                .backward(&mut ws, Grads::PerSample(&mut rows), false)
+                .unwrap();
+            plain.accumulate(&rows, batch).unwrap();
+        }
+        assert_eq!(fused.lot_size(), 2 * batch);
+        assert_eq!(plain.lot_size(), 2 * batch);
+        let mut a = Buffer::<f32>::zeros(&dev, p).unwrap();
+        let mut b = Buffer::<f32>::zeros(&dev, p).unwrap();
+        fused.noisy_gradient(&mut a).unwrap();
+        plain.noisy_gradient(&mut b).unwrap();
+        let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+        let big = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(big > 0.0);
+        for (j, (u, v)) in a.iter().zip(&b).enumerate() {
+            assert!((u - v).abs() <= 1e-5 * big, "[{j}] {u} vs {v}");
+        }
+    }
+}
+
 /// An empty lot is a step: noise is added and the accountant records it.
 #[test]
 fn empty_lots_are_noised_and_accounted() {

@@ -66,7 +66,7 @@ fn chunk_sumsq<T: GradElement>(x: &[T]) -> f32 {
 }
 
 /// Σ x² of one segment of one row: chunk sums in a fixed order, accumulated in f64.
-fn segment_sumsq<T: GradElement>(x: &[T]) -> f64 {
+pub(crate) fn segment_sumsq<T: GradElement>(x: &[T]) -> f64 {
     x.chunks(NORM_CHUNK).map(|c| chunk_sumsq(c) as f64).sum()
 }
 
@@ -206,7 +206,7 @@ pub fn clip_accumulate<T: GradElement>(
 }
 
 #[inline]
-fn axpy4(f: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
+pub(crate) fn axpy4(f: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
     let n = y.len();
     let (x0, x1, x2, x3) = (&x[0][..n], &x[1][..n], &x[2][..n], &x[3][..n]);
     for i in 0..n {
@@ -220,7 +220,7 @@ fn axpy4(f: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
 }
 
 #[inline]
-fn axpy(f: f32, x: &[f32], y: &mut [f32]) {
+pub(crate) fn axpy(f: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += f * *xi;
     }

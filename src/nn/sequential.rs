@@ -17,11 +17,13 @@ use crate::cpu::pool::{
     avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward_with_output, max_pool2d_forward,
     PoolShape,
 };
+use crate::ops::Clipping;
 use crate::{Buffer, Device, Error, Layout, Result};
 use std::ops::Range;
 
 // The CPU schedules (depth-first and layer-major) and the CUDA path (`Device::Cuda` models):
 // child modules, so they share the private fields.
+mod clip;
 mod cpu;
 mod gpu;
 
@@ -369,6 +371,9 @@ impl Sequential {
             group,
             ping: vec![0.0; chunks * 2 * group * maxper],
             sums: vec![0.0; chunks * self.num_params()],
+            clip_rows: Vec::new(),
+            clip_aux: Vec::new(),
+            clip_sq: Vec::new(),
             have_forward: false,
             have_output_grad: false,
             have_input_grad: false,
@@ -686,6 +691,7 @@ impl Sequential {
         let params = self.cpu_params(OP)?;
         let b = ws.batch;
         let p = self.num_params();
+        let mut clip = None;
         let grads = match grads {
             Grads::None => ParamGrad::None,
             Grads::PerSample(buf) => {
@@ -718,6 +724,46 @@ impl Sequential {
                     accumulate,
                 }
             }
+            Grads::ClippedSum {
+                layout,
+                clipping,
+                sum,
+            } => {
+                let bounds = clipping.bounds();
+                crate::ops::check::max_norms(bounds)?;
+                if layout.num_params() != p {
+                    return Err(Error::shape(
+                        OP,
+                        format!(
+                            "the clipping layout covers {} parameters, the model has {p}",
+                            layout.num_params()
+                        ),
+                    ));
+                }
+                if bounds.len() > 1 && bounds.len() != layout.num_segments() {
+                    return Err(Error::shape(
+                        OP,
+                        format!(
+                            "{} per-layer bounds for {} segments",
+                            bounds.len(),
+                            layout.num_segments()
+                        ),
+                    ));
+                }
+                let sum = sum.as_mut_slice().ok_or_else(|| no_cuda(OP))?;
+                if sum.len() != p {
+                    return Err(Error::shape(
+                        OP,
+                        format!("clipped sum has {} values, need {p}", sum.len()),
+                    ));
+                }
+                clip = Some(cpu::ClipTarget {
+                    layout,
+                    bounds,
+                    sum,
+                });
+                ParamGrad::None
+            }
         };
         // Layers below the first one with parameters need no gradient unless the input's is wanted.
         let first = if input_grad {
@@ -729,7 +775,9 @@ impl Sequential {
                 .unwrap_or(self.layers.len())
         };
         if ws.depth_first && self.layers.len() < cpu::MAX_LAYERS {
-            self.backward_depth_first(ws, params, grads, first, input_grad)?;
+            self.backward_depth_first(ws, params, grads, clip, first, input_grad)?;
+        } else if let Some(clip) = clip {
+            self.backward_layer_major_clipped(ws, params, clip, first, input_grad)?;
         } else {
             self.backward_layer_major(ws, params, grads, first, input_grad)?;
         }
@@ -789,6 +837,23 @@ pub enum Grads<'a> {
         /// Add to `grad` instead of overwriting it.
         accumulate: bool,
     },
+    /// DP-SGD's clipped sum (Abadi et al., CCS 2016, Algorithm 1): `sum += Σ_i clip(g_i)`,
+    /// each example's gradient clipped to `clipping`'s bound(s) over the segments of `layout`
+    /// (the model's [`Sequential::layout`], or a flat one over all its parameters), with the
+    /// norms and factors of [`crate::ops::clip_and_accumulate`] (Opacus's
+    /// `min(1, C / (‖g_i‖ + 1e-6))`). On the CPU the depth-first schedule clips each small
+    /// group of examples as soon as its per-sample rows are computed, while they are in cache,
+    /// so the `[B, P]` matrix is never written (the layer-major schedule materialises it in the
+    /// workspace). CPU only; [`crate::PrivacyEngine::accumulate_model`] takes either device.
+    /// A NaN/Inf per-sample gradient is an [`Error::NonFinite`] naming the example.
+    ClippedSum {
+        /// Segments of the parameter vector (P values in all).
+        layout: &'a Layout,
+        /// Flat (one bound) or per-layer (one bound per segment of `layout`) clipping.
+        clipping: &'a Clipping,
+        /// The clipped sum (P values), added to.
+        sum: &'a mut Buffer<f32>,
+    },
 }
 
 /// Activations, gradients and scratch of one model for batches of up to `max_batch`, made by
@@ -811,6 +876,11 @@ pub struct Workspace {
     ping: Vec<f32>,
     /// Per-thread summed-gradient accumulators of the depth-first backward.
     sums: Vec<f32>,
+    /// [`Grads::ClippedSum`]'s buffers, sized on first use: per-thread group rows and clip
+    /// factors (depth-first), or the `[B, P]` matrix, norms and factors (layer-major).
+    clip_rows: Vec<f32>,
+    clip_aux: Vec<f32>,
+    clip_sq: Vec<f64>,
     have_forward: bool,
     have_output_grad: bool,
     have_input_grad: bool,

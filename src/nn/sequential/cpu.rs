@@ -16,9 +16,11 @@
 //! Neither allocates: the per-thread views are fixed-size arrays on the stack (models of up to
 //! [`MAX_LAYERS`]` − 1` layers take the depth-first path; longer ones the layer-major one).
 
+use super::clip::ClipPlan;
 use super::{numel, Sequential, Workspace};
+use crate::cpu::clip::{clip_accumulate, clip_factors, per_sample_norms};
 use crate::cpu::grad::{serial, ParamGrad};
-use crate::Result;
+use crate::{Layout, Result};
 use std::ops::Range;
 
 /// Layer boundaries (layers + 1) the depth-first schedule handles.
@@ -29,6 +31,19 @@ const GROUP_BYTES: usize = 512 * 1024;
 
 /// Most examples in one group.
 const MAX_GROUP: usize = 32;
+
+/// Bytes of per-sample gradient rows one group may take in the clipped backward (fewer
+/// examples per group when the row-clipped tensors have many parameters).
+const CLIP_ROW_BYTES: usize = 1024 * 1024;
+
+/// The destination of a [`super::Grads::ClippedSum`] backward, validated.
+pub(super) struct ClipTarget<'a> {
+    pub(super) layout: &'a Layout,
+    /// One bound (flat) or one per segment of `layout`.
+    pub(super) bounds: &'a [f32],
+    /// P values, added to.
+    pub(super) sum: &'a mut [f32],
+}
 
 /// Examples per group for a model whose one example's activations (all layer boundaries) take
 /// `act_elems` floats.
@@ -48,8 +63,13 @@ struct BwdBufs<'a> {
     input_grad: Option<&'a mut [f32]>,
     /// Their rows of the per-sample matrix (per-sample mode).
     rows: Option<&'a mut [f32]>,
-    /// One P-long accumulator per chunk (summed mode).
+    /// One P-long accumulator per chunk (summed and clipped modes).
     sums: Option<&'a mut [f32]>,
+    /// Clipped mode, per chunk: one group's compact per-sample rows; its factors and the
+    /// ghost layers' output gradients; its tensors' squared norms.
+    crows: Option<&'a mut [f32]>,
+    caux: Option<&'a mut [f32]>,
+    csq: Option<&'a mut [f64]>,
     /// Two group-long gradient buffers per chunk.
     ping: &'a mut [f32],
     /// The kernels' scratch, `need` per chunk.
@@ -184,13 +204,39 @@ impl Sequential {
         ws: &mut Workspace,
         params: &[f32],
         grads: ParamGrad<'_, f32>,
+        clip: Option<ClipTarget<'_>>,
         first: usize,
         input_grad: bool,
     ) -> Result<()> {
+        let cplan = match &clip {
+            None => None,
+            Some(c) => match ClipPlan::new(self, c) {
+                Some(cp) => Some(cp),
+                None => {
+                    let clip = clip.expect("matched Some");
+                    return self.backward_layer_major_clipped(ws, params, clip, first, input_grad);
+                }
+            },
+        };
         let batch = ws.batch;
-        let plan = self.plan(ws, params, batch)?;
+        let mut plan = self.plan(ws, params, batch)?;
         let chunks = batch.div_ceil(plan.per);
         let p = self.num_params();
+        // Per chunk: compact rows, [factors | ghost dy], squared norms.
+        let (mut lrow, mut laux, mut lsq) = (0, 0, 0);
+        if let (Some(cp), Some(c)) = (&cplan, &clip) {
+            plan.group = plan
+                .group
+                .min((CLIP_ROW_BYTES / 4 / cp.p_rows.max(1)).max(1));
+            lrow = plan.group * cp.p_rows;
+            laux = plan.group * (c.bounds.len() + cp.g_len);
+            lsq = plan.group * cp.n_tensors();
+            grow(&mut ws.clip_rows, chunks * lrow);
+            grow(&mut ws.clip_aux, chunks * laux);
+            if ws.clip_sq.len() < chunks * lsq {
+                ws.clip_sq.resize(chunks * lsq, 0.0);
+            }
+        }
         let Workspace {
             acts,
             ga,
@@ -198,6 +244,9 @@ impl Sequential {
             scratch,
             ping,
             sums,
+            clip_rows,
+            clip_aux,
+            clip_sq,
             ..
         } = ws;
         let acts: &[Vec<f32>] = acts;
@@ -207,10 +256,14 @@ impl Sequential {
             ParamGrad::PerSample { rows, .. } => (Some(&mut rows[..batch * p]), None),
             ParamGrad::Sum { grad, accumulate } => (None, Some((grad, accumulate))),
         };
+        let clipped = clip.is_some();
         let bufs = BwdBufs {
             input_grad: input_grad.then(|| &mut ig[..batch * numel(&self.input)]),
             rows,
-            sums: sum_target.is_some().then(|| &mut sums[..chunks * p]),
+            sums: (sum_target.is_some() || clipped).then(|| &mut sums[..chunks * p]),
+            crows: clipped.then(|| &mut clip_rows[..chunks * lrow]),
+            caux: clipped.then(|| &mut clip_aux[..chunks * laux]),
+            csq: clipped.then(|| &mut clip_sq[..chunks * lsq]),
             ping: &mut ping[..chunks * 2 * plan.group * plan.maxper],
             scratch: &mut scratch[..chunks * plan.need],
         };
@@ -219,8 +272,18 @@ impl Sequential {
             acts,
             dy_out,
             first,
+            clip: cplan.as_ref(),
+            clip_lens: (lrow, laux, lsq),
         };
         self.bwd_split(&ctx, bufs, 0..batch, 0..chunks)?;
+        if let Some(c) = clip {
+            // The threads' partial sums, in thread order.
+            for acc in sums[..chunks * p].chunks_exact(p) {
+                for (g, a) in c.sum.iter_mut().zip(acc) {
+                    *g += *a;
+                }
+            }
+        }
         if let Some((grad, accumulate)) = sum_target {
             if !accumulate {
                 grad.fill(0.0);
@@ -252,12 +315,25 @@ impl Sequential {
         let (ig1, ig2) = split_opt(bufs.input_grad, nl * numel(&self.input));
         let (r1, r2) = split_opt(bufs.rows, nl * p);
         let (s1, s2) = split_opt(bufs.sums, cl * p);
+        let (lrow, laux, lsq) = ctx.clip_lens;
+        let (cr1, cr2) = split_opt(bufs.crows, cl * lrow);
+        let (ca1, ca2) = split_opt(bufs.caux, cl * laux);
+        let (cs1, cs2) = match bufs.csq {
+            Some(v) => {
+                let (a, b) = v.split_at_mut(cl * lsq);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
         let (p1, p2) = bufs.ping.split_at_mut(cl * 2 * plan.group * plan.maxper);
         let (c1, c2) = bufs.scratch.split_at_mut(cl * plan.need);
         let left = BwdBufs {
             input_grad: ig1,
             rows: r1,
             sums: s1,
+            crows: cr1,
+            caux: ca1,
+            csq: cs1,
             ping: p1,
             scratch: c1,
         };
@@ -265,6 +341,9 @@ impl Sequential {
             input_grad: ig2,
             rows: r2,
             sums: s2,
+            crows: cr2,
+            caux: ca2,
+            csq: cs2,
             ping: p2,
             scratch: c2,
         };
@@ -283,6 +362,11 @@ impl Sequential {
         let glen = plan.group * plan.maxper;
         let (pa, pb) = bufs.ping[..2 * glen].split_at_mut(glen);
         let mut started = false;
+        if ctx.clip.is_some() {
+            if let Some(acc) = bufs.sums.as_deref_mut() {
+                acc.fill(0.0);
+            }
+        }
         let mut a = 0;
         let n = ex.len();
         while a < n {
@@ -311,6 +395,16 @@ impl Sequential {
                 let r = self.ranges[i].clone();
                 let pg = if r.is_empty() {
                     ParamGrad::None
+                } else if let (Some(cp), Some(rows)) = (ctx.clip, bufs.crows.as_deref_mut()) {
+                    if cp.is_ghost(i) {
+                        ParamGrad::None
+                    } else {
+                        ParamGrad::PerSample {
+                            rows: &mut rows[..m * cp.p_rows],
+                            stride: cp.p_rows,
+                            offset: cp.row_offset(i),
+                        }
+                    }
                 } else if let Some(rows) = bufs.rows.as_deref_mut() {
                     ParamGrad::PerSample {
                         rows: &mut rows[a * p..b * p],
@@ -326,12 +420,67 @@ impl Sequential {
                     ParamGrad::None
                 };
                 self.layer_backward(i, m, x, y, plan.params, dy, dx, pg, bufs.scratch)?;
+                if let (Some(cp), Some(aux), Some(sq)) =
+                    (ctx.clip, bufs.caux.as_deref_mut(), bufs.csq.as_deref_mut())
+                {
+                    let (_, gdy) = aux.split_at_mut(plan.group * cp.nf());
+                    cp.record_ghost(i, m, x, dy, gdy, sq);
+                }
                 std::mem::swap(&mut cur, &mut nxt);
+            }
+            if let (Some(cp), Some(rows), Some(aux), Some(sq), Some(acc)) = (
+                ctx.clip,
+                bufs.crows.as_deref(),
+                bufs.caux.as_deref_mut(),
+                bufs.csq.as_deref_mut(),
+                bufs.sums.as_deref_mut(),
+            ) {
+                // The group's gradients are complete and still in cache: clip them into the
+                // thread's partial sum.
+                let (fac, gdy) = aux.split_at_mut(plan.group * cp.nf());
+                let input = |l: usize| {
+                    let pl = numel(&self.shapes[l]);
+                    &ctx.acts[l][g0 * pl..(g0 + m) * pl]
+                };
+                cp.clip_group(m, g0, rows, gdy, sq, fac, input, acc)?;
             }
             started = true;
             a = b;
         }
         Ok(())
+    }
+
+    /// The layer-major backward into a clipped sum: the `[B, P]` matrix in the workspace, then
+    /// norms, factors and the fused accumulate of `cpu::clip` (parallel inside).
+    pub(super) fn backward_layer_major_clipped(
+        &self,
+        ws: &mut Workspace,
+        params: &[f32],
+        clip: ClipTarget<'_>,
+        first: usize,
+        input_grad: bool,
+    ) -> Result<()> {
+        let (b, p) = (ws.batch, self.num_params());
+        let (s, nf) = (clip.layout.num_segments(), clip.bounds.len());
+        let mut rows = std::mem::take(&mut ws.clip_rows);
+        grow(&mut rows, b * p);
+        let r = (|| {
+            let grads = ParamGrad::PerSample {
+                rows: &mut rows[..b * p],
+                stride: p,
+                offset: 0,
+            };
+            self.backward_layer_major(ws, params, grads, first, input_grad)?;
+            grow(&mut ws.clip_aux, b * (1 + s + nf));
+            let (norms, rest) = ws.clip_aux.split_at_mut(b);
+            let (seg, rest) = rest.split_at_mut(b * s);
+            let factors = &mut rest[..b * nf];
+            per_sample_norms(&rows[..b * p], b, clip.layout, norms, seg)?;
+            clip_factors(if nf == 1 { norms } else { seg }, clip.bounds, factors)?;
+            clip_accumulate(&rows[..b * p], b, clip.layout, factors, clip.sum)
+        })();
+        ws.clip_rows = rows;
+        r
     }
 
     /// The layer-major backward (each kernel on the whole batch, parallel inside).
@@ -397,4 +546,14 @@ struct BwdCtx<'a> {
     acts: &'a [Vec<f32>],
     dy_out: &'a [f32],
     first: usize,
+    /// Clipped mode: the plan, and the per-chunk lengths of the rows, aux and squared norms.
+    clip: Option<&'a ClipPlan<'a>>,
+    clip_lens: (usize, usize, usize),
+}
+
+/// Grows `v` to at least `len` (never shrinks; allocates only the first time a size is seen).
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
 }

@@ -181,6 +181,9 @@ mod imp {
                 group: 1,
                 ping: Vec::new(),
                 sums: Vec::new(),
+                clip_rows: Vec::new(),
+                clip_aux: Vec::new(),
+                clip_sq: Vec::new(),
                 have_forward: false,
                 have_output_grad: false,
                 have_input_grad: false,
@@ -404,6 +407,13 @@ mod imp {
                         ));
                     }
                     Dst::Sum(v, accumulate)
+                }
+                Grads::ClippedSum { .. } => {
+                    return Err(Error::invalid(
+                        "grads",
+                        "Grads::ClippedSum",
+                        "a CPU model (the fused clipping is CPU-only): on a GPU use Grads::PerSample and ops::clip_and_accumulate, or PrivacyEngine::accumulate_model, which does that",
+                    ))
                 }
             };
             // Layers below the first one with parameters need no gradient unless the input's
