@@ -307,24 +307,8 @@ impl PrivacyEngine {
         ws: &mut crate::nn::Workspace,
     ) -> Result<ClipStats> {
         use crate::nn::Grads;
-        const OP: &str = "PrivacyEngine::accumulate_model";
-        if !model.device().same(&self.device) {
-            return Err(Error::invalid(
-                "device",
-                format!("model on {:?}, engine on {:?}", model.device(), self.device),
-                "the same device for the model and the engine",
-            ));
-        }
+        self.check_model(model)?;
         let p = model.num_params();
-        if self.layout.num_params() != p {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "the engine's layout covers {} parameters, the model has {p}",
-                    self.layout.num_params()
-                ),
-            ));
-        }
         let batch = ws.batch();
         if self.device.is_cuda() {
             let need = ws.max_batch() * p;
@@ -350,6 +334,67 @@ impl PrivacyEngine {
         )?;
         self.rows += batch;
         Ok(ClipStats { batch })
+    }
+
+    /// One physical batch end to end: `model`'s forward on `x`, the loss against the targets
+    /// in `loss` (summed over the examples, so each per-sample gradient is its example's own),
+    /// and the per-sample gradients clipped into the lot's sum — the same lot as
+    /// `forward_slice` + `loss(.., Reduction::Sum)` + [`PrivacyEngine::accumulate_model`], in
+    /// one pass on the CPU ([`crate::nn::Sequential::forward_backward`]: each group of
+    /// examples goes forward, backward and through the clipping while it is in cache). On a GPU
+    /// it makes those three calls. Returns the summed loss of the batch.
+    pub fn accumulate_batch(
+        &mut self,
+        model: &crate::nn::Sequential,
+        ws: &mut crate::nn::Workspace,
+        x: &[f32],
+        loss: crate::nn::Loss<'_>,
+    ) -> Result<f64> {
+        use crate::cpu::loss::Reduction;
+        use crate::nn::Grads;
+        if self.device.is_cuda() {
+            model.forward_slice(ws, x)?;
+            let l = model.loss(ws, loss, Reduction::Sum)?;
+            self.accumulate_model(model, ws)?;
+            return Ok(l);
+        }
+        self.check_model(model)?;
+        ops::check::max_norms(self.cfg.clipping.bounds())?;
+        let l = model.forward_backward(
+            ws,
+            x,
+            loss,
+            Reduction::Sum,
+            Grads::ClippedSum {
+                layout: &self.layout,
+                clipping: &self.cfg.clipping,
+                sum: &mut self.sum,
+            },
+            false,
+        )?;
+        self.rows += ws.batch();
+        Ok(l)
+    }
+
+    fn check_model(&self, model: &crate::nn::Sequential) -> Result<()> {
+        if !model.device().same(&self.device) {
+            return Err(Error::invalid(
+                "device",
+                format!("model on {:?}, engine on {:?}", model.device(), self.device),
+                "the same device for the model and the engine",
+            ));
+        }
+        let p = model.num_params();
+        if self.layout.num_params() != p {
+            return Err(Error::shape(
+                "PrivacyEngine",
+                format!(
+                    "the engine's layout covers {} parameters, the model has {p}",
+                    self.layout.num_params()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Examples accumulated into the current lot.

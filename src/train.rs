@@ -452,36 +452,38 @@ impl Trainer {
             let b = chunk.len();
             self.train
                 .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
-            self.model.forward_slice(&mut self.ws, &self.xb[..b * ex])?;
-            let l = self.model.loss(
-                &mut self.ws,
-                Loss::CrossEntropy(&self.yb[..b]),
-                Reduction::Sum,
-            )?;
-            if !l.is_finite() {
-                return Err(Error::NonFinite {
+            let x = &self.xb[..b * ex];
+            let target = Loss::CrossEntropy(&self.yb[..b]);
+            // Forward, loss and backward in one pass; per-sample gradients clipped into the
+            // lot's sum as they are computed (on the CPU: no [B, P] matrix).
+            let r = match &mut self.engine {
+                Some(engine) => engine.accumulate_batch(&self.model, &mut self.ws, x, target),
+                None => self.model.forward_backward(
+                    &mut self.ws,
+                    x,
+                    target,
+                    Reduction::Sum,
+                    Grads::Sum {
+                        grad: &mut self.grad,
+                        accumulate: true,
+                    },
+                    false,
+                ),
+            };
+            let step = self.global_step();
+            let l = match r {
+                Ok(l) if l.is_finite() => l,
+                Ok(l) => Err(Error::NonFinite {
                     what: "training loss",
-                    detail: format!("loss {l} at step {}; the last checkpoint is kept — lower the learning rate", self.global_step()),
-                });
-            }
+                    detail: format!("loss {l} at step {step}; the last checkpoint is kept — lower the learning rate"),
+                })?,
+                Err(Error::NonFinite { what, detail }) => Err(Error::NonFinite {
+                    what,
+                    detail: format!("{detail} at step {step}; the last checkpoint is kept — lower the learning rate"),
+                })?,
+                Err(e) => return Err(e),
+            };
             loss_sum += l;
-            match &mut self.engine {
-                Some(engine) => {
-                    // Per-sample gradients clipped into the lot's sum (fused into the
-                    // backward on the CPU: no [B, P] matrix).
-                    engine.accumulate_model(&self.model, &mut self.ws)?;
-                }
-                None => {
-                    self.model.backward(
-                        &mut self.ws,
-                        Grads::Sum {
-                            grad: &mut self.grad,
-                            accumulate: true,
-                        },
-                        false,
-                    )?;
-                }
-            }
         }
         self.update(lot.len())?;
         self.update_ema()?;

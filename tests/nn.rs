@@ -975,6 +975,221 @@ fn clipped_sum_equals_per_sample_then_clip() {
     }
 }
 
+/// `forward_backward` (each group's forward, loss and backward in one pass; Conv2d reusing
+/// its forward's im2col) equals `forward_slice` + `loss` + `backward`: activations, input
+/// gradients and per-sample rows bit for bit; the loss to 1e-12; summed and clipped gradients
+/// to 1e-5 of their largest entry (added in another order). Four models and an MLP; sum and
+/// mean reductions; cross-entropy and BCE with logits; batches of 1 to 80.
+#[test]
+fn forward_backward_equals_three_calls() {
+    use dpsgd::ops::Clipping;
+    let cfg = models::DcganConfig {
+        image_size: 28,
+        ngf: 8,
+        ndf: 8,
+        nz: 16,
+        groups: 4,
+        channels: 1,
+    };
+    let dev = Device::Cpu;
+    let mlp = Sequential::builder(&[2, 5, 5])
+        .flatten()
+        .linear(16, true)
+        .tanh()
+        .linear(3, true)
+        .build(&dev, 7)
+        .unwrap();
+    let nets = [
+        models::sample_conv_net(&dev, 3).unwrap(),
+        models::sample_conv_net_tanh(&dev, 4).unwrap(),
+        models::dcgan_discriminator(&dev, &cfg, 5).unwrap(),
+        models::dcgan_generator(&dev, &cfg, 6).unwrap(),
+        mlp,
+    ];
+    for m in &nets {
+        let per: usize = m.input_shape().iter().product();
+        let out: usize = m.output_shape().iter().product();
+        let p = m.num_params();
+        let classes = out >= 3 && m.output_shape().len() == 1;
+        let mut ws = m.workspace(80).unwrap();
+        for (batch, reduction) in [
+            (1, Reduction::Sum),
+            (7, Reduction::Mean),
+            (33, Reduction::Sum),
+            (80, Reduction::Mean),
+        ] {
+            let mut rng = Philox::new(batch as u64, 21);
+            let x: Vec<f32> = (0..batch * per)
+                .map(|_| rng.next_f64() as f32 - 0.5)
+                .collect();
+            let t_ce: Vec<u32> = (0..batch)
+                .map(|_| rng.next_below(out as u64) as u32)
+                .collect();
+            let t_bce: Vec<f32> = (0..batch * out).map(|_| rng.next_f64() as f32).collect();
+            let loss = || {
+                if classes {
+                    Loss::CrossEntropy(&t_ce)
+                } else {
+                    Loss::BceWithLogits(&t_bce)
+                }
+            };
+            let what = format!("{:?}, batch {batch}, {reduction:?}", m.layers()[0]);
+            let segs = m.layout().num_segments();
+            let clipping = Clipping::PerLayer(vec![0.05; segs]);
+            // Reference: the three calls.
+            let mut rows_a = Buffer::zeros(&dev, batch * p).unwrap();
+            m.forward_slice(&mut ws, &x).unwrap();
+            let acts_a: Vec<Vec<f32>> = (0..=m.layers().len())
+                .map(|i| ws.activation(i).unwrap().to_vec())
+                .collect();
+            let la = m.loss(&mut ws, loss(), reduction).unwrap();
+            m.backward(&mut ws, Grads::PerSample(&mut rows_a), true)
+                .unwrap();
+            let ig_a = ws.input_grad().unwrap().to_vec();
+            let mut sum_a = Buffer::from_slice(&dev, &vec![0.5f32; p]).unwrap();
+            m.forward_slice(&mut ws, &x).unwrap();
+            m.loss(&mut ws, loss(), reduction).unwrap();
+            m.backward(
+                &mut ws,
+                Grads::Sum {
+                    grad: &mut sum_a,
+                    accumulate: true,
+                },
+                false,
+            )
+            .unwrap();
+            let mut clip_a = Buffer::zeros(&dev, p).unwrap();
+            m.forward_slice(&mut ws, &x).unwrap();
+            m.loss(&mut ws, loss(), reduction).unwrap();
+            m.backward(
+                &mut ws,
+                Grads::ClippedSum {
+                    layout: m.layout(),
+                    clipping: &clipping,
+                    sum: &mut clip_a,
+                },
+                false,
+            )
+            .unwrap();
+            // Fused.
+            let mut rows_b = Buffer::zeros(&dev, batch * p).unwrap();
+            let lb = m
+                .forward_backward(
+                    &mut ws,
+                    &x,
+                    loss(),
+                    reduction,
+                    Grads::PerSample(&mut rows_b),
+                    true,
+                )
+                .unwrap();
+            for (i, a) in acts_a.iter().enumerate() {
+                assert_eq!(ws.activation(i).unwrap(), &a[..], "{what}: activation {i}");
+            }
+            assert_eq!(
+                ws.input_grad().unwrap(),
+                &ig_a[..],
+                "{what}: input gradient"
+            );
+            assert_eq!(
+                rows_a.to_vec().unwrap(),
+                rows_b.to_vec().unwrap(),
+                "{what}: rows"
+            );
+            assert!(close(la, lb, 1e-12), "{what}: loss {la} vs {lb}");
+            let mut sum_b = Buffer::from_slice(&dev, &vec![0.5f32; p]).unwrap();
+            m.forward_backward(
+                &mut ws,
+                &x,
+                loss(),
+                reduction,
+                Grads::Sum {
+                    grad: &mut sum_b,
+                    accumulate: true,
+                },
+                false,
+            )
+            .unwrap();
+            let mut clip_b = Buffer::zeros(&dev, p).unwrap();
+            m.forward_backward(
+                &mut ws,
+                &x,
+                loss(),
+                reduction,
+                Grads::ClippedSum {
+                    layout: m.layout(),
+                    clipping: &clipping,
+                    sum: &mut clip_b,
+                },
+                false,
+            )
+            .unwrap();
+            for (name, a, b) in [("sum", &sum_a, &sum_b), ("clipped sum", &clip_a, &clip_b)] {
+                let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+                let big = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (j, (u, v)) in b.iter().zip(&a).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-5 * big,
+                        "{what}: {name}[{j}] {u} vs {v}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `forward_backward`'s errors: targets that do not fit (naming the example in the batch),
+/// non-finite logits (naming the examples), all before anything is added to the sum.
+#[test]
+fn forward_backward_errors() {
+    let dev = Device::Cpu;
+    let m = models::sample_conv_net_tanh(&dev, 1).unwrap();
+    let p = m.num_params();
+    let batch = 40;
+    let mut ws = m.workspace(batch).unwrap();
+    let x = vec![0.1f32; batch * 784];
+    let mut t = vec![1u32; batch];
+    let mut sum = Buffer::from_slice(&dev, &vec![1f32; p]).unwrap();
+    let run = |ws: &mut dpsgd::nn::Workspace, sum: &mut Buffer<f32>, x: &[f32], t: &[u32]| {
+        m.forward_backward(
+            ws,
+            x,
+            Loss::CrossEntropy(t),
+            Reduction::Sum,
+            Grads::Sum {
+                grad: sum,
+                accumulate: true,
+            },
+            false,
+        )
+    };
+    assert!(matches!(
+        run(&mut ws, &mut sum, &x, &t[..39]),
+        Err(Error::Shape { .. })
+    ));
+    t[33] = 10;
+    match run(&mut ws, &mut sum, &x, &t) {
+        Err(e @ Error::InvalidParameter { .. }) => {
+            assert!(e.to_string().contains("example 33"), "{e}")
+        }
+        other => panic!("expected InvalidParameter, got {other:?}"),
+    }
+    t[33] = 1;
+    let mut xn = x.clone();
+    xn[25 * 784..26 * 784].fill(f32::INFINITY);
+    assert!(matches!(
+        run(&mut ws, &mut sum, &xn, &t),
+        Err(Error::NonFinite { .. })
+    ));
+    assert!(matches!(
+        run(&mut ws, &mut sum, &x[..784 * 3 + 1], &t[..3]),
+        Err(Error::Shape { .. })
+    ));
+    assert!(sum.to_vec().unwrap().iter().all(|&v| v == 1.0));
+    run(&mut ws, &mut sum, &x, &t).unwrap();
+    assert!(sum.to_vec().unwrap().iter().any(|&v| v != 1.0));
+}
+
 /// A NaN in one example's gradient is an error naming that example, on both schedules, and
 /// nothing is added to the sum; mismatched layouts and bounds are typed errors.
 #[test]

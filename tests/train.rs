@@ -61,9 +61,10 @@ fn engine_with_external_gradients() {
     assert_eq!(e.lot_size(), 0, "the lot is consumed by the step");
 }
 
-/// `accumulate_model` (the clipping fused into the model's backward) gives the engine the same
-/// lot as the model's per-sample rows through `accumulate`: same lot size, and the same noised
-/// mean gradient with σ = 0 up to f32 summation order (flat and per-layer clipping).
+/// `accumulate_model` (the clipping fused into the model's backward) and `accumulate_batch`
+/// (forward, loss, backward and clipping in one pass) give the engine the same lot as the
+/// model's per-sample rows through `accumulate`: same lot size, and the same noised mean
+/// gradient with σ = 0 up to f32 summation order (flat and per-layer clipping).
 #[test]
 fn accumulate_model_equals_accumulate_of_rows() {
     use dpsgd::cpu::loss::Reduction;
@@ -85,8 +86,14 @@ fn accumulate_model_equals_accumulate_of_rows() {
         cfg.clipping = clipping;
         let mut fused =
             PrivacyEngine::new(cfg.clone(), model.layout().clone(), &dev, Some(1)).unwrap();
-        let mut plain = PrivacyEngine::new(cfg, model.layout().clone(), &dev, Some(1)).unwrap();
+        let mut plain =
+            PrivacyEngine::new(cfg.clone(), model.layout().clone(), &dev, Some(1)).unwrap();
+        let mut one_pass = PrivacyEngine::new(cfg, model.layout().clone(), &dev, Some(1)).unwrap();
         for _ in 0..2 {
+            let l = one_pass
+                .accumulate_batch(&model, &mut ws, &x, Loss::CrossEntropy(&y))
+                .unwrap();
+            assert!(l.is_finite() && l > 0.0);
             model.forward_slice(&mut ws, &x).unwrap();
             model
                 .loss(&mut ws, Loss::CrossEntropy(&y), Reduction::Sum)
@@ -104,15 +111,23 @@ fn accumulate_model_equals_accumulate_of_rows() {
         }
         assert_eq!(fused.lot_size(), 2 * batch);
         assert_eq!(plain.lot_size(), 2 * batch);
+        assert_eq!(one_pass.lot_size(), 2 * batch);
         let mut a = Buffer::<f32>::zeros(&dev, p).unwrap();
         let mut b = Buffer::<f32>::zeros(&dev, p).unwrap();
+        let mut c = Buffer::<f32>::zeros(&dev, p).unwrap();
         fused.noisy_gradient(&mut a).unwrap();
         plain.noisy_gradient(&mut b).unwrap();
-        let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+        one_pass.noisy_gradient(&mut c).unwrap();
+        let (a, b, c) = (
+            a.to_vec().unwrap(),
+            b.to_vec().unwrap(),
+            c.to_vec().unwrap(),
+        );
         let big = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(big > 0.0);
-        for (j, (u, v)) in a.iter().zip(&b).enumerate() {
+        for (j, ((u, w), v)) in a.iter().zip(&c).zip(&b).enumerate() {
             assert!((u - v).abs() <= 1e-5 * big, "[{j}] {u} vs {v}");
+            assert!((w - v).abs() <= 1e-5 * big, "[{j}] one pass {w} vs {v}");
         }
     }
 }

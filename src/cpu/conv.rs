@@ -10,7 +10,7 @@
 //! gradients go to a [`ParamGrad`] (per-sample rows of the `[B, P]` matrix, or the sum).
 
 use super::gemm::{gemm, Real};
-use super::grad::{check_grad, check_len, chunks_for, run_chunks, GradOut, ParamGrad};
+use super::grad::{check_grad, check_len, chunks_for, run_chunks, run_single, GradOut, ParamGrad};
 use crate::{Error, Result};
 
 /// The geometry of a convolution over one example: input `[c, h, w]`, square kernel `k`,
@@ -487,6 +487,242 @@ impl Conv2dShape {
     }
 }
 
+/// The forward of `n` examples (`x`: their inputs, `y`: their outputs) as one GEMM: im2col of
+/// each into `cols` (`[kk, n·l]`, leading dimension `n·l`), `Y = W·cols` into `ybuf`, then
+/// each example's `[cout, l]` plus the bias into `y`.
+#[allow(clippy::too_many_arguments)]
+fn forward_block<T: Real>(
+    s: &Conv2dShape,
+    g: &ConvGeom,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    cols: &mut [T],
+    ybuf: &mut [T],
+    ph: &mut [T],
+    y: &mut [T],
+) {
+    let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
+    let ld = n * l;
+    for jj in 0..n {
+        phase_split(g, &x[jj * il..(jj + 1) * il], ph);
+        im2col_phased(g, ph, &mut cols[jj * l..], ld);
+    }
+    // Y [cout × n·l] = W [cout × kk] · cols [kk × n·l]
+    gemm(
+        cout,
+        kk,
+        ld,
+        T::ONE,
+        w,
+        kk,
+        1,
+        cols,
+        ld,
+        1,
+        T::ZERO,
+        ybuf,
+        ld,
+        1,
+    );
+    for jj in 0..n {
+        let yi = &mut y[jj * cout * l..(jj + 1) * cout * l];
+        for c in 0..cout {
+            let src = &ybuf[c * ld + jj * l..c * ld + jj * l + l];
+            let dst = &mut yi[c * l..(c + 1) * l];
+            if s.bias {
+                let bc = b[c];
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = *v + bc;
+                }
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// The backward of `n` examples from their im2col `cols` (`[kk, n·l]`, leading dimension
+/// `n·l`, as [`forward_block`] leaves it): `dys` their output gradients; parameter gradients
+/// to `gout` (local examples `j0 ..`); their input gradients into `dx` when given.
+#[allow(clippy::too_many_arguments)]
+fn backward_block<T: Real>(
+    s: &Conv2dShape,
+    g: &ConvGeom,
+    n: usize,
+    j0: usize,
+    cols: &[T],
+    dys: &[T],
+    w: &[T],
+    dyb: &mut [T],
+    dcols: &mut [T],
+    ph: &mut [T],
+    gout: &mut GradOut<'_, T>,
+    dx: Option<&mut [T]>,
+) {
+    let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
+    let (np, nw) = (s.num_params(), s.weight_len());
+    let ld = n * l;
+    if gout.is_sum() || dx.is_some() {
+        // dY of the block as [cout × n·l].
+        for jj in 0..n {
+            for c in 0..cout {
+                dyb[c * ld + jj * l..c * ld + jj * l + l]
+                    .copy_from_slice(&dys[(jj * cout + c) * l..(jj * cout + c + 1) * l]);
+            }
+        }
+    }
+    if let Some((region, beta)) = gout.sum_region(np) {
+        let (dw, db) = region.split_at_mut(nw);
+        // dW [cout × kk] += dY [cout × n·l] · colsᵀ [n·l × kk]
+        gemm(
+            cout,
+            ld,
+            kk,
+            T::ONE,
+            dyb,
+            ld,
+            1,
+            cols,
+            1,
+            ld,
+            beta,
+            dw,
+            kk,
+            1,
+        );
+        if s.bias {
+            bias_grad(dyb, ld, db, beta);
+        }
+    } else {
+        for jj in 0..n {
+            let Some((region, beta)) = gout.region(j0 + jj, np) else {
+                break;
+            };
+            let dyi = &dys[jj * cout * l..(jj + 1) * cout * l];
+            let (dw, db) = region.split_at_mut(nw);
+            // dW_i [cout × kk] = dY_i [cout × l] · cols_iᵀ [l × kk]
+            gemm(
+                cout,
+                l,
+                kk,
+                T::ONE,
+                dyi,
+                l,
+                1,
+                &cols[jj * l..],
+                1,
+                ld,
+                beta,
+                dw,
+                kk,
+                1,
+            );
+            if s.bias {
+                bias_grad(dyi, l, db, beta);
+            }
+        }
+    }
+    if let Some(dx) = dx {
+        // dcols [kk × n·l] = Wᵀ [kk × cout] · dY [cout × n·l]
+        gemm(
+            kk,
+            cout,
+            ld,
+            T::ONE,
+            w,
+            1,
+            kk,
+            dyb,
+            ld,
+            1,
+            T::ZERO,
+            dcols,
+            ld,
+            1,
+        );
+        for jj in 0..n {
+            let dxi = &mut dx[jj * il..(jj + 1) * il];
+            ph.fill(T::ZERO);
+            col2im_phased(g, &dcols[jj * l..], ld, ph);
+            phase_merge(g, ph, dxi);
+        }
+    }
+}
+
+impl Conv2dShape {
+    /// Buffers of [`conv2d_forward_group`] / [`conv2d_backward_group`] for the whole batch as
+    /// one block: (the im2col kept between them, `[kk, batch·l]`; the work area: im2col
+    /// gradient, `[cout, batch·l]` outputs or output gradients, one phase split).
+    pub(crate) fn group_lens(&self) -> Result<(usize, usize)> {
+        let g = self.geom()?;
+        let cols = self.batch * g.cols_len();
+        Ok((
+            cols,
+            cols + self.batch * self.cout * g.out_positions() + g.phase_len(),
+        ))
+    }
+}
+
+/// [`conv2d_forward`] of a small group of examples on the calling thread as one block, keeping
+/// its im2col in `cols` (`group_lens().0`) for [`conv2d_backward_group`]: the depth-first
+/// schedule's forward, whose backward follows while the group is in cache. `work`:
+/// `group_lens().1`. Same outputs as [`conv2d_forward`] (one GEMM over the group instead of
+/// micro-batches: the same dot products).
+pub(crate) fn conv2d_forward_group<T: Real>(
+    s: &Conv2dShape,
+    x: &[T],
+    params: &[T],
+    y: &mut [T],
+    cols: &mut [T],
+    work: &mut [T],
+) -> Result<()> {
+    const OP: &str = "conv2d_forward_group";
+    let g = s.check(OP, x.len(), params.len())?;
+    check_len(OP, "y", y.len(), s.batch * s.cout * g.out_positions())?;
+    let (lc, lw) = s.group_lens()?;
+    check_len(OP, "cols", cols.len(), lc)?;
+    check_len(OP, "work", work.len(), lw)?;
+    let (w, b) = params.split_at(s.weight_len());
+    let (ybuf, ph) = work[lc..].split_at_mut(s.batch * s.cout * g.out_positions());
+    forward_block(s, &g, s.batch, x, w, b, cols, ybuf, ph, y);
+    Ok(())
+}
+
+/// [`conv2d_backward`] of the group that [`conv2d_forward_group`] ran, from the im2col it kept
+/// in `cols` (no second im2col). `work`: `group_lens().1`. Same results as
+/// [`conv2d_backward`] (a [`ParamGrad::Sum`] is accumulated in place).
+pub(crate) fn conv2d_backward_group<T: Real>(
+    s: &Conv2dShape,
+    cols: &[T],
+    params: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    grad: ParamGrad<'_, T>,
+    work: &mut [T],
+) -> Result<()> {
+    const OP: &str = "conv2d_backward_group";
+    let g = s.geom()?;
+    check_len(OP, "params", params.len(), s.num_params())?;
+    let (l, il, cout) = (g.out_positions(), g.in_len(), s.cout);
+    check_len(OP, "dy", dy.len(), s.batch * cout * l)?;
+    if let Some(dx) = &dx {
+        check_len(OP, "dx", dx.len(), s.batch * il)?;
+    }
+    let (lc, lw) = s.group_lens()?;
+    check_len(OP, "cols", cols.len(), lc)?;
+    check_len(OP, "work", work.len(), lw)?;
+    check_grad(OP, &grad, s.batch, s.num_params())?;
+    let w = &params[..s.weight_len()];
+    let (dcols, rest) = work.split_at_mut(lc);
+    let (dyb, ph) = rest.split_at_mut(s.batch * cout * l);
+    run_single(dx, grad, |dx, gout| {
+        backward_block(s, &g, s.batch, 0, cols, dy, w, dyb, dcols, ph, gout, dx)
+    });
+    Ok(())
+}
+
 /// `Conv2d` forward: `y_i = W ⋆ x_i + b` for every example.
 ///
 /// `x`: `[batch, cin, h, w]`; `params`: weight `[cout, cin, k, k]` then bias `[cout]`;
@@ -501,7 +737,7 @@ pub fn conv2d_forward<T: Real>(
 ) -> Result<()> {
     const OP: &str = "conv2d_forward";
     let g = s.check(OP, x.len(), params.len())?;
-    let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
+    let (l, il, cout) = (g.out_positions(), g.in_len(), s.cout);
     check_len(OP, "y", y.len(), s.batch * cout * l)?;
     let work = s.work_len(&g);
     let chunks = chunks_for(OP, s.batch, scratch.len(), work)?;
@@ -515,44 +751,10 @@ pub fn conv2d_forward<T: Real>(
             let mut j0 = 0;
             while j0 < ex.len() {
                 let n = mb.min(ex.len() - j0);
-                let ld = n * l;
-                for jj in 0..n {
-                    let i = ex.start + j0 + jj;
-                    phase_split(&g, &x[i * il..(i + 1) * il], ph);
-                    im2col_phased(&g, ph, &mut cols[jj * l..], ld);
-                }
-                // Y [cout × n·l] = W [cout × kk] · cols [kk × n·l]
-                gemm(
-                    cout,
-                    kk,
-                    ld,
-                    T::ONE,
-                    w,
-                    kk,
-                    1,
-                    cols,
-                    ld,
-                    1,
-                    T::ZERO,
-                    ybuf,
-                    ld,
-                    1,
-                );
-                for jj in 0..n {
-                    let yi = &mut y[(j0 + jj) * cout * l..(j0 + jj + 1) * cout * l];
-                    for c in 0..cout {
-                        let src = &ybuf[c * ld + jj * l..c * ld + jj * l + l];
-                        let dst = &mut yi[c * l..(c + 1) * l];
-                        if s.bias {
-                            let bc = b[c];
-                            for (d, v) in dst.iter_mut().zip(src) {
-                                *d = *v + bc;
-                            }
-                        } else {
-                            dst.copy_from_slice(src);
-                        }
-                    }
-                }
+                let i = ex.start + j0;
+                let xs = &x[i * il..(i + n) * il];
+                let ys = &mut y[j0 * cout * l..(j0 + n) * cout * l];
+                forward_block(s, &g, n, xs, w, b, cols, ybuf, ph, ys);
                 j0 += n;
             }
         };
@@ -587,7 +789,7 @@ pub fn conv2d_backward<T: Real>(
 ) -> Result<()> {
     const OP: &str = "conv2d_backward";
     let g = s.check(OP, x.len(), params.len())?;
-    let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
+    let (l, il, cout) = (g.out_positions(), g.in_len(), s.cout);
     check_len(OP, "dy", dy.len(), s.batch * cout * l)?;
     if let Some(dx) = &dx {
         check_len(OP, "dx", dx.len(), s.batch * il)?;
@@ -609,102 +811,17 @@ pub fn conv2d_backward<T: Real>(
         let mut j0 = 0;
         while j0 < ex.len() {
             let n = mb.min(ex.len() - j0);
-            let ld = n * l;
             let first = ex.start + j0;
-            let dys = &dy[first * cout * l..(first + n) * cout * l];
             if gout.wanted() {
                 for jj in 0..n {
                     let i = first + jj;
                     phase_split(&g, &x[i * il..(i + 1) * il], ph);
-                    im2col_phased(&g, ph, &mut cols[jj * l..], ld);
+                    im2col_phased(&g, ph, &mut cols[jj * l..], n * l);
                 }
             }
-            let summed = gout.is_sum();
-            if summed || dx.is_some() {
-                // dY of the micro-batch as [cout × n·l].
-                for jj in 0..n {
-                    for c in 0..cout {
-                        dyb[c * ld + jj * l..c * ld + jj * l + l]
-                            .copy_from_slice(&dys[(jj * cout + c) * l..(jj * cout + c + 1) * l]);
-                    }
-                }
-            }
-            if let Some((region, beta)) = gout.sum_region(np) {
-                let (dw, db) = region.split_at_mut(nw);
-                // dW [cout × kk] += dY [cout × n·l] · colsᵀ [n·l × kk]
-                gemm(
-                    cout,
-                    ld,
-                    kk,
-                    T::ONE,
-                    dyb,
-                    ld,
-                    1,
-                    cols,
-                    1,
-                    ld,
-                    beta,
-                    dw,
-                    kk,
-                    1,
-                );
-                if s.bias {
-                    bias_grad(dyb, ld, db, beta);
-                }
-            } else {
-                for jj in 0..n {
-                    let Some((region, beta)) = gout.region(j0 + jj, np) else {
-                        break;
-                    };
-                    let dyi = &dys[jj * cout * l..(jj + 1) * cout * l];
-                    let (dw, db) = region.split_at_mut(nw);
-                    // dW_i [cout × kk] = dY_i [cout × l] · cols_iᵀ [l × kk]
-                    gemm(
-                        cout,
-                        l,
-                        kk,
-                        T::ONE,
-                        dyi,
-                        l,
-                        1,
-                        &cols[jj * l..],
-                        1,
-                        ld,
-                        beta,
-                        dw,
-                        kk,
-                        1,
-                    );
-                    if s.bias {
-                        bias_grad(dyi, l, db, beta);
-                    }
-                }
-            }
-            if let Some(dx) = dx.as_deref_mut() {
-                // dcols [kk × n·l] = Wᵀ [kk × cout] · dY [cout × n·l]
-                gemm(
-                    kk,
-                    cout,
-                    ld,
-                    T::ONE,
-                    w,
-                    1,
-                    kk,
-                    dyb,
-                    ld,
-                    1,
-                    T::ZERO,
-                    dcols,
-                    ld,
-                    1,
-                );
-                for jj in 0..n {
-                    let dxi = &mut dx[(j0 + jj) * il..(j0 + jj + 1) * il];
-                    ph.fill(T::ZERO);
-                    col2im_phased(&g, &dcols[jj * l..], ld, ph);
-                    phase_merge(&g, ph, dxi);
-                }
-            }
+            let dys = &dy[first * cout * l..(first + n) * cout * l];
+            let dxs = dx.as_deref_mut().map(|d| &mut d[j0 * il..(j0 + n) * il]);
+            backward_block(s, &g, n, j0, cols, dys, w, dyb, dcols, ph, gout, dxs);
             j0 += n;
         }
     };

@@ -243,6 +243,42 @@ pub(crate) fn chunks_for(
     Ok(avail.min(batch).max(1))
 }
 
+/// The runner of the single-threaded group kernels (the depth-first schedule's): `f` gets the
+/// whole of `out` and a [`GradOut`] over `grad` — per-sample rows as they are, a sum written
+/// straight into the caller's gradient (β = 1 when `accumulate`, so no partial sum to add).
+/// `grad` must have been validated with [`check_grad`].
+pub(crate) fn run_single<T, F>(out: Option<&mut [T]>, grad: ParamGrad<'_, T>, f: F)
+where
+    T: Real,
+    F: FnOnce(Option<&mut [T]>, &mut GradOut<'_, T>),
+{
+    let mut g = match grad {
+        ParamGrad::None => GradOut::None,
+        ParamGrad::PerSample {
+            rows,
+            stride,
+            offset,
+        } => GradOut::Rows {
+            rows,
+            stride,
+            offset,
+        },
+        ParamGrad::Sum { grad, accumulate } => GradOut::Acc {
+            acc: grad,
+            started: accumulate,
+        },
+    };
+    f(out, &mut g);
+    if let GradOut::Acc {
+        acc,
+        started: false,
+    } = g
+    {
+        // Nothing was written (no examples): an overwritten sum is zero.
+        acc.fill(T::ZERO);
+    }
+}
+
 /// The chunk runner: splits examples `0..batch` into `chunks` contiguous ranges and runs `f`
 /// on each in parallel with the chunk's slice of `out` (`out_per` elements per example), its
 /// view of `grad`, and its `work` elements of scratch. Afterwards reduces per-chunk partial

@@ -41,6 +41,24 @@ pub fn cross_entropy<T: Real>(
     reduction: Reduction,
     dlogits: Option<&mut [T]>,
 ) -> Result<f64> {
+    let batch = targets.len();
+    let scale = match reduction {
+        Reduction::Mean if batch > 0 => 1.0 / batch as f64,
+        _ => 1.0,
+    };
+    cross_entropy_scaled(logits, classes, targets, scale, dlogits)
+}
+
+/// [`cross_entropy`] with the reduction as a factor: the loss summed over these examples times
+/// `scale`, and the gradients times `scale` (the depth-first schedule runs a mean over the
+/// batch one group at a time with `scale = 1/N`). Errors as [`cross_entropy`].
+pub(crate) fn cross_entropy_scaled<T: Real>(
+    logits: &[T],
+    classes: usize,
+    targets: &[u32],
+    scale: f64,
+    dlogits: Option<&mut [T]>,
+) -> Result<f64> {
     const OP: &str = "cross_entropy";
     if classes == 0 {
         return Err(Error::invalid("classes", 0, ">= 1"));
@@ -62,10 +80,6 @@ pub fn cross_entropy<T: Real>(
         ));
     }
     check_finite(OP, "logits", logits)?;
-    let scale = match reduction {
-        Reduction::Mean if batch > 0 => 1.0 / batch as f64,
-        _ => 1.0,
-    };
     let mut total = 0.0f64;
     let mut dl = dlogits;
     for (i, &t) in targets.iter().enumerate() {
@@ -98,6 +112,21 @@ pub fn bce_with_logits<T: Real>(
     reduction: Reduction,
     dlogits: Option<&mut [T]>,
 ) -> Result<f64> {
+    let n = logits.len();
+    let scale = match reduction {
+        Reduction::Mean if n > 0 => 1.0 / n as f64,
+        _ => 1.0,
+    };
+    bce_with_logits_scaled(logits, targets, scale, dlogits)
+}
+
+/// [`bce_with_logits`] with the reduction as a factor (see [`cross_entropy_scaled`]).
+pub(crate) fn bce_with_logits_scaled<T: Real>(
+    logits: &[T],
+    targets: &[T],
+    scale: f64,
+    dlogits: Option<&mut [T]>,
+) -> Result<f64> {
     const OP: &str = "bce_with_logits";
     check_len(OP, "targets", targets.len(), logits.len())?;
     if let Some(d) = &dlogits {
@@ -105,11 +134,6 @@ pub fn bce_with_logits<T: Real>(
     }
     check_finite(OP, "logits", logits)?;
     check_finite(OP, "targets", targets)?;
-    let n = logits.len();
-    let scale = match reduction {
-        Reduction::Mean if n > 0 => 1.0 / n as f64,
-        _ => 1.0,
-    };
     let mut total = 0.0f64;
     let mut dl = dlogits;
     for (i, (z, t)) in logits.iter().zip(targets).enumerate() {
@@ -137,6 +161,21 @@ pub fn bce<T: Real>(
     reduction: Reduction,
     dprobs: Option<&mut [T]>,
 ) -> Result<f64> {
+    let n = probs.len();
+    let scale = match reduction {
+        Reduction::Mean if n > 0 => 1.0 / n as f64,
+        _ => 1.0,
+    };
+    bce_scaled(probs, targets, scale, dprobs)
+}
+
+/// [`bce`] with the reduction as a factor (see [`cross_entropy_scaled`]).
+pub(crate) fn bce_scaled<T: Real>(
+    probs: &[T],
+    targets: &[T],
+    scale: f64,
+    dprobs: Option<&mut [T]>,
+) -> Result<f64> {
     const OP: &str = "bce";
     check_len(OP, "targets", targets.len(), probs.len())?;
     if let Some(d) = &dprobs {
@@ -154,11 +193,6 @@ pub fn bce<T: Real>(
             format!("in [0, 1] (element {i}); use bce_with_logits on raw scores"),
         ));
     }
-    let n = probs.len();
-    let scale = match reduction {
-        Reduction::Mean if n > 0 => 1.0 / n as f64,
-        _ => 1.0,
-    };
     let mut total = 0.0f64;
     let mut dp = dprobs;
     for (i, (p, t)) in probs.iter().zip(targets).enumerate() {

@@ -358,6 +358,10 @@ impl Sequential {
         }
         let group = cpu::group_size(self.shapes.iter().map(numel).sum());
         let maxper = self.shapes.iter().map(numel).max().unwrap_or(0);
+        let fused_group = cpu::fused_group_size(
+            self.shapes.iter().map(numel).sum(),
+            self.im2col_per_example()?,
+        );
         Ok(Workspace {
             max_batch,
             batch: 0,
@@ -369,17 +373,30 @@ impl Sequential {
             scratch: vec![0.0; scratch],
             depth_first: true,
             group,
-            ping: vec![0.0; chunks * 2 * group * maxper],
+            ping: vec![0.0; chunks * 2 * group.max(fused_group) * maxper],
             sums: vec![0.0; chunks * self.num_params()],
             clip_rows: Vec::new(),
             clip_aux: Vec::new(),
             clip_sq: Vec::new(),
+            fused: Vec::new(),
+            fused_group,
             have_forward: false,
             have_output_grad: false,
             have_input_grad: false,
             #[cfg(feature = "cuda")]
             gpu: None,
         })
+    }
+
+    /// Floats of one example's im2col matrices over the Conv2d layers (kept by the fused pass).
+    fn im2col_per_example(&self) -> Result<usize> {
+        let mut n = 0;
+        for (i, l) in self.layers.iter().enumerate() {
+            if let Op::Conv(s) = self.op(i, l, 1) {
+                n += s.group_lens()?.0;
+            }
+        }
+        Ok(n)
     }
 
     fn scratch_for(&self, i: usize, l: &Layer, chunks: usize) -> Result<usize> {
@@ -496,26 +513,8 @@ impl Sequential {
             return self.gpu_forward_host(ws, x);
         }
         const OP: &str = "Sequential::forward";
-        self.check_ws(OP, ws)?;
+        let batch = self.begin_forward(OP, ws, x)?;
         let params = self.cpu_params(OP)?;
-        let per: usize = self.input.iter().product();
-        if x.is_empty() || x.len() % per != 0 || x.len() / per > ws.max_batch {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "input has {} values; expected batch × {per} (one example is {:?}) with 1 ≤ batch ≤ {}",
-                    x.len(),
-                    self.input,
-                    ws.max_batch
-                ),
-            ));
-        }
-        let batch = x.len() / per;
-        ws.batch = batch;
-        ws.have_forward = false;
-        ws.have_output_grad = false;
-        ws.have_input_grad = false;
-        ws.acts[0][..x.len()].copy_from_slice(x);
         if ws.depth_first && self.layers.len() < cpu::MAX_LAYERS {
             self.forward_depth_first(ws, params, batch)?;
         } else {
@@ -600,6 +599,118 @@ impl Sequential {
         }
     }
 
+    /// [`Grads`] as the CPU kernels take them (validated): the parameter gradients, or the
+    /// destination of a clipped sum.
+    fn cpu_grads<'g>(
+        &self,
+        op: &'static str,
+        batch: usize,
+        grads: Grads<'g>,
+    ) -> Result<(ParamGrad<'g, f32>, Option<cpu::ClipTarget<'g>>)> {
+        let b = batch;
+        let p = self.num_params();
+        let mut clip = None;
+        let grads = match grads {
+            Grads::None => ParamGrad::None,
+            Grads::PerSample(buf) => {
+                let rows = buf.as_mut_slice().ok_or_else(|| no_cuda(op))?;
+                if rows.len() < b * p {
+                    return Err(Error::shape(
+                        op,
+                        format!(
+                            "per-sample matrix has {} values, need {b} × {p}",
+                            rows.len()
+                        ),
+                    ));
+                }
+                ParamGrad::PerSample {
+                    rows,
+                    stride: p,
+                    offset: 0,
+                }
+            }
+            Grads::Sum { grad, accumulate } => {
+                let g = grad.as_mut_slice().ok_or_else(|| no_cuda(op))?;
+                if g.len() != p {
+                    return Err(Error::shape(
+                        op,
+                        format!("summed gradient has {} values, need {p}", g.len()),
+                    ));
+                }
+                ParamGrad::Sum {
+                    grad: g,
+                    accumulate,
+                }
+            }
+            Grads::ClippedSum {
+                layout,
+                clipping,
+                sum,
+            } => {
+                let bounds = clipping.bounds();
+                crate::ops::check::max_norms(bounds)?;
+                if layout.num_params() != p {
+                    return Err(Error::shape(
+                        op,
+                        format!(
+                            "the clipping layout covers {} parameters, the model has {p}",
+                            layout.num_params()
+                        ),
+                    ));
+                }
+                if bounds.len() > 1 && bounds.len() != layout.num_segments() {
+                    return Err(Error::shape(
+                        op,
+                        format!(
+                            "{} per-layer bounds for {} segments",
+                            bounds.len(),
+                            layout.num_segments()
+                        ),
+                    ));
+                }
+                let sum = sum.as_mut_slice().ok_or_else(|| no_cuda(op))?;
+                if sum.len() != p {
+                    return Err(Error::shape(
+                        op,
+                        format!("clipped sum has {} values, need {p}", sum.len()),
+                    ));
+                }
+                clip = Some(cpu::ClipTarget {
+                    layout,
+                    bounds,
+                    sum,
+                });
+                ParamGrad::None
+            }
+        };
+        Ok((grads, clip))
+    }
+
+    /// Checks a CPU forward's input and copies it into the workspace; returns the batch size.
+    fn begin_forward(&self, op: &'static str, ws: &mut Workspace, x: &[f32]) -> Result<usize> {
+        self.check_ws(op, ws)?;
+        self.cpu_params(op)?;
+        let per: usize = self.input.iter().product();
+        if x.is_empty() || x.len() % per != 0 || x.len() / per > ws.max_batch {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "input has {} values; expected batch × {per} (one example is {:?}) with 1 ≤ batch ≤ {}",
+                    x.len(),
+                    self.input,
+                    ws.max_batch
+                ),
+            ));
+        }
+        let batch = x.len() / per;
+        ws.batch = batch;
+        ws.have_forward = false;
+        ws.have_output_grad = false;
+        ws.have_input_grad = false;
+        ws.acts[0][..x.len()].copy_from_slice(x);
+        Ok(batch)
+    }
+
     fn check_ws(&self, op: &'static str, ws: &Workspace) -> Result<()> {
         let ok = ws.acts.len() == self.shapes.len()
             && ws
@@ -672,6 +783,94 @@ impl Sequential {
         Ok(())
     }
 
+    /// Forward, loss and backward of one batch — what [`Sequential::forward_slice`],
+    /// [`Sequential::loss`] and [`Sequential::backward`] do one after the other — in one pass
+    /// over the batch. Returns the loss.
+    ///
+    /// On the CPU's depth-first schedule each thread takes each small group of its examples
+    /// through the forward, the loss and the backward while the group's activations are in
+    /// cache, and every Conv2d reuses the im2col matrix of its forward for the weight
+    /// gradient instead of building it again. The activations, the input gradient (with
+    /// `input_grad`), the output gradient and the per-sample rows equal those of the three
+    /// calls; summed and clipped gradients and the loss differ at most in rounding (they are
+    /// added up in another order). With [`Grads::ClippedSum`] this is DP-SGD's clipped sum
+    /// with no `[B, P]` matrix (see there). On a CUDA model or the layer-major schedule it
+    /// makes the three calls.
+    ///
+    /// Errors as the three calls; on an error nothing is added to a `Sum` or `ClippedSum`
+    /// destination.
+    pub fn forward_backward(
+        &self,
+        ws: &mut Workspace,
+        x: &[f32],
+        loss: Loss<'_>,
+        reduction: Reduction,
+        grads: Grads<'_>,
+        input_grad: bool,
+    ) -> Result<f64> {
+        #[cfg(feature = "cuda")]
+        let on_gpu = ws.gpu.is_some() || self.device.is_cuda();
+        #[cfg(not(feature = "cuda"))]
+        let on_gpu = false;
+        if on_gpu || !ws.depth_first || self.layers.len() >= cpu::MAX_LAYERS {
+            self.forward_slice(ws, x)?;
+            let l = self.loss(ws, loss, reduction)?;
+            self.backward(ws, grads, input_grad)?;
+            return Ok(l);
+        }
+        const OP: &str = "Sequential::forward_backward";
+        let batch = self.begin_forward(OP, ws, x)?;
+        let params = self.cpu_params(OP)?;
+        let per = numel(self.output_shape());
+        let n = match loss {
+            Loss::CrossEntropy(t) => {
+                if t.len() != batch {
+                    return Err(Error::shape(
+                        OP,
+                        format!("{} targets for a batch of {batch}", t.len()),
+                    ));
+                }
+                if let Some((i, c)) = t.iter().enumerate().find(|(_, c)| **c as usize >= per) {
+                    return Err(Error::invalid(
+                        "target",
+                        c,
+                        format!("a class index < {per} (example {i})"),
+                    ));
+                }
+                batch
+            }
+            Loss::BceWithLogits(t) | Loss::Bce(t) => {
+                if t.len() != batch * per {
+                    return Err(Error::shape(
+                        OP,
+                        format!("{} targets for {} outputs", t.len(), batch * per),
+                    ));
+                }
+                batch * per
+            }
+        };
+        let scale = match reduction {
+            Reduction::Mean => 1.0 / n as f64,
+            Reduction::Sum => 1.0,
+        };
+        let (grads, clip) = self.cpu_grads(OP, batch, grads)?;
+        let first = if input_grad {
+            0
+        } else {
+            self.ranges
+                .iter()
+                .position(|r| !r.is_empty())
+                .unwrap_or(self.layers.len())
+        };
+        let fused = cpu::FusedLoss { loss, scale };
+        let l =
+            self.backward_depth_first(ws, params, grads, clip, first, input_grad, Some(&fused))?;
+        ws.have_forward = true;
+        ws.have_output_grad = false;
+        ws.have_input_grad = input_grad;
+        Ok(l)
+    }
+
     /// Backward pass from the output gradient set by [`Sequential::loss`] or
     /// [`Sequential::set_output_grad`]: writes the parameter gradients to `grads` and, when
     /// `input_grad`, the gradient w.r.t. the input to [`Workspace::input_grad`].
@@ -689,82 +888,7 @@ impl Sequential {
             ));
         }
         let params = self.cpu_params(OP)?;
-        let b = ws.batch;
-        let p = self.num_params();
-        let mut clip = None;
-        let grads = match grads {
-            Grads::None => ParamGrad::None,
-            Grads::PerSample(buf) => {
-                let rows = buf.as_mut_slice().ok_or_else(|| no_cuda(OP))?;
-                if rows.len() < b * p {
-                    return Err(Error::shape(
-                        OP,
-                        format!(
-                            "per-sample matrix has {} values, need {b} × {p}",
-                            rows.len()
-                        ),
-                    ));
-                }
-                ParamGrad::PerSample {
-                    rows,
-                    stride: p,
-                    offset: 0,
-                }
-            }
-            Grads::Sum { grad, accumulate } => {
-                let g = grad.as_mut_slice().ok_or_else(|| no_cuda(OP))?;
-                if g.len() != p {
-                    return Err(Error::shape(
-                        OP,
-                        format!("summed gradient has {} values, need {p}", g.len()),
-                    ));
-                }
-                ParamGrad::Sum {
-                    grad: g,
-                    accumulate,
-                }
-            }
-            Grads::ClippedSum {
-                layout,
-                clipping,
-                sum,
-            } => {
-                let bounds = clipping.bounds();
-                crate::ops::check::max_norms(bounds)?;
-                if layout.num_params() != p {
-                    return Err(Error::shape(
-                        OP,
-                        format!(
-                            "the clipping layout covers {} parameters, the model has {p}",
-                            layout.num_params()
-                        ),
-                    ));
-                }
-                if bounds.len() > 1 && bounds.len() != layout.num_segments() {
-                    return Err(Error::shape(
-                        OP,
-                        format!(
-                            "{} per-layer bounds for {} segments",
-                            bounds.len(),
-                            layout.num_segments()
-                        ),
-                    ));
-                }
-                let sum = sum.as_mut_slice().ok_or_else(|| no_cuda(OP))?;
-                if sum.len() != p {
-                    return Err(Error::shape(
-                        OP,
-                        format!("clipped sum has {} values, need {p}", sum.len()),
-                    ));
-                }
-                clip = Some(cpu::ClipTarget {
-                    layout,
-                    bounds,
-                    sum,
-                });
-                ParamGrad::None
-            }
-        };
+        let (grads, clip) = self.cpu_grads(OP, ws.batch, grads)?;
         // Layers below the first one with parameters need no gradient unless the input's is wanted.
         let first = if input_grad {
             0
@@ -775,7 +899,7 @@ impl Sequential {
                 .unwrap_or(self.layers.len())
         };
         if ws.depth_first && self.layers.len() < cpu::MAX_LAYERS {
-            self.backward_depth_first(ws, params, grads, clip, first, input_grad)?;
+            self.backward_depth_first(ws, params, grads, clip, first, input_grad, None)?;
         } else if let Some(clip) = clip {
             self.backward_layer_major_clipped(ws, params, clip, first, input_grad)?;
         } else {
@@ -881,6 +1005,10 @@ pub struct Workspace {
     clip_rows: Vec<f32>,
     clip_aux: Vec<f32>,
     clip_sq: Vec<f64>,
+    /// [`Sequential::forward_backward`]'s per-thread buffers (each Conv2d's kept im2col for a
+    /// group), sized on first use, and its examples per group.
+    fused: Vec<f32>,
+    fused_group: usize,
     have_forward: bool,
     have_output_grad: bool,
     have_input_grad: bool,

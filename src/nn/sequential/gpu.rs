@@ -184,6 +184,8 @@ mod imp {
                 clip_rows: Vec::new(),
                 clip_aux: Vec::new(),
                 clip_sq: Vec::new(),
+                fused: Vec::new(),
+                fused_group: 1,
                 have_forward: false,
                 have_output_grad: false,
                 have_input_grad: false,
