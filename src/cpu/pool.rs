@@ -143,16 +143,31 @@ fn max_row<T: Real>(
     }
 }
 
-/// Largest plane (h·w) of the flat stride-1 kernels (their stack buffers).
-const FLAT: usize = 512;
+/// Values of the flat stride-1 kernels' stack buffers: up to this many values of
+/// consecutive planes are pooled at once.
+const FLAT: usize = 4096;
 
-/// Stride-1 planes of up to [`FLAT`] values take the flat kernels: output `(oy, ox)` is
-/// computed at `j = oy·w + ox` of a plane-long row (the `k − 1` columns past `ow` of each row
-/// are computed and dropped), so every tap is one long contiguous compare-and-blend loop over
-/// `(oh − 1)·w + ow` values instead of `oh` loops of `ow`: they vectorise fully.
+/// Stride-1 planes of up to [`FLAT`] values take the flat kernels: a run of consecutive planes
+/// (contiguous in NCHW) is seen as one tall image of width `w`, and output `(c, oy, ox)` is
+/// computed at `j = (c·h + oy)·w + ox` (the `k − 1` columns past `ow` of each row, and the
+/// `k − 1` rows past `oh` of each plane, whose windows straddle two planes, are computed and
+/// dropped), so every tap is one long contiguous compare-and-blend loop over the whole run
+/// instead of `oh` loops of `ow` per plane: they vectorise fully.
 #[inline(always)]
 fn flat(h: usize, w: usize, st: usize) -> bool {
     st == 1 && h * w <= FLAT
+}
+
+/// Planes per flat run.
+#[inline(always)]
+fn flat_planes(h: usize, w: usize) -> usize {
+    (FLAT / (h * w)).max(1)
+}
+
+/// Values of the flat layout of `np` planes: up to the last valid output.
+#[inline(always)]
+fn flat_len(np: usize, h: usize, w: usize, oh: usize, ow: usize) -> usize {
+    ((np - 1) * h + oh - 1) * w + ow
 }
 
 /// The window maxima of a stride-1 plane in the flat layout: `m[oy·w + ox]`, `len` values.
@@ -174,28 +189,34 @@ fn max_flat<T: Real>(xc: &[T], w: usize, k: usize, m: &mut [T]) {
     }
 }
 
-/// Max-pool forward of one channel plane.
+/// Max-pool forward of a run of `np` consecutive stride-1 planes in the flat layout (see
+/// [`flat`]): `xp` is `np · h · w` values, `yp` their `np · oh · ow` outputs.
+#[allow(clippy::too_many_arguments)]
 #[inline]
-fn max_plane_forward<T: Real>(
-    xc: &[T],
-    yc: &mut [T],
+fn max_planes_forward_flat<T: Real>(
+    xp: &[T],
+    yp: &mut [T],
+    h: usize,
     w: usize,
     k: usize,
-    st: usize,
+    oh: usize,
     ow: usize,
     buf: &mut [T; FLAT],
 ) {
-    let h = xc.len() / w;
-    if flat(h, w, st) {
-        let oh = yc.len() / ow;
-        let len = (oh - 1) * w + ow;
-        let m = &mut buf[..len];
-        max_flat(xc, w, k, m);
+    let np = yp.len() / (oh * ow);
+    let m = &mut buf[..flat_len(np, h, w, oh, ow)];
+    max_flat(xp, w, k, m);
+    for (c, yc) in yp.chunks_exact_mut(oh * ow).enumerate() {
         for (oy, yr) in yc.chunks_exact_mut(ow).enumerate() {
-            yr.copy_from_slice(&m[oy * w..oy * w + ow]);
+            let j = (c * h + oy) * w;
+            yr.copy_from_slice(&m[j..j + ow]);
         }
-        return;
     }
+}
+
+/// Max-pool forward of one channel plane (not a flat one).
+#[inline]
+fn max_plane_forward<T: Real>(xc: &[T], yc: &mut [T], w: usize, k: usize, st: usize, ow: usize) {
     let mut m = [T::ZERO; BLOCK];
     for (oy, yr) in yc.chunks_exact_mut(ow).enumerate() {
         let mut ox0 = 0;
@@ -228,12 +249,7 @@ fn max_plane_backward<T: Real>(
     k: usize,
     st: usize,
     ow: usize,
-    bufs: &mut ([T; FLAT], [T; FLAT]),
 ) {
-    let h = xc.len() / w;
-    if flat(h, w, st) && max_plane_backward_flat(xc, yc, dyc, dxc, w, k, ow, bufs) {
-        return;
-    }
     let mut m = [T::ZERO; BLOCK];
     let mut rem = [T::ZERO; BLOCK];
     dxc.fill(T::ZERO);
@@ -294,49 +310,64 @@ fn max_plane_backward<T: Real>(
     }
 }
 
-/// The flat stride-1 backward of one plane (see [`flat`]): the maxima (the forward's output
-/// or recomputed) and the gradient still to route laid out at `oy·w + ox`, zero gradient in
-/// the dropped columns; then per tap one long masked add. Returns false, having written
-/// nothing, when the plane holds a NaN maximum (the caller's scalar path routes it).
+/// The flat stride-1 backward of a run of `np` consecutive planes (see [`flat`]): the maxima
+/// (the forward's output, or recomputed) and the gradient still to route laid out at
+/// `(c·h + oy)·w + ox`, zero at the dropped positions; then per tap one long masked add.
+/// Returns false, having written nothing, when the run holds a NaN maximum (the caller's
+/// scalar path routes it, plane by plane).
 #[allow(clippy::too_many_arguments)]
-fn max_plane_backward_flat<T: Real>(
-    xc: &[T],
-    yc: Option<&[T]>,
-    dyc: &[T],
-    dxc: &mut [T],
+fn max_planes_backward_flat<T: Real>(
+    xp: &[T],
+    yp: Option<&[T]>,
+    dyp: &[T],
+    dxp: &mut [T],
+    h: usize,
     w: usize,
     k: usize,
+    oh: usize,
     ow: usize,
     bufs: &mut ([T; FLAT], [T; FLAT]),
 ) -> bool {
-    let oh = dyc.len() / ow;
-    let len = (oh - 1) * w + ow;
+    let np = dyp.len() / (oh * ow);
+    let len = flat_len(np, h, w, oh, ow);
     let (m, rem) = (&mut bufs.0[..len], &mut bufs.1[..len]);
-    match yc {
-        Some(yc) => {
-            for (oy, yr) in yc.chunks_exact(ow).enumerate() {
-                m[oy * w..oy * w + ow].copy_from_slice(yr);
+    match yp {
+        Some(yp) => {
+            m.fill(T::ZERO);
+            for (c, yc) in yp.chunks_exact(oh * ow).enumerate() {
+                for (oy, yr) in yc.chunks_exact(ow).enumerate() {
+                    let j = (c * h + oy) * w;
+                    m[j..j + ow].copy_from_slice(yr);
+                }
             }
         }
-        None => max_flat(xc, w, k, m),
-    }
-    // The dropped columns route nothing: gradient 0 (and a maximum of 0, not a stale NaN).
-    for oy in 0..oh - 1 {
-        m[oy * w + ow..(oy + 1) * w].fill(T::ZERO);
-        rem[oy * w + ow..(oy + 1) * w].fill(T::ZERO);
+        None => {
+            max_flat(xp, w, k, m);
+            // The dropped positions route nothing (and hold no stale NaN): maximum 0.
+            for (j, v) in m.iter_mut().enumerate() {
+                let (oy, ox) = ((j / w) % h, j % w);
+                if oy >= oh || ox >= ow {
+                    *v = T::ZERO;
+                }
+            }
+        }
     }
     if m.iter().fold(false, |a, v| a | v.is_nan()) {
         return false;
     }
-    for (oy, dr) in dyc.chunks_exact(ow).enumerate() {
-        rem[oy * w..oy * w + ow].copy_from_slice(dr);
+    rem.fill(T::ZERO);
+    for (c, dyc) in dyp.chunks_exact(oh * ow).enumerate() {
+        for (oy, dr) in dyc.chunks_exact(ow).enumerate() {
+            let j = (c * h + oy) * w;
+            rem[j..j + ow].copy_from_slice(dr);
+        }
     }
-    dxc.fill(T::ZERO);
+    dxp.fill(T::ZERO);
     for ki in 0..k {
         for kj in 0..k {
             let base = ki * w + kj;
-            let xr = &xc[base..base + len];
-            let d = &mut dxc[base..base + len];
+            let xr = &xp[base..base + len];
+            let d = &mut dxp[base..base + len];
             for t in 0..len {
                 let (v, r, dt) = (xr[t], rem[t], d[t]);
                 let hit = v == m[t];
@@ -357,9 +388,16 @@ pub fn max_pool2d_forward<T: Real>(s: &PoolShape, x: &[T], y: &mut [T]) -> Resul
         .zip(x.par_chunks(planes * h * w))
         .with_min_len(min_len())
         .for_each(|(yp, xp)| {
-            let mut buf = [T::ZERO; FLAT];
-            for (yc, xc) in yp.chunks_exact_mut(oh * ow).zip(xp.chunks_exact(h * w)) {
-                max_plane_forward(xc, yc, w, k, st, ow, &mut buf);
+            if flat(h, w, st) {
+                let mut buf = [T::ZERO; FLAT];
+                let f = flat_planes(h, w);
+                for (yr, xr) in yp.chunks_mut(f * oh * ow).zip(xp.chunks(f * h * w)) {
+                    max_planes_forward_flat(xr, yr, h, w, k, oh, ow, &mut buf);
+                }
+            } else {
+                for (yc, xc) in yp.chunks_exact_mut(oh * ow).zip(xp.chunks_exact(h * w)) {
+                    max_plane_forward(xc, yc, w, k, st, ow);
+                }
             }
         });
     Ok(())
@@ -395,8 +433,7 @@ fn max_pool_backward<T: Real>(
     check_len("max_pool2d_backward", "dx", dx.len(), x.len())?;
     let (h, w, k, st) = (s.h, s.w, s.k, s.stride);
     let planes = (CHUNK / (h * w)).max(1);
-    let run = |((dxp, xp), dyp): ((&mut [T], &[T]), &[T]), yp: Option<&[T]>| {
-        let mut bufs = ([T::ZERO; FLAT], [T::ZERO; FLAT]);
+    let per_plane = |dxp: &mut [T], xp: &[T], dyp: &[T], yp: Option<&[T]>| {
         for (j, ((dxc, xc), dyc)) in dxp
             .chunks_exact_mut(h * w)
             .zip(xp.chunks_exact(h * w))
@@ -404,7 +441,26 @@ fn max_pool_backward<T: Real>(
             .enumerate()
         {
             let yc = yp.map(|y| &y[j * oh * ow..(j + 1) * oh * ow]);
-            max_plane_backward(xc, yc, dyc, dxc, w, k, st, ow, &mut bufs);
+            max_plane_backward(xc, yc, dyc, dxc, w, k, st, ow);
+        }
+    };
+    let run = |((dxp, xp), dyp): ((&mut [T], &[T]), &[T]), yp: Option<&[T]>| {
+        if !flat(h, w, st) {
+            return per_plane(dxp, xp, dyp, yp);
+        }
+        let mut bufs = ([T::ZERO; FLAT], [T::ZERO; FLAT]);
+        let f = flat_planes(h, w);
+        for (r, ((dxr, xr), dyr)) in dxp
+            .chunks_mut(f * h * w)
+            .zip(xp.chunks(f * h * w))
+            .zip(dyp.chunks(f * oh * ow))
+            .enumerate()
+        {
+            let n = dyr.len();
+            let yr = yp.map(|y| &y[r * f * oh * ow..r * f * oh * ow + n]);
+            if !max_planes_backward_flat(xr, yr, dyr, dxr, h, w, k, oh, ow, &mut bufs) {
+                per_plane(dxr, xr, dyr, yr);
+            }
         }
     };
     let it = dx
