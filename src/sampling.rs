@@ -81,10 +81,15 @@ impl PoissonSampler {
     /// `out` (cleared first; no allocation once `out` has grown).
     pub fn sample_into(&mut self, out: &mut Vec<usize>) {
         out.clear();
-        for i in 0..self.n {
-            let u = self.rng.next_u64();
-            if u < self.threshold || self.threshold == u64::MAX {
-                out.push(i);
+        // One 64-bit draw per example, in order (drawn in bulk: the same stream).
+        let mut u = [0u64; 512];
+        for start in (0..self.n).step_by(u.len()) {
+            let u = &mut u[..(self.n - start).min(512)];
+            self.rng.fill_u64(u);
+            for (j, &v) in u.iter().enumerate() {
+                if v < self.threshold || self.threshold == u64::MAX {
+                    out.push(start + j);
+                }
             }
         }
     }

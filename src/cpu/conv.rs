@@ -390,8 +390,18 @@ pub fn col2im<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T]) -> Result<()> {
 #[inline]
 fn bias_grad<T: Real>(dy: &[T], l: usize, db: &mut [T], beta: T) {
     for (c, d) in db.iter_mut().enumerate() {
-        let mut s = T::ZERO;
-        for v in &dy[c * l..(c + 1) * l] {
+        // Eight running sums (they vectorise), added pairwise, then the tail.
+        let row = &dy[c * l..(c + 1) * l];
+        let mut acc = [T::ZERO; 8];
+        let mut it = row.chunks_exact(8);
+        for ch in &mut it {
+            for k in 0..8 {
+                acc[k] += ch[k];
+            }
+        }
+        let mut s =
+            ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for v in it.remainder() {
             s += *v;
         }
         *d = if beta == T::ZERO { s } else { *d + s };
