@@ -1,6 +1,7 @@
 //! SampleConvNet (Opacus MNIST) at B = 256 on 1×28×28, CPU: one DP-SGD step's compute
 //! (forward + cross-entropy + backward with per-sample gradients into [B, P] +
-//! `ops::clip_and_accumulate`), the non-private step (summed gradient), and the forward alone.
+//! `ops::clip_and_accumulate`; and the trainer's one-pass `forward_backward` into a clipped
+//! sum), the non-private step (summed gradient), and the forward alone.
 //! Throughput is reported in examples per second. Compare with `benches/python/nn_step.py`.
 //!
 //! The `gpu/` group (with `--features cuda`, when `Device::cuda(0)` opens; it prints why it
@@ -59,6 +60,7 @@ fn bench(c: &mut Criterion) {
     // (σ = 1, C = 1) and the SGD update of the parameters, fused.
     let mut model_noisy = models::sample_conv_net(&dev, 0).expect("model");
     let noisy = NoisyStep::new(1.0, 1.0, B as f32, NoiseKey::from_parts(0xbe9c, 1)).expect("noise");
+    let layout = model_noisy.layout().clone();
     let sgd = SgdConfig::new(0.1);
     g.bench_function("dp_step_noisy", |bch| {
         bch.iter(|| {
@@ -80,6 +82,49 @@ fn bench(c: &mut Criterion) {
             )
             .unwrap();
             ops::noisy_sgd_step(model_noisy.params_mut(), &sum, None, &sgd, &noisy).unwrap();
+            black_box(l)
+        })
+    });
+    // The trainer's step: forward, loss, backward and clipping in one depth-first pass
+    // (`forward_backward` into `Grads::ClippedSum`: no [B, P] matrix), then the fused noisy
+    // SGD update.
+    let xs = x.to_vec().expect("x");
+    g.bench_function("dp_step_fused_noisy", |bch| {
+        bch.iter(|| {
+            sum.fill_zero().unwrap();
+            let l = model_noisy
+                .forward_backward(
+                    &mut ws,
+                    &xs,
+                    Loss::CrossEntropy(&y),
+                    Reduction::Sum,
+                    Grads::ClippedSum {
+                        layout: &layout,
+                        clipping: &clipping,
+                        sum: &mut sum,
+                    },
+                    false,
+                )
+                .unwrap();
+            ops::noisy_sgd_step(model_noisy.params_mut(), &sum, None, &sgd, &noisy).unwrap();
+            black_box(l)
+        })
+    });
+    g.bench_function("non_private_step_fused", |bch| {
+        bch.iter(|| {
+            let l = model
+                .forward_backward(
+                    &mut ws,
+                    &xs,
+                    Loss::CrossEntropy(&y),
+                    Reduction::Mean,
+                    Grads::Sum {
+                        grad: &mut sum,
+                        accumulate: false,
+                    },
+                    false,
+                )
+                .unwrap();
             black_box(l)
         })
     });
