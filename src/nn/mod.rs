@@ -30,6 +30,33 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The same step in one pass, as the trainer runs it: [`Sequential::forward_backward`] into
+//! [`Grads::ClippedSum`] gives the clipped sum without the `[B, P]` matrix (on the CPU each
+//! thread takes each small group of examples through forward, loss, backward and clipping
+//! while it is in cache; [`crate::engine::PrivacyEngine::accumulate_batch`] wraps it):
+//!
+//! ```
+//! # use dpsgd::nn::{models, Grads, Loss};
+//! # use dpsgd::cpu::loss::Reduction;
+//! # use dpsgd::{Buffer, Clipping, Device};
+//! # fn main() -> dpsgd::Result<()> {
+//! # let dev = Device::Cpu;
+//! # let model = models::sample_conv_net(&dev, 42)?;
+//! # let mut ws = model.workspace(4)?;
+//! # let mut sum = Buffer::zeros(&dev, model.num_params())?;
+//! let x = vec![0.1f32; 4 * 28 * 28];
+//! let loss = model.forward_backward(
+//!     &mut ws,
+//!     &x,
+//!     Loss::CrossEntropy(&[3, 1, 4, 1]),
+//!     Reduction::Sum,
+//!     Grads::ClippedSum { layout: model.layout(), clipping: &Clipping::Flat(1.0), sum: &mut sum },
+//!     false,
+//! )?;
+//! # assert!(loss.is_finite());
+//! # Ok(()) }
+//! ```
+//!
 //! Use [`Reduction::Sum`](crate::cpu::loss::Reduction) with per-sample gradients, so that row i
 //! is ∇ℓ_i (a mean would scale every row by 1/B). [`Grads::Sum`] gives the ordinary summed
 //! gradient instead (non-private training, a GAN's generator), and `input_grad = true` the
