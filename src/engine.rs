@@ -323,15 +323,7 @@ impl PrivacyEngine {
             return r;
         }
         ops::check::max_norms(self.cfg.clipping.bounds())?;
-        model.backward(
-            ws,
-            Grads::ClippedSum {
-                layout: &self.layout,
-                clipping: &self.cfg.clipping,
-                sum: &mut self.sum,
-            },
-            false,
-        )?;
+        model.backward(ws, self.clipped_sum(), false)?;
         self.rows += batch;
         Ok(ClipStats { batch })
     }
@@ -351,7 +343,6 @@ impl PrivacyEngine {
         loss: crate::nn::Loss<'_>,
     ) -> Result<f64> {
         use crate::cpu::loss::Reduction;
-        use crate::nn::Grads;
         if self.device.is_cuda() {
             model.forward_slice(ws, x)?;
             let l = model.loss(ws, loss, Reduction::Sum)?;
@@ -360,20 +351,18 @@ impl PrivacyEngine {
         }
         self.check_model(model)?;
         ops::check::max_norms(self.cfg.clipping.bounds())?;
-        let l = model.forward_backward(
-            ws,
-            x,
-            loss,
-            Reduction::Sum,
-            Grads::ClippedSum {
-                layout: &self.layout,
-                clipping: &self.cfg.clipping,
-                sum: &mut self.sum,
-            },
-            false,
-        )?;
+        let l = model.forward_backward(ws, x, loss, Reduction::Sum, self.clipped_sum(), false)?;
         self.rows += ws.batch();
         Ok(l)
+    }
+
+    /// The lot's sum as the destination of a fused clipping pass.
+    fn clipped_sum(&mut self) -> crate::nn::Grads<'_> {
+        crate::nn::Grads::ClippedSum {
+            layout: &self.layout,
+            clipping: &self.cfg.clipping,
+            sum: &mut self.sum,
+        }
     }
 
     fn check_model(&self, model: &crate::nn::Sequential) -> Result<()> {

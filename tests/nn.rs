@@ -827,16 +827,9 @@ fn depth_first_schedule_equals_layer_major() {
     }
 }
 
-/// `Grads::ClippedSum` (clipping fused into the backward; ghost norms for `Linear`) and
-/// per-sample rows + `ops::clip_and_accumulate` both equal the clipped sum computed in f64
-/// from the rows, to 1e-5·Σ|terms| + 1e-7 (f32 rounding, each summed in its own order): four models plus an MLP with a bias-free layer; flat clipping over the model's
-/// layout and a one-segment layout, per-layer clipping, and a layout whose segments cut
-/// through tensors (no ghost norms then); both CPU schedules; batches of 1, one group, several
-/// groups per thread. Bounds at about the median norm, so some rows are clipped and some not.
-#[test]
-fn clipped_sum_equals_per_sample_then_clip() {
-    use dpsgd::ops::{clip_and_accumulate, per_sample_norms, ClipWorkspace, Clipping};
-    use dpsgd::Layout;
+/// SampleConvNet (ReLU, Tanh), the DCGAN discriminator and generator, and an MLP with a
+/// bias-free layer (3 classes): the models of the fused-pass tests.
+fn five_nets() -> [Sequential; 5] {
     let cfg = models::DcganConfig {
         image_size: 28,
         ngf: 8,
@@ -855,13 +848,27 @@ fn clipped_sum_equals_per_sample_then_clip() {
         .linear(3, true)
         .build(&dev, 7)
         .unwrap();
-    let nets = [
+    [
         models::sample_conv_net(&dev, 3).unwrap(),
         models::sample_conv_net_tanh(&dev, 4).unwrap(),
         models::dcgan_discriminator(&dev, &cfg, 5).unwrap(),
         models::dcgan_generator(&dev, &cfg, 6).unwrap(),
         mlp,
-    ];
+    ]
+}
+
+/// `Grads::ClippedSum` (clipping fused into the backward; ghost norms for `Linear`) and
+/// per-sample rows + `ops::clip_and_accumulate` both equal the clipped sum computed in f64
+/// from the rows, to 1e-5·Σ|terms| + 1e-7 (f32 rounding, each summed in its own order): four models plus an MLP with a bias-free layer; flat clipping over the model's
+/// layout and a one-segment layout, per-layer clipping, and a layout whose segments cut
+/// through tensors (no ghost norms then); both CPU schedules; batches of 1, one group, several
+/// groups per thread. Bounds at about the median norm, so some rows are clipped and some not.
+#[test]
+fn clipped_sum_equals_per_sample_then_clip() {
+    use dpsgd::ops::{clip_and_accumulate, per_sample_norms, ClipWorkspace, Clipping};
+    use dpsgd::Layout;
+    let dev = Device::Cpu;
+    let nets = five_nets();
     for m in &nets {
         let per: usize = m.input_shape().iter().product();
         let out: usize = m.output_shape().iter().product();
@@ -983,29 +990,8 @@ fn clipped_sum_equals_per_sample_then_clip() {
 #[test]
 fn forward_backward_equals_three_calls() {
     use dpsgd::ops::Clipping;
-    let cfg = models::DcganConfig {
-        image_size: 28,
-        ngf: 8,
-        ndf: 8,
-        nz: 16,
-        groups: 4,
-        channels: 1,
-    };
     let dev = Device::Cpu;
-    let mlp = Sequential::builder(&[2, 5, 5])
-        .flatten()
-        .linear(16, true)
-        .tanh()
-        .linear(3, true)
-        .build(&dev, 7)
-        .unwrap();
-    let nets = [
-        models::sample_conv_net(&dev, 3).unwrap(),
-        models::sample_conv_net_tanh(&dev, 4).unwrap(),
-        models::dcgan_discriminator(&dev, &cfg, 5).unwrap(),
-        models::dcgan_generator(&dev, &cfg, 6).unwrap(),
-        mlp,
-    ];
+    let nets = five_nets();
     for m in &nets {
         let per: usize = m.input_shape().iter().product();
         let out: usize = m.output_shape().iter().product();

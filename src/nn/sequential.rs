@@ -686,6 +686,19 @@ impl Sequential {
         Ok((grads, clip))
     }
 
+    /// The lowest layer a backward pass must visit: 0 when the input's gradient is wanted, else
+    /// the first layer with parameters (the layers below it need no gradient).
+    pub(super) fn first_layer(&self, input_grad: bool) -> usize {
+        if input_grad {
+            0
+        } else {
+            self.ranges
+                .iter()
+                .position(|r| !r.is_empty())
+                .unwrap_or(self.layers.len())
+        }
+    }
+
     /// Checks a CPU forward's input and copies it into the workspace; returns the batch size.
     fn begin_forward(&self, op: &'static str, ws: &mut Workspace, x: &[f32]) -> Result<usize> {
         self.check_ws(op, ws)?;
@@ -854,14 +867,7 @@ impl Sequential {
             Reduction::Sum => 1.0,
         };
         let (grads, clip) = self.cpu_grads(OP, batch, grads)?;
-        let first = if input_grad {
-            0
-        } else {
-            self.ranges
-                .iter()
-                .position(|r| !r.is_empty())
-                .unwrap_or(self.layers.len())
-        };
+        let first = self.first_layer(input_grad);
         let fused = cpu::FusedLoss { loss, scale };
         let l =
             self.backward_depth_first(ws, params, grads, clip, first, input_grad, Some(&fused))?;
@@ -889,15 +895,7 @@ impl Sequential {
         }
         let params = self.cpu_params(OP)?;
         let (grads, clip) = self.cpu_grads(OP, ws.batch, grads)?;
-        // Layers below the first one with parameters need no gradient unless the input's is wanted.
-        let first = if input_grad {
-            0
-        } else {
-            self.ranges
-                .iter()
-                .position(|r| !r.is_empty())
-                .unwrap_or(self.layers.len())
-        };
+        let first = self.first_layer(input_grad);
         if ws.depth_first && self.layers.len() < cpu::MAX_LAYERS {
             self.backward_depth_first(ws, params, grads, clip, first, input_grad, None)?;
         } else if let Some(clip) = clip {
@@ -968,8 +966,12 @@ pub enum Grads<'a> {
     /// `min(1, C / (‖g_i‖ + 1e-6))`). On the CPU the depth-first schedule clips each small
     /// group of examples as soon as its per-sample rows are computed, while they are in cache,
     /// so the `[B, P]` matrix is never written (the layer-major schedule materialises it in the
-    /// workspace). CPU only; [`crate::PrivacyEngine::accumulate_model`] takes either device.
-    /// A NaN/Inf per-sample gradient is an [`Error::NonFinite`] naming the example.
+    /// workspace). CPU only; [`crate::engine::PrivacyEngine::accumulate_model`] takes either device.
+    /// A NaN/Inf per-sample gradient is an [`Error::NonFinite`] naming the example, and
+    /// nothing is added. Deterministic for a given number of rayon threads (each thread's
+    /// partial sum is added in thread order), not across thread counts.
+    /// Norms: Goodfellow 2015 and Li et al. 2022 (ghost norm) for `Linear`; the rows' for the
+    /// rest (see `sequential/clip.rs`).
     ClippedSum {
         /// Segments of the parameter vector (P values in all).
         layout: &'a Layout,

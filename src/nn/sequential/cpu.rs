@@ -485,13 +485,8 @@ impl Sequential {
                     let (lo, hi) = acts.split_at_mut(i + 1);
                     let xin = &lo[i][a * pi..b * pi];
                     let y = &mut hi[0][a * po..b * po];
-                    match (
-                        ctx.cache_off[i],
-                        fbuf.as_deref_mut(),
-                        self.op(i, &self.layers[i], m),
-                    ) {
-                        (off, Some(fb), Op::Conv(s)) if off != usize::MAX => {
-                            let (lc, lw) = s.group_lens()?;
+                    match (self.kept_conv(ctx, i, m)?, fbuf.as_deref_mut()) {
+                        (Some((s, cols, lw)), Some(fb)) => {
                             let (cache, work) = fb.split_at_mut(ctx.work_off);
                             let pl = &plan.params[self.ranges[i].clone()];
                             conv2d_forward_group(
@@ -499,7 +494,7 @@ impl Sequential {
                                 xin,
                                 pl,
                                 y,
-                                &mut cache[off..off + lc],
+                                &mut cache[cols],
                                 &mut work[..lw],
                             )?;
                         }
@@ -555,24 +550,11 @@ impl Sequential {
                 } else {
                     ParamGrad::None
                 };
-                match (
-                    ctx.cache_off[i],
-                    fbuf.as_deref_mut(),
-                    self.op(i, &self.layers[i], m),
-                ) {
-                    (off, Some(fb), Op::Conv(s)) if off != usize::MAX => {
-                        let (lc, lw) = s.group_lens()?;
+                match (self.kept_conv(ctx, i, m)?, fbuf.as_deref_mut()) {
+                    (Some((s, cols, lw)), Some(fb)) => {
                         let (cache, work) = fb.split_at_mut(ctx.work_off);
                         let pl = &plan.params[self.ranges[i].clone()];
-                        conv2d_backward_group(
-                            &s,
-                            &cache[off..off + lc],
-                            pl,
-                            dy,
-                            dx,
-                            pg,
-                            &mut work[..lw],
-                        )?;
+                        conv2d_backward_group(&s, &cache[cols], pl, dy, dx, pg, &mut work[..lw])?;
                     }
                     _ => self.layer_backward(i, m, x, y, plan.params, dy, dx, pg, scratch)?,
                 }
@@ -604,6 +586,27 @@ impl Sequential {
             a = b;
         }
         Ok(loss)
+    }
+
+    /// Layer `i` on a group of `m` in a fused pass, when it is a Conv2d whose im2col is kept:
+    /// its shape, the kept matrix's place in the chunk's buffer, and its work area's length.
+    fn kept_conv(
+        &self,
+        ctx: &BwdCtx<'_>,
+        i: usize,
+        m: usize,
+    ) -> Result<Option<(crate::cpu::conv::Conv2dShape, Range<usize>, usize)>> {
+        let off = ctx.cache_off[i];
+        if off == usize::MAX {
+            return Ok(None);
+        }
+        match self.op(i, &self.layers[i], m) {
+            Op::Conv(s) => {
+                let (lc, lw) = s.group_lens()?;
+                Ok(Some((s, off..off + lc, lw)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The layer-major backward into a clipped sum: the `[B, P]` matrix in the workspace, then

@@ -418,16 +418,7 @@ mod imp {
                     ))
                 }
             };
-            // Layers below the first one with parameters need no gradient unless the input's
-            // is wanted.
-            let first = if input_grad {
-                0
-            } else {
-                self.ranges
-                    .iter()
-                    .position(|r| !r.is_empty())
-                    .unwrap_or(self.layers.len())
-            };
+            let first = self.first_layer(input_grad);
             let GpuWorkspace {
                 acts,
                 ga,
