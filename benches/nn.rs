@@ -12,6 +12,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dpsgd::cpu::loss::Reduction;
 use dpsgd::cpu::philox::Philox;
 use dpsgd::nn::{models, Grads, Loss};
+#[allow(unused_imports)]
+use dpsgd::rng::RandomBits;
 use dpsgd::{ops, Buffer, ClipWorkspace, Clipping, Device, NoiseKey, NoisyStep, SgdConfig};
 use std::hint::black_box;
 
@@ -59,7 +61,7 @@ fn bench(c: &mut Criterion) {
     // The whole DP-SGD step, as Opacus's DPOptimizer does it: the above, then Gaussian noise
     // (σ = 1, C = 1) and the SGD update of the parameters, fused.
     let mut model_noisy = models::sample_conv_net(&dev, 0).expect("model");
-    let noisy = NoisyStep::new(1.0, 1.0, B as f32, NoiseKey::from_parts(0xbe9c, 1)).expect("noise");
+    let noisy = NoisyStep::new(1.0, 1.0, B as f64, NoiseKey::from_parts(0xbe9c, 1)).expect("noise");
     let layout = model_noisy.layout().clone();
     let sgd = SgdConfig::new(0.1);
     g.bench_function("dp_step_noisy", |bch| {

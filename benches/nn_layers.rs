@@ -12,6 +12,8 @@ use dpsgd::cpu::grad::ParamGrad;
 use dpsgd::cpu::linear::{linear_backward, linear_forward, LinearShape};
 use dpsgd::cpu::philox::Philox;
 use dpsgd::cpu::pool::{max_pool2d_backward_with_output, max_pool2d_forward, PoolShape};
+#[allow(unused_imports)]
+use dpsgd::rng::RandomBits;
 use std::time::Instant;
 
 const B: usize = 256;

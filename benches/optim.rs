@@ -31,7 +31,7 @@ fn cpu(c: &mut Criterion) {
             b.iter(|| {
                 tmp.copy_from_slice(&s);
                 noise::add_gaussian(&mut tmp, ns.noise_std, ns.key).unwrap();
-                let inv = 1.0 / ns.expected_batch_size;
+                let inv = (1.0 / ns.expected_batch_size) as f32;
                 p.par_chunks_mut(1 << 14)
                     .zip(tmp.par_chunks(1 << 14))
                     .for_each(|(pc, tc)| {

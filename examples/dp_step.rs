@@ -29,10 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Random per-sample gradients with norms around 2C, so most rows get clipped.
     let mut host = vec![0f32; batch * p];
+    // One key per purpose: the synthetic data never shares a stream with the noise.
+    let keys = dpsgd::rng::RunKeys::seeded(seed);
     dpsgd::cpu::noise::add_gaussian(
         &mut host,
-        2.0 * c / (p as f32).sqrt(),
-        NoiseKey::from_parts(seed, 1 << 40),
+        2.0 * c as f64 / (p as f64).sqrt(),
+        NoiseKey::new(keys.key(dpsgd::rng::Purpose::Shuffle), 0),
     )?;
     let layout = Layout::flat(p);
     let grads = Buffer::from_slice(&device, &host)?;
@@ -49,7 +51,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &mut ws,
         &mut sum,
     )?;
-    let noisy = NoisyStep::new(sigma, c, batch as f32, NoiseKey::for_step(seed, 0, 0)?)?;
+    let noise_key = keys.key(dpsgd::rng::Purpose::GradientNoise);
+    let noisy = NoisyStep::new(
+        sigma as f64,
+        c as f64,
+        batch as f64,
+        NoiseKey::for_step_with(noise_key, 0, 0)?,
+    )?;
     ops::noisy_sgd_step(&mut params, &sum, None, &SgdConfig::new(lr), &noisy)?;
     device.synchronize()?;
     let dt = t0.elapsed();

@@ -8,6 +8,7 @@ use dpsgd::accounting::Method;
 use dpsgd::cpu::philox::Philox;
 use dpsgd::engine::{NoiseSpec, PrivacyConfig, PrivacyEngine};
 use dpsgd::ops::Clipping;
+use dpsgd::rng::RandomBits;
 use dpsgd::sampling::PoissonSampler;
 use dpsgd::{Buffer, Device, Layout};
 

@@ -29,22 +29,30 @@ typedef struct DpsgdTile {
     unsigned int pad;
 } DpsgdTile;
 
-/* Which Philox stream noise comes from: curand_init(seed, subsequence, 4 * block). */
+/* Generators of a noise stream (src/rng.rs: Generator). */
+#define DPSGD_GEN_PHILOX 0u
+#define DPSGD_GEN_CHACHA20 1u
+
+/* One noise stream: Philox4x32-10 (key[0], key[1] = cuRAND's seed; stream = cuRAND's
+ * subsequence) or ChaCha20 (256-bit key; stream id; src/cpu/chacha.rs for the layout). */
 typedef struct DpsgdNoiseKey {
-    unsigned long long seed;
-    unsigned long long subsequence;
+    unsigned int key[8];
+    unsigned long long stream;
+    unsigned int generator;
+    unsigned int pad;
 } DpsgdNoiseKey;
 
-/* Fused noisy SGD step, see src/cpu/optim.rs for the exact formula. */
+/* Fused noisy SGD step, see src/cpu/optim.rs for the exact formula. The noise std and the
+ * inverse expected batch size are f64: the noised gradient is computed in f64, rounded once. */
 typedef struct DpsgdSgdParams {
     DpsgdNoiseKey key;
+    double noise_std;
+    double inv_batch;
     unsigned long long n;
     float lr;
     float momentum;
     float dampening;
     float weight_decay;
-    float noise_std;
-    float inv_batch;
     int nesterov;
     int has_momentum;
 } DpsgdSgdParams;
@@ -52,14 +60,14 @@ typedef struct DpsgdSgdParams {
 /* Fused noisy Adam / AdamW step, see src/cpu/optim.rs for the exact formula. */
 typedef struct DpsgdAdamParams {
     DpsgdNoiseKey key;
+    double noise_std;
+    double inv_batch;
     unsigned long long n;
     float lr;
     float beta1;
     float beta2;
     float eps;
     float weight_decay;
-    float noise_std;
-    float inv_batch;
     float bias_correction1;
     float bias_correction2;
     int decoupled;

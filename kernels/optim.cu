@@ -1,22 +1,22 @@
 // Fused noisy optimizer steps: the Gaussian noise of DP-SGD is drawn inside the kernel (no
-// noise buffer), added to the clipped sum, divided by the expected batch size, and the
-// optimizer updates the parameters in the same pass. CPU twin: src/cpu/optim.rs (exact
-// formulas there). Noise element j is the same value dpsgd_add_gaussian draws for j.
+// noise buffer), added to the clipped sum and divided by the expected batch size in f64 (rounded
+// once to f32), and the optimizer updates the parameters in the same pass. CPU twin:
+// src/cpu/optim.rs (exact formulas there). Noise element j is the value dpsgd_add_gaussian
+// draws for j. One thread per element pair.
 #include "common.cuh"
 
 extern "C" __global__ void dpsgd_noisy_sgd(float* __restrict__ param,
                                            const float* __restrict__ grad_sum,
                                            float* __restrict__ momentum_buf, DpsgdSgdParams a) {
-    unsigned long long nb = (a.n + 3) / 4;
-    for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < nb;
-         b += (unsigned long long)gridDim.x * blockDim.x) {
-        float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (a.noise_std != 0.0f) z = normal4(a.key, b);
-        for (int i = 0; i < 4; ++i) {
-            unsigned long long j = 4 * b + i;
+    for (unsigned long long k = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+         k < (a.n + 1) / 2; k += (unsigned long long)gridDim.x * blockDim.x) {
+        double2 z = make_double2(0.0, 0.0);
+        if (a.noise_std != 0.0) z = normal2(a.key, k);
+        for (int i = 0; i < 2; ++i) {
+            unsigned long long j = 2 * k + i;
             if (j >= a.n) break;
             float p = param[j];
-            float g = fmaf(a.noise_std, lane(z, i), grad_sum[j]) * a.inv_batch;
+            float g = noised(grad_sum[j], a.noise_std, i == 0 ? z.x : z.y, a.inv_batch);
             g = fmaf(a.weight_decay, p, g);
             if (a.has_momentum) {
                 float m = fmaf(a.momentum, momentum_buf[j], (1.0f - a.dampening) * g);
@@ -32,16 +32,15 @@ extern "C" __global__ void dpsgd_noisy_adam(float* __restrict__ param,
                                             const float* __restrict__ grad_sum,
                                             float* __restrict__ m1, float* __restrict__ m2,
                                             DpsgdAdamParams a) {
-    unsigned long long nb = (a.n + 3) / 4;
-    for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < nb;
-         b += (unsigned long long)gridDim.x * blockDim.x) {
-        float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (a.noise_std != 0.0f) z = normal4(a.key, b);
-        for (int i = 0; i < 4; ++i) {
-            unsigned long long j = 4 * b + i;
+    for (unsigned long long k = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+         k < (a.n + 1) / 2; k += (unsigned long long)gridDim.x * blockDim.x) {
+        double2 z = make_double2(0.0, 0.0);
+        if (a.noise_std != 0.0) z = normal2(a.key, k);
+        for (int i = 0; i < 2; ++i) {
+            unsigned long long j = 2 * k + i;
             if (j >= a.n) break;
             float p = param[j];
-            float g = fmaf(a.noise_std, lane(z, i), grad_sum[j]) * a.inv_batch;
+            float g = noised(grad_sum[j], a.noise_std, i == 0 ? z.x : z.y, a.inv_batch);
             if (a.decoupled) {
                 p = p * (1.0f - a.lr * a.weight_decay);
             } else {
@@ -62,17 +61,16 @@ extern "C" __global__ void dpsgd_noisy_adam(float* __restrict__ param,
 // trainers with their own optimizer. Same noise element j as dpsgd_add_gaussian.
 extern "C" __global__ void dpsgd_noisy_mean(float* __restrict__ out,
                                             const float* __restrict__ grad_sum,
-                                            unsigned long long n, float noise_std, float inv_batch,
-                                            DpsgdNoiseKey key) {
-    unsigned long long nb = (n + 3) / 4;
-    for (unsigned long long b = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; b < nb;
-         b += (unsigned long long)gridDim.x * blockDim.x) {
-        float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (noise_std != 0.0f) z = normal4(key, b);
-        for (int i = 0; i < 4; ++i) {
-            unsigned long long j = 4 * b + i;
+                                            unsigned long long n, double noise_std,
+                                            double inv_batch, DpsgdNoiseKey key) {
+    for (unsigned long long k = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+         k < (n + 1) / 2; k += (unsigned long long)gridDim.x * blockDim.x) {
+        double2 z = make_double2(0.0, 0.0);
+        if (noise_std != 0.0) z = normal2(key, k);
+        for (int i = 0; i < 2; ++i) {
+            unsigned long long j = 2 * k + i;
             if (j >= n) break;
-            out[j] = fmaf(noise_std, lane(z, i), grad_sum[j]) * inv_batch;
+            out[j] = noised(grad_sum[j], noise_std, i == 0 ? z.x : z.y, inv_batch);
         }
     }
 }

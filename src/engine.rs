@@ -18,14 +18,25 @@
 //!   ([`crate::accounting`]) before its noisy result is released.
 //! - With a target ε the engine refuses ([`Error::BudgetExhausted`]) a step that would take ε
 //!   past the target, before any noise is drawn (Opacus only reports).
-//! - Step `t` draws its noise from `NoiseKey::for_step(seed, t, 0)`: a fresh Philox subsequence
-//!   per step, never reused, also across resumed runs (the step counter is checkpointed).
-//! - In secure mode the seed comes from the OS ([`crate::cpu::philox::os_seed`]), is never
-//!   printed, and is not written to checkpoints: a resumed secure run draws a new seed.
+//! - Step `t` draws its noise from stream `t << 16` of the run's
+//!   [`Purpose::GradientNoise`](crate::rng::Purpose) key ([`NoiseKey::for_step_with`]): a fresh
+//!   stream per step, under a key no other purpose (initialisation, sampling) uses, never
+//!   reused, also across resumed runs (the step counter is checkpointed).
+//! - In secure mode the key is derived from a 256-bit OS key and the noise is ChaCha20 with the
+//!   sum-of-four-normals hardening ([`crate::noise`]); the key is never printed, formatted
+//!   (`Debug` is written by hand) or saved: a resumed secure run draws a new key.
+//! - Everything a step needs is validated before the step is recorded; a step that fails after
+//!   it is recorded stays recorded (ε only over-counts) and its lot is cleared, so the next
+//!   step never releases two lots under one noise draw.
+//! - The noise standard deviation σ·√ΣC² is computed in f64 and reaches the kernels unrounded.
+//! - The samplers' truncation (probability 2⁻⁷⁶ per Box–Muller pair, [`crate::noise`]) is
+//!   charged to δ: ε is reported at δ − (1 + e^ε)·η where η sums the truncation mass of every
+//!   step, and calibration plans for it.
 
 use crate::accounting::{self, Accountant, Method, PrivacyAccountant};
 use crate::ops::{self, ClipStats, ClipWorkspace, Clipping};
 use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
+use crate::rng::{Purpose, RunKeys, StreamKey};
 use crate::{Buffer, Device, Error, GradElement, Layout, NoiseKey, Result};
 use serde::{Deserialize, Serialize};
 
@@ -107,10 +118,13 @@ pub struct EngineState {
     pub seed: Option<u64>,
     /// The calibrated (or given) noise multiplier.
     pub noise_multiplier: f64,
+    /// The noise samplers' truncation mass summed over the steps taken ([`crate::noise`]).
+    #[serde(default)]
+    pub truncation_mass: f64,
 }
 
-/// The private training engine. See the module docs.
-#[derive(Debug)]
+/// The private training engine. See the module docs. Holds a secret key: its `Debug` is
+/// written by hand and shows no key.
 pub struct PrivacyEngine {
     cfg: PrivacyConfig,
     sigma: f64,
@@ -118,8 +132,12 @@ pub struct PrivacyEngine {
     device: Device,
     accountant: Accountant,
     step: u64,
-    seed: u64,
-    secure: bool,
+    /// The seed of a seeded run (`None` in secure mode).
+    seed: Option<u64>,
+    /// The run's gradient-noise key.
+    noise_key: StreamKey,
+    /// Truncation mass of the steps taken.
+    trunc: f64,
     ws: ClipWorkspace,
     sum: Buffer<f32>,
     rows: usize,
@@ -128,16 +146,43 @@ pub struct PrivacyEngine {
     allowed: Option<(u64, u64)>,
 }
 
+impl std::fmt::Debug for PrivacyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivacyEngine")
+            .field("config", &self.cfg)
+            .field("noise_multiplier", &self.sigma)
+            .field("layout", &self.layout)
+            .field("device", &self.device)
+            .field("steps", &self.step)
+            .field("secure", &self.seed.is_none())
+            .field("noise_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
 impl PrivacyEngine {
-    /// An engine for a model with `layout` on `device`. `seed: None` = secure mode (seed from
-    /// the OS, never logged or saved); `Some(s)` = reproducible runs (tests, experiments).
-    /// With a target ε, σ is calibrated here (bisection; the returned σ never exceeds the target
-    /// over `planned_steps`).
+    /// An engine for a model with `layout` on `device`. `seed: None` = secure mode (a 256-bit
+    /// key from the OS, ChaCha20 noise, never logged or saved); `Some(s)` = reproducible runs
+    /// (tests, experiments; Philox). With a target ε, σ is calibrated here (bisection; the
+    /// returned σ never exceeds the target over `planned_steps`, truncation included).
     pub fn new(
         cfg: PrivacyConfig,
         layout: Layout,
         device: &Device,
         seed: Option<u64>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        Self::with_keys(cfg, layout, device, &RunKeys::from_seed(seed)?)
+    }
+
+    /// [`PrivacyEngine::new`] with the run's keys (a trainer derives its sampling and
+    /// initialisation keys from the same [`RunKeys`]; the engine uses
+    /// [`Purpose::GradientNoise`]'s).
+    pub fn with_keys(
+        cfg: PrivacyConfig,
+        layout: Layout,
+        device: &Device,
+        keys: &RunKeys,
     ) -> Result<Self> {
         cfg.validate()?;
         if let Clipping::PerLayer(v) = &cfg.clipping {
@@ -152,20 +197,34 @@ impl PrivacyEngine {
                 ));
             }
         }
+        let noise_key = keys.key(Purpose::GradientNoise);
+        let per_step = crate::noise::gaussian_truncation_mass(
+            layout.num_params() as u64,
+            noise_key.generator(),
+        );
         let sigma = match cfg.noise {
             NoiseSpec::NoiseMultiplier(s) => s,
-            NoiseSpec::TargetEpsilon(eps) => accounting::calibrate_noise_multiplier(
-                cfg.accountant,
-                eps,
-                cfg.delta,
-                cfg.sample_rate,
-                cfg.planned_steps,
-                1e-3,
-            )?,
-        };
-        let (secure, seed) = match seed {
-            Some(s) => (false, s),
-            None => (true, crate::cpu::philox::os_seed()?),
+            NoiseSpec::TargetEpsilon(eps) => {
+                // Plan for the truncation term at the target: ε(δ − (1 + e^ε)·η) ≤ target.
+                let tau = (1.0 + eps.exp()) * per_step * cfg.planned_steps as f64;
+                if tau.is_nan() || tau > cfg.delta / 2.0 {
+                    return Err(Error::invalid(
+                        "delta",
+                        cfg.delta,
+                        format!(
+                            "> 2·(1 + e^ε)·(noise truncation mass {tau:.3e}): raise δ or lower ε"
+                        ),
+                    ));
+                }
+                accounting::calibrate_noise_multiplier(
+                    cfg.accountant,
+                    eps,
+                    cfg.delta - tau,
+                    cfg.sample_rate,
+                    cfg.planned_steps,
+                    1e-3,
+                )?
+            }
         };
         let ws = ClipWorkspace::new(device, 1, &layout)?;
         let sum = Buffer::zeros(device, layout.num_params())?;
@@ -175,8 +234,9 @@ impl PrivacyEngine {
             device: device.clone(),
             accountant: Accountant::new(cfg.accountant),
             step: 0,
-            seed,
-            secure,
+            seed: keys.seed(),
+            noise_key,
+            trunc: 0.0,
             ws,
             sum,
             rows: 0,
@@ -202,30 +262,80 @@ impl PrivacyEngine {
                 format!("the run's own accountant ({:?})", self.cfg.accountant),
             ));
         }
+        if !(state.truncation_mass.is_finite() && state.truncation_mass >= 0.0) {
+            return Err(Error::invalid(
+                "truncation_mass",
+                state.truncation_mass,
+                "finite and >= 0",
+            ));
+        }
+        let keys = match state.seed {
+            Some(s) if self.seed.is_some() => RunKeys::seeded(s),
+            // Secure mode (or a secure checkpoint): a fresh key. Streams continue from `step`,
+            // so no (key, stream) pair repeats either way.
+            _ => RunKeys::secure()?,
+        };
         self.accountant = state.accountant;
         self.step = state.step;
         self.sigma = state.noise_multiplier;
-        match state.seed {
-            Some(s) if !self.secure => self.seed = s,
-            _ => {
-                // Secure mode: a fresh seed. Subsequences continue from `step`, so no (seed,
-                // subsequence) pair repeats either way.
-                self.secure = true;
-                self.seed = crate::cpu::philox::os_seed()?;
-            }
-        }
+        self.trunc = state.truncation_mass;
+        self.seed = keys.seed();
+        self.noise_key = keys.key(Purpose::GradientNoise);
         self.allowed = None;
-        Ok(())
+        self.clear_lot()
     }
 
-    /// The state to checkpoint (no seed in secure mode).
+    /// The state to checkpoint (no key material in secure mode).
     pub fn state(&self) -> EngineState {
         EngineState {
             accountant: self.accountant.clone(),
             step: self.step,
-            seed: (!self.secure).then_some(self.seed),
+            seed: self.seed,
             noise_multiplier: self.sigma,
+            truncation_mass: self.trunc,
         }
+    }
+
+    /// Whether the engine runs in secure mode (OS key, ChaCha20 noise).
+    pub fn is_secure(&self) -> bool {
+        self.seed.is_none()
+    }
+
+    /// The truncation mass of one step's noise ([`crate::noise::gaussian_truncation_mass`]).
+    pub fn truncation_mass_per_step(&self) -> f64 {
+        crate::noise::gaussian_truncation_mass(
+            self.layout.num_params() as u64,
+            self.noise_key.generator(),
+        )
+    }
+
+    /// The noise samplers' truncation mass η summed over the steps taken: the total-variation
+    /// bound between this run's noise and ideal Gaussian noise ([`crate::noise`]).
+    pub fn truncation_mass(&self) -> f64 {
+        self.trunc
+    }
+
+    /// ε under `method` for `entries` at the configured δ, charging the truncation mass
+    /// `mass`: ε(δ − (1 + e^ε)·mass), with e^ε bounded by ε(δ/2) (module docs); infinite when
+    /// (1 + e^ε(δ/2))·mass exceeds δ/2 (ε is then astronomically large anyway, e.g. σ = 0).
+    fn epsilon_of(
+        &self,
+        method: Method,
+        entries: &[accounting::HistoryEntry],
+        mass: f64,
+    ) -> Result<f64> {
+        let delta = self.cfg.delta;
+        if mass == 0.0 {
+            return accounting::epsilon(method, entries, delta);
+        }
+        let hi = accounting::epsilon(method, entries, delta / 2.0)?;
+        let tau = (1.0 + hi.exp()) * mass;
+        if tau.is_nan() || tau > delta / 2.0 {
+            // ε is so large (e.g. σ = 0) that e^ε·η exceeds δ/2: no finite ε can be certified
+            // at this δ with this argument.
+            return Ok(f64::INFINITY);
+        }
+        accounting::epsilon(method, entries, delta - tau)
     }
 
     /// The device the lot's sum lives on.
@@ -254,19 +364,21 @@ impl PrivacyEngine {
     }
 
     /// ε spent so far at the configured δ (0 before the first step).
+    ///
+    /// The noise samplers' truncation is charged to δ ([`PrivacyEngine::truncation_mass`]):
+    /// the value is ε at δ − (1 + e^ε)·η, so the run is (ε, δ)-DP with the samplers as they
+    /// are, not only with ideal Gaussians.
     pub fn epsilon(&self) -> Result<f64> {
-        if self.step == 0 {
-            return Ok(0.0);
-        }
-        self.accountant.epsilon(self.cfg.delta)
+        self.epsilon_with(self.cfg.accountant)
     }
 
-    /// ε so far under `method` (e.g. to report RDP and PRV side by side).
+    /// ε so far under `method` (e.g. to report RDP and PRV side by side), truncation charged
+    /// as in [`PrivacyEngine::epsilon`].
     pub fn epsilon_with(&self, method: Method) -> Result<f64> {
         if self.step == 0 {
             return Ok(0.0);
         }
-        accounting::epsilon(method, self.accountant.history().entries(), self.cfg.delta)
+        self.epsilon_of(method, self.accountant.history().entries(), self.trunc)
     }
 
     /// Clips a physical batch of per-sample gradients (`grads`: `[batch, P]`, on the engine's
@@ -308,6 +420,13 @@ impl PrivacyEngine {
     ) -> Result<ClipStats> {
         use crate::nn::Grads;
         self.check_model(model)?;
+        if ws.mean_reduced() {
+            return Err(Error::invalid(
+                "reduction",
+                "Mean",
+                "Reduction::Sum in the loss before accumulate_model: under Mean each example's gradient depends on the realised batch size (sensitivity 2C, not C)",
+            ));
+        }
         let p = model.num_params();
         let batch = ws.batch();
         if self.device.is_cuda() {
@@ -405,10 +524,12 @@ impl PrivacyEngine {
                 return Ok(Some(n - (self.step - at)));
             }
         }
+        let per_step = self.truncation_mass_per_step();
         let fits = |extra: u64| -> Result<bool> {
             let mut a = self.accountant.clone();
             a.step_many(self.sigma, self.cfg.sample_rate, extra)?;
-            Ok(a.epsilon(self.cfg.delta)? <= target)
+            let mass = self.trunc + per_step * extra as f64;
+            Ok(self.epsilon_of(a.method, a.history().entries(), mass)? <= target)
         };
         let n = if !fits(1)? {
             0
@@ -436,9 +557,10 @@ impl PrivacyEngine {
         Ok(Some(n))
     }
 
-    /// Refuses a step the budget does not allow; records the step otherwise, and returns its
-    /// noise. Runs before any noise is drawn.
-    fn begin_step(&mut self) -> Result<NoisyStep> {
+    /// Refuses a step the budget does not allow or whose arguments `check` rejects; records
+    /// the step otherwise, and returns its noise. Runs before any noise is drawn; on an error
+    /// nothing is recorded and the lot is kept (the caller may fix the arguments and retry).
+    fn begin_step(&mut self, check: impl FnOnce(&NoisyStep) -> Result<()>) -> Result<NoisyStep> {
         if let Some(0) = self.remaining_steps()? {
             let NoiseSpec::TargetEpsilon(target) = self.cfg.noise else {
                 unreachable!("remaining_steps is Some only with a target")
@@ -451,22 +573,50 @@ impl PrivacyEngine {
                 self.cfg.sample_rate
             )));
         }
-        let c = self.cfg.clipping.sensitivity();
+        // σ·√ΣC² in f64 from the f32 bounds, unrounded all the way into the kernels.
+        let c = self
+            .cfg
+            .clipping
+            .bounds()
+            .iter()
+            .map(|&b| (b as f64) * (b as f64))
+            .sum::<f64>()
+            .sqrt();
         let noisy = NoisyStep {
-            noise_std: (self.sigma * c as f64) as f32,
-            expected_batch_size: self.cfg.expected_batch_size() as f32,
-            key: NoiseKey::for_step(self.seed, self.step, 0)?,
+            noise_std: self.sigma * c,
+            expected_batch_size: self.cfg.expected_batch_size(),
+            key: NoiseKey::for_step_with(self.noise_key, self.step, 0)?,
         };
         noisy.validate()?;
+        check(&noisy)?;
         // The accountant sees the step before its result is released.
         self.accountant.step(self.sigma, self.cfg.sample_rate)?;
         self.step += 1;
+        self.trunc += self.truncation_mass_per_step();
         Ok(noisy)
     }
 
-    fn end_step(&mut self) -> Result<()> {
-        self.sum.fill_zero()?;
+    /// Ends a recorded step: the lot is cleared whether or not the release succeeded (a
+    /// failed step must not leave its lot to be released again under the next step's noise).
+    fn end_step(&mut self, released: Result<()>) -> Result<()> {
+        let cleared = self.clear_lot();
+        released.and(cleared)
+    }
+
+    /// Empties the current lot (its clipped sum and count).
+    pub fn clear_lot(&mut self) -> Result<()> {
         self.rows = 0;
+        self.sum.fill_zero()
+    }
+
+    fn check_buffer<T: crate::Element>(&self, what: &'static str, b: &Buffer<T>) -> Result<()> {
+        if !b.device().same(&self.device) {
+            return Err(Error::invalid(
+                "device",
+                format!("{what} on {:?}, engine on {:?}", b.device(), self.device),
+                "the engine's device",
+            ));
+        }
         Ok(())
     }
 
@@ -479,9 +629,15 @@ impl PrivacyEngine {
         cfg: &SgdConfig,
     ) -> Result<()> {
         cfg.validate()?;
-        let noisy = self.begin_step()?;
-        ops::noisy_sgd_step(params, &self.sum, momentum, cfg, &noisy)?;
-        self.end_step()
+        let (plen, slen) = (params.len(), self.sum.len());
+        let mlen = momentum.as_ref().map(|m| m.len());
+        self.check_buffer("params", params)?;
+        if let Some(m) = &momentum {
+            self.check_buffer("momentum", m)?;
+        }
+        let noisy = self.begin_step(|n| ops::check::sgd(plen, slen, mlen, cfg, n))?;
+        let r = ops::noisy_sgd_step(params, &self.sum, momentum, cfg, &noisy);
+        self.end_step(r)
     }
 
     /// A fused noisy Adam step (`t` = this optimizer's 1-based step count).
@@ -494,9 +650,14 @@ impl PrivacyEngine {
         cfg: &AdamConfig,
     ) -> Result<()> {
         cfg.validate()?;
-        let noisy = self.begin_step()?;
-        ops::noisy_adam_step(params, &self.sum, m, v, t, cfg, &noisy)?;
-        self.end_step()
+        let lens = (params.len(), self.sum.len(), m.len(), v.len());
+        self.check_buffer("params", params)?;
+        self.check_buffer("m", m)?;
+        self.check_buffer("v", v)?;
+        let noisy =
+            self.begin_step(|n| ops::check::adam(lens.0, lens.1, lens.2, lens.3, t, cfg, n))?;
+        let r = ops::noisy_adam_step(params, &self.sum, m, v, t, cfg, &noisy);
+        self.end_step(r)
     }
 
     /// For trainers with their own optimizer: writes the noised mean gradient
@@ -513,9 +674,11 @@ impl PrivacyEngine {
                 ),
             ));
         }
-        let noisy = self.begin_step()?;
-        ops::noisy_mean(out, &self.sum, &noisy)?;
-        self.end_step()?;
+        self.check_buffer("out", out)?;
+        let (olen, slen) = (out.len(), self.sum.len());
+        let noisy = self.begin_step(|n| ops::check::noisy_mean(olen, slen, n))?;
+        let r = ops::noisy_mean(out, &self.sum, &noisy);
+        self.end_step(r)?;
         self.epsilon()
     }
 }

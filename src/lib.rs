@@ -28,6 +28,7 @@ pub mod noise;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod rng;
 pub mod sampling;
 pub mod train;
 

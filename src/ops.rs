@@ -114,21 +114,22 @@ pub fn clip_accumulate<T: GradElement>(
     }
 }
 
-/// `out[j]` = 32-bit output j of `key`'s Philox stream (identical on every backend).
-pub fn philox_bits(out: &mut Buffer<u32>, key: NoiseKey) -> Result<()> {
+/// `out[j]` = 32-bit word j of `key`'s stream, Philox or ChaCha20 (identical on every backend).
+pub fn random_bits(out: &mut Buffer<u32>, key: NoiseKey) -> Result<()> {
     match &mut out.storage {
-        Storage::Cpu(o) => cpu::noise::philox_bits(o, key),
+        Storage::Cpu(o) => cpu::noise::random_bits(o, key),
         #[cfg(feature = "cuda")]
         Storage::Cuda(o, d, n) => {
-            crate::cuda::noise::philox_bits(&d.inner, &mut o.slice_mut(0..*n), key)
+            crate::cuda::noise::random_bits(&d.inner, &mut o.slice_mut(0..*n), key)
         }
         #[cfg(not(feature = "cuda"))]
         Storage::Cuda(never, _) => match *never {},
     }
 }
 
-/// `out[j] += std · N(0,1)_j` from `key`'s stream.
-pub fn add_gaussian(out: &mut Buffer<f32>, std: f32, key: NoiseKey) -> Result<()> {
+/// `out[j] += std · N(0,1)_j` from `key`'s stream (computed in f64, rounded once;
+/// [`crate::noise`] for the samplers).
+pub fn add_gaussian(out: &mut Buffer<f32>, std: f64, key: NoiseKey) -> Result<()> {
     match &mut out.storage {
         Storage::Cpu(o) => cpu::noise::add_gaussian(o, std, key),
         #[cfg(feature = "cuda")]
@@ -140,8 +141,8 @@ pub fn add_gaussian(out: &mut Buffer<f32>, std: f32, key: NoiseKey) -> Result<()
     }
 }
 
-/// `out[j] += scale · Laplace(0,1)_j` from `key`'s stream.
-pub fn add_laplace(out: &mut Buffer<f32>, scale: f32, key: NoiseKey) -> Result<()> {
+/// `out[j] += scale · Laplace(0,1)_j` from `key`'s stream (computed in f64, rounded once).
+pub fn add_laplace(out: &mut Buffer<f32>, scale: f64, key: NoiseKey) -> Result<()> {
     match &mut out.storage {
         Storage::Cpu(o) => cpu::noise::add_laplace(o, scale, key),
         #[cfg(feature = "cuda")]

@@ -106,26 +106,28 @@ impl AdamConfig {
 }
 
 /// The DP part of a step: noise standard deviation σ·C, expected batch size E, and the stream.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// Both numbers are f64 and reach the kernels unrounded; the noised gradient is computed in f64
+/// and rounded once to f32.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NoisyStep {
     /// Standard deviation of the noise added to the clipped sum: σ·C (≥ 0; 0 = no noise).
-    pub noise_std: f32,
+    pub noise_std: f64,
     /// The divisor E: the expected batch size q·N under Poisson sampling (> 0).
-    pub expected_batch_size: f32,
-    /// The Philox stream of this step's noise.
+    pub expected_batch_size: f64,
+    /// The stream of this step's noise (secret: its `Debug` is redacted).
     pub key: NoiseKey,
 }
 
 impl NoisyStep {
-    /// Noise σ·C for a noise multiplier σ and clipping bound C.
+    /// Noise σ·C for a noise multiplier σ and clipping bound C (the product in f64).
     pub fn new(
-        noise_multiplier: f32,
-        max_grad_norm: f32,
-        expected_batch_size: f32,
+        noise_multiplier: f64,
+        max_grad_norm: f64,
+        expected_batch_size: f64,
         key: NoiseKey,
     ) -> Result<Self> {
-        check_non_negative("noise_multiplier", noise_multiplier as f64)?;
-        check_positive("max_grad_norm", max_grad_norm as f64)?;
+        check_non_negative("noise_multiplier", noise_multiplier)?;
+        check_positive("max_grad_norm", max_grad_norm)?;
         let s = NoisyStep {
             noise_std: noise_multiplier * max_grad_norm,
             expected_batch_size,
@@ -137,12 +139,9 @@ impl NoisyStep {
 
     /// Checks every field; called before any noise is drawn.
     pub fn validate(&self) -> Result<()> {
-        check_non_negative("noise_std", self.noise_std as f64)?;
-        check_positive("expected_batch_size", self.expected_batch_size as f64)?;
-        check_finite(
-            "1/expected_batch_size",
-            1.0 / self.expected_batch_size as f64,
-        )?;
+        check_non_negative("noise_std", self.noise_std)?;
+        check_positive("expected_batch_size", self.expected_batch_size)?;
+        check_finite("1/expected_batch_size", 1.0 / self.expected_batch_size)?;
         Ok(())
     }
 }

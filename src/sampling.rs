@@ -9,29 +9,29 @@
 //! An epoch is `round(1/q)` steps (so that each example is visited once in expectation; Opacus's
 //! `int(1/q)` loses a step when 1/q is not an integer in floating point).
 //!
-//! Deterministic given a seed (the sampler's Philox stream is part of a checkpoint), or seeded
-//! from the OS in secure mode ([`PoissonSampler::secure`]); the seed is never printed.
+//! The inclusion bits are secret (which examples a step used). In secure mode they come from
+//! ChaCha20 under the run's [`Purpose::Sampling`] key (OS-seeded, never printed or saved; a
+//! resumed secure run draws a fresh key); in seeded runs from Philox, reproducibly. Either way
+//! the sampler reads stream 0 of a key that no other purpose uses ([`crate::rng`]), so its bits
+//! are never reused as noise or initial weights. Only the stream position is checkpointed
+//! ([`PoissonSampler::position`]); the key is re-derived (seeded) or fresh (secure).
 
-use crate::cpu::philox::Philox;
+use crate::rng::{Purpose, Rng, RunKeys, StreamKey};
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
 
-/// Subsequence of the sampler's Philox stream (distinct from every noise subsequence, which is
-/// `step << 16 | tensor` with tensor < 2^16 - 1).
-const SAMPLER_SUBSEQUENCE: u64 = u64::MAX;
-
-/// A Poisson sampler over `n` examples with rate `q`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A Poisson sampler over `n` examples with rate `q`. Holds a secret key: its `Debug` shows
+/// no key, and it is not serialisable (checkpoint [`PoissonSampler::position`] instead).
+#[derive(Clone, Debug)]
 pub struct PoissonSampler {
     n: usize,
     q: f64,
     threshold: u64,
-    rng: Philox,
+    rng: Rng,
 }
 
 impl PoissonSampler {
-    /// A sampler with a fixed seed (reproducible runs).
-    pub fn new(n: usize, q: f64, seed: u64) -> Result<Self> {
+    /// A sampler reading stream 0 of `key` (a run's [`Purpose::Sampling`] key).
+    pub fn with_key(n: usize, q: f64, key: StreamKey) -> Result<Self> {
         if n == 0 {
             return Err(Error::invalid("dataset_size", 0, ">= 1"));
         }
@@ -48,13 +48,29 @@ impl PoissonSampler {
             n,
             q,
             threshold,
-            rng: Philox::new(seed, SAMPLER_SUBSEQUENCE),
+            rng: key.rng(0),
         })
     }
 
-    /// A sampler seeded from the operating system (secure mode).
+    /// A sampler with a fixed seed (reproducible runs): the [`Purpose::Sampling`] key of
+    /// [`RunKeys::seeded`]`(seed)`.
+    pub fn new(n: usize, q: f64, seed: u64) -> Result<Self> {
+        Self::with_key(n, q, RunKeys::seeded(seed).key(Purpose::Sampling))
+    }
+
+    /// A sampler keyed from the operating system (secure mode: ChaCha20).
     pub fn secure(n: usize, q: f64) -> Result<Self> {
-        Self::new(n, q, crate::cpu::philox::os_seed()?)
+        Self::with_key(n, q, RunKeys::secure()?.key(Purpose::Sampling))
+    }
+
+    /// The stream position (32-bit words drawn): what a checkpoint keeps.
+    pub fn position(&self) -> u64 {
+        self.rng.position()
+    }
+
+    /// Continues at a checkpointed position (of the same key's stream).
+    pub fn seek(&mut self, position: u64) {
+        self.rng.seek(position);
     }
 
     /// The sampling rate q.

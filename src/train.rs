@@ -15,6 +15,7 @@ use crate::engine::{EngineState, NoiseSpec, PrivacyConfig, PrivacyEngine};
 use crate::nn::{models, Grads, Loss, Sequential, Workspace};
 use crate::ops::Clipping;
 use crate::optim::{AdamConfig, SgdConfig};
+use crate::rng::{Purpose, RunKeys};
 use crate::sampling::PoissonSampler;
 use crate::{Buffer, Device, Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -210,7 +211,9 @@ struct CheckpointState {
     config: TrainConfig,
     epochs_done: u64,
     engine: Option<EngineState>,
-    sampler: PoissonSampler,
+    /// The sampler's stream position (seeded runs; 0 and unused in secure mode, whose
+    /// resumed run samples with a fresh key).
+    sampler_position: u64,
     adam_t: u64,
     #[serde(default)]
     steps_taken: u64,
@@ -272,10 +275,10 @@ impl Trainer {
                 Dataset::synthetic(*test, 2)?,
             ),
         };
-        let seed = match cfg.seed {
-            Some(s) => s,
-            None => crate::cpu::philox::os_seed()?,
-        };
+        // One master key per run; each purpose (initialisation, sampling, noise) gets its own
+        // derived key, so no two share a stream (crate::rng).
+        let keys = RunKeys::from_seed(cfg.seed)?;
+        let seed = keys.key(Purpose::ModelInit).derive_u64();
         let (train, eval, eval_split) = if cfg.validation > 0 {
             let (tr, va) = train.split_validation(cfg.validation, 0x5eed)?;
             (tr, va, "validation")
@@ -298,10 +301,7 @@ impl Trainer {
         let p = model.num_params();
         let physical = cfg.physical_batch;
         let ws = model.workspace(physical)?;
-        let sampler = match cfg.seed {
-            Some(s) => PoissonSampler::new(n, q, s ^ 0x9e37_79b9_7f4a_7c15)?,
-            None => PoissonSampler::secure(n, q)?,
-        };
+        let sampler = PoissonSampler::with_key(n, q, keys.key(Purpose::Sampling))?;
         let steps_per_epoch = sampler.steps_per_epoch();
         let engine = match cfg.noise {
             None => None,
@@ -315,11 +315,11 @@ impl Trainer {
                     planned_steps: steps_per_epoch * cfg.epochs,
                     accountant: cfg.accountant,
                 };
-                Some(PrivacyEngine::new(
+                Some(PrivacyEngine::with_keys(
                     pc,
                     model.layout().clone(),
                     device,
-                    cfg.seed,
+                    &keys,
                 )?)
             }
         };
@@ -518,7 +518,7 @@ impl Trainer {
                 // Non-private reference: the mean gradient of the lot, no clipping, no noise.
                 let noisy = crate::NoisyStep {
                     noise_std: 0.0,
-                    expected_batch_size: lot.max(1) as f32,
+                    expected_batch_size: lot.max(1) as f64,
                     key: crate::NoiseKey::from_parts(0, 0),
                 };
                 match opt {
@@ -649,7 +649,11 @@ impl Trainer {
             config: self.cfg.clone(),
             epochs_done: self.epochs_done,
             engine: self.engine.as_ref().map(|e| e.state()),
-            sampler: self.sampler.clone(),
+            sampler_position: if self.cfg.seed.is_some() {
+                self.sampler.position()
+            } else {
+                0
+            },
             adam_t: self.adam_t,
             steps_taken: self.steps_taken,
             metrics: self.metrics.clone(),
@@ -660,11 +664,9 @@ impl Trainer {
             serde_json::to_string(&state)?,
         );
         if self.cfg.seed.is_none() {
-            // Secure mode: the sampler stream's seed must not be stored.
+            // Secure mode: no key material is stored (the engine's state has no seed, the
+            // sampler's position is not kept); a resumed run draws fresh keys.
             meta.insert("secure".to_string(), "true".to_string());
-            let mut s = state.clone();
-            s.sampler = PoissonSampler::new(1, 1.0, 0)?;
-            meta.insert("dpsgd_checkpoint".to_string(), serde_json::to_string(&s)?);
         }
         let ema = Buffer::from_vec(self.ema.clone());
         let tensors = [
@@ -766,7 +768,10 @@ impl Trainer {
         self.m2.copy_from_slice(&m2)?;
         self.ema.copy_from_slice(&ema);
         if meta.get("secure").is_none() {
-            self.sampler = state.sampler;
+            self.sampler.seek(state.sampler_position);
+        } else {
+            // Secure mode: fresh keys for sampling too (the engine drew its own in restore).
+            self.sampler = PoissonSampler::secure(self.sampler.len(), self.sampler.sample_rate())?;
         }
         self.adam_t = state.adam_t;
         self.steps_taken = state.steps_taken;

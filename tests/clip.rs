@@ -9,6 +9,8 @@ use common::{gpu, int_in, uniform};
 use dpsgd::cpu::clip;
 use dpsgd::cpu::philox::Philox;
 use dpsgd::ops::{self, ClipWorkspace, Clipping};
+#[allow(unused_imports)]
+use dpsgd::rng::RandomBits;
 use dpsgd::{Buffer, Device, Error, GradElement, Layout};
 use half::{bf16, f16};
 

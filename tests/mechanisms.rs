@@ -18,6 +18,8 @@ use dpsgd::mechanisms::snapping::uniform_ulp;
 use dpsgd::mechanisms::{
     DiscreteGaussian, DiscreteLaplace, Gaussian, Laplace, RandomizedResponse, Snapping,
 };
+#[allow(unused_imports)]
+use dpsgd::rng::RandomBits;
 use dpsgd::Error;
 
 /// Two-sided normal critical value at p = 1e-6.

@@ -15,6 +15,8 @@ use dpsgd::cpu::norm::*;
 use dpsgd::cpu::philox::Philox;
 use dpsgd::cpu::pool::*;
 use dpsgd::nn::{models, Grads, Layer, Loss, Sequential};
+#[allow(unused_imports)]
+use dpsgd::rng::RandomBits;
 use dpsgd::{Buffer, Device, Error};
 
 fn rand_vec(rng: &mut Philox, n: usize) -> Vec<f64> {
@@ -1044,9 +1046,13 @@ fn forward_backward_equals_three_calls() {
                 false,
             )
             .unwrap();
+            // The clipped sum needs per-example gradients: a Mean loss is refused (its
+            // gradients depend on the realised batch size), so the reference for Mean runs
+            // with Sum and the Mean calls below must fail.
+            let clip_reduction = Reduction::Sum;
             let mut clip_a = Buffer::zeros(&dev, p).unwrap();
             m.forward_slice(&mut ws, &x).unwrap();
-            m.loss(&mut ws, loss(), reduction).unwrap();
+            m.loss(&mut ws, loss(), clip_reduction).unwrap();
             m.backward(
                 &mut ws,
                 Grads::ClippedSum {
@@ -1057,6 +1063,21 @@ fn forward_backward_equals_three_calls() {
                 false,
             )
             .unwrap();
+            if reduction == Reduction::Mean {
+                m.forward_slice(&mut ws, &x).unwrap();
+                m.loss(&mut ws, loss(), reduction).unwrap();
+                let mut scratch = Buffer::zeros(&dev, p).unwrap();
+                let r = m.backward(
+                    &mut ws,
+                    Grads::ClippedSum {
+                        layout: m.layout(),
+                        clipping: &clipping,
+                        sum: &mut scratch,
+                    },
+                    false,
+                );
+                assert!(r.is_err(), "{what}: a Mean loss into a clipped sum");
+            }
             // Fused.
             let mut rows_b = Buffer::zeros(&dev, batch * p).unwrap();
             let lb = m
@@ -1101,7 +1122,7 @@ fn forward_backward_equals_three_calls() {
                 &mut ws,
                 &x,
                 loss(),
-                reduction,
+                clip_reduction,
                 Grads::ClippedSum {
                     layout: m.layout(),
                     clipping: &clipping,

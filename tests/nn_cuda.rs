@@ -14,6 +14,8 @@
 //! layers and pools (the same operations, only `expf`/`tanhf` differ by an ulp or two), 1e-5 for
 //! GroupNorm (statistics in f64 on both sides) and 1e-6 for the losses (f64 on both sides).
 
+#[allow(unused_imports)]
+use dpsgd::rng::RandomBits;
 use dpsgd::Device;
 
 mod common;

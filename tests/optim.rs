@@ -9,7 +9,7 @@ use common::{gpu, uniform};
 use dpsgd::cpu::{noise, optim};
 use dpsgd::{ops, AdamConfig, Buffer, Error, NoiseKey, NoisyStep, SgdConfig};
 
-fn step(sigma: f32, c: f32, e: f32, step: u64) -> NoisyStep {
+fn step(sigma: f64, c: f64, e: f64, step: u64) -> NoisyStep {
     NoisyStep::new(sigma, c, e, NoiseKey::for_step(31337, step, 0).unwrap()).unwrap()
 }
 
@@ -92,7 +92,7 @@ fn invalid_parameters_fail_before_any_noise() {
     let key = NoiseKey::from_parts(1, 2);
     for (sigma, c, e) in [
         (-1.0, 1.0, 1.0),
-        (f32::NAN, 1.0, 1.0),
+        (f64::NAN, 1.0, 1.0),
         (1.0, 0.0, 1.0),
         (1.0, 1.0, 0.0),
     ] {

@@ -5,6 +5,8 @@ mod common;
 
 use common::{chi2_critical, gpu};
 use dpsgd::cpu::philox::{block, philox4x32_10, Philox};
+#[allow(unused_imports)]
+use dpsgd::rng::RandomBits;
 use dpsgd::{ops, Buffer, Device, NoiseKey};
 
 /// Random123 `kat_vectors`, philox4x32 with 10 rounds.
@@ -70,8 +72,8 @@ fn stream_reads_blocks_in_order_and_seeks() {
 fn ops_philox_bits_is_the_stream() {
     let key = NoiseKey::for_step(42, 3, 1).unwrap();
     let mut out = Buffer::<u32>::zeros(&Device::Cpu, 1001).unwrap();
-    ops::philox_bits(&mut out, key).unwrap();
-    let mut r = Philox::new(key.seed, key.subsequence);
+    ops::random_bits(&mut out, key).unwrap();
+    let mut r = Philox::new(42, key.stream());
     let want: Vec<u32> = (0..1001).map(|_| r.next_u32()).collect();
     assert_eq!(out.to_vec().unwrap(), want);
 }
@@ -81,7 +83,7 @@ fn ops_philox_bits_is_the_stream() {
 fn bits_are_uniform_chi_square() {
     let n = 1 << 20;
     let mut out = vec![0u32; n];
-    dpsgd::cpu::noise::philox_bits(&mut out, NoiseKey::from_parts(12345, 6789)).unwrap();
+    dpsgd::cpu::noise::random_bits(&mut out, NoiseKey::from_parts(12345, 6789)).unwrap();
     let crit = chi2_critical(255.0);
     for lane in 0..4 {
         let mut bins = [0u64; 256];
@@ -103,7 +105,7 @@ fn distinct_keys_do_not_share_bits() {
     assert_ne!(a, b);
     assert_ne!(a, c);
     assert_ne!(b, c);
-    let blocks = |k: NoiseKey| block(k.seed, k.subsequence, 0);
+    let blocks = |k: NoiseKey| block(1, k.stream(), 0);
     assert_ne!(blocks(a), blocks(b));
     assert_ne!(blocks(a), blocks(c));
     assert!(NoiseKey::for_step(1, 1 << 48, 0).is_err());
@@ -139,9 +141,9 @@ fn gpu_bits_equal_cpu_stream() {
     ] {
         let key = NoiseKey::from_parts(seed, sub);
         let mut want = vec![0u32; n];
-        dpsgd::cpu::noise::philox_bits(&mut want, key).unwrap();
+        dpsgd::cpu::noise::random_bits(&mut want, key).unwrap();
         let mut out = Buffer::<u32>::zeros(&dev, n).unwrap();
-        ops::philox_bits(&mut out, key).unwrap();
+        ops::random_bits(&mut out, key).unwrap();
         assert_eq!(out.to_vec().unwrap(), want, "n={n}");
         #[cfg(feature = "cuda")]
         {
@@ -149,7 +151,7 @@ fn gpu_bits_equal_cpu_stream() {
                 unreachable!()
             };
             let mut b = Buffer::<u32>::zeros(&dev, n).unwrap();
-            dpsgd::cuda::noise::philox_bits_curand(
+            dpsgd::cuda::noise::random_bits_curand(
                 d.backend(),
                 &mut b.cuda_view_mut().unwrap(),
                 key,

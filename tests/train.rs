@@ -6,6 +6,8 @@ use approx::assert_relative_eq;
 use dpsgd::accounting::{Method, PrivacyAccountant};
 use dpsgd::engine::{NoiseSpec, PrivacyConfig, PrivacyEngine};
 use dpsgd::ops::Clipping;
+#[allow(unused_imports)]
+use dpsgd::rng::RandomBits;
 use dpsgd::train::{DataSource, ModelKind, OptimizerKind, TrainConfig, Trainer};
 use dpsgd::{Buffer, Device, Error, Layout, SgdConfig};
 use std::path::PathBuf;

@@ -3,6 +3,7 @@
 //!
 //! `kernels/clip.cu` ↔ [`clip`], `kernels/noise.cu` ↔ [`noise`], `kernels/optim.cu` ↔ [`optim`].
 
+pub mod chacha;
 pub mod clip;
 pub mod noise;
 pub mod optim;

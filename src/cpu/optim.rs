@@ -2,7 +2,7 @@
 //!
 //! DP-SGD (Abadi et al., CCS 2016, Algorithm 1) adds Gaussian noise N(0, σ²C²) to the sum of
 //! clipped per-example gradients and divides by the (expected) lot size E. Here the noise is
-//! drawn inside the update, element by element, from the same Philox stream as
+//! drawn inside the update, element by element, from the same stream as
 //! [`add_gaussian`](crate::cpu::noise::add_gaussian) (no noise buffer). For every j:
 //!
 //! ```text
@@ -15,13 +15,29 @@
 //! Momentum buffers start at zero (PyTorch initialises them with the first gradient, which
 //! differs only when dampening ≠ 0).
 
-use crate::cpu::noise::normal4;
+use crate::cpu::noise::normal16;
 use crate::ops::check;
 use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
 use crate::Result;
 use rayon::prelude::*;
 
+/// Elements per parallel task (a multiple of 16: tasks own whole noise groups).
 const TASK: usize = 16 * 1024;
+
+/// The noised mean gradients ĝ_j = (sum_j + σC·ξ_j)/E of the 16-element group `g`, computed in
+/// f64 and rounded once to f32 (the kernels compute the same with explicitly rounded f64 ops).
+#[inline]
+fn noisy_group(noisy: &NoisyStep, g: u64, s: &[f32], out: &mut [f32; 16]) {
+    let inv = 1.0 / noisy.expected_batch_size;
+    let z = if noisy.noise_std != 0.0 {
+        normal16(&noisy.key, g)
+    } else {
+        [0.0; 16]
+    };
+    for ((o, &sj), zj) in out.iter_mut().zip(s).zip(z) {
+        *o = ((sj as f64 + noisy.noise_std * zj) * inv) as f32;
+    }
+}
 
 /// One fused noisy SGD step over the flat parameters (see the module docs for the formula).
 ///
@@ -41,9 +57,6 @@ pub fn noisy_sgd_step(
         cfg,
         noisy,
     )?;
-    let inv_batch = 1.0f32 / noisy.expected_batch_size;
-    let std = noisy.noise_std;
-    let key = noisy.key;
     let has_m = cfg.momentum > 0.0;
     let mut dummy = [];
     let mbuf: &mut [f32] = match momentum_buf {
@@ -51,17 +64,14 @@ pub fn noisy_sgd_step(
         _ => &mut dummy,
     };
     let run = |t: usize, p: &mut [f32], s: &[f32], mut m: Option<&mut [f32]>| {
-        let b0 = (t * TASK / 4) as u64;
-        for (k, pq) in p.chunks_mut(4).enumerate() {
-            let z = if std != 0.0 {
-                normal4(key, b0 + k as u64)
-            } else {
-                [0.0; 4]
-            };
+        let g0 = (t * TASK / 16) as u64;
+        let mut gh = [0f32; 16];
+        for (k, pq) in p.chunks_mut(16).enumerate() {
+            noisy_group(noisy, g0 + k as u64, &s[16 * k..], &mut gh);
             for i in 0..pq.len() {
-                let j = 4 * k + i;
+                let j = 16 * k + i;
                 let pj = pq[i];
-                let mut g = (std * z[i] + s[j]) * inv_batch;
+                let mut g = gh[i];
                 g += cfg.weight_decay * pj;
                 if let Some(m) = m.as_deref_mut() {
                     let mj = cfg.momentum * m[j] + (1.0 - cfg.dampening) * g;
@@ -113,27 +123,21 @@ pub fn noisy_adam_step(
         cfg,
         noisy,
     )?;
-    let inv_batch = 1.0f32 / noisy.expected_batch_size;
     let (bc1, bc2) = check::bias_corrections(cfg, t);
-    let std = noisy.noise_std;
-    let key = noisy.key;
     params
         .par_chunks_mut(TASK)
         .zip(grad_sum.par_chunks(TASK))
         .zip(m1.par_chunks_mut(TASK).zip(m2.par_chunks_mut(TASK)))
         .enumerate()
         .for_each(|(ti, ((p, s), (m, v)))| {
-            let b0 = (ti * TASK / 4) as u64;
-            for (k, pq) in p.chunks_mut(4).enumerate() {
-                let z = if std != 0.0 {
-                    normal4(key, b0 + k as u64)
-                } else {
-                    [0.0; 4]
-                };
+            let g0 = (ti * TASK / 16) as u64;
+            let mut gh = [0f32; 16];
+            for (k, pq) in p.chunks_mut(16).enumerate() {
+                noisy_group(noisy, g0 + k as u64, &s[16 * k..], &mut gh);
                 for i in 0..pq.len() {
-                    let j = 4 * k + i;
+                    let j = 16 * k + i;
                     let mut pj = pq[i];
-                    let mut g = (std * z[i] + s[j]) * inv_batch;
+                    let mut g = gh[i];
                     if cfg.decoupled {
                         pj *= 1.0 - cfg.lr * cfg.weight_decay;
                     } else {
@@ -152,27 +156,20 @@ pub fn noisy_adam_step(
 }
 
 /// The noised mean gradient `out[j] = (grad_sum[j] + σC·ξ_j) / E` (ξ_j the same element
-/// [`add_gaussian`](crate::cpu::noise::add_gaussian) draws for j), for trainers that run their
-/// own optimizer. Parameters are validated before any noise is drawn.
+/// [`add_gaussian`](crate::cpu::noise::add_gaussian) draws for j; computed in f64 and rounded
+/// once), for trainers that run their own optimizer. Parameters are validated before any noise
+/// is drawn.
 pub fn noisy_mean(out: &mut [f32], grad_sum: &[f32], noisy: &NoisyStep) -> Result<()> {
     check::noisy_mean(out.len(), grad_sum.len(), noisy)?;
-    let inv_batch = 1.0f32 / noisy.expected_batch_size;
-    let std = noisy.noise_std;
-    let key = noisy.key;
     out.par_chunks_mut(TASK)
         .zip(grad_sum.par_chunks(TASK))
         .enumerate()
         .for_each(|(t, (o, s))| {
-            let b0 = (t * TASK / 4) as u64;
-            for (k, oq) in o.chunks_mut(4).enumerate() {
-                let z = if std != 0.0 {
-                    normal4(key, b0 + k as u64)
-                } else {
-                    [0.0; 4]
-                };
-                for i in 0..oq.len() {
-                    oq[i] = (std * z[i] + s[4 * k + i]) * inv_batch;
-                }
+            let g0 = (t * TASK / 16) as u64;
+            let mut gh = [0f32; 16];
+            for (k, oq) in o.chunks_mut(16).enumerate() {
+                noisy_group(noisy, g0 + k as u64, &s[16 * k..], &mut gh);
+                oq.copy_from_slice(&gh[..oq.len()]);
             }
         });
     Ok(())

@@ -59,7 +59,7 @@ pub fn block(seed: u64, subsequence: u64, block: u64) -> [u32; 4] {
 /// Blocks `first .. first + 8` of `subsequence` under `seed` ([`block`] eight times), computed
 /// lane by lane so that the compiler vectorises the rounds.
 #[allow(clippy::needless_range_loop)] // struct-of-arrays lanes, indexed on purpose
-fn blocks8(seed: u64, subsequence: u64, first: u64) -> [[u32; 4]; 8] {
+pub(crate) fn blocks8(seed: u64, subsequence: u64, first: u64) -> [[u32; 4]; 8] {
     let mut c = [[0u32; 8]; 4];
     for j in 0..8 {
         let b = first.wrapping_add(j as u64);
@@ -89,7 +89,7 @@ fn blocks8(seed: u64, subsequence: u64, first: u64) -> [[u32; 4]; 8] {
 }
 
 /// A sequential reader of one cuRAND Philox stream, for host-side sampling (Poisson sampling,
-/// mechanisms). `Philox::new(seed, subsequence)` yields exactly what `curand(&state)` yields
+/// mechanisms; the samplers are [`crate::rng::RandomBits`]'s). `Philox::new(seed, subsequence)` yields exactly what `curand(&state)` yields
 /// after `curand_init(seed, subsequence, 0, &state)`.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Philox {
@@ -187,40 +187,6 @@ impl Philox {
                 i += 1;
             }
         }
-    }
-
-    /// A uniform double in [0, 1) with 53 random bits.
-    #[inline]
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// A uniform double in (0, 1): never 0, never 1 (safe for logarithms).
-    #[inline]
-    pub fn next_f64_open(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// A uniform integer in `0..n` without modulo bias (rejection sampling); 0 when `n` is 0
-    /// (the empty range has no other answer; callers check their ranges).
-    pub fn next_below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            return 0;
-        }
-        let zone = u64::MAX - (u64::MAX - n + 1) % n;
-        loop {
-            let x = self.next_u64();
-            if x <= zone {
-                return x % n;
-            }
-        }
-    }
-
-    /// A standard normal double (Box–Muller on two open uniforms).
-    pub fn next_normal_f64(&mut self) -> f64 {
-        let u = self.next_f64_open();
-        let v = self.next_f64_open();
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }
 }
 

@@ -1,5 +1,6 @@
-//! Philox noise on the GPU (`kernels/noise.cu`). Same signatures and semantics as
-//! [`crate::cpu::noise`]; the 32-bit outputs are bit-identical to the CPU's.
+//! Noise on the GPU (`kernels/noise.cu`): Philox4x32-10 or ChaCha20 streams, f64 transforms.
+//! Same signatures and semantics as [`crate::cpu::noise`]; the random words are bit-identical
+//! to the CPU's.
 
 use super::ffi::DpsgdNoiseKey;
 use super::{drv, CudaBackend};
@@ -9,8 +10,13 @@ use cudarc::driver::{CudaFunction, CudaViewMut, DeviceRepr, LaunchConfig, PushKe
 
 pub(crate) fn ffi_key(k: NoiseKey) -> DpsgdNoiseKey {
     DpsgdNoiseKey {
-        seed: k.seed,
-        subsequence: k.subsequence,
+        key: *k.words(),
+        stream: k.stream(),
+        generator: match k.generator() {
+            crate::rng::Generator::Philox => super::ffi::DPSGD_GEN_PHILOX,
+            crate::rng::Generator::ChaCha20 => super::ffi::DPSGD_GEN_CHACHA20,
+        },
+        pad: 0,
     }
 }
 
@@ -19,7 +25,7 @@ fn launch<T: DeviceRepr>(
     f: &CudaFunction,
     name: &'static str,
     out: &mut CudaViewMut<'_, T>,
-    scale: Option<f32>,
+    scale: Option<f64>,
     key: NoiseKey,
     grid: u32,
 ) -> Result<()> {
@@ -45,13 +51,13 @@ fn launch<T: DeviceRepr>(
     Ok(())
 }
 
-/// GPU twin of [`crate::cpu::noise::philox_bits`].
-pub fn philox_bits(dev: &CudaBackend, out: &mut CudaViewMut<'_, u32>, key: NoiseKey) -> Result<()> {
-    let g = dev.grid_for((out.len() as u64).div_ceil(4));
+/// GPU twin of [`crate::cpu::noise::random_bits`].
+pub fn random_bits(dev: &CudaBackend, out: &mut CudaViewMut<'_, u32>, key: NoiseKey) -> Result<()> {
+    let g = dev.grid_for((out.len() as u64).div_ceil(16));
     launch(
         dev,
-        &dev.k.philox_bits,
-        "dpsgd_philox_bits",
+        &dev.k.random_bits,
+        "dpsgd_random_bits",
         out,
         None,
         key,
@@ -59,13 +65,20 @@ pub fn philox_bits(dev: &CudaBackend, out: &mut CudaViewMut<'_, u32>, key: Noise
     )
 }
 
-/// The same bits as [`philox_bits`], drawn through cuRAND's `curand_init` + `curand4` (one
-/// state per 4 outputs). For tests that the kernels use cuRAND's stream.
+/// The same bits as [`random_bits`] for a Philox key, drawn through cuRAND's `curand_init` +
+/// `curand4` (one state per 4 outputs). For tests that the kernels use cuRAND's stream.
 pub fn philox_bits_curand(
     dev: &CudaBackend,
     out: &mut CudaViewMut<'_, u32>,
     key: NoiseKey,
 ) -> Result<()> {
+    if key.generator() != crate::rng::Generator::Philox {
+        return Err(crate::Error::invalid(
+            "key",
+            "a ChaCha20 key",
+            "a Philox key (cuRAND has no ChaCha20)",
+        ));
+    }
     let blocks = (out.len() as u64)
         .div_ceil(4)
         .div_ceil(super::ffi::DPSGD_BLOCK as u64)
@@ -87,11 +100,11 @@ pub fn philox_bits_curand(
 pub fn add_gaussian(
     dev: &CudaBackend,
     out: &mut CudaViewMut<'_, f32>,
-    std: f32,
+    std: f64,
     key: NoiseKey,
 ) -> Result<()> {
-    check_non_negative("std", std as f64)?;
-    let g = dev.grid_for((out.len() as u64).div_ceil(4));
+    check_non_negative("std", std)?;
+    let g = dev.grid_for((out.len() as u64).div_ceil(2));
     launch(
         dev,
         &dev.k.add_gaussian,
@@ -107,10 +120,10 @@ pub fn add_gaussian(
 pub fn add_laplace(
     dev: &CudaBackend,
     out: &mut CudaViewMut<'_, f32>,
-    scale: f32,
+    scale: f64,
     key: NoiseKey,
 ) -> Result<()> {
-    check_non_negative("scale", scale as f64)?;
+    check_non_negative("scale", scale)?;
     let g = dev.grid_for((out.len() as u64).div_ceil(4));
     launch(
         dev,

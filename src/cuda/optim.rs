@@ -133,7 +133,7 @@ pub fn noisy_mean(
         return Ok(());
     }
     let key = ffi_key(noisy.key);
-    let inv = 1.0f32 / noisy.expected_batch_size;
+    let inv = 1.0f64 / noisy.expected_batch_size;
     let mut l = dev.stream.launch_builder(&dev.k.noisy_mean);
     l.arg(&mut *out)
         .arg(grad_sum)

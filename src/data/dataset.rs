@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::idx;
 use crate::cpu::philox::Philox;
+use crate::rng::RandomBits;
 use crate::{Error, Result};
 
 /// Where `scripts/fetch-mnist` puts MNIST, relative to the repository root.

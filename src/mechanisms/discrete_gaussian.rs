@@ -2,8 +2,8 @@
 //! Differential Privacy" (NeurIPS 2020), Algorithm 3: rejection sampling from the discrete
 //! Laplace with Bernoulli(exp(−γ)) acceptance, all in integer arithmetic.
 
-use crate::cpu::philox::Philox;
 use crate::mechanisms::discrete_laplace::{bernoulli_exp_big, discrete_laplace_big, to_i64};
+use crate::rng::RandomBits;
 use crate::{Error, Result};
 use num_bigint::BigUint;
 use num_traits::One;
@@ -20,7 +20,7 @@ fn check_sigma2(num: u64, den: u64) -> Result<()> {
 
 /// Algorithm 3 for σ² = n/d: t = ⌊σ⌋ + 1; repeat Y ← Lap_ℤ(t), accept with probability
 /// exp(−(|Y| − σ²/t)²/(2σ²)) = exp(−(|Y|·t·d − n)²/(2·n·d·t²)).
-fn discrete_gaussian_big(n: &BigUint, d: &BigUint, rng: &mut Philox) -> i64 {
+fn discrete_gaussian_big(n: &BigUint, d: &BigUint, rng: &mut impl RandomBits) -> i64 {
     // ⌊σ⌋ = ⌊√⌊n/d⌋⌋ (k² ≤ n/d ⇔ k² ≤ ⌊n/d⌋ for integer k).
     let t: BigUint = (n / d).sqrt() + 1u32;
     let one = BigUint::one();
@@ -38,7 +38,11 @@ fn discrete_gaussian_big(n: &BigUint, d: &BigUint, rng: &mut Philox) -> i64 {
 
 /// One exact draw from the discrete Gaussian N_ℤ(0, σ²) with σ² = `sigma2_num/sigma2_den` (> 0):
 /// Pr[Z = z] ∝ exp(−z²/(2σ²)) on the integers (Canonne, Kamath, Steinke 2020, Algorithm 3).
-pub fn sample_discrete_gaussian(sigma2_num: u64, sigma2_den: u64, rng: &mut Philox) -> Result<i64> {
+pub fn sample_discrete_gaussian(
+    sigma2_num: u64,
+    sigma2_den: u64,
+    rng: &mut impl RandomBits,
+) -> Result<i64> {
     check_sigma2(sigma2_num, sigma2_den)?;
     Ok(discrete_gaussian_big(
         &BigUint::from(sigma2_num),
@@ -90,7 +94,7 @@ impl DiscreteGaussian {
     }
 
     /// One noise draw Z ~ N_ℤ(0, σ²).
-    pub fn sample(&self, rng: &mut Philox) -> i64 {
+    pub fn sample(&self, rng: &mut impl RandomBits) -> i64 {
         discrete_gaussian_big(
             &BigUint::from(self.sigma2_num),
             &BigUint::from(self.sigma2_den),
@@ -99,13 +103,13 @@ impl DiscreteGaussian {
     }
 
     /// Releases `value + Z` (saturating at the `i64` range).
-    pub fn release(&self, value: i64, rng: &mut Philox) -> i64 {
+    pub fn release(&self, value: i64, rng: &mut impl RandomBits) -> i64 {
         value.saturating_add(self.sample(rng))
     }
 
     /// Releases every coordinate with independent noise. For an integer vector query with L2
     /// sensitivity Δ₂ this is Δ₂²/(2σ²)-zCDP (the per-coordinate shifts' ½(Δᵢ/σ)² add up).
-    pub fn release_vec(&self, values: &[i64], rng: &mut Philox) -> Vec<i64> {
+    pub fn release_vec(&self, values: &[i64], rng: &mut impl RandomBits) -> Vec<i64> {
         values.iter().map(|&v| self.release(v, rng)).collect()
     }
 }

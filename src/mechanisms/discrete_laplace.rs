@@ -1,16 +1,16 @@
 //! Exact samplers of Canonne, Kamath & Steinke, "The Discrete Gaussian for Differential Privacy"
 //! (NeurIPS 2020), Algorithms 1 and 2: Bernoulli(exp(−γ)) for rational γ and the discrete
 //! Laplace distribution, in integer arithmetic only (arbitrary-precision [`BigUint`]s), from
-//! uniform random bits of the crate's Philox stream. No floating-point number is involved in
+//! uniform random bits of the crate's streams (Philox or ChaCha20). No floating-point number is involved in
 //! sampling, so the output distribution is exactly the stated one.
 
-use crate::cpu::philox::Philox;
+use crate::rng::RandomBits;
 use crate::{Error, Result};
 use num_bigint::BigUint;
 use num_traits::{One, ToPrimitive, Zero};
 
 /// A uniform integer in `0..n` (n > 0) from random bits, by rejection (exact).
-pub(crate) fn uniform_below(n: &BigUint, rng: &mut Philox) -> BigUint {
+pub(crate) fn uniform_below(n: &BigUint, rng: &mut impl RandomBits) -> BigUint {
     if let Some(small) = n.to_u64() {
         return BigUint::from(rng.next_below(small));
     }
@@ -38,12 +38,12 @@ pub(crate) fn uniform_below(n: &BigUint, rng: &mut Philox) -> BigUint {
 }
 
 /// Bernoulli(num/den) for 0 ≤ num ≤ den, den > 0 (exact).
-fn bernoulli_ratio(num: &BigUint, den: &BigUint, rng: &mut Philox) -> bool {
+fn bernoulli_ratio(num: &BigUint, den: &BigUint, rng: &mut impl RandomBits) -> bool {
     &uniform_below(den, rng) < num
 }
 
 /// Algorithm 1 of Canonne–Kamath–Steinke: Bernoulli(exp(−num/den)) for num ≥ 0, den > 0.
-pub(crate) fn bernoulli_exp_big(num: &BigUint, den: &BigUint, rng: &mut Philox) -> bool {
+pub(crate) fn bernoulli_exp_big(num: &BigUint, den: &BigUint, rng: &mut impl RandomBits) -> bool {
     if num <= den {
         // γ ∈ [0, 1]: K ← 1; while Bernoulli(γ/K) { K ← K + 1 }; return K odd.
         let mut k: u64 = 1;
@@ -72,7 +72,11 @@ pub(crate) fn bernoulli_exp_big(num: &BigUint, den: &BigUint, rng: &mut Philox) 
 
 /// One exact draw from Bernoulli(exp(−γ)) for the rational γ = `gamma_num/gamma_den` ≥ 0
 /// (Canonne, Kamath, Steinke 2020, Algorithm 1). Errors if `gamma_den` is 0.
-pub fn sample_bernoulli_exp(gamma_num: u64, gamma_den: u64, rng: &mut Philox) -> Result<bool> {
+pub fn sample_bernoulli_exp(
+    gamma_num: u64,
+    gamma_den: u64,
+    rng: &mut impl RandomBits,
+) -> Result<bool> {
     if gamma_den == 0 {
         return Err(Error::invalid("gamma_den", gamma_den, "> 0"));
     }
@@ -85,7 +89,11 @@ pub fn sample_bernoulli_exp(gamma_num: u64, gamma_den: u64, rng: &mut Philox) ->
 
 /// Algorithm 2 of Canonne–Kamath–Steinke: the discrete Laplace with scale t/s (t, s > 0), i.e.
 /// Pr[Z = z] ∝ exp(−|z|·s/t) on the integers. Returns the sign and the magnitude.
-pub(crate) fn discrete_laplace_big(t: &BigUint, s: &BigUint, rng: &mut Philox) -> (bool, BigUint) {
+pub(crate) fn discrete_laplace_big(
+    t: &BigUint,
+    s: &BigUint,
+    rng: &mut impl RandomBits,
+) -> (bool, BigUint) {
     let one = BigUint::one();
     loop {
         let u = uniform_below(t, rng);
@@ -135,7 +143,11 @@ fn check_rational(
 /// One exact draw from the discrete Laplace distribution with scale b = `scale_num/scale_den`
 /// (> 0): Pr[Z = z] = (1 − e^(−1/b))/(1 + e^(−1/b)) · e^(−|z|/b) for every integer z
 /// (Canonne, Kamath, Steinke 2020, Algorithm 2).
-pub fn sample_discrete_laplace(scale_num: u64, scale_den: u64, rng: &mut Philox) -> Result<i64> {
+pub fn sample_discrete_laplace(
+    scale_num: u64,
+    scale_den: u64,
+    rng: &mut impl RandomBits,
+) -> Result<i64> {
     check_rational("scale_num", scale_num, "scale_den", scale_den)?;
     let (neg, y) = discrete_laplace_big(&BigUint::from(scale_num), &BigUint::from(scale_den), rng);
     Ok(to_i64(neg, &y))
@@ -198,7 +210,7 @@ impl DiscreteLaplace {
     }
 
     /// One noise draw Z ~ Lap_ℤ(b).
-    pub fn sample(&self, rng: &mut Philox) -> i64 {
+    pub fn sample(&self, rng: &mut impl RandomBits) -> i64 {
         let (neg, y) = discrete_laplace_big(
             &BigUint::from(self.scale_num),
             &BigUint::from(self.scale_den),
@@ -208,12 +220,12 @@ impl DiscreteLaplace {
     }
 
     /// Releases `value + Z` (saturating at the `i64` range).
-    pub fn release(&self, value: i64, rng: &mut Philox) -> i64 {
+    pub fn release(&self, value: i64, rng: &mut impl RandomBits) -> i64 {
         value.saturating_add(self.sample(rng))
     }
 
     /// Releases every coordinate with independent noise (for an L1 sensitivity over the vector).
-    pub fn release_vec(&self, values: &[i64], rng: &mut Philox) -> Vec<i64> {
+    pub fn release_vec(&self, values: &[i64], rng: &mut impl RandomBits) -> Vec<i64> {
         values.iter().map(|&v| self.release(v, rng)).collect()
     }
 }

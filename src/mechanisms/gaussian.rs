@@ -1,8 +1,8 @@
 //! The Gaussian mechanism in floating point, with the classic and the analytic calibration.
 
-use crate::cpu::philox::Philox;
 use crate::error::check_positive;
 use crate::mechanisms::{check_all_finite, check_delta};
+use crate::rng::RandomBits;
 use crate::{Error, Result};
 
 /// The standard normal CDF Φ(x) = erfc(−x/√2)/2, through `libm::erfc` (accurate to a few ulp,
@@ -180,14 +180,14 @@ impl Gaussian {
     }
 
     /// Releases `value + N(0, σ²)`; `value` must be finite.
-    pub fn release(&self, value: f64, rng: &mut Philox) -> Result<f64> {
+    pub fn release(&self, value: f64, rng: &mut impl RandomBits) -> Result<f64> {
         check_all_finite("Gaussian mechanism input", &[value])?;
         Ok(value + self.sigma * rng.next_normal_f64())
     }
 
     /// Releases a vector-valued query (L2 sensitivity Δ over the vector) with independent
     /// N(0, σ²) noise per coordinate; every value must be finite.
-    pub fn release_vec(&self, values: &[f64], rng: &mut Philox) -> Result<Vec<f64>> {
+    pub fn release_vec(&self, values: &[f64], rng: &mut impl RandomBits) -> Result<Vec<f64>> {
         check_all_finite("Gaussian mechanism input", values)?;
         Ok(values
             .iter()

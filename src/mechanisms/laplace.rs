@@ -1,22 +1,23 @@
 //! The Laplace mechanism in floating point.
 
-use crate::cpu::philox::Philox;
 use crate::error::check_positive;
 use crate::mechanisms::check_all_finite;
+use crate::rng::RandomBits;
 use crate::Result;
 
 /// One draw from the Laplace distribution with location 0 and scale `scale` (density
-/// `exp(−|x|/b)/(2b)`), by inversion: a random sign times `−b·ln U`, U uniform on (0, 1).
+/// `exp(−|x|/b)/(2b)`), by inversion: a random sign times `−b·ln U`, U uniform on (0, 1]
+/// resolved to 2⁻¹¹⁷ ([`RandomBits::next_laplace_f64`]: |x| is cut only beyond ≈ 81·b, an event
+/// of probability < 2⁻¹¹⁶).
 ///
 /// Not safe against floating-point attacks (see [`Laplace`]).
-pub fn sample_laplace(scale: f64, rng: &mut Philox) -> Result<f64> {
+pub fn sample_laplace(scale: f64, rng: &mut impl RandomBits) -> Result<f64> {
     check_positive("scale", scale)?;
     Ok(draw(scale, rng))
 }
 
-fn draw(scale: f64, rng: &mut Philox) -> f64 {
-    let sign = if rng.next_u32() & 1 == 1 { -1.0 } else { 1.0 };
-    sign * (-scale * rng.next_f64_open().ln())
+fn draw(scale: f64, rng: &mut impl RandomBits) -> f64 {
+    scale * rng.next_laplace_f64()
 }
 
 /// The Laplace mechanism: releases `f(D) + Lap(Δ/ε)` for a query `f` with L1 sensitivity Δ
@@ -67,14 +68,14 @@ impl Laplace {
     }
 
     /// Releases `value + Lap(Δ/ε)`; `value` must be finite.
-    pub fn release(&self, value: f64, rng: &mut Philox) -> Result<f64> {
+    pub fn release(&self, value: f64, rng: &mut impl RandomBits) -> Result<f64> {
         check_all_finite("Laplace mechanism input", &[value])?;
         Ok(value + draw(self.scale(), rng))
     }
 
     /// Releases every coordinate of a vector-valued query (L1 sensitivity Δ over the whole
     /// vector) with independent Lap(Δ/ε) noise; every value must be finite.
-    pub fn release_vec(&self, values: &[f64], rng: &mut Philox) -> Result<Vec<f64>> {
+    pub fn release_vec(&self, values: &[f64], rng: &mut impl RandomBits) -> Result<Vec<f64>> {
         check_all_finite("Laplace mechanism input", values)?;
         let b = self.scale();
         Ok(values.iter().map(|v| v + draw(b, rng)).collect())

@@ -1,5 +1,5 @@
-//! The classic differential-privacy mechanisms, on the CPU, driven by the crate's Philox stream
-//! ([`crate::cpu::philox::Philox`]).
+//! The classic differential-privacy mechanisms, on the CPU, driven by any of the crate's streams
+//! ([`crate::rng::RandomBits`]: Philox in seeded runs, ChaCha20 in secure mode).
 //!
 //! | mechanism | query | guarantee | safe against floating-point attacks (Mironov 2012)? |
 //! |---|---|---|---|

@@ -21,9 +21,9 @@
 //! **Not safe** against floating-point attacks (Mironov 2012): the noise is drawn in IEEE doubles.
 //! Only the arg-max index is released, which limits but does not remove the exposure.
 
-use crate::cpu::philox::Philox;
 use crate::error::check_positive;
 use crate::mechanisms::check_delta;
+use crate::rng::RandomBits;
 use crate::{Error, Result};
 
 fn check_votes(votes: &[u64]) -> Result<()> {
@@ -53,17 +53,14 @@ fn argmax(values: &[f64]) -> usize {
 ///
 /// # Floating-point safety
 /// **Not safe** against floating-point attacks (Mironov 2012): float Laplace noise.
-pub fn lnmax(votes: &[u64], gamma: f64, rng: &mut Philox) -> Result<usize> {
+pub fn lnmax(votes: &[u64], gamma: f64, rng: &mut impl RandomBits) -> Result<usize> {
     check_positive("gamma", gamma)?;
     check_votes(votes)?;
     let scale = 1.0 / gamma;
     check_positive("1/gamma", scale)?;
     let noisy: Vec<f64> = votes
         .iter()
-        .map(|&n| {
-            let sign = if rng.next_u32() & 1 == 1 { -1.0 } else { 1.0 };
-            n as f64 + sign * (-scale * rng.next_f64_open().ln())
-        })
+        .map(|&n| n as f64 + scale * rng.next_laplace_f64())
         .collect();
     Ok(argmax(&noisy))
 }
@@ -83,7 +80,7 @@ pub fn lnmax_epsilon(gamma: f64, queries: u64) -> Result<f64> {
 ///
 /// # Floating-point safety
 /// **Not safe** against floating-point attacks (Mironov 2012): Box–Muller noise in doubles.
-pub fn gnmax(votes: &[u64], sigma: f64, rng: &mut Philox) -> Result<usize> {
+pub fn gnmax(votes: &[u64], sigma: f64, rng: &mut impl RandomBits) -> Result<usize> {
     check_positive("sigma", sigma)?;
     check_votes(votes)?;
     let noisy: Vec<f64> = votes

@@ -1,7 +1,7 @@
 //! Randomized response (local differential privacy for one bit).
 
-use crate::cpu::philox::Philox;
 use crate::error::check_positive;
+use crate::rng::RandomBits;
 use crate::{Error, Result};
 
 /// Binary randomized response, the "answer truthfully with probability p, otherwise report the
@@ -83,7 +83,7 @@ impl RandomizedResponse {
     }
 
     /// One respondent's randomized report of `truth`.
-    pub fn respond(&self, truth: bool, rng: &mut Philox) -> bool {
+    pub fn respond(&self, truth: bool, rng: &mut impl RandomBits) -> bool {
         if rng.next_f64() < self.p {
             truth
         } else {

@@ -1,9 +1,9 @@
 //! Mironov's snapping mechanism: a Laplace mechanism for real-valued queries that is safe against
 //! floating-point attacks.
 
-use crate::cpu::philox::Philox;
 use crate::error::check_positive;
 use crate::mechanisms::check_all_finite;
+use crate::rng::RandomBits;
 use crate::{Error, Result};
 
 /// 2⁻⁴⁹ — Mironov's bound on the extra ε per unit of B/Δ, covering 12·η with η = 2⁻⁵³ the unit
@@ -15,7 +15,7 @@ pub const ROUNDING_TERM: f64 = 1.0 / (1u64 << 49) as f64;
 /// geometric (count the leading zero bits of a random bit stream: U* ∈ [2^(−e−1), 2^(−e)) with
 /// probability 2^(−e−1)) and the 52 mantissa bits are uniform. Exponents below −1022 (probability
 /// 2⁻¹⁰²²) are folded into the lowest normal binade.
-pub fn uniform_ulp(rng: &mut Philox) -> f64 {
+pub fn uniform_ulp(rng: &mut impl RandomBits) -> f64 {
     let mut e: u64 = 0;
     loop {
         let w = rng.next_u32();
@@ -150,7 +150,7 @@ impl Snapping {
     }
 
     /// Releases the snapped, clamped noisy value; `value` must be finite.
-    pub fn release(&self, value: f64, rng: &mut Philox) -> Result<f64> {
+    pub fn release(&self, value: f64, rng: &mut impl RandomBits) -> Result<f64> {
         check_all_finite("snapping mechanism input", &[value])?;
         let b = self.bound;
         let x = value.clamp(-b, b);

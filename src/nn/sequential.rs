@@ -18,6 +18,7 @@ use crate::cpu::pool::{
     PoolShape,
 };
 use crate::ops::Clipping;
+use crate::rng::RandomBits;
 use crate::{Buffer, Device, Error, Layout, Result};
 use std::ops::Range;
 
@@ -383,6 +384,7 @@ impl Sequential {
             have_forward: false,
             have_output_grad: false,
             have_input_grad: false,
+            mean_loss: false,
             #[cfg(feature = "cuda")]
             gpu: None,
         })
@@ -741,6 +743,7 @@ impl Sequential {
     /// gradient for [`Sequential::backward`]. Use [`Reduction::Sum`] for DP-SGD (per-sample
     /// gradients are then each example's own; see [`crate::cpu::loss`]).
     pub fn loss(&self, ws: &mut Workspace, loss: Loss<'_>, reduction: Reduction) -> Result<f64> {
+        ws.mean_loss = reduction == Reduction::Mean;
         #[cfg(feature = "cuda")]
         if ws.gpu.is_some() || self.device.is_cuda() {
             return self.gpu_loss(ws, loss, reduction);
@@ -775,6 +778,7 @@ impl Sequential {
     /// [`Sequential::output_shape`] values), e.g. the gradient a discriminator passes back to a
     /// generator.
     pub fn set_output_grad(&self, ws: &mut Workspace, dy: &[f32]) -> Result<()> {
+        ws.mean_loss = false;
         #[cfg(feature = "cuda")]
         if ws.gpu.is_some() || self.device.is_cuda() {
             return self.gpu_set_output_grad(ws, dy);
@@ -821,6 +825,7 @@ impl Sequential {
         grads: Grads<'_>,
         input_grad: bool,
     ) -> Result<f64> {
+        check_clipped_reduction("Sequential::forward_backward", reduction, &grads)?;
         #[cfg(feature = "cuda")]
         let on_gpu = ws.gpu.is_some() || self.device.is_cuda();
         #[cfg(not(feature = "cuda"))]
@@ -880,7 +885,15 @@ impl Sequential {
     /// Backward pass from the output gradient set by [`Sequential::loss`] or
     /// [`Sequential::set_output_grad`]: writes the parameter gradients to `grads` and, when
     /// `input_grad`, the gradient w.r.t. the input to [`Workspace::input_grad`].
+    ///
+    /// With [`Grads::ClippedSum`] the output gradient must come from a `Reduction::Sum` loss
+    /// (or [`Sequential::set_output_grad`]): under `Mean` each example's gradient is divided
+    /// by the realised batch size, so one example changes every other example's clipped
+    /// gradient and the sensitivity is up to 2C, not C — an error.
     pub fn backward(&self, ws: &mut Workspace, grads: Grads<'_>, input_grad: bool) -> Result<()> {
+        if ws.mean_loss {
+            check_clipped_reduction("Sequential::backward", Reduction::Mean, &grads)?;
+        }
         #[cfg(feature = "cuda")]
         if ws.gpu.is_some() || self.device.is_cuda() {
             return self.gpu_backward(ws, grads, input_grad);
@@ -1014,6 +1027,9 @@ pub struct Workspace {
     have_forward: bool,
     have_output_grad: bool,
     have_input_grad: bool,
+    /// Whether the output gradient came from a `Reduction::Mean` loss (refused by a clipped
+    /// backward: the per-sample gradients would depend on the realised batch size).
+    mean_loss: bool,
     /// The device-resident buffers of a workspace made for a `Device::Cuda` model (the host
     /// vectors above are then empty).
     #[cfg(feature = "cuda")]
@@ -1029,6 +1045,12 @@ impl Workspace {
     /// The batch size of the last forward.
     pub fn batch(&self) -> usize {
         self.batch
+    }
+
+    /// Whether the current output gradient came from a `Reduction::Mean` loss (a clipped
+    /// backward refuses it: see [`Sequential::backward`]).
+    pub fn mean_reduced(&self) -> bool {
+        self.mean_loss
     }
 
     /// Parallel chunks the kernels split a batch into.
@@ -1073,4 +1095,22 @@ impl Workspace {
             None
         }
     }
+}
+
+/// A clipped sum needs per-example gradients that are each example's own: a `Mean` reduction
+/// divides them by the realised batch size (a function of the other examples), which doubles
+/// the sensitivity. Refused with a typed error.
+fn check_clipped_reduction(
+    op: &'static str,
+    reduction: Reduction,
+    grads: &Grads<'_>,
+) -> Result<()> {
+    if reduction == Reduction::Mean && matches!(grads, Grads::ClippedSum { .. }) {
+        return Err(Error::invalid(
+            "reduction",
+            "Mean",
+            format!("Reduction::Sum for a clipped (DP) backward in {op}: under Mean each example's gradient depends on the realised batch size, so the sensitivity is 2C, not C"),
+        ));
+    }
+    Ok(())
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use dpsgd::cpu::philox::Philox;
+#[allow(unused_imports)]
+use dpsgd::rng::RandomBits;
 use dpsgd::Device;
 
 /// The GPU for a GPU-vs-CPU test, or `None` (after printing that the test skipped). With

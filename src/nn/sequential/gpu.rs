@@ -189,6 +189,7 @@ mod imp {
                 have_forward: false,
                 have_output_grad: false,
                 have_input_grad: false,
+                mean_loss: false,
                 gpu: Some(g),
             })
         }
