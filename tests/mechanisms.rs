@@ -271,6 +271,71 @@ fn randomized_response_estimator_is_unbiased() {
     assert!(is_invalid(rr.estimate_from_counts(5, 4), "yes"));
 }
 
+/// `from_epsilon` rounds p down: the ε of the returned p never exceeds the request, checked
+/// with `epsilon()` and with an independent evaluation `ln p − ln(1−p)` plus its rounding
+/// bound. (Rounding p = 1/(1+e^{−ε}) to nearest, as before, exceeded the request for about
+/// half of these ε, the first at ε = 0.003.) The returned p is also the largest such p, up to
+/// the conservative 4-ulp margin on ε.
+#[test]
+fn randomized_response_from_epsilon_never_exceeds_request() {
+    let n = 10_000;
+    let check = |e: f64| {
+        let rr = RandomizedResponse::from_epsilon(e).unwrap();
+        let p = rr.p();
+        let got = rr.epsilon();
+        assert!(got <= e, "ε = {e:e}: p = {p:e} has ε = {got:e}");
+        let (lp, lq) = (p.ln(), (-p).ln_1p());
+        let bound = 4.0 * f64::EPSILON * (lp.abs() + lq.abs());
+        assert!(
+            lp - lq <= e + bound,
+            "ε = {e:e}: ln p − ln(1−p) = {:e}",
+            lp - lq
+        );
+        // One ulp up is above the request, up to the 4-ulp margin (or is not a valid p).
+        let up = f64::from_bits(p.to_bits() + 1);
+        if let Ok(rr_up) = RandomizedResponse::new(up) {
+            let e_up = rr_up.epsilon() * (1.0 + 4.0 * f64::EPSILON);
+            assert!(e_up > e, "ε = {e:e}: p = {p:e} is not the largest");
+        }
+    };
+    for i in 1..=n {
+        check(30.0 * i as f64 / n as f64);
+    }
+    for e in [4.5e-16, 1e-15, 1e-10, 1e-6, 0.5, 35.0, 36.0, 36.5] {
+        check(e);
+    }
+    // Outside the representable range: typed errors.
+    for e in [1e-16, 40.0, f64::INFINITY, f64::NAN, -1.0] {
+        assert!(
+            is_invalid(RandomizedResponse::from_epsilon(e), "epsilon"),
+            "{e}"
+        );
+    }
+}
+
+/// `epsilon()` is accurate to a few ulps relative for every p, against closed forms: p = 3/4
+/// (ln 3), p = 1 − 2⁻ᵏ (k ln 2 + ln(1 − 2⁻ᵏ)) and p = 1/2 + t (ln(1+2t) − ln(1−2t), where
+/// `ln(p/(1−p))` loses the relative accuracy: ~1e-4 at t = 2⁻⁴⁰).
+#[test]
+fn randomized_response_epsilon_is_accurate() {
+    let rel = |got: f64, want: f64| ((got - want) / want).abs();
+    let tol = 4.0 * f64::EPSILON;
+    let e = RandomizedResponse::new(0.75).unwrap().epsilon();
+    assert!(rel(e, 3f64.ln()) < tol, "{e}");
+    for k in 2..=52 {
+        let t = 2f64.powi(-k);
+        let e = RandomizedResponse::new(1.0 - t).unwrap().epsilon();
+        let want = k as f64 * std::f64::consts::LN_2 + (-t).ln_1p();
+        assert!(rel(e, want) < tol, "p = 1 − 2^-{k}: {e:e} vs {want:e}");
+    }
+    for k in 2..=53 {
+        let t = 2f64.powi(-k);
+        let e = RandomizedResponse::new(0.5 + t).unwrap().epsilon();
+        let want = (2.0 * t).ln_1p() - (-2.0 * t).ln_1p();
+        assert!(rel(e, want) < tol, "p = 1/2 + 2^-{k}: {e:e} vs {want:e}");
+    }
+}
+
 // ---------------------------------------------------------------- sensitivity
 
 #[test]

@@ -573,16 +573,29 @@ fn solve_eps(c: &Composed, h: f64, target: f64) -> f64 {
             a_sum += c.p[j + 1];
             b_sum += c.p[j + 1] * e_neg;
         }
-        // e^{∓v_j}, recomputed exactly every 4096 steps.
-        if j % 4096 == 0 || j + 1 == n {
+        // e^{∓v_j}, recomputed exactly every 64 steps: the running products drift by up to
+        // ~1 ulp per step, and δ near the root is a difference of nearly equal sums, so the
+        // drift must stay well below the `num_err` margin the caller subtracts (64 steps:
+        // relative drift ≲ 3e-14; 4096 steps allowed ~1e-12, the size of that margin).
+        if j % 64 == 0 || j + 1 == n {
             e_neg = (-vj).exp();
             e_pos = vj.exp();
         } else {
             e_neg *= e_h;
             e_pos *= e_mh;
         }
-        if vj < 0.0 {
-            return 0.0;
+        if vj <= 0.0 {
+            // The cell [v_j, v_j + h] contains ε = 0 (every v_s with s > j is > 0). Evaluate
+            // δ(0) = inf + Σ_{s>j} p_s (1 − e^{−v_s}) with e^0 = 1 exactly rather than the
+            // running product `e_pos` (whose rounding drift could put δ(0) on the wrong side of
+            // `target`); if it exceeds the target, ε > 0 is the root in [0, v_j + h].
+            let g0 = c.inf_mass + a_sum - b_sum;
+            if g0 <= target {
+                return 0.0;
+            }
+            let eps = ((c.inf_mass + a_sum - target) / b_sum).ln();
+            let eps = eps.clamp(0.0, vj + h);
+            return eps + eps.abs() * 1e-12;
         }
         let g = c.inf_mass + a_sum - b_sum * e_pos;
         if g > target {
@@ -704,4 +717,84 @@ pub fn epsilon_pld(history: &[HistoryEntry], delta: f64, opts: &PldOptions) -> R
         grid_interval: h,
         fft_size: nr.max(na),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// δ of a composed PLD at `eps`, evaluated term by term (one `exp_m1` per grid point).
+    fn delta_at(c: &Composed, h: f64, eps: f64) -> f64 {
+        let mut d = c.inf_mass;
+        for (s, &p) in c.p.iter().enumerate() {
+            let v = (c.a + s as i64) as f64 * h;
+            if v > eps {
+                d += p * -(eps - v).exp_m1();
+            }
+        }
+        d
+    }
+
+    /// δ(0) just above the target must give ε > 0 (the root in the cell that contains 0), not 0.
+    /// The grid crosses 0 4094 cells below its top. The old `solve_eps` recomputed `e^{±v}`
+    /// exactly only every 4096 grid points and otherwise multiplied by `e^{∓h}`; for this `h`
+    /// the running products were off by ~2.7e-13 at v = 0, so it understated δ(0) by ~1e-13,
+    /// found it ≤ the target at the last grid value ≥ 0 and returned ε = 0 at the first
+    /// negative one although δ(0) > target.
+    #[test]
+    fn solve_eps_is_positive_when_delta_at_zero_exceeds_target() {
+        let h = 0.0801;
+        let n = 4096;
+        let mut p = vec![0.0; n];
+        p[0] = 0.5; // v = −h
+        p[2] = 0.5; // v = +h
+        let c = Composed {
+            a: -1,
+            p,
+            inf_mass: 0.0,
+            alias_high: 0.0,
+            alias_low: 0.0,
+            low_fail: 0.0,
+        };
+        let d0 = delta_at(&c, h, 0.0);
+        let target = d0 - 1e-13;
+        let eps = solve_eps(&c, h, target);
+        assert!(eps > 0.0, "δ(0) = {d0} > target = {target} but ε = {eps}");
+        assert!(eps <= h, "ε = {eps} should lie in the cell [0, h]");
+        // Up to the rounding of the running exponentials (≲ 3e-14 relative over 64 steps, far
+        // inside the `num_err` margin that `epsilon_pld` subtracts from the target).
+        let d = delta_at(&c, h, eps);
+        assert!(
+            d <= target + 2e-14,
+            "δ(ε = {eps}) = {d} > target = {target}"
+        );
+    }
+
+    /// δ(0) at or below the target gives ε = 0; a grid that is all negative gives ε = 0.
+    #[test]
+    fn solve_eps_zero_cases() {
+        let h = 0.05;
+        let c = Composed {
+            a: -3,
+            p: vec![0.25, 0.25, 0.25, 0.125, 0.125],
+            inf_mass: 0.0,
+            alias_high: 0.0,
+            alias_low: 0.0,
+            low_fail: 0.0,
+        };
+        let d0 = delta_at(&c, h, 0.0);
+        assert_eq!(solve_eps(&c, h, d0 * 1.01), 0.0);
+        let eps = solve_eps(&c, h, d0 * 0.99);
+        assert!(eps > 0.0 && eps <= h, "{eps}");
+        assert!(delta_at(&c, h, eps) <= d0 * 0.99 * (1.0 + 1e-12));
+        let neg = Composed {
+            a: -10,
+            p: vec![0.5, 0.5],
+            inf_mass: 0.0,
+            alias_high: 0.0,
+            alias_low: 0.0,
+            low_fail: 0.0,
+        };
+        assert_eq!(solve_eps(&neg, h, 1e-9), 0.0);
+    }
 }

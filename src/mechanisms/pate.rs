@@ -110,6 +110,11 @@ pub fn gnmax_rdp_data_independent(sigma: f64, order: f64) -> Result<f64> {
 /// Proposition 7): q̃ = Σ_{i≠i*} Pr[N(0, 2σ²) > n_{i*} − nᵢ] = ½ Σ_{i≠i*} erfc((n_{i*} − nᵢ)/(2σ)),
 /// summed in log space, and capped at ln(1 − 1/k) for k classes (as in the authors' code — the
 /// plurality is the likeliest answer, so Pr[answer ≠ i*] ≤ 1 − 1/k).
+///
+/// **Not itself a DP release:** the result depends on the (private) vote histograms, so
+/// publishing it leaks about the teachers' data. Use it for internal analysis only; to publish
+/// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 / Appendix),
+/// which this module does not implement — or publish the data-independent bound instead.
 pub fn gnmax_log_q(votes: &[u64], sigma: f64) -> Result<f64> {
     check_positive("sigma", sigma)?;
     check_votes(votes)?;
@@ -180,6 +185,11 @@ fn log_add_exp(a: f64, b: f64) -> f64 {
 /// With εᵢ = μᵢ/σ² (GNMax's data-independent RDP) and μ₂ = σ√(ln(1/q̃)), μ₁ = μ₂ + 1 (the
 /// choice of the authors' reference code, after their Proposition 10). Where the conditions fail
 /// the data-independent λ/σ² is returned; the result is never above it.
+///
+/// **Not itself a DP release:** the result depends on the (private) vote histograms, so
+/// publishing it leaks about the teachers' data. Use it for internal analysis only; to publish
+/// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 / Appendix),
+/// which this module does not implement — or publish the data-independent bound instead.
 pub fn gnmax_rdp_data_dependent(log_q: f64, sigma: f64, order: f64) -> Result<f64> {
     check_positive("sigma", sigma)?;
     check_order(order)?;
@@ -253,6 +263,10 @@ pub fn default_orders() -> Vec<f64> {
 /// Composes GNMax answers over a run: data-dependent RDP (Theorem 6 / Proposition 7 of
 /// Papernot et al. 2018) and data-independent RDP (λ/σ² per query), summed per order, and
 /// converted to (ε, δ) with [`rdp_to_epsilon`].
+///
+/// The data-dependent values ([`Self::rdp_data_dependent`], [`Self::epsilon_data_dependent`])
+/// are **not themselves a DP release** (they depend on the votes; see there); the
+/// data-independent ones depend only on σ and the number of answers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GnmaxAccountant {
     sigma: f64,
@@ -301,6 +315,11 @@ impl GnmaxAccountant {
     }
 
     /// The composed data-dependent RDP at each order.
+    ///
+    /// **Not itself a DP release:** the result depends on the (private) vote histograms, so
+    /// publishing it leaks about the teachers' data. Use it for internal analysis only; to publish
+    /// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 / Appendix),
+    /// which this module does not implement — or publish the data-independent bound instead.
     pub fn rdp_data_dependent(&self) -> &[f64] {
         &self.data_dependent
     }
@@ -315,6 +334,11 @@ impl GnmaxAccountant {
     }
 
     /// The data-dependent (ε, minimising order) at δ.
+    ///
+    /// **Not itself a DP release:** the result depends on the (private) vote histograms, so
+    /// publishing it leaks about the teachers' data. Use it for internal analysis only; to publish
+    /// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 / Appendix),
+    /// which this module does not implement — or publish the data-independent bound instead.
     pub fn epsilon_data_dependent(&self, delta: f64) -> Result<(f64, f64)> {
         rdp_to_epsilon(&self.orders, &self.data_dependent, delta)
     }

@@ -54,17 +54,52 @@ impl RandomizedResponse {
         }
     }
 
-    /// Randomized response at ε > 0: p = e^ε/(1 + e^ε).
+    /// Randomized response at ε > 0: p = e^ε/(1 + e^ε), rounded **down** so that the ε of the
+    /// returned p ([`Self::epsilon`]) never exceeds the request.
+    ///
+    /// `1/(1 + e^{−ε})` in f64 rounds to nearest, so about half the time the rounded p is above
+    /// the exact one and its ε above the request (by up to ~0.3 near ε = 36, where 1 − p is
+    /// only a few ulps of p). p is therefore stepped down one ulp at a time while its ε,
+    /// inflated by a bound on the rounding of its evaluation, exceeds the request (and stepped
+    /// up while the next p still fits, so it is the largest p that does).
+    ///
+    /// Errors if ε is not finite and > 0, if ε ≳ 36.7 (p would round to 1, no privacy) or if
+    /// ε ≲ 4.4e-16 (p would round to 1/2, the smallest ε above 0 is ε(1/2 + 2⁻⁵³) ≈ 2⁻⁵¹).
     pub fn from_epsilon(epsilon: f64) -> Result<Self> {
         check_positive("epsilon", epsilon)?;
-        let p = 1.0 / (1.0 + (-epsilon).exp());
-        Self::new(p).map_err(|_| {
-            Error::invalid(
+        let mut p = 1.0 / (1.0 + (-epsilon).exp());
+        if p >= 1.0 {
+            return Err(Error::invalid(
                 "epsilon",
                 epsilon,
-                "small enough that p < 1 in f64 (ε < ~36)",
-            )
-        })
+                "below ~36.7 (a larger ε rounds p = e^ε/(1+e^ε) to 1 in f64; use a smaller ε)",
+            ));
+        }
+        // `epsilon_of` has relative error ≤ ~1.5·2⁻⁵² (see there); 4·2⁻⁵² is conservative.
+        let fits = |p: f64| epsilon_of(p) * (1.0 + 4.0 * f64::EPSILON) <= epsilon;
+        // p ∈ [1/2, 1) is positive and finite, so ±1 on its bits is the next f64 down / up.
+        // Each step moves ε by at least 2⁻⁵¹ (dε/dp ≥ 4, ulp(p) ≥ 2⁻⁵³) and p starts within
+        // a few ulps of the exact value, so both loops end after a few steps.
+        while p > 0.5 && !fits(p) {
+            p = f64::from_bits(p.to_bits() - 1);
+        }
+        // The roundings in 1/(1 + e^{−ε}) can also leave p low: take the largest p that fits.
+        loop {
+            let up = f64::from_bits(p.to_bits() + 1);
+            if up < 1.0 && fits(up) {
+                p = up;
+            } else {
+                break;
+            }
+        }
+        if p <= 0.5 {
+            return Err(Error::invalid(
+                "epsilon",
+                epsilon,
+                "at least ~4.5e-16 (a smaller ε rounds p = e^ε/(1+e^ε) to 1/2 in f64)",
+            ));
+        }
+        Ok(RandomizedResponse { p })
     }
 
     /// The coin-flip variant (truth with probability ½, else a fair coin): p = 3/4, ε = ln 3.
@@ -77,9 +112,10 @@ impl RandomizedResponse {
         self.p
     }
 
-    /// The local privacy parameter ε = ln(p/(1−p)).
+    /// The local privacy parameter ε = ln(p/(1−p)), to a relative error of ~1.5·2⁻⁵² (see
+    /// `epsilon_of`).
     pub fn epsilon(&self) -> f64 {
-        (self.p / (1.0 - self.p)).ln()
+        epsilon_of(self.p)
     }
 
     /// One respondent's randomized report of `truth`.
@@ -114,4 +150,15 @@ impl RandomizedResponse {
             n,
         })
     }
+}
+
+/// ε = ln(p/(1−p)) = ln_1p((2p−1)/(1−p)) for p ∈ (1/2, 1).
+///
+/// For p ∈ [1/2, 1] both `2p − 1` and `1 − p` are exact in f64 (Sterbenz), so the only
+/// roundings are the division (relative ≤ 2⁻⁵³, which moves ε by ≤ 2⁻⁵³·x/(1+x) ≤ 2⁻⁵³·ε since
+/// x/(1+x) ≤ ln(1+x)) and `ln_1p` (≤ 1 ulp): relative error ≤ ~1.5·2⁻⁵² for every p, also
+/// near p = 1/2 where `ln(p/(1−p))` loses all relative accuracy (at p = 1/2 + 2⁻⁴⁰ its relative
+/// error is ~1e-4).
+fn epsilon_of(p: f64) -> f64 {
+    ((2.0 * p - 1.0) / (1.0 - p)).ln_1p()
 }
