@@ -119,7 +119,9 @@ pub fn line_chart(
     Ok(())
 }
 
-/// `loss.png`, `accuracy.png` and (for private runs) `epsilon.png` in `dir`.
+/// `loss.png`, `accuracy.png` and (for private runs) `epsilon.png` in `dir`. `loss.png` shows
+/// the training loss only where the metrics have it (non-private runs); validation figures are
+/// labelled "not covered by ε".
 pub fn plot_run(dir: &Path, m: &[EpochMetrics]) -> Result<Vec<PathBuf>> {
     let xs = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
         m.iter()
@@ -128,34 +130,45 @@ pub fn plot_run(dir: &Path, m: &[EpochMetrics]) -> Result<Vec<PathBuf>> {
     };
     let mut out = Vec::new();
     let split = m.first().map_or("test", |e| e.eval_split.as_str());
+    let private_eval = m.iter().any(|e| e.eval_private_data);
+    let split_label = if private_eval {
+        format!("{split} (not covered by ε)")
+    } else {
+        split.to_string()
+    };
     let p = dir.join("loss.png");
-    line_chart(
-        &p,
-        "Loss per epoch",
-        "epoch",
-        "cross-entropy",
-        &[
-            Series {
-                label: "train",
-                points: xs(&|e| Some(e.train_loss)),
-                color: BLUE,
-            },
-            Series {
-                label: split,
-                points: xs(&|e| Some(e.eval_loss)),
-                color: RED,
-            },
-        ],
-    )?;
+    // The training loss exists only in non-private runs (a private run never computes it).
+    let train = xs(&|e| e.train_loss);
+    let mut series = Vec::with_capacity(2);
+    if !train.is_empty() {
+        series.push(Series {
+            label: "train",
+            points: train,
+            color: BLUE,
+        });
+    }
+    series.push(Series {
+        label: &split_label,
+        points: xs(&|e| Some(e.eval_loss)),
+        color: RED,
+    });
+    line_chart(&p, "Loss per epoch", "epoch", "cross-entropy", &series)?;
     out.push(p);
     let p = dir.join("accuracy.png");
     line_chart(
         &p,
-        &format!("{split} accuracy per epoch"),
+        &format!(
+            "{split} accuracy per epoch{}",
+            if private_eval {
+                " (not covered by ε)"
+            } else {
+                ""
+            }
+        ),
         "epoch",
         "accuracy (%)",
         &[Series {
-            label: split,
+            label: &split_label,
             points: xs(&|e| Some(100.0 * e.eval_accuracy)),
             color: BLUE,
         }],
@@ -187,7 +200,14 @@ pub fn plot_run(dir: &Path, m: &[EpochMetrics]) -> Result<Vec<PathBuf>> {
 }
 
 /// The sweep plot: accuracy (%) against ε, with a flat line at the non-private accuracy.
-pub fn plot_sweep(path: &Path, points: &[(f64, f64)], non_private: Option<f64>) -> Result<()> {
+/// `split` names the evaluation set (`"test"`, or `"validation"`: then labelled as held-out
+/// training data, not covered by ε).
+pub fn plot_sweep(
+    path: &Path,
+    points: &[(f64, f64)],
+    non_private: Option<f64>,
+    split: &str,
+) -> Result<()> {
     let mut series = vec![Series {
         label: "DP-SGD",
         points: points.iter().map(|&(e, a)| (e, 100.0 * a)).collect(),
@@ -203,11 +223,13 @@ pub fn plot_sweep(path: &Path, points: &[(f64, f64)], non_private: Option<f64>) 
             color: RED,
         });
     }
-    line_chart(
-        path,
-        "Test accuracy against ε",
-        "ε (δ = 1e-5)",
-        "test accuracy (%)",
-        &series,
-    )
+    let (title, y) = if split == "test" {
+        ("Test accuracy against ε".to_string(), "test accuracy (%)")
+    } else {
+        (
+            format!("{split} accuracy against ε (not covered by ε)"),
+            "accuracy (%)",
+        )
+    };
+    line_chart(path, &title, "ε (δ = 1e-5)", y, &series)
 }

@@ -181,20 +181,42 @@ impl TrainConfig {
 }
 
 /// One epoch's figures (a line of `metrics.jsonl`).
+///
+/// # Privacy
+/// What a private run may release is the model, ε and figures computed from public data. The
+/// test set is public data by convention (as in Abadi et al. 2016 and Opacus), so test-set loss
+/// and accuracy are released freely. Nothing else here is computed from the training data,
+/// except:
+/// - the evaluation figures when `eval_split` is `"validation"`: the validation set is held-out
+///   *training* examples, so those figures are private data released outside the guarantee
+///   (not covered by ε); `eval_private_data` is then `true`;
+/// - `train_seconds`, a wall time, which grows with the sampled lot sizes (a timing side
+///   channel, as in every DP-SGD implementation; not covered by ε).
+///
+/// The mean training loss is a function of the private data with unbounded sensitivity, so a
+/// private run does not compute it at all: `train_loss` is `None` there (and absent from
+/// `metrics.jsonl`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// 1-based epoch.
     pub epoch: u64,
     /// Steps taken so far.
     pub steps: u64,
-    /// Mean training loss over the examples of this epoch's lots.
-    pub train_loss: f64,
+    /// Mean training loss over the examples of this epoch's lots: only in a non-private run
+    /// (`None` in a private one, where it would be private data outside the accountant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
     /// Mean loss on the evaluation set.
     pub eval_loss: f64,
     /// Accuracy on the evaluation set (test, or validation when held out).
     pub eval_accuracy: f64,
     /// `"test"` or `"validation"`.
     pub eval_split: String,
+    /// `true` when the evaluation set is held-out training data (`eval_split` is
+    /// `"validation"`): `eval_loss` and `eval_accuracy` are then computed from private data and
+    /// are not covered by ε. `false` for the test set (public data by convention).
+    #[serde(default)]
+    pub eval_private_data: bool,
     /// ε so far by the RDP accountant (δ of the run); `None` when non-private.
     pub epsilon_rdp: Option<f64>,
     /// ε so far by the PRV accountant (upper bound); `None` when non-private.
@@ -393,13 +415,22 @@ impl Trainer {
     }
 
     /// Trains one epoch; `on_step(step_in_epoch, lot_size)` is called after every step.
+    ///
+    /// # Privacy
+    /// In a private run `lot_size` is private: with Poisson sampling it counts the training
+    /// examples the step sampled, and the accountant does not cover it. Use it for progress or
+    /// memory bookkeeping inside the process; do not print, log or save it. The returned
+    /// [`EpochMetrics`] has no training loss in a private run (see its docs).
     pub fn train_epoch(&mut self, mut on_step: impl FnMut(u64, usize)) -> Result<EpochMetrics> {
         let t0 = Instant::now();
-        let (mut loss_sum, mut seen) = (0f64, 0usize);
+        // (summed loss, examples): non-private runs only — a private run never aggregates it.
+        let mut train = self.engine.is_none().then_some((0f64, 0usize));
         for s in 0..self.steps_per_epoch() {
             let (l, n) = self.step()?;
-            loss_sum += l;
-            seen += n;
+            if let (Some((sum, seen)), Some(l)) = (&mut train, l) {
+                *sum += l;
+                *seen += n;
+            }
             on_step(s + 1, n);
         }
         let train_seconds = t0.elapsed().as_secs_f64();
@@ -419,10 +450,11 @@ impl Trainer {
                 .engine
                 .as_ref()
                 .map_or(self.epochs_done * self.steps_per_epoch(), |e| e.steps()),
-            train_loss: loss_sum / seen.max(1) as f64,
+            train_loss: train.map(|(sum, seen)| sum / seen.max(1) as f64),
             eval_loss,
             eval_accuracy,
             eval_split: self.eval_split.to_string(),
+            eval_private_data: self.cfg.validation > 0,
             epsilon_rdp,
             epsilon_prv,
             noise_multiplier,
@@ -433,8 +465,9 @@ impl Trainer {
     }
 
     /// One step: sample a lot, per-sample gradients in physical batches, clip, noise, update.
-    /// Returns (summed loss over the lot, lot size).
-    fn step(&mut self) -> Result<(f64, usize)> {
+    /// Returns (summed loss over the lot, lot size); the loss only in a non-private run (`None`
+    /// in a private one: it is not kept, see [`EpochMetrics`]).
+    fn step(&mut self) -> Result<(Option<f64>, usize)> {
         self.sampler.sample_into(&mut self.lot);
         let lot = std::mem::take(&mut self.lot);
         let r = self.step_on(&lot);
@@ -442,9 +475,9 @@ impl Trainer {
         r
     }
 
-    fn step_on(&mut self, lot: &[usize]) -> Result<(f64, usize)> {
+    fn step_on(&mut self, lot: &[usize]) -> Result<(Option<f64>, usize)> {
         let ex = self.train.example_len();
-        let mut loss_sum = 0f64;
+        let mut loss_sum = self.engine.is_none().then_some(0f64);
         if self.engine.is_none() {
             self.grad.fill_zero()?;
         }
@@ -483,7 +516,9 @@ impl Trainer {
                 })?,
                 Err(e) => return Err(e),
             };
-            loss_sum += l;
+            if let Some(sum) = &mut loss_sum {
+                *sum += l;
+            }
         }
         self.update(lot.len())?;
         self.update_ema()?;
@@ -777,6 +812,14 @@ impl Trainer {
         self.steps_taken = state.steps_taken;
         self.epochs_done = state.epochs_done;
         self.metrics = state.metrics;
+        for m in &mut self.metrics {
+            // Checkpoints written before these fields: a private one may hold the training
+            // loss, and none says whether the evaluation set was private.
+            if self.engine.is_some() {
+                m.train_loss = None;
+            }
+            m.eval_private_data = self.cfg.validation > 0;
+        }
         Ok(())
     }
 

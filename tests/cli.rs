@@ -160,3 +160,135 @@ fn bad_arguments_exit_2_naming_the_argument_and_range() {
         assert!(err.contains(name), "{args:?}: {err}");
     }
 }
+
+/// A fresh, empty folder for one test's run.
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dpsgd-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `dpsgd train` on the synthetic data (4000 training examples): one short epoch of 10 steps.
+fn train_synthetic(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "400",
+        "--physical-batch",
+        "400",
+        "--lr",
+        "0.5",
+        "--seed",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    dpsgd(&args)
+}
+
+fn metrics_lines(out: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A private run does not release the training loss (private data with unbounded sensitivity,
+/// outside the accountant): not on stdout, not in metrics.jsonl. A non-private run still
+/// reports it.
+#[test]
+fn private_run_releases_no_training_loss() {
+    let dir = tmpdir("private-loss");
+    let o = train_synthetic(&dir, &["--noise-multiplier", "1.0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("epoch   1/1"), "{stdout}");
+    assert!(!stdout.contains("train loss"), "{stdout}");
+    let lines = metrics_lines(&dir);
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].get("train_loss").is_none_or(|v| v.is_null()),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0]["epsilon_rdp"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let dir = tmpdir("non-private-loss");
+    let o = train_synthetic(&dir, &["--non-private"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("train loss"));
+    let lines = metrics_lines(&dir);
+    assert!(
+        lines[0]["train_loss"].as_f64().unwrap() > 0.0,
+        "{}",
+        lines[0]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Validation figures come from held-out training examples: private data, labelled as not
+/// covered by ε on stdout and in metrics.jsonl.
+#[test]
+fn validation_metrics_are_labelled_not_covered_by_epsilon() {
+    let dir = tmpdir("validation");
+    let o = train_synthetic(&dir, &["--noise-multiplier", "1.0", "--validation", "500"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let epoch = stdout
+        .lines()
+        .find(|l| l.starts_with("epoch   1/1"))
+        .unwrap_or_else(|| panic!("no epoch line in {stdout}"));
+    assert!(epoch.contains("validation acc"), "{epoch}");
+    assert!(epoch.contains("(not covered by ε)"), "{epoch}");
+    let done = stdout.lines().find(|l| l.starts_with("done:")).unwrap();
+    assert!(done.contains("(not covered by ε)"), "{done}");
+    let m = &metrics_lines(&dir)[0];
+    assert_eq!(m["eval_split"], "validation");
+    assert_eq!(m["eval_private_data"], true, "{m}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Nothing is released before it is durable: when the epoch's checkpoint cannot be written
+/// (its temporary file's path is taken by a folder), the run fails, and the epoch is neither
+/// printed nor written to metrics.jsonl — a secure-mode resume would redo it with fresh noise,
+/// so figures of the failed attempt would be unaccounted.
+#[test]
+fn epoch_is_not_released_before_its_checkpoint_is_saved() {
+    let dir = tmpdir("ckpt-fails");
+    std::fs::create_dir(dir.join("checkpoint.safetensors.tmp")).unwrap();
+    let o = train_synthetic(&dir, &["--noise-multiplier", "1.0"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("checkpoint.safetensors"), "{stderr}");
+    assert!(!stdout.contains("epoch   1/1"), "{stdout}");
+    assert!(!stdout.contains("acc"), "{stdout}");
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+    assert!(metrics.is_empty(), "{metrics}");
+    assert!(!dir.join("checkpoint.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The checkpoint is the durable record: a run that crashed after saving an epoch's checkpoint
+/// but before writing metrics.jsonl gets that epoch back in metrics.jsonl on `--resume`.
+#[test]
+fn resume_rewrites_metrics_from_the_checkpoint() {
+    let dir = tmpdir("resume-metrics");
+    let o = train_synthetic(&dir, &["--noise-multiplier", "1.0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    std::fs::remove_file(dir.join("metrics.jsonl")).unwrap();
+    let o = train_synthetic(&dir, &["--noise-multiplier", "1.0", "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(before, after);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -337,6 +337,48 @@ fn private_training_learns() {
     assert_eq!(m.steps, 30);
 }
 
+/// A private run never computes the training loss (private data with unbounded sensitivity,
+/// outside the accountant): the trainer's metrics have none, in memory and serialised, and so
+/// has a checkpoint's record; a non-private run keeps it. Test-set figures are public.
+#[test]
+fn private_metrics_hold_no_training_loss() {
+    let dev = Device::Cpu;
+    let mut t = Trainer::new(small_config(17, 1), &dev).unwrap();
+    let m = t.train_epoch(|_, _| {}).unwrap();
+    assert_eq!(m.train_loss, None);
+    assert!(!m.eval_private_data, "the test set is public data");
+    let json = serde_json::to_string(&m).unwrap();
+    assert!(!json.contains("train_loss"), "{json}");
+    assert!(t.metrics().iter().all(|m| m.train_loss.is_none()));
+    let dir = tmpdir("private-metrics");
+    t.save_checkpoint(&dir).unwrap();
+    let mut r = Trainer::new(small_config(17, 1), &dev).unwrap();
+    r.load_checkpoint(&dir).unwrap();
+    assert_eq!(r.metrics(), t.metrics());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let non_private = TrainConfig {
+        noise: None,
+        ..small_config(17, 1)
+    };
+    let mut t = Trainer::new(non_private, &dev).unwrap();
+    let m = t.train_epoch(|_, _| {}).unwrap();
+    let l = m
+        .train_loss
+        .expect("a non-private run reports its training loss");
+    assert!(l.is_finite() && l > 0.0, "{l}");
+    assert!(serde_json::to_string(&m).unwrap().contains("train_loss"));
+
+    let validation = TrainConfig {
+        validation: 200,
+        ..small_config(17, 1)
+    };
+    let mut t = Trainer::new(validation, &dev).unwrap();
+    let m = t.train_epoch(|_, _| {}).unwrap();
+    assert_eq!(m.eval_split, "validation");
+    assert!(m.eval_private_data, "validation figures are private data");
+}
+
 /// A run stopped after epoch 1 and resumed from its checkpoint ends with the same parameter
 /// bits and the same ε as an uninterrupted run.
 #[test]

@@ -247,6 +247,9 @@ fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<E
     if resume && ckpt.exists() {
         t.load_checkpoint(out)?;
         println!("resumed {} after epoch {}", out.display(), t.epochs_done());
+        // The checkpoint's record is the durable one: a crash right after a checkpoint leaves
+        // its epoch out of metrics.jsonl, so rewrite that from the checkpoint.
+        write_metrics(out, t.metrics())?;
     }
     let cfg_path = out.join("config.json");
     write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
@@ -273,6 +276,12 @@ fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<E
             ""
         }
     );
+    if cfg.validation > 0 {
+        println!(
+            "validation: {} held-out training examples — their loss and accuracy are private data, not covered by ε",
+            cfg.validation
+        );
+    }
     while t.epochs_done() < cfg.epochs {
         let e = t.epochs_done() + 1;
         let bar = ProgressBar::new(t.steps_per_epoch());
@@ -282,29 +291,17 @@ fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<E
                 .progress_chars("=> "),
         );
         bar.set_message(format!("{e}/{}", cfg.epochs));
+        // The lot size the callback receives is private (a count of sampled examples): only
+        // the step count is shown.
         let m = t.train_epoch(|_, _| bar.inc(1))?;
         bar.finish_and_clear();
-        let eps = match (m.epsilon_rdp, m.epsilon_prv) {
-            (Some(r), Some(p)) => format!("  ε {r:.3} (RDP) / {p:.3} (PRV)"),
-            _ => String::new(),
-        };
-        println!(
-            "epoch {e:>3}/{}  train loss {:.4}  {} loss {:.4}  {} acc {:.2}%{eps}  {:.1} s",
-            cfg.epochs,
-            m.train_loss,
-            m.eval_split,
-            m.eval_loss,
-            m.eval_split,
-            100.0 * m.eval_accuracy,
-            m.train_seconds
-        );
-        let jsonl: String = t
-            .metrics()
-            .iter()
-            .map(|m| serde_json::to_string(m).map(|s| s + "\n"))
-            .collect::<std::result::Result<_, _>>()?;
-        write_atomic(&out.join("metrics.jsonl"), jsonl.as_bytes())?;
+        // Durable before released: the checkpoint, with the accountant's record of this epoch,
+        // is saved first; only then is the epoch written to metrics.jsonl and printed. A crash
+        // in between leaves an accounted epoch unprinted, never a printed epoch unaccounted
+        // (a secure-mode resume redoes an uncheckpointed epoch with fresh noise).
         t.save_checkpoint(out)?;
+        write_metrics(out, t.metrics())?;
+        println!("{}", epoch_line(&m, cfg.epochs));
         if let Err(err) = dpsgd::plot::plot_run(out, t.metrics()) {
             eprintln!("warning: {err}");
         }
@@ -312,9 +309,10 @@ fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<E
     t.save_model(out.join("model.safetensors"))?;
     if let Some(m) = t.metrics().last() {
         println!(
-            "done: {} accuracy {:.2}%{}; wrote {}",
+            "done: {} accuracy {:.2}%{}{}; wrote {}",
             m.eval_split,
             100.0 * m.eval_accuracy,
+            not_covered(m),
             match (m.epsilon_rdp, m.epsilon_prv) {
                 (Some(r), Some(p)) =>
                     format!(" at ε = {r:.3} (RDP) / {p:.3} (PRV), δ = {}", cfg.delta),
@@ -326,6 +324,45 @@ fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<E
     Ok(t.metrics().to_vec())
 }
 
+/// Writes `metrics.jsonl` (one JSON object per epoch) atomically.
+fn write_metrics(out: &Path, metrics: &[EpochMetrics]) -> Result<()> {
+    let jsonl: String = metrics
+        .iter()
+        .map(|m| serde_json::to_string(m).map(|s| s + "\n"))
+        .collect::<std::result::Result<_, _>>()?;
+    write_atomic(&out.join("metrics.jsonl"), jsonl.as_bytes())
+}
+
+/// " (not covered by ε)" after figures computed from held-out training data.
+fn not_covered(m: &EpochMetrics) -> &'static str {
+    if m.eval_private_data {
+        " (not covered by ε)"
+    } else {
+        ""
+    }
+}
+
+/// The line printed after an epoch. The training loss appears only in non-private runs (a
+/// private run does not compute it); validation figures are marked as not covered by ε.
+fn epoch_line(m: &EpochMetrics, epochs: u64) -> String {
+    let train = m
+        .train_loss
+        .map_or(String::new(), |l| format!("  train loss {l:.4}"));
+    let eps = match (m.epsilon_rdp, m.epsilon_prv) {
+        (Some(r), Some(p)) => format!("  ε {r:.3} (RDP) / {p:.3} (PRV)"),
+        _ => String::new(),
+    };
+    format!(
+        "epoch {:>3}/{epochs}{train}  {s} loss {:.4}  {s} acc {:.2}%{}{eps}  {:.1} s",
+        m.epoch,
+        m.eval_loss,
+        100.0 * m.eval_accuracy,
+        not_covered(m),
+        m.train_seconds,
+        s = m.eval_split,
+    )
+}
+
 /// Runs `dpsgd sweep`.
 pub fn sweep(a: SweepArgs) -> Result<()> {
     for &e in &a.epsilons {
@@ -335,6 +372,12 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     }
     let mut points = Vec::new();
     let mut rows = Vec::new();
+    // Every run of the sweep evaluates on the same split (the flags are shared).
+    let split = if a.common.validation > 0 {
+        "validation"
+    } else {
+        "test"
+    };
     for &e in &a.epsilons {
         let cfg = config(&a.common, Some(NoiseSpec::TargetEpsilon(e)));
         let dir = a.out.join(format!("eps-{e}"));
@@ -349,7 +392,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
             .cloned()
             .ok_or_else(|| Error::invalid("--epochs", 0, ">= 1"))?;
         points.push((e, last.eval_accuracy));
-        rows.push(serde_json::json!({"target_epsilon": e, "epsilon_rdp": last.epsilon_rdp, "epsilon_prv": last.epsilon_prv, "accuracy": last.eval_accuracy, "noise_multiplier": last.noise_multiplier}));
+        rows.push(serde_json::json!({"target_epsilon": e, "epsilon_rdp": last.epsilon_rdp, "epsilon_prv": last.epsilon_prv, "accuracy": last.eval_accuracy, "eval_split": last.eval_split, "eval_private_data": last.eval_private_data, "noise_multiplier": last.noise_multiplier}));
     }
     let baseline = if a.non_private {
         let dir = a.out.join("non-private");
@@ -363,23 +406,28 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     } else {
         None
     };
-    let summary = serde_json::json!({"points": rows, "non_private_accuracy": baseline});
+    let summary = serde_json::json!({"points": rows, "non_private_accuracy": baseline, "eval_split": split, "eval_private_data": a.common.validation > 0});
     write_atomic(
         &a.out.join("sweep.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     let png = a.out.join("accuracy_vs_epsilon.png");
-    dpsgd::plot::plot_sweep(&png, &points, baseline)?;
+    dpsgd::plot::plot_sweep(&png, &points, baseline, split)?;
     println!(
         "sweep: {} points; wrote {} and sweep.json",
         points.len(),
         png.display()
     );
+    let note = if a.common.validation > 0 {
+        " (held-out training data: not covered by ε)"
+    } else {
+        ""
+    };
     for (e, acc) in &points {
-        println!("  ε = {e}: accuracy {:.2}%", 100.0 * acc);
+        println!("  ε = {e}: {split} accuracy {:.2}%{note}", 100.0 * acc);
     }
     if let Some(b) = baseline {
-        println!("  non-private: {:.2}%", 100.0 * b);
+        println!("  non-private: {split} accuracy {:.2}%", 100.0 * b);
     }
     Ok(())
 }
