@@ -335,8 +335,9 @@ pub struct AuditReport {
     pub epsilon_lower_bound: f64,
     /// The accountant's ε for the run as executed (RDP).
     pub epsilon_rdp: f64,
-    /// The accountant's ε for the run as executed (PRV, an upper bound).
-    pub epsilon_prv: f64,
+    /// The accountant's ε for the run as executed (PRV, an upper bound); `None` where the PRV
+    /// accountant cannot evaluate the run (e.g. ε in the tens: its FFT would be too large).
+    pub epsilon_prv: Option<f64>,
     /// σ of the engine.
     pub noise_multiplier: f64,
     /// q.
@@ -347,6 +348,15 @@ pub struct AuditReport {
     pub candidates: Vec<GuessOutcome>,
     /// Wall time (s).
     pub seconds: f64,
+}
+
+impl AuditReport {
+    /// The smallest ε the accountants give for the run (RDP, and PRV where it applies): the
+    /// claim a sound implementation's lower bound stays under.
+    pub fn accountant_epsilon(&self) -> f64 {
+        self.epsilon_prv
+            .map_or(self.epsilon_rdp, |p| p.min(self.epsilon_rdp))
+    }
 }
 
 /// Purposes of the audit's random streams.
@@ -525,7 +535,7 @@ impl Canaries {
             delta,
             epsilon_lower_bound: best.epsilon_lower_bound,
             epsilon_rdp: engine.epsilon_with(Method::Rdp)?,
-            epsilon_prv: engine.epsilon_with(Method::Prv)?,
+            epsilon_prv: engine.epsilon_with(Method::Prv).ok(),
             noise_multiplier: engine.noise_multiplier(),
             sample_rate: engine.config().sample_rate,
             steps: engine.steps(),

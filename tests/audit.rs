@@ -142,8 +142,8 @@ fn correct_runs_never_exceed_the_accountant() {
         assert_eq!(r.steps, steps);
         assert!(r.epsilon_rdp <= eps + 1e-9, "{r:?}");
         assert!(
-            r.epsilon_lower_bound <= r.epsilon_rdp.min(r.epsilon_prv),
-            "lower bound {} above the accountant's ε {} / {} (σ = {})",
+            r.epsilon_lower_bound <= r.accountant_epsilon(),
+            "lower bound {} above the accountant's ε {} / {:?} (σ = {})",
             r.epsilon_lower_bound,
             r.epsilon_rdp,
             r.epsilon_prv,
@@ -239,7 +239,7 @@ fn a_real_model_run_is_audited() {
     println!("{}", serde_json::to_string(&r).unwrap());
     assert_eq!(r.steps, 8);
     assert_eq!(steps, 8);
-    assert!(r.epsilon_lower_bound <= r.epsilon_rdp.min(r.epsilon_prv));
+    assert!(r.epsilon_lower_bound <= r.accountant_epsilon());
 }
 
 #[test]
@@ -306,4 +306,70 @@ fn bad_audit_settings_are_typed_errors_before_anything_runs() {
         &Device::Cpu,
         |_, _| {}
     )));
+}
+
+fn dpsgd_cli(args: &[&str]) -> std::process::Output {
+    let bin =
+        std::env::var("DPSGD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dpsgd").to_string());
+    std::process::Command::new(bin).args(args).output().unwrap()
+}
+
+#[test]
+fn the_cli_audits_a_null_model_and_rejects_bad_flags() {
+    let o = dpsgd_cli(&[
+        "audit",
+        "--null-model",
+        "500",
+        "--canaries",
+        "400",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "600",
+        "--dataset-size",
+        "6000",
+        "--epsilon",
+        "2",
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in [
+        "epsilon_lower_bound",
+        "epsilon_rdp",
+        "epsilon_prv",
+        "guesses",
+        "correct",
+        "canaries",
+        "candidates",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k} in {v}");
+    }
+    assert_eq!(v["steps"].as_u64().unwrap(), 20);
+    assert_eq!(v["canaries"].as_u64().unwrap(), 400);
+    assert!(v["epsilon_rdp"].as_f64().unwrap() <= 2.0);
+    assert!(v["epsilon_lower_bound"].as_f64().unwrap() <= v["epsilon_rdp"].as_f64().unwrap());
+    for bad in [
+        &["audit", "--null-model", "100", "--canaries", "101"][..],
+        &["audit", "--null-model", "100", "--canaries", "1"],
+        &["audit", "--null-model", "100", "--confidence", "1"],
+        &[
+            "audit",
+            "--null-model",
+            "100",
+            "--canaries",
+            "10",
+            "--guesses",
+            "6",
+        ],
+    ] {
+        let o = dpsgd_cli(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("must be"),
+            "{bad:?}"
+        );
+    }
 }
