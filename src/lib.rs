@@ -12,6 +12,7 @@
 
 pub mod accounting;
 mod atomic;
+pub mod audit;
 pub mod buffer;
 pub mod cpu;
 #[cfg(feature = "cuda")]

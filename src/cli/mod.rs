@@ -1,6 +1,7 @@
-//! The `dpsgd` command line: `train`, `sweep` (and the accounting commands).
+//! The `dpsgd` command line: `train`, `sweep`, `audit` (and the accounting commands).
 
 pub mod accounting;
+pub mod audit;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ pub enum Command {
     Epsilon(accounting::EpsilonArgs),
     /// The smallest noise multiplier σ for a target ε.
     NoiseMultiplier(accounting::NoiseArgs),
+    /// An empirical ε lower bound from one run with canaries, beside the accountant's ε.
+    Audit(audit::AuditArgs),
 }
 
 /// Runs the parsed command line.
@@ -34,5 +37,6 @@ pub fn run(cli: Cli) -> dpsgd::Result<()> {
         Command::Sweep(a) => train::sweep(a),
         Command::Epsilon(a) => accounting::epsilon_cmd(a),
         Command::NoiseMultiplier(a) => accounting::noise_cmd(a),
+        Command::Audit(a) => audit::audit_cmd(a),
     }
 }

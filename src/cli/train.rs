@@ -155,7 +155,7 @@ pub struct SweepArgs {
     pub out: PathBuf,
 }
 
-fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
+pub(crate) fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
     TrainConfig {
         data: match c.dataset {
             DatasetArg::Mnist => DataSource::Idx {

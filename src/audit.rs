@@ -1,0 +1,715 @@
+//! Empirical privacy auditing in one training run (Steinke, Nasr & Jagielski, "Privacy Auditing
+//! with One (1) Training Run", NeurIPS 2023, arXiv:2305.08846).
+//!
+//! # The experiment
+//! m *canaries* are drawn; each is included in the training run independently with probability
+//! ½ (the secret bit S_i). After training, an auditor that sees the run's output scores every
+//! canary and guesses "in" for the k highest scores and "out" for the k lowest (abstaining on
+//! the rest): r = 2k guesses, of which v are correct. If the run were (ε, δ)-DP with respect to
+//! each canary, v could not be much larger than a Binomial(r, e^ε/(1 + e^ε)) — the paper's
+//! Theorem 3 (approximate DP; Theorem 2 is its pure-DP case), whose p-value is computed as in
+//! the paper's Appendix D ([`p_value`]). [`epsilon_lower_bound`] inverts that test.
+//!
+//! # What an audit proves, and what it does not
+//! A bound ε_lb at confidence 95% says: *if the run, as executed, were (ε_lb, δ)-DP, the
+//! observed number of correct guesses would have had probability < 5%.* It is a statistical
+//! **lower** bound on the ε of the mechanism as run (noise generator, clipping, sampling and
+//! all), not an estimate of it. A bound above the accountant's ε means the implementation (or
+//! its analysis) is broken, at 95% confidence. A bound below the accountant's ε proves nothing
+//! about the claim: the canaries, the scores or m may simply be too weak to see the leakage —
+//! one-run audits of DP-SGD with Poisson sampling are known to be loose at small sample rates.
+//!
+//! # The white-box DP-SGD audit (the paper's §6 "gradient canaries")
+//! Canary i is the *Dirac gradient* C·e_{j_i} (norm exactly C, so clipping leaves it alone) on
+//! its own coordinate j_i (distinct, drawn with a seed). At every step each included canary is
+//! Poisson-sampled with the run's rate q and, when sampled, its row goes into the lot's sum
+//! through [`PrivacyEngine::accumulate`], beside the real data's per-sample gradients
+//! ([`PrivacyEngine::accumulate_batch`]). Training is plain SGD through
+//! [`PrivacyEngine::step_sgd`], so θ_t − θ_{t+1} = lr·(noisy mean gradient); the auditor sees
+//! every iterate and scores canary i by Σ_t (θ_t − θ_{t+1})[j_i].
+//!
+//! # Choosing k honestly
+//! The paper tries several (k₊, k₋) and reports the best bound, which is optimistic (a
+//! multiple-comparison choice made after seeing the scores). Here k₊ = k₋ = k is either fixed in
+//! advance ([`GuessRule::Fixed`]) or taken from a list fixed in advance with a Bonferroni
+//! correction ([`GuessRule::Bonferroni`], [`GuessRule::Auto`]): each of the K candidates is
+//! tested at level (1 − confidence)/K, so the largest of their bounds holds at the stated
+//! confidence (union bound).
+
+use crate::accounting::Method;
+use crate::cpu::philox::Philox;
+use crate::data::{Dataset, Split};
+use crate::engine::{PrivacyConfig, PrivacyEngine};
+use crate::nn::{models, Loss};
+use crate::ops::Clipping;
+use crate::optim::SgdConfig;
+use crate::sampling::PoissonSampler;
+use crate::train::{DataSource, ModelKind, OptimizerKind, TrainConfig};
+use crate::{Buffer, Device, Error, Layout, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// The p-value of observing at least `correct` right guesses out of `guesses` under the null
+/// hypothesis "the run is (ε, δ)-DP" (Steinke, Nasr & Jagielski 2023, Theorem 3, computed as
+/// in their Appendix D): with q = e^ε/(1 + e^ε) and W' ~ Binomial(r, q),
+///
+/// ```text
+/// p = P[W' ≥ v] + 2·m·δ · max_{1 ≤ i ≤ v} P[v − i ≤ W' < v] / i      (capped at 1)
+/// ```
+///
+/// δ = 0 gives the pure-DP test of their Theorem 2, a Binomial tail.
+pub fn p_value(m: usize, guesses: usize, correct: usize, epsilon: f64, delta: f64) -> Result<f64> {
+    check_counts(m, guesses, correct)?;
+    if !(epsilon.is_finite() && epsilon >= 0.0) {
+        return Err(Error::invalid("epsilon", epsilon, "finite and >= 0"));
+    }
+    check_delta(delta)?;
+    Ok(p_value_unchecked(m, guesses, correct, epsilon, delta))
+}
+
+fn p_value_unchecked(m: usize, r: usize, v: usize, eps: f64, delta: f64) -> f64 {
+    // ln q and ln(1 − q) for q = 1/(1 + e^{−ε}), accurate for large ε.
+    let ln_q = -(-eps).exp().ln_1p();
+    let ln_1q = -eps + ln_q;
+    let lg_r1 = libm::lgamma(r as f64 + 1.0);
+    let pmf = |k: usize| -> f64 {
+        let ln_c = lg_r1 - libm::lgamma(k as f64 + 1.0) - libm::lgamma((r - k) as f64 + 1.0);
+        (ln_c + k as f64 * ln_q + (r - k) as f64 * ln_1q).exp()
+    };
+    let beta: f64 = (v..=r).map(pmf).sum();
+    if delta == 0.0 {
+        return beta.min(1.0);
+    }
+    let (mut alpha, mut sum) = (0f64, 0f64);
+    for i in 1..=v {
+        sum += pmf(v - i);
+        alpha = alpha.max(sum / i as f64);
+    }
+    (beta + 2.0 * m as f64 * delta * alpha).min(1.0)
+}
+
+/// The one-run ε lower bound (Steinke, Nasr & Jagielski, "Privacy Auditing with One (1)
+/// Training Run", NeurIPS 2023, Theorem 3 with its δ term, by the procedure of their
+/// Appendix D): the largest ε such that `correct` right guesses out of `guesses` (among `m`
+/// canaries, each included with probability ½) would have p-value ([`p_value`]) below
+/// 1 − `confidence` if the run were (ε, δ)-DP. Found by bisection on ε (to 1e-9); 0 when even
+/// ε = 0 is not rejected.
+///
+/// # What it proves
+/// At `confidence` = 0.95: if the mechanism *as run* were (ε, δ)-DP for the returned ε, the
+/// observed number of correct guesses would have had probability < 5%. It is a lower bound on
+/// the run's ε, not an estimate of it.
+///
+/// # What it does not
+/// A bound below the accountant's ε does not prove the accountant's claim: weak canaries or a
+/// weak score give small bounds on broken runs too. Only a bound *above* the claim is evidence
+/// (of a bug in the implementation or in the analysis).
+///
+/// # Errors
+/// `m` < 1, `guesses` > `m`, `correct` > `guesses`, δ ∉ [0, 1), confidence ∉ (0, 1).
+pub fn epsilon_lower_bound(
+    m: usize,
+    guesses: usize,
+    correct: usize,
+    delta: f64,
+    confidence: f64,
+) -> Result<f64> {
+    check_counts(m, guesses, correct)?;
+    check_delta(delta)?;
+    check_confidence(confidence)?;
+    let level = 1.0 - confidence;
+    let p = |eps: f64| p_value_unchecked(m, guesses, correct, eps, delta);
+    if p(0.0) >= level {
+        return Ok(0.0);
+    }
+    // Invariant: p(lo) < level ≤ p(hi). p(ε) → 1 as ε → ∞ whenever v ≤ r (q → 1), so the
+    // doubling ends; 1e4 is far beyond anything m < 2^64 guesses can certify.
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while p(hi) < level {
+        lo = hi;
+        hi *= 2.0;
+        if hi > 1e4 {
+            return Ok(lo);
+        }
+    }
+    while hi - lo > 1e-9 {
+        let mid = 0.5 * (lo + hi);
+        if p(mid) < level {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+fn check_counts(m: usize, guesses: usize, correct: usize) -> Result<()> {
+    if m == 0 {
+        return Err(Error::invalid(
+            "canaries",
+            m,
+            ">= 1 (the audit needs canaries; the paper uses 1000 or more)",
+        ));
+    }
+    if guesses > m {
+        return Err(Error::invalid(
+            "guesses",
+            guesses,
+            format!("<= the number of canaries m = {m} (one guess per canary at most)"),
+        ));
+    }
+    if correct > guesses {
+        return Err(Error::invalid(
+            "correct",
+            correct,
+            format!("<= the number of guesses r = {guesses}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_delta(delta: f64) -> Result<()> {
+    if delta.is_finite() && (0.0..1.0).contains(&delta) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "delta",
+            delta,
+            "in [0, 1) (the δ of the (ε, δ) claim under test, e.g. 1e-5)",
+        ))
+    }
+}
+
+fn check_confidence(confidence: f64) -> Result<()> {
+    if confidence > 0.0 && confidence < 1.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "confidence",
+            confidence,
+            "in (0, 1), e.g. 0.95 (the bound then fails with probability at most 5%)",
+        ))
+    }
+}
+
+/// How many canaries to guess on: k "in" (highest scores) and k "out" (lowest), r = 2k.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuessRule {
+    /// The candidates k ∈ {m/50, m/20, m/10, m/4, m/2} (those ≥ 1, distinct), Bonferroni-
+    /// corrected as [`GuessRule::Bonferroni`].
+    Auto,
+    /// Exactly this k, fixed before the run (no correction needed).
+    Fixed(usize),
+    /// Each k in the list, fixed before the run; each bound at level (1 − confidence)/K, the
+    /// largest reported (valid at the stated confidence by the union bound).
+    Bonferroni(Vec<usize>),
+}
+
+impl GuessRule {
+    /// The candidate k values for `m` canaries (checked: 1 ≤ k, 2k ≤ m).
+    pub fn candidates(&self, m: usize) -> Result<Vec<usize>> {
+        let ks = match self {
+            GuessRule::Auto => {
+                let mut v: Vec<usize> = [50, 20, 10, 4, 2]
+                    .iter()
+                    .map(|d| m / d)
+                    .filter(|&k| k >= 1)
+                    .collect();
+                v.dedup();
+                if v.is_empty() {
+                    v.push(m / 2);
+                }
+                v
+            }
+            GuessRule::Fixed(k) => vec![*k],
+            GuessRule::Bonferroni(v) => v.clone(),
+        };
+        if ks.is_empty() {
+            return Err(Error::invalid(
+                "guesses",
+                "an empty list",
+                "at least one k (guess k canaries in and k out)",
+            ));
+        }
+        for &k in &ks {
+            if k == 0 || 2 * k > m {
+                return Err(Error::invalid(
+                    "guesses (k per side)",
+                    k,
+                    format!("in 1..={} (k in and k out among m = {m} canaries)", m / 2),
+                ));
+            }
+        }
+        Ok(ks)
+    }
+}
+
+/// The audit's own settings (the run's are a [`PrivacyConfig`] or a [`TrainConfig`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditConfig {
+    /// m, the number of canaries (each included with probability ½).
+    pub canaries: usize,
+    /// The L2 norm of each Dirac canary; `None`: the clipping bound's sensitivity C (a canary
+    /// of norm C passes clipping unchanged; a larger one is clipped by a correct engine).
+    pub canary_norm: Option<f32>,
+    /// Confidence of the bound, in (0, 1) (e.g. 0.95).
+    pub confidence: f64,
+    /// Which k to guess on.
+    pub guesses: GuessRule,
+    /// Seed of the audit's own draws (canary coordinates, secret bits, canary sampling).
+    pub seed: u64,
+}
+
+impl AuditConfig {
+    /// m canaries, norm C, 95% confidence, [`GuessRule::Auto`].
+    pub fn new(canaries: usize, seed: u64) -> Self {
+        AuditConfig {
+            canaries,
+            canary_norm: None,
+            confidence: 0.95,
+            guesses: GuessRule::Auto,
+            seed,
+        }
+    }
+
+    /// Checks the settings against a model of `params` parameters, before anything runs.
+    pub fn validate(&self, params: usize) -> Result<()> {
+        if self.canaries < 2 {
+            return Err(Error::invalid(
+                "canaries",
+                self.canaries,
+                ">= 2 (k guessed in and k out need 2k <= m; the paper uses 1000 or more)",
+            ));
+        }
+        if self.canaries > params {
+            return Err(Error::invalid(
+                "canaries",
+                self.canaries,
+                format!(
+                    "<= the model's {params} parameters (each Dirac canary needs a coordinate of its own): use fewer canaries or a larger model"
+                ),
+            ));
+        }
+        if let Some(c) = self.canary_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::invalid("canary_norm", c, "finite and > 0"));
+            }
+        }
+        check_confidence(self.confidence)?;
+        self.guesses.candidates(self.canaries)?;
+        Ok(())
+    }
+}
+
+/// One candidate k's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GuessOutcome {
+    /// k guessed "in" and k guessed "out".
+    pub k: usize,
+    /// Correct guesses out of 2k.
+    pub correct: usize,
+    /// ε lower bound at level (1 − confidence)/K.
+    pub epsilon_lower_bound: f64,
+}
+
+/// What an audit found, beside what the accountant claims.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// The setting, in words.
+    pub setting: String,
+    /// m.
+    pub canaries: usize,
+    /// Canaries whose secret bit put them in the run.
+    pub included: usize,
+    /// r = 2k of the reported candidate.
+    pub guesses: usize,
+    /// Correct guesses of the reported candidate.
+    pub correct: usize,
+    /// The confidence of the bound.
+    pub confidence: f64,
+    /// δ of the run (and of the test).
+    pub delta: f64,
+    /// The ε lower bound (the largest over the candidates, Bonferroni-corrected).
+    pub epsilon_lower_bound: f64,
+    /// The accountant's ε for the run as executed (RDP).
+    pub epsilon_rdp: f64,
+    /// The accountant's ε for the run as executed (PRV, an upper bound); `None` where the PRV
+    /// accountant cannot evaluate the run (e.g. ε in the tens: its FFT would be too large).
+    pub epsilon_prv: Option<f64>,
+    /// σ of the engine.
+    pub noise_multiplier: f64,
+    /// q.
+    pub sample_rate: f64,
+    /// Steps taken.
+    pub steps: u64,
+    /// Every candidate k.
+    pub candidates: Vec<GuessOutcome>,
+    /// Wall time (s).
+    pub seconds: f64,
+}
+
+impl AuditReport {
+    /// The smallest ε the accountants give for the run (RDP, and PRV where it applies): the
+    /// claim a sound implementation's lower bound stays under.
+    pub fn accountant_epsilon(&self) -> f64 {
+        self.epsilon_prv
+            .map_or(self.epsilon_rdp, |p| p.min(self.epsilon_rdp))
+    }
+}
+
+/// Purposes of the audit's random streams.
+const PURPOSE_COORDINATES: u64 = 1;
+const PURPOSE_SECRETS: u64 = 2;
+const PURPOSE_SAMPLING: u64 = 3;
+
+/// Every random draw the audit itself makes comes from here: a Philox stream per (seed,
+/// purpose). The seed is first mixed with a domain constant (SplitMix64 finaliser), so the
+/// audit's streams are separate from training's (init, Poisson sampling and noise use the run's
+/// seed directly). The engine's key derivation is being rewritten; this function is the one
+/// place to switch over to it.
+fn audit_rng(seed: u64, purpose: u64) -> Philox {
+    let mut z = seed ^ 0xa0d1_7ca2_a21e_5eed;
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    Philox::new(z, purpose)
+}
+
+/// m distinct coordinates of 0..p (partial Fisher–Yates over a sparse permutation).
+fn distinct_coordinates(rng: &mut Philox, m: usize, p: usize) -> Vec<usize> {
+    let mut swapped: HashMap<usize, usize> = HashMap::new();
+    (0..m)
+        .map(|i| {
+            let j = i + rng.next_below((p - i) as u64) as usize;
+            let at_j = *swapped.get(&j).unwrap_or(&j);
+            let at_i = *swapped.get(&i).unwrap_or(&i);
+            swapped.insert(j, at_i);
+            at_j
+        })
+        .collect()
+}
+
+/// The Dirac canaries of one white-box audit and their running scores.
+struct Canaries {
+    coords: Vec<usize>,
+    included: Vec<bool>,
+    norm: f32,
+    params: usize,
+    threshold: u64,
+    sampling: Philox,
+    draws: Vec<u64>,
+    rows: Vec<f32>,
+    prev: Vec<f32>,
+    scores: Vec<f64>,
+}
+
+impl Canaries {
+    fn new(cfg: &AuditConfig, params: usize, clip_sensitivity: f32, q: f64) -> Self {
+        let m = cfg.canaries;
+        let coords = distinct_coordinates(&mut audit_rng(cfg.seed, PURPOSE_COORDINATES), m, params);
+        let mut secrets = audit_rng(cfg.seed, PURPOSE_SECRETS);
+        let included = (0..m).map(|_| secrets.next_u32() & 1 == 1).collect();
+        Canaries {
+            coords,
+            included,
+            norm: cfg.canary_norm.unwrap_or(clip_sensitivity),
+            params,
+            // As PoissonSampler: included when a uniform 64-bit draw is below q·2^64.
+            threshold: if q >= 1.0 {
+                u64::MAX
+            } else {
+                (q * 2f64.powi(64)) as u64
+            },
+            sampling: audit_rng(cfg.seed, PURPOSE_SAMPLING),
+            draws: vec![0; m],
+            rows: Vec::new(),
+            prev: vec![0.0; m],
+            scores: vec![0.0; m],
+        }
+    }
+
+    /// Poisson-samples the included canaries and adds the sampled ones to the engine's lot.
+    fn accumulate(&mut self, engine: &mut PrivacyEngine) -> Result<()> {
+        // One draw per canary per step, included or not (the stream does not depend on S).
+        self.sampling.fill_u64(&mut self.draws);
+        let always = self.threshold == u64::MAX;
+        let p = self.params;
+        self.rows.clear();
+        let mut k = 0;
+        for i in 0..self.coords.len() {
+            if self.included[i] && (always || self.draws[i] < self.threshold) {
+                self.rows.resize((k + 1) * p, 0.0);
+                self.rows[k * p + self.coords[i]] = self.norm;
+                k += 1;
+            }
+        }
+        if k > 0 {
+            let rows = Buffer::from_slice(engine.device(), &self.rows)?;
+            engine.accumulate(&rows, k)?;
+        }
+        Ok(())
+    }
+
+    /// Records θ_t at the canaries' coordinates (before a step).
+    fn record(&mut self, params: &Buffer<f32>) -> Result<()> {
+        with_host(params, |theta| {
+            for (p, &j) in self.prev.iter_mut().zip(&self.coords) {
+                *p = theta[j];
+            }
+        })
+    }
+
+    /// Adds (θ_t − θ_{t+1})[j_i] to each canary's score (after a step).
+    fn score(&mut self, params: &Buffer<f32>) -> Result<()> {
+        with_host(params, |theta| {
+            for ((s, &p), &j) in self.scores.iter_mut().zip(&self.prev).zip(&self.coords) {
+                *s += p as f64 - theta[j] as f64;
+            }
+        })
+    }
+
+    /// Guesses for each candidate k and the Bonferroni-corrected bounds.
+    fn judge(
+        &self,
+        cfg: &AuditConfig,
+        delta: f64,
+    ) -> Result<(Vec<GuessOutcome>, GuessOutcome, usize)> {
+        let m = self.coords.len();
+        let ks = cfg.guesses.candidates(m)?;
+        let mut order: Vec<usize> = (0..m).collect();
+        // Highest score first; ties by index (deterministic).
+        order.sort_by(|&a, &b| self.scores[b].total_cmp(&self.scores[a]).then(a.cmp(&b)));
+        let level = (1.0 - cfg.confidence) / ks.len() as f64;
+        let outcomes = ks
+            .iter()
+            .map(|&k| {
+                let correct = order[..k].iter().filter(|&&i| self.included[i]).count()
+                    + order[m - k..]
+                        .iter()
+                        .filter(|&&i| !self.included[i])
+                        .count();
+                Ok(GuessOutcome {
+                    k,
+                    correct,
+                    epsilon_lower_bound: epsilon_lower_bound(
+                        m,
+                        2 * k,
+                        correct,
+                        delta,
+                        1.0 - level,
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let best = outcomes
+            .iter()
+            .fold(None::<&GuessOutcome>, |b, o| match b {
+                Some(b) if b.epsilon_lower_bound >= o.epsilon_lower_bound => Some(b),
+                _ => Some(o),
+            })
+            .cloned()
+            .ok_or_else(|| Error::invalid("guesses", "an empty list", "at least one k"))?;
+        let included = self.included.iter().filter(|&&b| b).count();
+        Ok((outcomes, best, included))
+    }
+
+    fn report(
+        &self,
+        setting: String,
+        cfg: &AuditConfig,
+        engine: &PrivacyEngine,
+        t0: Instant,
+    ) -> Result<AuditReport> {
+        let delta = engine.config().delta;
+        let (candidates, best, included) = self.judge(cfg, delta)?;
+        Ok(AuditReport {
+            setting,
+            canaries: cfg.canaries,
+            included,
+            guesses: 2 * best.k,
+            correct: best.correct,
+            confidence: cfg.confidence,
+            delta,
+            epsilon_lower_bound: best.epsilon_lower_bound,
+            epsilon_rdp: engine.epsilon_with(Method::Rdp)?,
+            epsilon_prv: engine.epsilon_with(Method::Prv).ok(),
+            noise_multiplier: engine.noise_multiplier(),
+            sample_rate: engine.config().sample_rate,
+            steps: engine.steps(),
+            candidates,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Runs `f` on the host copy of `b` (a CUDA buffer comes to the host).
+fn with_host(b: &Buffer<f32>, f: impl FnOnce(&[f32])) -> Result<()> {
+    match b.as_slice() {
+        Some(s) => f(s),
+        None => f(&b.to_vec()?),
+    }
+    Ok(())
+}
+
+/// The white-box audit on a *null model*: P parameters and no data at all — each lot holds
+/// only the sampled canaries. `privacy` is the engine's configuration as run (σ or a target ε,
+/// δ, clipping, q, planned steps — every planned step is taken; `dataset_size` only sets the
+/// divisor q·N); `lr` the plain-SGD learning rate. Fast, and the cleanest setting for the
+/// white-box bound: nothing but the noise hides a canary.
+pub fn white_box_null_model(
+    params: usize,
+    privacy: PrivacyConfig,
+    lr: f32,
+    audit: &AuditConfig,
+    device: &Device,
+    seed: u64,
+) -> Result<AuditReport> {
+    if params == 0 {
+        return Err(Error::invalid(
+            "null_model",
+            0,
+            ">= 1 parameters (and at least one per canary)",
+        ));
+    }
+    audit.validate(params)?;
+    SgdConfig::new(lr).validate()?;
+    privacy.validate()?;
+    let t0 = Instant::now();
+    let steps = privacy.planned_steps;
+    let q = privacy.sample_rate;
+    let sens = privacy.clipping.sensitivity();
+    let mut engine = PrivacyEngine::new(privacy, Layout::flat(params), device, Some(seed))?;
+    let mut theta = Buffer::<f32>::zeros(device, params)?;
+    let mut canaries = Canaries::new(audit, params, sens, q);
+    let sgd = SgdConfig::new(lr);
+    for _ in 0..steps {
+        canaries.record(&theta)?;
+        canaries.accumulate(&mut engine)?;
+        engine.step_sgd(&mut theta, None, &sgd)?;
+        canaries.score(&theta)?;
+    }
+    canaries.report(
+        format!("white-box, Dirac gradient canaries, null model (P = {params}, no data)"),
+        audit,
+        &engine,
+        t0,
+    )
+}
+
+/// The white-box audit of a real training run: `cfg` as for `dpsgd train` (private, plain SGD
+/// without momentum, so each update is −lr·noisy mean gradient), with Dirac gradient canaries
+/// added to the lots beside the data's per-sample gradients. `on_step(step, total)` is called
+/// after every step (progress bars).
+pub fn white_box(
+    cfg: &TrainConfig,
+    audit: &AuditConfig,
+    device: &Device,
+    mut on_step: impl FnMut(u64, u64),
+) -> Result<AuditReport> {
+    cfg.validate()?;
+    let Some(noise) = cfg.noise else {
+        return Err(Error::invalid(
+            "noise",
+            "none (non-private)",
+            "a private run (--epsilon or --noise-multiplier): a non-private run has no ε to audit",
+        ));
+    };
+    match cfg.optimizer {
+        OptimizerKind::Sgd { momentum: 0.0 } => {}
+        o => {
+            return Err(Error::invalid(
+                "optimizer",
+                format!("{o:?}"),
+                "plain SGD without momentum (--optimizer sgd --momentum 0): the white-box score reads each update as −lr × the noisy mean gradient",
+            ))
+        }
+    }
+    let t0 = Instant::now();
+    let train = match &cfg.data {
+        DataSource::Idx { kind, dir } => {
+            let dir = dir
+                .clone()
+                .unwrap_or_else(|| kind.default_dir().to_path_buf());
+            Dataset::load(*kind, &dir, Split::Train)?
+        }
+        DataSource::Synthetic { train, .. } => Dataset::synthetic(*train, 1)?,
+    };
+    let n = train.len();
+    if cfg.batch_size > n {
+        return Err(Error::invalid(
+            "batch_size",
+            cfg.batch_size,
+            format!("<= the training set size {n}"),
+        ));
+    }
+    let seed = match cfg.seed {
+        Some(s) => s,
+        None => crate::cpu::philox::os_seed()?,
+    };
+    let mut model = match cfg.model {
+        ModelKind::SampleConvnet => models::sample_conv_net(device, seed)?,
+        ModelKind::TanhConvnet => models::sample_conv_net_tanh(device, seed)?,
+    };
+    let p = model.num_params();
+    audit.validate(p)?;
+    let q = cfg.batch_size as f64 / n as f64;
+    let mut sampler = match cfg.seed {
+        Some(s) => PoissonSampler::new(n, q, s ^ 0x9e37_79b9_7f4a_7c15)?,
+        None => PoissonSampler::secure(n, q)?,
+    };
+    let steps = cfg.epochs * sampler.steps_per_epoch();
+    let privacy = PrivacyConfig {
+        noise,
+        delta: cfg.delta,
+        clipping: Clipping::Flat(cfg.max_grad_norm),
+        sample_rate: q,
+        dataset_size: n,
+        planned_steps: steps,
+        accountant: cfg.accountant,
+    };
+    let sens = privacy.clipping.sensitivity();
+    let mut engine = PrivacyEngine::new(privacy, model.layout().clone(), device, cfg.seed)?;
+    let mut ws = model.workspace(cfg.physical_batch)?;
+    let mut canaries = Canaries::new(audit, p, sens, q);
+    let ex = train.example_len();
+    let mut xb = vec![0f32; cfg.physical_batch * ex];
+    let mut yb = vec![0u32; cfg.physical_batch];
+    let mut lot = Vec::new();
+    for t in 0..steps {
+        sampler.sample_into(&mut lot);
+        for chunk in lot.chunks(cfg.physical_batch) {
+            let b = chunk.len();
+            train.gather(chunk, &mut xb[..b * ex], &mut yb[..b])?;
+            let l = engine.accumulate_batch(
+                &model,
+                &mut ws,
+                &xb[..b * ex],
+                Loss::CrossEntropy(&yb[..b]),
+            )?;
+            if !l.is_finite() {
+                return Err(Error::NonFinite {
+                    what: "training loss",
+                    detail: format!("loss {l} at step {t}; lower the learning rate"),
+                });
+            }
+        }
+        canaries.accumulate(&mut engine)?;
+        canaries.record(model.params())?;
+        let lr = cfg.lr * cfg.lr_schedule.factor(t, steps);
+        engine.step_sgd(model.params_mut(), None, &SgdConfig::new(lr))?;
+        canaries.score(model.params())?;
+        on_step(t + 1, steps);
+    }
+    canaries.report(
+        format!(
+            "white-box, Dirac gradient canaries, {:?} on {:?} (P = {p}, N = {n})",
+            cfg.model, cfg.data
+        ),
+        audit,
+        &engine,
+        t0,
+    )
+}
