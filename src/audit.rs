@@ -37,12 +37,12 @@
 //! confidence (union bound).
 
 use crate::accounting::Method;
-use crate::cpu::philox::Philox;
 use crate::data::{Dataset, Split};
 use crate::engine::{PrivacyConfig, PrivacyEngine};
 use crate::nn::{models, Loss};
 use crate::ops::Clipping;
 use crate::optim::SgdConfig;
+use crate::rng::{Purpose, RandomBits, Rng, RunKeys};
 use crate::sampling::PoissonSampler;
 use crate::train::{DataSource, ModelKind, OptimizerKind, TrainConfig};
 use crate::{Buffer, Device, Error, Layout, Result};
@@ -364,22 +364,15 @@ const PURPOSE_COORDINATES: u64 = 1;
 const PURPOSE_SECRETS: u64 = 2;
 const PURPOSE_SAMPLING: u64 = 3;
 
-/// Every random draw the audit itself makes comes from here: a Philox stream per (seed,
-/// purpose). The seed is first mixed with a domain constant (SplitMix64 finaliser), so the
-/// audit's streams are separate from training's (init, Poisson sampling and noise use the run's
-/// seed directly). The engine's key derivation is being rewritten; this function is the one
-/// place to switch over to it.
-fn audit_rng(seed: u64, purpose: u64) -> Philox {
-    let mut z = seed ^ 0xa0d1_7ca2_a21e_5eed;
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    Philox::new(z, purpose)
+/// Every random draw the audit itself makes comes from here: stream `purpose` of the
+/// [`Purpose::Audit`] key of the audit seed ([`crate::rng`]): a key no part of training
+/// (initialisation, Poisson sampling, noise) uses, whatever seeds the two are given.
+fn audit_rng(seed: u64, purpose: u64) -> Rng {
+    RunKeys::seeded(seed).key(Purpose::Audit).rng(purpose)
 }
 
 /// m distinct coordinates of 0..p (partial Fisher–Yates over a sparse permutation).
-fn distinct_coordinates(rng: &mut Philox, m: usize, p: usize) -> Vec<usize> {
+fn distinct_coordinates(rng: &mut Rng, m: usize, p: usize) -> Vec<usize> {
     let mut swapped: HashMap<usize, usize> = HashMap::new();
     (0..m)
         .map(|i| {
@@ -399,7 +392,7 @@ struct Canaries {
     norm: f32,
     params: usize,
     threshold: u64,
-    sampling: Philox,
+    sampling: Rng,
     draws: Vec<u64>,
     rows: Vec<f32>,
     prev: Vec<f32>,

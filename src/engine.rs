@@ -296,6 +296,12 @@ impl PrivacyEngine {
         }
     }
 
+    /// The noise key's words (tests that no output holds them).
+    #[cfg(test)]
+    pub(crate) fn noise_key_words(&self) -> [u32; 8] {
+        *self.noise_key.words()
+    }
+
     /// Whether the engine runs in secure mode (OS key, ChaCha20 noise).
     pub fn is_secure(&self) -> bool {
         self.seed.is_none()

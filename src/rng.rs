@@ -317,6 +317,15 @@ impl Rng {
         }
     }
 
+    /// The key's words (tests that no output holds them; Philox: the seed in words 0, 1).
+    #[cfg(test)]
+    pub(crate) fn key_words(&self) -> [u32; 8] {
+        match self {
+            Rng::Philox(r) => [r.seed() as u32, (r.seed() >> 32) as u32, 0, 0, 0, 0, 0, 0],
+            Rng::ChaCha20(r) => *r.key(),
+        }
+    }
+
     /// Moves to an absolute position (in 32-bit words).
     pub fn seek(&mut self, position: u64) {
         match self {
@@ -345,6 +354,46 @@ impl RandomBits for Rng {
         match self {
             Rng::Philox(r) => r.next_u64(),
             Rng::ChaCha20(r) => r.next_u64(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key-holding type formats without its key words (decimal or hex) in secure and
+    /// seeded mode.
+    #[test]
+    fn debug_of_every_key_holder_is_redacted() {
+        for keys in [
+            RunKeys::secure().unwrap(),
+            RunKeys::seeded(0x0123_4567_89ab_cdef),
+        ] {
+            let mut secrets: Vec<u32> = keys.master.to_vec();
+            let mut shown = vec![format!("{keys:?}")];
+            for p in Purpose::ALL {
+                let k = keys.key(p);
+                secrets.extend(k.words().iter().copied().filter(|&w| w != 0));
+                shown.push(format!("{k:?}"));
+                shown.push(format!("{:?}", k.rng(3)));
+                shown.push(format!("{:?}", crate::NoiseKey::new(k, 3)));
+            }
+            if let Some(s) = keys.seed() {
+                shown.push(format!("{:?}", crate::cpu::philox::Philox::new(s, 0)));
+            }
+            for text in &shown {
+                for w in secrets.iter().filter(|&&w| w > 0xffff) {
+                    assert!(!text.contains(&w.to_string()), "{text} shows {w}");
+                    assert!(
+                        !text.to_lowercase().contains(&format!("{w:08x}")),
+                        "{text} shows {w:x}"
+                    );
+                }
+                if let Some(s) = keys.seed() {
+                    assert!(!text.contains(&s.to_string()), "{text}");
+                }
+            }
         }
     }
 }

@@ -63,6 +63,12 @@ impl PoissonSampler {
         Self::with_key(n, q, RunKeys::secure()?.key(Purpose::Sampling))
     }
 
+    /// The key's words (tests that no output holds them).
+    #[cfg(test)]
+    pub(crate) fn key_words(&self) -> [u32; 8] {
+        self.rng.key_words()
+    }
+
     /// The stream position (32-bit words drawn): what a checkpoint keeps.
     pub fn position(&self) -> u64 {
         self.rng.position()

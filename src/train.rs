@@ -834,3 +834,75 @@ impl Trainer {
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     crate::atomic::write_with(path, |w| w.write_all(data))
 }
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+    use crate::engine::NoiseSpec;
+
+    fn holds(hay: &[u8], words: &[u32; 8]) -> Option<String> {
+        let text = String::from_utf8_lossy(hay).to_lowercase();
+        for pair in words.windows(2) {
+            let le: Vec<u8> = pair.iter().flat_map(|w| w.to_le_bytes()).collect();
+            if hay.windows(8).any(|w| w == le) {
+                return Some(format!("bytes of {pair:x?}"));
+            }
+        }
+        for w in words.iter().filter(|&&w| w > 0xffff) {
+            if text.contains(&w.to_string()) || text.contains(&format!("{w:08x}")) {
+                return Some(format!("text of {w}"));
+            }
+        }
+        None
+    }
+
+    /// A secure-mode checkpoint holds neither the noise key nor the sampler's key (as bytes,
+    /// decimal or hex), nor does the trainer's `Debug`; a resumed secure run draws fresh keys
+    /// for both.
+    #[test]
+    fn secure_checkpoint_holds_no_key_and_resume_draws_fresh_keys() {
+        let cfg = TrainConfig {
+            data: DataSource::Synthetic {
+                train: 300,
+                test: 100,
+            },
+            model: ModelKind::TanhConvnet,
+            noise: Some(NoiseSpec::NoiseMultiplier(1.0)),
+            delta: 1e-5,
+            epochs: 1,
+            batch_size: 30,
+            physical_batch: 30,
+            lr: 1.0,
+            optimizer: OptimizerKind::Sgd { momentum: 0.0 },
+            max_grad_norm: 1.0,
+            accountant: Method::Rdp,
+            seed: None,
+            validation: 0,
+            lr_schedule: LrSchedule::Constant,
+            ema_decay: None,
+        };
+        let dir = std::env::temp_dir().join(format!("dpsgd-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut t = Trainer::new(cfg.clone(), &Device::Cpu).unwrap();
+        t.train_epoch(|_, _| {}).unwrap();
+        t.save_checkpoint(&dir).unwrap();
+        let bytes = std::fs::read(dir.join(CHECKPOINT)).unwrap();
+        let noise = t.engine.as_ref().unwrap().noise_key_words();
+        let sampler = t.sampler.key_words();
+        let debug = format!("{t:?} {:?} {:?}", t.engine, t.sampler);
+        for words in [noise, sampler] {
+            assert_eq!(holds(&bytes, &words), None, "checkpoint");
+            assert_eq!(holds(debug.as_bytes(), &words), None, "Debug: {debug}");
+        }
+        let mut r = Trainer::new(cfg, &Device::Cpu).unwrap();
+        r.load_checkpoint(&dir).unwrap();
+        assert_eq!(
+            r.engine.as_ref().unwrap().steps(),
+            t.engine.as_ref().unwrap().steps()
+        );
+        assert_ne!(r.engine.as_ref().unwrap().noise_key_words(), noise);
+        assert_ne!(r.sampler.key_words(), sampler);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

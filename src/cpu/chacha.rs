@@ -148,6 +148,12 @@ impl ChaCha20 {
         }
     }
 
+    /// The key (crate-internal: tests that no output holds it).
+    #[cfg(test)]
+    pub(crate) fn key(&self) -> &[u32; 8] {
+        &self.key
+    }
+
     /// How many 32-bit words have been drawn.
     pub fn position(&self) -> u64 {
         self.position
