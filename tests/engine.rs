@@ -282,3 +282,39 @@ fn engine_debug_shows_no_seed() {
     );
     assert!(s.contains("redacted"), "{s}");
 }
+
+/// On a GPU the engine adds noise of the same standard deviation (seeded and secure), and the
+/// values equal the CPU engine's to an f32 ulp for the same seed.
+#[test]
+fn gpu_engine_noise_has_the_stated_std_and_matches_cpu() {
+    let Some(dev) = common::gpu("gpu_engine_noise_has_the_stated_std_and_matches_cpu") else {
+        return;
+    };
+    let layout = Layout::from_sizes(&[P / 2, P / 2]).unwrap();
+    let clipping = Clipping::PerLayer(vec![0.5, 2.0]);
+    let want = 1.3 * (0.25f64 + 4.0).sqrt() / 50.0;
+    for seed in [Some(11u64), None] {
+        let mut e =
+            PrivacyEngine::new(config(clipping.clone(), 1.3), layout.clone(), &dev, seed).unwrap();
+        let z = Buffer::from_slice(&dev, &vec![0f32; 2 * P]).unwrap();
+        e.accumulate(&z, 2).unwrap();
+        let mut out = Buffer::<f32>::zeros(&dev, P).unwrap();
+        e.noisy_gradient(&mut out).unwrap();
+        let got = out.to_vec().unwrap();
+        assert_normal(&got, want, &format!("gpu {seed:?}"));
+        if seed.is_some() {
+            let mut c = PrivacyEngine::new(
+                config(clipping.clone(), 1.3),
+                layout.clone(),
+                &Device::Cpu,
+                seed,
+            )
+            .unwrap();
+            let mut o = Buffer::<f32>::zeros(&Device::Cpu, P).unwrap();
+            c.noisy_gradient(&mut o).unwrap();
+            for (a, b) in got.iter().zip(o.to_vec().unwrap()) {
+                assert!((a - b).abs() <= 2.4e-7 * (1.0 + b.abs()), "gpu {a} cpu {b}");
+            }
+        }
+    }
+}

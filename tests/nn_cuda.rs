@@ -55,6 +55,7 @@ fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
 #[cfg(feature = "cuda")]
 mod layers {
     use super::{assert_close, gpu, rand_vec};
+    use dpsgd::rng::RandomBits;
     use cudarc::driver::CudaViewMut;
     use dpsgd::cpu::activation::{activation_backward, activation_forward, Activation};
     use dpsgd::cpu::conv::*;

@@ -154,13 +154,20 @@ fn invalid_parameters_fail_before_any_noise() {
 }
 
 /// GPU fused steps equal the CPU twins: |Δp| ≤ 1e-5·(1 + |p|) after 3 steps (SGD with and
-/// without momentum, Adam, AdamW), for lengths around the vector width.
+/// without momentum, Adam, AdamW), for lengths around the vector width, with Philox (seeded)
+/// and ChaCha20 (secure) noise.
 #[test]
 fn gpu_steps_match_cpu() {
     let Some(dev) = gpu("gpu_steps_match_cpu") else {
         return;
     };
-    for n in [1usize, 5, 4096, 100_003] {
+    let chacha = dpsgd::rng::RunKeys::secure()
+        .unwrap()
+        .key(dpsgd::rng::Purpose::GradientNoise);
+    for (n, secure) in [1usize, 5, 4096, 100_003]
+        .into_iter()
+        .flat_map(|n| [(n, false), (n, true)])
+    {
         let p0 = uniform(n, 1.0, n as u64);
         let s = uniform(n, 3.0, n as u64 + 1);
         for variant in 0..4 {
@@ -178,7 +185,12 @@ fn gpu_steps_match_cpu() {
             let mut mg = Buffer::<f32>::zeros(&dev, n).unwrap();
             let mut vg = Buffer::<f32>::zeros(&dev, n).unwrap();
             for t in 1..=3u64 {
-                let ns = step(1.3, 0.9, 64.0, t);
+                let ns = if secure {
+                    let key = NoiseKey::for_step_with(chacha, t, 0).unwrap();
+                    NoisyStep::new(1.3, 0.9, 64.0, key).unwrap()
+                } else {
+                    step(1.3, 0.9, 64.0, t)
+                };
                 if variant < 2 {
                     let m = (variant == 1).then_some(&mut mc[..]);
                     optim::noisy_sgd_step(&mut pc, &s, m, &sgd, &ns).unwrap();

@@ -151,7 +151,7 @@ fn gpu_bits_equal_cpu_stream() {
                 unreachable!()
             };
             let mut b = Buffer::<u32>::zeros(&dev, n).unwrap();
-            dpsgd::cuda::noise::random_bits_curand(
+            dpsgd::cuda::noise::philox_bits_curand(
                 d.backend(),
                 &mut b.cuda_view_mut().unwrap(),
                 key,
