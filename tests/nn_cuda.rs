@@ -55,7 +55,6 @@ fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
 #[cfg(feature = "cuda")]
 mod layers {
     use super::{assert_close, gpu, rand_vec};
-    use dpsgd::rng::RandomBits;
     use cudarc::driver::CudaViewMut;
     use dpsgd::cpu::activation::{activation_backward, activation_forward, Activation};
     use dpsgd::cpu::conv::*;
@@ -67,6 +66,7 @@ mod layers {
     use dpsgd::cpu::pool::*;
     use dpsgd::cuda::grad::DeviceGrad;
     use dpsgd::cuda::{self, CudaBackend};
+    use dpsgd::rng::RandomBits;
     use dpsgd::{Buffer, Device, Error, Result};
     use std::sync::Arc;
 

@@ -22,7 +22,7 @@ use crate::Result;
 use rayon::prelude::*;
 
 /// Elements per parallel task (a multiple of 16: tasks own whole noise groups).
-const TASK: usize = 16 * 1024;
+const TASK: usize = 4 * 1024;
 
 /// The noised mean gradients ĝ_j = (sum_j + σC·ξ_j)/E of the 16-element group `g`, computed in
 /// f64 and rounded once to f32 (the kernels compute the same with explicitly rounded f64 ops).
