@@ -34,6 +34,7 @@
 //!   step, and calibration plans for it.
 
 use crate::accounting::{self, Accountant, Method, PrivacyAccountant};
+use crate::check;
 use crate::ops::{self, ClipStats, ClipWorkspace, Clipping};
 use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
 use crate::rng::{Purpose, RunKeys, StreamKey};
@@ -97,7 +98,7 @@ impl PrivacyConfig {
         if self.planned_steps == 0 {
             return Err(Error::invalid("planned_steps", 0, ">= 1"));
         }
-        ops::check::max_norms(self.clipping.bounds())
+        check::max_norms(self.clipping.bounds())
     }
 
     /// The expected lot size q·N, the divisor of the noisy sum.
@@ -641,7 +642,7 @@ impl PrivacyEngine {
         if let Some(m) = &momentum {
             self.check_buffer("momentum", m)?;
         }
-        let noisy = self.begin_step(|n| ops::check::sgd(plen, slen, mlen, cfg, n))?;
+        let noisy = self.begin_step(|n| check::sgd(plen, slen, mlen, cfg, n))?;
         let r = ops::noisy_sgd_step(params, &self.sum, momentum, cfg, &noisy);
         self.end_step(r)
     }
@@ -660,8 +661,7 @@ impl PrivacyEngine {
         self.check_buffer("params", params)?;
         self.check_buffer("m", m)?;
         self.check_buffer("v", v)?;
-        let noisy =
-            self.begin_step(|n| ops::check::adam(lens.0, lens.1, lens.2, lens.3, t, cfg, n))?;
+        let noisy = self.begin_step(|n| check::adam(lens.0, lens.1, lens.2, lens.3, t, cfg, n))?;
         let r = ops::noisy_adam_step(params, &self.sum, m, v, t, cfg, &noisy);
         self.end_step(r)
     }
@@ -682,7 +682,7 @@ impl PrivacyEngine {
         }
         self.check_buffer("out", out)?;
         let (olen, slen) = (out.len(), self.sum.len());
-        let noisy = self.begin_step(|n| ops::check::noisy_mean(olen, slen, n))?;
+        let noisy = self.begin_step(|n| check::noisy_mean(olen, slen, n))?;
         let r = ops::noisy_mean(out, &self.sum, &noisy);
         self.end_step(r)?;
         self.epsilon()

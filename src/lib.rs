@@ -32,6 +32,7 @@ pub mod accounting;
 mod atomic;
 pub mod audit;
 pub mod buffer;
+mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

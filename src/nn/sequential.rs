@@ -650,7 +650,7 @@ impl Sequential {
                 sum,
             } => {
                 let bounds = clipping.bounds();
-                crate::ops::check::max_norms(bounds)?;
+                crate::check::max_norms(bounds)?;
                 if layout.num_params() != p {
                     return Err(Error::shape(
                         op,
