@@ -515,6 +515,21 @@ impl PrivacyEngine {
         self.rows
     }
 
+    /// The current lot's clipped sum `Σ_i clip(g_i)` (P values in [`PrivacyEngine::layout`]'s
+    /// order, on the engine's device): what the next step adds noise to. Zero after a step or
+    /// [`PrivacyEngine::clear_lot`]. **Not private**: it is computed from the training data
+    /// with no noise, so inspect it (tests, debugging, custom clipping checks) but never
+    /// release it or anything computed from it; release only what the step functions return.
+    pub fn lot_sum(&self) -> &Buffer<f32> {
+        &self.sum
+    }
+
+    /// The parameter layout the engine was built with (P and the per-layer segments that
+    /// per-layer clipping uses).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// The number of steps the budget still allows with the current σ and q (`None` without a
     /// target ε).
     pub fn remaining_steps(&mut self) -> Result<Option<u64>> {
