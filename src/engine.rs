@@ -34,6 +34,7 @@
 //!   step, and calibration plans for it.
 
 use crate::accounting::{self, Accountant, Method, PrivacyAccountant};
+use crate::check;
 use crate::ops::{self, ClipStats, ClipWorkspace, Clipping};
 use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
 use crate::rng::{Purpose, RunKeys, StreamKey};
@@ -97,7 +98,7 @@ impl PrivacyConfig {
         if self.planned_steps == 0 {
             return Err(Error::invalid("planned_steps", 0, ">= 1"));
         }
-        ops::check::max_norms(self.clipping.bounds())
+        check::max_norms(self.clipping.bounds())
     }
 
     /// The expected lot size q·N, the divisor of the noisy sum.
@@ -514,6 +515,21 @@ impl PrivacyEngine {
         self.rows
     }
 
+    /// The current lot's clipped sum `Σ_i clip(g_i)` (P values in [`PrivacyEngine::layout`]'s
+    /// order, on the engine's device): what the next step adds noise to. Zero after a step or
+    /// [`PrivacyEngine::clear_lot`]. **Not private**: it is computed from the training data
+    /// with no noise, so inspect it (tests, debugging, custom clipping checks) but never
+    /// release it or anything computed from it; release only what the step functions return.
+    pub fn lot_sum(&self) -> &Buffer<f32> {
+        &self.sum
+    }
+
+    /// The parameter layout the engine was built with (P and the per-layer segments that
+    /// per-layer clipping uses).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// The number of steps the budget still allows with the current σ and q (`None` without a
     /// target ε).
     pub fn remaining_steps(&mut self) -> Result<Option<u64>> {
@@ -641,7 +657,7 @@ impl PrivacyEngine {
         if let Some(m) = &momentum {
             self.check_buffer("momentum", m)?;
         }
-        let noisy = self.begin_step(|n| ops::check::sgd(plen, slen, mlen, cfg, n))?;
+        let noisy = self.begin_step(|n| check::sgd(plen, slen, mlen, cfg, n))?;
         let r = ops::noisy_sgd_step(params, &self.sum, momentum, cfg, &noisy);
         self.end_step(r)
     }
@@ -660,8 +676,7 @@ impl PrivacyEngine {
         self.check_buffer("params", params)?;
         self.check_buffer("m", m)?;
         self.check_buffer("v", v)?;
-        let noisy =
-            self.begin_step(|n| ops::check::adam(lens.0, lens.1, lens.2, lens.3, t, cfg, n))?;
+        let noisy = self.begin_step(|n| check::adam(lens.0, lens.1, lens.2, lens.3, t, cfg, n))?;
         let r = ops::noisy_adam_step(params, &self.sum, m, v, t, cfg, &noisy);
         self.end_step(r)
     }
@@ -682,7 +697,7 @@ impl PrivacyEngine {
         }
         self.check_buffer("out", out)?;
         let (olen, slen) = (out.len(), self.sum.len());
-        let noisy = self.begin_step(|n| ops::check::noisy_mean(olen, slen, n))?;
+        let noisy = self.begin_step(|n| check::noisy_mean(olen, slen, n))?;
         let r = ops::noisy_mean(out, &self.sum, &noisy);
         self.end_step(r)?;
         self.epsilon()

@@ -87,6 +87,17 @@ pub enum Error {
         msg: String,
     },
 
+    /// A class target is negative or not below the number of classes
+    /// ([`crate::nn::class_targets`]; cross-entropy targets are class indices in `0..classes`).
+    #[error("class target {value} of example {index} is out of range: class indices must be in 0..{classes} (check the labels and the model's number of classes)")]
+    ClassTarget {
+        /// The example (position in the targets).
+        index: usize,
+        /// Its target.
+        value: i64,
+        /// The number of classes.
+        classes: usize,
+    },
     /// Serialising or parsing JSON state failed.
     #[error("JSON error: {0}")]
     Json(#[from] serde_json::Error),

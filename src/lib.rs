@@ -7,6 +7,24 @@
 //! C; sum; add Gaussian noise N(0, σ²C²); divide by the expected batch size; step. This crate
 //! provides those operations ([`ops`]) on a [`Device`] — the CPU, or a CUDA GPU with the `cuda`
 //! feature — over device-resident [`Buffer`]s, with the same semantics on both.
+//!
+//! ## Features
+//!
+//! | feature | default | adds |
+//! |---------|---------|------|
+//! | `cli`   | on      | the `dpsgd` binary (`src/main.rs`, `src/cli/`): clap, progress bars (indicatif), PNG plots (plotters) |
+//! | `cuda`  | off     | the CUDA backend ([`Device::Cuda`], `dpsgd::cuda`); needs nvcc (`scripts/install-cuda-toolchain`) |
+//!
+//! The library itself (engine, ops, nn, trainer, accounting, mechanisms) is the same with or
+//! without `cli`. A crate that depends on dpsgd as a library turns the CLI off:
+//!
+//! ```toml
+//! [dependencies]
+//! dpsgd = { version = "0.1", default-features = false }            # CPU
+//! # dpsgd = { version = "0.1", default-features = false, features = ["cuda"] }
+//! ```
+//!
+//! `tests/lean-dependent` is the smallest complete program of that kind.
 
 #![warn(missing_docs)]
 
@@ -14,6 +32,7 @@ pub mod accounting;
 mod atomic;
 pub mod audit;
 pub mod buffer;
+mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -28,7 +47,6 @@ pub mod nn;
 pub mod noise;
 pub mod ops;
 pub mod optim;
-pub mod plot;
 pub mod rng;
 pub mod sampling;
 pub mod train;

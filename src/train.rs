@@ -1,6 +1,8 @@
 //! The DP-SGD trainer behind `dpsgd train`: a Sequential model, a dataset, Poisson sampling,
-//! per-sample gradients, the [`PrivacyEngine`], epochs with evaluation, metrics, plots and
-//! atomic checkpoints that resume bit for bit on the CPU.
+//! per-sample gradients, the [`PrivacyEngine`], epochs with evaluation, metrics and atomic
+//! checkpoints that resume bit for bit on the CPU. Library API: it needs no `cli` feature (the
+//! binary's progress bars and plots live in `src/cli/` and hook in through
+//! [`Trainer::train_epoch`]'s per-step callback and [`Trainer::metrics`]).
 //!
 //! One step (Abadi et al. 2016, Algorithm 1): sample a lot with rate q ([`PoissonSampler`]);
 //! split it into physical batches of at most `physical_batch` examples (Opacus's

@@ -308,12 +308,15 @@ fn bad_audit_settings_are_typed_errors_before_anything_runs() {
     )));
 }
 
+/// The `dpsgd` binary (only with the `cli` feature).
+#[cfg(feature = "cli")]
 fn dpsgd_cli(args: &[&str]) -> std::process::Output {
     let bin =
         std::env::var("DPSGD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dpsgd").to_string());
     std::process::Command::new(bin).args(args).output().unwrap()
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn the_cli_audits_a_null_model_and_rejects_bad_flags() {
     let o = dpsgd_cli(&[

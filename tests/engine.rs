@@ -318,3 +318,66 @@ fn gpu_engine_noise_has_the_stated_std_and_matches_cpu() {
         }
     }
 }
+
+/// `lot_sum` is the clipped sum of the lot so far (flat and per-layer clipping), `layout` the
+/// engine's; a failed accumulate adds nothing to it, and a step or `clear_lot` zeroes it.
+#[test]
+fn lot_sum_and_layout_are_readable() {
+    let layout = Layout::from_sizes(&[3, 1]).unwrap();
+    // Row 0 has norm 0.5 (kept), row 1 norm 5 (clipped to 1: scaled by ~1/5).
+    let rows = [0.3f32, 0.4, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0];
+    let dev = Device::Cpu;
+    let mut e = PrivacyEngine::new(
+        config(Clipping::Flat(1.0), 1.0),
+        layout.clone(),
+        &dev,
+        Some(1),
+    )
+    .unwrap();
+    assert_eq!(e.layout(), &layout);
+    assert_eq!(e.lot_sum().len(), 4);
+    assert_eq!(e.lot_sum().to_vec().unwrap(), vec![0.0; 4]);
+    e.accumulate(&Buffer::from_slice(&dev, &rows).unwrap(), 2)
+        .unwrap();
+    let f = 1.0 / (5.0 + 1e-6);
+    let want = [0.3 + 3.0 * f, 0.4 + 4.0 * f, 0.0, 0.0];
+    let got = e.lot_sum().to_vec().unwrap();
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-6, "lot sum {got:?}, expected {want:?}");
+    }
+    // A NaN row is refused and nothing of its batch is added.
+    let bad = [1.0f32, f32::NAN, 0.0, 0.0];
+    assert!(matches!(
+        e.accumulate(&Buffer::from_slice(&dev, &bad).unwrap(), 1),
+        Err(Error::NonFinite { .. })
+    ));
+    assert_eq!(e.lot_sum().to_vec().unwrap(), got);
+    // A step releases the lot and empties it.
+    let mut out = Buffer::<f32>::zeros(&dev, 4).unwrap();
+    e.noisy_gradient(&mut out).unwrap();
+    assert_eq!(e.lot_sum().to_vec().unwrap(), vec![0.0; 4]);
+    e.accumulate(&Buffer::from_slice(&dev, &rows).unwrap(), 2)
+        .unwrap();
+    e.clear_lot().unwrap();
+    assert_eq!(e.lot_sum().to_vec().unwrap(), vec![0.0; 4]);
+
+    // Per-layer: each segment clipped to its own bound (weight 1.0, bias 0.5).
+    let mut e = PrivacyEngine::new(
+        config(Clipping::PerLayer(vec![1.0, 0.5]), 1.0),
+        layout.clone(),
+        &dev,
+        Some(1),
+    )
+    .unwrap();
+    assert_eq!(e.layout().num_segments(), 2);
+    e.accumulate(
+        &Buffer::from_slice(&dev, &[0.0f32, 0.0, 2.0, 2.0]).unwrap(),
+        1,
+    )
+    .unwrap();
+    let got = e.lot_sum().to_vec().unwrap();
+    assert!(
+        (got[2] - 1.0).abs() < 1e-5 && (got[3] - 0.5).abs() < 1e-5,
+        "{got:?}"
+    );
+}

@@ -1625,3 +1625,236 @@ fn fast_tanh_f32_is_accurate() {
     assert_eq!(tanh_f32(1e-5), 1e-5);
     assert_eq!(tanh_f32(-0.0).to_bits(), (-0.0f32).to_bits());
 }
+
+// ---------------------------------------------------------------- dpsgd::nn as a dependency's API
+
+/// `Reduction` and the loss types are exported from `dpsgd::nn`; the old path still works and
+/// names the same type.
+#[test]
+fn reduction_and_loss_types_are_exported_from_nn() {
+    use dpsgd::nn::{Loss as NnLoss, Reduction as NnReduction};
+    let old: dpsgd::cpu::loss::Reduction = NnReduction::Sum;
+    assert_eq!(old, dpsgd::cpu::loss::Reduction::Sum);
+    let dev = Device::Cpu;
+    let m = models::sample_conv_net(&dev, 0).unwrap();
+    let mut ws = m.workspace(2).unwrap();
+    m.forward_slice(&mut ws, &vec![0.1f32; 2 * 784]).unwrap();
+    let a = m
+        .loss(&mut ws, NnLoss::CrossEntropy(&[1, 9]), NnReduction::Sum)
+        .unwrap();
+    let b = m.loss(&mut ws, NnLoss::CrossEntropy(&[1, 9]), old).unwrap();
+    assert_eq!(a, b);
+}
+
+/// `class_targets` turns i64 labels into the native u32 class indices, giving the same loss;
+/// negative and out-of-range labels are `Error::ClassTarget` naming the example, and a
+/// nonsensical class count is `InvalidParameter`.
+#[test]
+fn class_targets_from_i64() {
+    use dpsgd::nn::class_targets;
+    assert_eq!(class_targets(&[3, 1, 4, 1], 10).unwrap(), vec![3, 1, 4, 1]);
+    assert_eq!(class_targets(&[], 10).unwrap(), Vec::<u32>::new());
+    assert_eq!(class_targets(&[0, 9], 10).unwrap(), vec![0, 9]);
+
+    let dev = Device::Cpu;
+    let m = models::sample_conv_net(&dev, 0).unwrap();
+    let mut ws = m.workspace(2).unwrap();
+    m.forward_slice(&mut ws, &vec![0.1f32; 2 * 784]).unwrap();
+    let labels: Vec<i64> = vec![7, 2];
+    let y = class_targets(&labels, 10).unwrap();
+    let a = m
+        .loss(&mut ws, Loss::CrossEntropy(&y), dpsgd::nn::Reduction::Sum)
+        .unwrap();
+    let b = m
+        .loss(
+            &mut ws,
+            Loss::CrossEntropy(&[7, 2]),
+            dpsgd::nn::Reduction::Sum,
+        )
+        .unwrap();
+    assert_eq!(a, b);
+
+    let e = class_targets(&[0, -1, 3], 10).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ClassTarget {
+                index: 1,
+                value: -1,
+                classes: 10
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("0..10"), "{e}");
+    assert!(matches!(
+        class_targets(&[2, 10], 10),
+        Err(Error::ClassTarget {
+            index: 1,
+            value: 10,
+            ..
+        })
+    ));
+    let huge = u32::MAX as i64 + 1;
+    assert!(matches!(
+        class_targets(&[huge], 10),
+        Err(Error::ClassTarget { index: 0, .. })
+    ));
+    assert!(matches!(
+        class_targets(&[0], 0),
+        Err(Error::InvalidParameter {
+            name: "classes",
+            ..
+        })
+    ));
+}
+
+/// Weights load from bytes and from a parsed `SafeTensors` view (strict, like the file
+/// loader); `IgnoreUnknown` loads the model's tensors and returns the names of the others;
+/// missing, mis-shaped and corrupt sources are errors in both modes and leave the model as it
+/// was.
+#[test]
+fn safetensors_from_bytes_and_view_strict_and_not() {
+    use dpsgd::nn::io::SafeTensors;
+    use dpsgd::nn::LoadMode;
+    let dev = Device::Cpu;
+    let a = models::sample_conv_net(&dev, 1).unwrap();
+    let want = a.params().to_vec().unwrap();
+    let tensors = |extra: &[(&str, Vec<usize>)]| -> Vec<u8> {
+        let mut sd = a.state_dict().unwrap();
+        for (n, s) in extra {
+            let len = s.iter().product();
+            sd.push((n.to_string(), s.clone(), vec![0.5f32; len]));
+        }
+        let bytes: Vec<Vec<u8>> = sd
+            .iter()
+            .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = sd
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s, _), b)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap();
+                (n.clone(), v)
+            })
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    };
+    let exact = tensors(&[]);
+    let with_extra = tensors(&[("optimizer.step", vec![1]), ("10.weight", vec![2, 3])]);
+
+    // Strict from bytes and from a view.
+    let mut b = models::sample_conv_net(&dev, 2).unwrap();
+    let fresh = b.params().to_vec().unwrap();
+    assert_ne!(fresh, want);
+    assert!(b
+        .load_safetensors_bytes(&exact, LoadMode::Strict)
+        .unwrap()
+        .is_empty());
+    assert_eq!(b.params().to_vec().unwrap(), want);
+    let mut b = models::sample_conv_net(&dev, 2).unwrap();
+    let st = SafeTensors::deserialize(&exact).unwrap();
+    assert!(b
+        .load_safetensors_view(&st, LoadMode::default())
+        .unwrap()
+        .is_empty());
+    assert_eq!(b.params().to_vec().unwrap(), want);
+
+    // Unknown tensors: an error when strict (naming them, model unchanged), ignored and
+    // returned (sorted) when not.
+    let mut b = models::sample_conv_net(&dev, 2).unwrap();
+    let e = b
+        .load_safetensors_bytes(&with_extra, LoadMode::Strict)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Format { .. }) && e.to_string().contains("optimizer.step"),
+        "{e}"
+    );
+    assert_eq!(b.params().to_vec().unwrap(), fresh);
+    let ignored = b
+        .load_safetensors_bytes(&with_extra, LoadMode::IgnoreUnknown)
+        .unwrap();
+    assert_eq!(
+        ignored,
+        vec!["10.weight".to_string(), "optimizer.step".into()]
+    );
+    assert_eq!(b.params().to_vec().unwrap(), want);
+    let mut b = models::sample_conv_net(&dev, 2).unwrap();
+    let st = SafeTensors::deserialize(&with_extra).unwrap();
+    assert_eq!(
+        b.load_safetensors_view(&st, LoadMode::IgnoreUnknown)
+            .unwrap(),
+        ignored
+    );
+    assert_eq!(b.params().to_vec().unwrap(), want);
+
+    // A parameter the source lacks (`small` has only the first conv), or one of another shape
+    // (`bigger`'s 3.weight is a Linear, the source's a Conv2d): an error in both modes.
+    let mut small = Sequential::builder(&[1, 28, 28])
+        .conv2d(16, 8, 2, 3, true)
+        .relu()
+        .build(&dev, 0)
+        .unwrap();
+    let small_bytes = {
+        let sd = small.state_dict().unwrap();
+        let bytes: Vec<Vec<u8>> = sd
+            .iter()
+            .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = sd
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s, _), b)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap();
+                (n.clone(), v)
+            })
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    };
+    let mut bigger = Sequential::builder(&[1, 28, 28])
+        .conv2d(16, 8, 2, 3, true)
+        .relu()
+        .flatten()
+        .linear(10, true)
+        .build(&dev, 0)
+        .unwrap();
+    let before = bigger.params().to_vec().unwrap();
+    let mut b = models::sample_conv_net(&dev, 2).unwrap();
+    for mode in [LoadMode::Strict, LoadMode::IgnoreUnknown] {
+        let e = b.load_safetensors_bytes(&small_bytes, mode).unwrap_err();
+        assert!(
+            matches!(e, Error::Format { .. })
+                && e.to_string().contains("missing tensor `3.weight`"),
+            "{mode:?}: {e}"
+        );
+        assert_eq!(b.params().to_vec().unwrap(), fresh, "{mode:?}");
+        let e = bigger.load_safetensors_bytes(&exact, mode).unwrap_err();
+        assert!(
+            matches!(e, Error::Format { .. }) && e.to_string().contains("shape"),
+            "{mode:?}: {e}"
+        );
+        assert_eq!(bigger.params().to_vec().unwrap(), before, "{mode:?}");
+    }
+    // `small`'s 0.weight is [16, 1, 8, 8]; sample_conv_net's is too, and its 0.bias [16]: so
+    // `exact` loads into `small` non-strictly, ignoring the rest.
+    let ignored = small
+        .load_safetensors_bytes(&exact, LoadMode::IgnoreUnknown)
+        .unwrap();
+    assert!(ignored.contains(&"3.weight".to_string()) && !ignored.contains(&"0.weight".into()));
+    assert_eq!(small.params().to_vec().unwrap(), want[..small.num_params()]);
+
+    // Corrupt and truncated bytes: Format errors naming the source, model unchanged.
+    let mut b = models::sample_conv_net(&dev, 2).unwrap();
+    for bad in [&b"not a safetensors file"[..], &exact[..exact.len() / 2]] {
+        for mode in [LoadMode::Strict, LoadMode::IgnoreUnknown] {
+            let e = b.load_safetensors_bytes(bad, mode).unwrap_err();
+            assert!(
+                matches!(e, Error::Format { .. }) && e.to_string().contains("<bytes>"),
+                "{e}"
+            );
+        }
+    }
+    assert_eq!(b.params().to_vec().unwrap(), fresh);
+}

@@ -419,11 +419,15 @@ fn resume_is_bit_exact() {
     assert!(matches!(b.load_checkpoint(&dir), Err(Error::Format { .. })));
 }
 
+// The tests below run the `dpsgd` binary, which exists only with the `cli` feature.
+
 /// The `dpsgd` binary: `DPSGD_BIN` when set (binaries staged to another machine), else cargo's.
+#[cfg(feature = "cli")]
 fn bin() -> String {
     std::env::var("DPSGD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dpsgd").to_string())
 }
 
+#[cfg(feature = "cli")]
 fn train_cmd(out: &std::path::Path, resume: bool) -> std::process::Command {
     let mut c = std::process::Command::new(bin());
     c.args([
@@ -455,6 +459,7 @@ fn train_cmd(out: &std::path::Path, resume: bool) -> std::process::Command {
 
 /// `dpsgd train` killed with SIGKILL mid-run and resumed with `--resume` writes the same model
 /// bytes as an uninterrupted run.
+#[cfg(feature = "cli")]
 #[test]
 fn sigkill_then_resume_matches_uninterrupted_run() {
     let whole = tmpdir("whole");

@@ -1,7 +1,12 @@
 //! The `dpsgd` command line: `train`, `sweep`, `audit` (and the accounting commands).
+//!
+//! Everything here belongs to the binary and is built only with the `cli` feature (default on):
+//! argument parsing (clap), progress bars (indicatif) and PNG plots (plotters, [`plot`]). The
+//! library (`dpsgd::…`) needs none of it.
 
 pub mod accounting;
 pub mod audit;
+pub mod plot;
 pub mod train;
 
 use clap::{Parser, Subcommand};

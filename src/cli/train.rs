@@ -302,7 +302,7 @@ fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<E
         t.save_checkpoint(out)?;
         write_metrics(out, t.metrics())?;
         println!("{}", epoch_line(&m, cfg.epochs));
-        if let Err(err) = dpsgd::plot::plot_run(out, t.metrics()) {
+        if let Err(err) = super::plot::plot_run(out, t.metrics()) {
             eprintln!("warning: {err}");
         }
     }
@@ -412,7 +412,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     let png = a.out.join("accuracy_vs_epsilon.png");
-    dpsgd::plot::plot_sweep(&png, &points, baseline, split)?;
+    super::plot::plot_sweep(&png, &points, baseline, split)?;
     println!(
         "sweep: {} points; wrote {} and sweep.json",
         points.len(),

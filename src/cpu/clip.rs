@@ -10,8 +10,8 @@
 //! rows in order in f32),
 //! so the same input gives the same bits, run after run, whatever the thread count.
 
+use crate::check;
 use crate::dtype::GradElement;
-use crate::ops::check;
 use crate::{Error, Layout, Result};
 use rayon::prelude::*;
 

@@ -15,8 +15,8 @@
 //! Momentum buffers start at zero (PyTorch initialises them with the first gradient, which
 //! differs only when dampening ≠ 0).
 
+use crate::check;
 use crate::cpu::noise::normal16;
-use crate::ops::check;
 use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
 use crate::Result;
 use rayon::prelude::*;

@@ -3,7 +3,7 @@
 
 use super::ffi::{DpsgdTile, DPSGD_ACC_TILE, DPSGD_BLOCK, DPSGD_NORM_CHUNK};
 use super::{drv, CudaBackend};
-use crate::ops::check;
+use crate::check;
 use crate::{Error, GradElement, Layout, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use std::sync::Arc;

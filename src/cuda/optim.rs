@@ -4,7 +4,7 @@
 use super::ffi::{DpsgdAdamParams, DpsgdSgdParams, DPSGD_BLOCK};
 use super::noise::ffi_key;
 use super::{drv, CudaBackend};
-use crate::ops::check;
+use crate::check;
 use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
 use crate::Result;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};

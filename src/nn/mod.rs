@@ -6,8 +6,7 @@
 //! per parameter tensor), ready for [`crate::ops::clip_and_accumulate`]:
 //!
 //! ```
-//! use dpsgd::nn::{models, Grads, Loss};
-//! use dpsgd::cpu::loss::Reduction;
+//! use dpsgd::nn::{models, Grads, Loss, Reduction};
 //! use dpsgd::{Buffer, ClipWorkspace, Clipping, Device};
 //! # fn main() -> dpsgd::Result<()> {
 //! let dev = Device::Cpu;
@@ -36,8 +35,7 @@
 //! while it is in cache; [`crate::engine::PrivacyEngine::accumulate_batch`] wraps it):
 //!
 //! ```
-//! # use dpsgd::nn::{models, Grads, Loss};
-//! # use dpsgd::cpu::loss::Reduction;
+//! # use dpsgd::nn::{models, Grads, Loss, Reduction};
 //! # use dpsgd::{Buffer, Clipping, Device};
 //! # fn main() -> dpsgd::Result<()> {
 //! # let dev = Device::Cpu;
@@ -57,7 +55,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Use [`Reduction::Sum`](crate::cpu::loss::Reduction) with per-sample gradients, so that row i
+//! Use [`Reduction::Sum`] with per-sample gradients, so that row i
 //! is ∇ℓ_i (a mean would scale every row by 1/B). [`Grads::Sum`] gives the ordinary summed
 //! gradient instead (non-private training, a GAN's generator), and `input_grad = true` the
 //! gradient w.r.t. the input ([`Workspace::input_grad`]; GS-WGAN needs it).
@@ -107,11 +105,20 @@
 //!
 //! [`Sequential::load_safetensors`] is as strict as `load_state_dict`: a missing, mis-shaped,
 //! non-F32 or unexpected tensor, or a corrupt file, is an error and leaves the model unchanged.
+//! [`Sequential::load_safetensors_bytes`] and [`Sequential::load_safetensors_view`] load from
+//! memory (bytes, or a parsed [`io::SafeTensors`]); with [`LoadMode::IgnoreUnknown`] they skip
+//! tensors the model has no parameter for and return their names.
 
 pub mod io;
 pub mod layer;
 pub mod models;
 pub mod sequential;
 
+/// How per-example losses are combined (defined with the CPU loss kernels; also
+/// `dpsgd::cpu::loss::Reduction`).
+pub use crate::cpu::loss::Reduction;
+pub use io::LoadMode;
 pub use layer::{Layer, Shape};
-pub use sequential::{Grads, Loss, ParamInfo, Sequential, SequentialBuilder, Workspace};
+pub use sequential::{
+    class_targets, Grads, Loss, ParamInfo, Sequential, SequentialBuilder, Workspace,
+};

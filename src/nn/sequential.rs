@@ -650,7 +650,7 @@ impl Sequential {
                 sum,
             } => {
                 let bounds = clipping.bounds();
-                crate::ops::check::max_norms(bounds)?;
+                crate::check::max_norms(bounds)?;
                 if layout.num_params() != p {
                     return Err(Error::shape(
                         op,
@@ -946,7 +946,9 @@ enum Op {
 }
 
 /// A loss on the model's output, with its targets (one per example for cross-entropy, one per
-/// output value for the binary losses).
+/// output value for the binary losses). Class indices are `u32`, the native type of the CPU and
+/// CUDA kernels; labels held as `i64` (PyTorch's `LongTensor`, most data loaders) are checked
+/// and converted in one call by [`class_targets`].
 #[derive(Clone, Copy, Debug)]
 pub enum Loss<'a> {
     /// Cross-entropy (log-softmax + NLL) on logits `[batch, classes]`; class indices.
@@ -955,6 +957,42 @@ pub enum Loss<'a> {
     BceWithLogits(&'a [f32]),
     /// Binary cross-entropy on probabilities (after a Sigmoid); targets in [0, 1].
     Bce(&'a [f32]),
+}
+
+/// Class targets for [`Loss::CrossEntropy`] from `i64` labels (PyTorch's `LongTensor`, most
+/// data loaders): each must be in `0..classes`. A negative or out-of-range label is
+/// [`Error::ClassTarget`], naming the example; `classes` = 0 or above `u32::MAX` is
+/// [`Error::InvalidParameter`].
+///
+/// ```
+/// # fn main() -> dpsgd::Result<()> {
+/// let labels: Vec<i64> = vec![3, 1, 4, 1];
+/// let y = dpsgd::nn::class_targets(&labels, 10)?;
+/// let loss = dpsgd::nn::Loss::CrossEntropy(&y);
+/// # assert!(matches!(loss, dpsgd::nn::Loss::CrossEntropy(&[3, 1, 4, 1])));
+/// assert!(dpsgd::nn::class_targets(&[0, -1], 10).is_err());
+/// # Ok(()) }
+/// ```
+pub fn class_targets(targets: &[i64], classes: usize) -> Result<Vec<u32>> {
+    if classes == 0 || classes > u32::MAX as usize {
+        return Err(Error::invalid(
+            "classes",
+            classes,
+            format!("the number of classes, in 1..={}", u32::MAX),
+        ));
+    }
+    targets
+        .iter()
+        .enumerate()
+        .map(|(index, &value)| match u32::try_from(value) {
+            Ok(c) if (c as usize) < classes => Ok(c),
+            _ => Err(Error::ClassTarget {
+                index,
+                value,
+                classes,
+            }),
+        })
+        .collect()
 }
 
 /// Where [`Sequential::backward`] writes the parameter gradients.

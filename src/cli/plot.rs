@@ -3,10 +3,12 @@
 //!
 //! Text needs a TrueType font: DejaVu Sans from Debian's `fonts-dejavu-core`
 //! (`/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf`) or the file named by `DPSGD_FONT`.
-//! Without one, [`PlotError`](crate::Error::Format) says so and names the package.
+//! Without one, plotting fails with an `Error::Format` that says so and names the package.
+//!
+//! Part of the `cli` feature (plotters is a CLI-only dependency).
 
-use crate::train::EpochMetrics;
-use crate::{Error, Result};
+use dpsgd::train::EpochMetrics;
+use dpsgd::{Error, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
