@@ -35,6 +35,20 @@ fn cpu(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("add_gaussian_secure", n), |b| {
             b.iter(|| noise::add_gaussian(&mut v, 1.0, secure).unwrap())
         });
+        // The generators alone: n random 32-bit words.
+        let mut w = vec![0u32; n];
+        g.bench_function(BenchmarkId::new("bits_philox", n), |b| {
+            b.iter(|| noise::random_bits(&mut w, key(3)).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("bits_chacha20", n), |b| {
+            b.iter(|| noise::random_bits(&mut w, secure).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("bits_rand_chacha_1thread", n), |b| {
+            use rand_chacha::rand_core::{RngCore, SeedableRng};
+            let mut r = rand_chacha::ChaCha20Rng::from_seed([7; 32]);
+            let mut bytes = vec![0u8; 4 * n];
+            b.iter(|| r.fill_bytes(&mut bytes))
+        });
     }
     g.finish();
 }

@@ -100,19 +100,36 @@ impl PoissonSampler {
     }
 
     /// The next lot: the indices of the included examples, in increasing order, written to
-    /// `out` (cleared first; no allocation once `out` has grown).
+    /// `out` (cleared first).
     pub fn sample_into(&mut self, out: &mut Vec<usize>) {
+        use rayon::prelude::*;
         out.clear();
-        // One 64-bit draw per example, in order (drawn in bulk: the same stream).
-        let mut u = [0u64; 512];
-        for start in (0..self.n).step_by(u.len()) {
-            let u = &mut u[..(self.n - start).min(512)];
-            self.rng.fill_u64(u);
-            for (j, &v) in u.iter().enumerate() {
-                if v < self.threshold || self.threshold == u64::MAX {
-                    out.push(start + j);
-                }
-            }
+        // One 64-bit draw per example, in order: example i takes the stream's 64-bit value
+        // i (words 2i, 2i + 1 from the lot's start). Chunks of examples are drawn in parallel,
+        // each from its own position of the same stream, so the result does not depend on the
+        // thread count.
+        const CHUNK: usize = 8192;
+        let start_pos = self.rng.position();
+        let (threshold, rng) = (self.threshold, &self.rng);
+        let parts: Vec<Vec<usize>> = (0..self.n.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let start = c * CHUNK;
+                let len = (self.n - start).min(CHUNK);
+                let mut r = rng.clone();
+                r.seek(start_pos.wrapping_add(2 * start as u64));
+                let mut u = vec![0u64; len];
+                r.fill_u64(&mut u);
+                u.iter()
+                    .enumerate()
+                    .filter(|&(_, &v)| v < threshold || threshold == u64::MAX)
+                    .map(|(j, _)| start + j)
+                    .collect()
+            })
+            .collect();
+        for p in parts {
+            out.extend(p);
         }
+        self.rng.seek(start_pos.wrapping_add(2 * self.n as u64));
     }
 }

@@ -118,3 +118,25 @@ fn secure_samplers_are_keyed_from_the_os() {
     let s = format!("{a:?}");
     assert!(s.contains("ChaCha20") && s.contains("redacted"), "{s}");
 }
+
+/// The parallel sampler draws exactly the sequential definition: example i of a lot joins iff
+/// the stream's 64-bit value i (from the lot's start) is below q·2⁶⁴ — for lots spanning several
+/// chunks, consecutive lots, and both generators.
+#[test]
+fn parallel_lots_equal_the_sequential_definition() {
+    use dpsgd::rng::{Purpose, RandomBits, RunKeys};
+    let (n, q) = (20_001usize, 0.3);
+    for keys in [RunKeys::seeded(77), RunKeys::secure().unwrap()] {
+        let key = keys.key(Purpose::Sampling);
+        let mut s = PoissonSampler::with_key(n, q, key).unwrap();
+        let mut r = key.rng(0);
+        let threshold = (q * 2f64.powi(64)) as u64;
+        let mut lot = Vec::new();
+        for _ in 0..3 {
+            s.sample_into(&mut lot);
+            let want: Vec<usize> = (0..n).filter(|_| r.next_u64() < threshold).collect();
+            assert_eq!(lot, want);
+        }
+        assert_eq!(s.position(), 3 * 2 * n as u64);
+    }
+}

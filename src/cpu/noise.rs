@@ -239,16 +239,26 @@ pub(crate) fn for_groups16<T: Send>(out: &mut [T], f: impl Fn(u64, &mut [T]) + S
 /// `out[j]` = the j-th 32-bit word of `key`'s stream (Philox: cuRAND's `curand()` sequence
 /// after `curand_init(seed, subsequence, 0)`; ChaCha20: word j mod 16 of block ⌊j/16⌋).
 pub fn random_bits(out: &mut [u32], key: NoiseKey) -> Result<()> {
-    for_groups16(out, |g, c| match key.generator() {
-        Generator::Philox => {
-            for (i, q) in c.chunks_mut(4).enumerate() {
-                let x = philox::block(key.philox_seed(), key.stream(), 4 * g + i as u64);
-                q.copy_from_slice(&x[..q.len()]);
+    // 128 words per piece: eight Philox blocks ×4 words… ×4, or eight ChaCha20 blocks.
+    out.par_chunks_mut(TASK).enumerate().for_each(|(t, chunk)| {
+        let w0 = (t * TASK) as u64;
+        for (k, c) in chunk.chunks_mut(128).enumerate() {
+            let first = w0 + 128 * k as u64;
+            match key.generator() {
+                Generator::Philox => {
+                    for (i, q) in c.chunks_mut(32).enumerate() {
+                        let b = philox::blocks8(
+                            key.philox_seed(),
+                            key.stream(),
+                            first / 4 + 8 * i as u64,
+                        );
+                        for (o, x) in q.chunks_mut(4).zip(b) {
+                            o.copy_from_slice(&x[..o.len()]);
+                        }
+                    }
+                }
+                Generator::ChaCha20 => chacha::fill(key.words(), key.stream(), first / 16, c),
             }
-        }
-        Generator::ChaCha20 => {
-            let x = chacha::block(key.words(), key.stream(), g);
-            c.copy_from_slice(&x[..c.len()]);
         }
     });
     Ok(())
