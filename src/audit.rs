@@ -6,9 +6,11 @@
 //! ½ (the secret bit S_i). After training, an auditor that sees the run's output scores every
 //! canary and guesses "in" for the k highest scores and "out" for the k lowest (abstaining on
 //! the rest): r = 2k guesses, of which v are correct. If the run were (ε, δ)-DP with respect to
-//! each canary, v could not be much larger than a Binomial(r, e^ε/(1 + e^ε)) — the paper's
-//! Theorem 3 (approximate DP; Theorem 2 is its pure-DP case), whose p-value is computed as in
-//! the paper's Appendix D ([`p_value`]). [`epsilon_lower_bound`] inverts that test.
+//! each canary, v could not be much larger than a Binomial(r, e^ε/(1 + e^ε)) — the paper's main
+//! theorem for approximate DP (its pure-DP case is a Binomial tail), whose p-value is computed
+//! by the procedure the authors publish with the paper (`p_value_DP_audit`; [`p_value`] is the
+//! same formula, checked against closed forms in the tests). [`epsilon_lower_bound`] inverts
+//! that test.
 //!
 //! # What an audit proves, and what it does not
 //! A bound ε_lb at confidence 95% says: *if the run, as executed, were (ε_lb, δ)-DP, the
@@ -51,14 +53,15 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 /// The p-value of observing at least `correct` right guesses out of `guesses` under the null
-/// hypothesis "the run is (ε, δ)-DP" (Steinke, Nasr & Jagielski 2023, Theorem 3, computed as
-/// in their Appendix D): with q = e^ε/(1 + e^ε) and W' ~ Binomial(r, q),
+/// hypothesis "the run is (ε, δ)-DP" (Steinke, Nasr & Jagielski 2023: their theorem for
+/// (ε, δ)-DP, computed as their published `p_value_DP_audit` does): with q = e^ε/(1 + e^ε) and
+/// W' ~ Binomial(r, q),
 ///
 /// ```text
 /// p = P[W' ≥ v] + 2·m·δ · max_{1 ≤ i ≤ v} P[v − i ≤ W' < v] / i      (capped at 1)
 /// ```
 ///
-/// δ = 0 gives the pure-DP test of their Theorem 2, a Binomial tail.
+/// δ = 0 gives the pure-DP test, a Binomial tail.
 pub fn p_value(m: usize, guesses: usize, correct: usize, epsilon: f64, delta: f64) -> Result<f64> {
     check_counts(m, guesses, correct)?;
     if !(epsilon.is_finite() && epsilon >= 0.0) {
@@ -90,8 +93,8 @@ fn p_value_unchecked(m: usize, r: usize, v: usize, eps: f64, delta: f64) -> f64 
 }
 
 /// The one-run ε lower bound (Steinke, Nasr & Jagielski, "Privacy Auditing with One (1)
-/// Training Run", NeurIPS 2023, Theorem 3 with its δ term, by the procedure of their
-/// Appendix D): the largest ε such that `correct` right guesses out of `guesses` (among `m`
+/// Training Run", NeurIPS 2023, their (ε, δ) theorem with its δ term, by the authors'
+/// `p_value_DP_audit` procedure): the largest ε such that `correct` right guesses out of `guesses` (among `m`
 /// canaries, each included with probability ½) would have p-value ([`p_value`]) below
 /// 1 − `confidence` if the run were (ε, δ)-DP. Found by bisection on ε (to 1e-9); 0 when even
 /// ε = 0 is not rejected.
