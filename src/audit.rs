@@ -32,6 +32,16 @@
 //! (`Canaries::score`: each step's update is a Gaussian, or with probability q the Gaussian
 //! shifted by the canary).
 //!
+//! # The black-box DP-SGD audit (the paper's "input-space canaries")
+//! m training examples are drawn as canaries and removed from the training set; each is given
+//! a random *wrong* label (uniform over the other classes) and put back, with that label, when
+//! its secret bit says "in". The run is ordinary DP-SGD on that training set of
+//! N' = N − m + #in examples (Poisson rate q = batch / N', accounted for N'), and the auditor
+//! sees only the **final model**: canary i is scored by the negative cross-entropy of its
+//! wrong label (a memorised mislabeled example is predicted with its wrong label). See
+//! [`black_box`]; its bound is weaker than the white-box one (one iterate instead of all, and
+//! a canary's influence has to survive the rest of training), so a small bound says even less.
+//!
 //! # Choosing k honestly
 //! The paper tries several (k₊, k₋) and reports the best bound, which is optimistic (a
 //! multiple-comparison choice made after seeing the scores). Here k₊ = k₋ = k is either fixed in
@@ -42,8 +52,8 @@
 
 use crate::accounting::Method;
 use crate::data::{Dataset, Split};
-use crate::engine::{PrivacyConfig, PrivacyEngine};
-use crate::nn::{models, Loss};
+use crate::engine::{NoiseSpec, PrivacyConfig, PrivacyEngine};
+use crate::nn::{models, Loss, Sequential};
 use crate::ops::Clipping;
 use crate::optim::SgdConfig;
 use crate::rng::{Purpose, RandomBits, Rng, RunKeys};
@@ -281,13 +291,7 @@ impl AuditConfig {
 
     /// Checks the settings against a model of `params` parameters, before anything runs.
     pub fn validate(&self, params: usize) -> Result<()> {
-        if self.canaries < 2 {
-            return Err(Error::invalid(
-                "canaries",
-                self.canaries,
-                ">= 2 (k guessed in and k out need 2k <= m; the paper uses 1000 or more)",
-            ));
-        }
+        self.validate_guessing()?;
         if self.canaries > params {
             return Err(Error::invalid(
                 "canaries",
@@ -301,6 +305,52 @@ impl AuditConfig {
             if !(c.is_finite() && c > 0.0) {
                 return Err(Error::invalid("canary_norm", c, "finite and > 0"));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the settings of a black-box audit of a training set of `n` examples and a batch
+    /// size of `batch` (the training set without any canary must still hold a batch).
+    pub fn validate_black_box(&self, n: usize, batch: usize) -> Result<()> {
+        self.validate_guessing()?;
+        if self.canaries > n {
+            return Err(Error::invalid(
+                "canaries",
+                self.canaries,
+                format!(
+                    "<= the {n} training examples (each input canary is a training example taken out of the set): use fewer canaries or more data"
+                ),
+            ));
+        }
+        if batch > n - self.canaries {
+            return Err(Error::invalid(
+                "batch_size",
+                batch,
+                format!(
+                    "<= {} (the {n} training examples less the {} canaries): use a smaller batch or fewer canaries",
+                    n - self.canaries,
+                    self.canaries
+                ),
+            ));
+        }
+        if let Some(c) = self.canary_norm {
+            return Err(Error::invalid(
+                "canary_norm",
+                c,
+                "absent in a black-box audit (its canaries are mislabeled examples, not gradients; the norm is for --white-box)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checks every audit shares: m, the confidence and the guess rule.
+    fn validate_guessing(&self) -> Result<()> {
+        if self.canaries < 2 {
+            return Err(Error::invalid(
+                "canaries",
+                self.canaries,
+                ">= 2 (k guessed in and k out need 2k <= m; the paper uses 1000 or more)",
+            ));
         }
         check_confidence(self.confidence)?;
         self.guesses.candidates(self.canaries)?;
@@ -319,11 +369,29 @@ pub struct GuessOutcome {
     pub epsilon_lower_bound: f64,
 }
 
+/// Which audit produced a report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditKind {
+    /// Dirac gradient canaries, every iterate seen ([`white_box`], [`white_box_null_model`]).
+    #[default]
+    WhiteBox,
+    /// Mislabeled input canaries, only the final model seen ([`black_box`]).
+    BlackBox,
+}
+
 /// What an audit found, beside what the accountant claims.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditReport {
+    /// Which audit ran (white-box when absent from older JSON).
+    #[serde(default)]
+    pub kind: AuditKind,
     /// The setting, in words.
     pub setting: String,
+    /// The training set size N the run sampled from and was accounted for (the null model's
+    /// nominal N; in a black-box audit N' = N − m + #in, which depends on the secret bits).
+    #[serde(default)]
+    pub dataset_size: usize,
     /// m.
     pub canaries: usize,
     /// Canaries whose secret bit put them in the run.
@@ -368,6 +436,12 @@ impl AuditReport {
 const PURPOSE_COORDINATES: u64 = 1;
 const PURPOSE_SECRETS: u64 = 2;
 const PURPOSE_SAMPLING: u64 = 3;
+/// Black-box: which training examples become canaries.
+const PURPOSE_BB_CANARIES: u64 = 4;
+/// Black-box: each canary's wrong label.
+const PURPOSE_BB_LABELS: u64 = 5;
+/// Black-box: the secret bits (which canaries go back into the training set).
+const PURPOSE_BB_SECRETS: u64 = 6;
 
 /// Every random draw the audit itself makes comes from here: stream `purpose` of the
 /// [`Purpose::Audit`] key of the audit seed ([`crate::rng`]): a key no part of training
@@ -502,51 +576,6 @@ impl Canaries {
         })
     }
 
-    /// Guesses for each candidate k and the Bonferroni-corrected bounds.
-    fn judge(
-        &self,
-        cfg: &AuditConfig,
-        delta: f64,
-    ) -> Result<(Vec<GuessOutcome>, GuessOutcome, usize)> {
-        let m = self.coords.len();
-        let ks = cfg.guesses.candidates(m)?;
-        let mut order: Vec<usize> = (0..m).collect();
-        // Highest score first; ties by index (deterministic).
-        order.sort_by(|&a, &b| self.scores[b].total_cmp(&self.scores[a]).then(a.cmp(&b)));
-        let level = (1.0 - cfg.confidence) / ks.len() as f64;
-        let outcomes = ks
-            .iter()
-            .map(|&k| {
-                let correct = order[..k].iter().filter(|&&i| self.included[i]).count()
-                    + order[m - k..]
-                        .iter()
-                        .filter(|&&i| !self.included[i])
-                        .count();
-                Ok(GuessOutcome {
-                    k,
-                    correct,
-                    epsilon_lower_bound: epsilon_lower_bound(
-                        m,
-                        2 * k,
-                        correct,
-                        delta,
-                        1.0 - level,
-                    )?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let best = outcomes
-            .iter()
-            .fold(None::<&GuessOutcome>, |b, o| match b {
-                Some(b) if b.epsilon_lower_bound >= o.epsilon_lower_bound => Some(b),
-                _ => Some(o),
-            })
-            .cloned()
-            .ok_or_else(|| Error::invalid("guesses", "an empty list", "at least one k"))?;
-        let included = self.included.iter().filter(|&&b| b).count();
-        Ok((outcomes, best, included))
-    }
-
     fn report(
         &self,
         setting: String,
@@ -554,26 +583,87 @@ impl Canaries {
         engine: &PrivacyEngine,
         t0: Instant,
     ) -> Result<AuditReport> {
-        let delta = engine.config().delta;
-        let (candidates, best, included) = self.judge(cfg, delta)?;
-        Ok(AuditReport {
+        build_report(
+            AuditKind::WhiteBox,
             setting,
-            canaries: cfg.canaries,
-            included,
-            guesses: 2 * best.k,
-            correct: best.correct,
-            confidence: cfg.confidence,
-            delta,
-            epsilon_lower_bound: best.epsilon_lower_bound,
-            epsilon_rdp: engine.epsilon_with(Method::Rdp)?,
-            epsilon_prv: engine.epsilon_with(Method::Prv).ok(),
-            noise_multiplier: engine.noise_multiplier(),
-            sample_rate: engine.config().sample_rate,
-            steps: engine.steps(),
-            candidates,
-            seconds: t0.elapsed().as_secs_f64(),
-        })
+            cfg,
+            &self.scores,
+            &self.included,
+            engine,
+            t0,
+        )
     }
+}
+
+/// Guesses for each candidate k (the k highest scores "in", the k lowest "out") and the
+/// Bonferroni-corrected bounds; returns every candidate and the best one.
+fn judge(
+    scores: &[f64],
+    included: &[bool],
+    cfg: &AuditConfig,
+    delta: f64,
+) -> Result<(Vec<GuessOutcome>, GuessOutcome)> {
+    let m = scores.len();
+    let ks = cfg.guesses.candidates(m)?;
+    let mut order: Vec<usize> = (0..m).collect();
+    // Highest score first; ties by index (deterministic).
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let level = (1.0 - cfg.confidence) / ks.len() as f64;
+    let outcomes = ks
+        .iter()
+        .map(|&k| {
+            let correct = order[..k].iter().filter(|&&i| included[i]).count()
+                + order[m - k..].iter().filter(|&&i| !included[i]).count();
+            Ok(GuessOutcome {
+                k,
+                correct,
+                epsilon_lower_bound: epsilon_lower_bound(m, 2 * k, correct, delta, 1.0 - level)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let best = outcomes
+        .iter()
+        .fold(None::<&GuessOutcome>, |b, o| match b {
+            Some(b) if b.epsilon_lower_bound >= o.epsilon_lower_bound => Some(b),
+            _ => Some(o),
+        })
+        .cloned()
+        .ok_or_else(|| Error::invalid("guesses", "an empty list", "at least one k"))?;
+    Ok((outcomes, best))
+}
+
+/// The report of an audit whose canaries scored `scores` (secret bits `included`), beside the
+/// accountant's ε for `engine`'s run.
+fn build_report(
+    kind: AuditKind,
+    setting: String,
+    cfg: &AuditConfig,
+    scores: &[f64],
+    included: &[bool],
+    engine: &PrivacyEngine,
+    t0: Instant,
+) -> Result<AuditReport> {
+    let delta = engine.config().delta;
+    let (candidates, best) = judge(scores, included, cfg, delta)?;
+    Ok(AuditReport {
+        kind,
+        setting,
+        dataset_size: engine.config().dataset_size,
+        canaries: cfg.canaries,
+        included: included.iter().filter(|&&b| b).count(),
+        guesses: 2 * best.k,
+        correct: best.correct,
+        confidence: cfg.confidence,
+        delta,
+        epsilon_lower_bound: best.epsilon_lower_bound,
+        epsilon_rdp: engine.epsilon_with(Method::Rdp)?,
+        epsilon_prv: engine.epsilon_with(Method::Prv).ok(),
+        noise_multiplier: engine.noise_multiplier(),
+        sample_rate: engine.config().sample_rate,
+        steps: engine.steps(),
+        candidates,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// Runs `f` on the host copy of `b` (a CUDA buffer comes to the host).
@@ -637,8 +727,204 @@ pub fn white_box(
     cfg: &TrainConfig,
     audit: &AuditConfig,
     device: &Device,
-    mut on_step: impl FnMut(u64, u64),
+    on_step: impl FnMut(u64, u64),
 ) -> Result<AuditReport> {
+    let noise = check_real_run(cfg)?;
+    let t0 = Instant::now();
+    let train = load_train(cfg)?;
+    let n = train.len();
+    if cfg.batch_size > n {
+        return Err(Error::invalid(
+            "batch_size",
+            cfg.batch_size,
+            format!("<= the training set size {n}"),
+        ));
+    }
+    // The run's keys, as the trainer derives them (one per purpose; the audit's own draws use
+    // the audit seed's Purpose::Audit key).
+    let keys = RunKeys::from_seed(cfg.seed)?;
+    let model = build_model(cfg, device, &keys)?;
+    let p = model.num_params();
+    audit.validate(p)?;
+    let mut run = RealRun::new(cfg, noise, model, n, device, &keys)?;
+    let sens = run.engine.config().clipping.sensitivity();
+    let mut canaries = Canaries::new(audit, p, sens, &run.engine);
+    run.train(cfg, &train, Some(&mut canaries), on_step)?;
+    canaries.report(
+        format!(
+            "white-box, Dirac gradient canaries, {:?} on {:?} (P = {p}, N = {n})",
+            cfg.model, cfg.data
+        ),
+        audit,
+        &run.engine,
+        t0,
+    )
+}
+
+/// The black-box audit with input canaries (Steinke, Nasr & Jagielski, "Privacy Auditing with
+/// One (1) Training Run", NeurIPS 2023, arXiv:2305.08846: their black-box setting, where only
+/// the final model is observed).
+///
+/// m = `audit.canaries` examples of the configured training set (N examples) are drawn as
+/// canaries and taken out; each gets a wrong label drawn uniformly from the other classes, and
+/// goes back into the training set with that label when its secret bit S_i (probability ½)
+/// says so. `cfg` (private, plain SGD without momentum, as for [`white_box`]) then trains the
+/// model through the same DP-SGD engine path as [`white_box`] on those N' = N − m + Σ S_i
+/// examples: Poisson rate q = batch / N', steps = epochs × round(1/q), and the accountant's ε
+/// is that of *this* run (q and N' as sampled; N' depends on the secret bits). Only the final
+/// parameters are then looked at: canary i is scored by log softmax(f(x_i))[wrong label] (the
+/// negative cross-entropy of its wrong label), and the guesses and the Bonferroni-corrected
+/// bound are those of [`white_box`]. Every draw of the audit (canaries, labels, bits) comes
+/// from the audit seed's own key; training (initialisation, sampling, noise) uses `cfg.seed`.
+///
+/// # What the bound proves
+/// At `audit.confidence`: if releasing the *final model* of this run were (ε, δ)-DP with
+/// respect to each canary example, the observed number of correct guesses would have had
+/// probability below 1 − confidence. So the returned bound is a lower bound on the ε of the
+/// final-model release of the run as executed, at the training set size N' it sampled from.
+/// It is weaker than the white-box bound: the auditor sees one iterate, not every update, and
+/// a canary's trace has to survive the steps after it (DP-SGD's ε covers the whole sequence of
+/// iterates, which leaks at least as much as the last). A bound above the accountant's ε is
+/// evidence of a bug; a bound below it (the usual case for a correct run, often 0) says
+/// nothing about the claim.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for a non-private run, an optimizer other than plain SGD,
+/// fewer than 2 canaries, more canaries than training examples, a batch larger than the
+/// training set without the canaries, fewer than 2 classes, a canary norm (white-box only),
+/// and bad confidence or guesses; errors of loading the data and training otherwise.
+pub fn black_box(
+    cfg: &TrainConfig,
+    audit: &AuditConfig,
+    device: &Device,
+    on_step: impl FnMut(u64, u64),
+) -> Result<AuditReport> {
+    let noise = check_real_run(cfg)?;
+    let t0 = Instant::now();
+    let full = load_train(cfg)?;
+    let n = full.len();
+    audit.validate_black_box(n, cfg.batch_size)?;
+    let classes = full.classes();
+    if classes < 2 {
+        return Err(Error::invalid(
+            "classes",
+            classes,
+            ">= 2 (a black-box canary needs a wrong label)",
+        ));
+    }
+    let m = audit.canaries;
+    // The canaries: m distinct examples, a wrong label each, a secret bit each.
+    let picked = distinct_coordinates(&mut audit_rng(audit.seed, PURPOSE_BB_CANARIES), m, n);
+    let mut labels_rng = audit_rng(audit.seed, PURPOSE_BB_LABELS);
+    let wrong: Vec<u32> = picked
+        .iter()
+        .map(|&i| {
+            let y = full.labels()[i] as u64;
+            ((y + 1 + labels_rng.next_below(classes as u64 - 1)) % classes as u64) as u32
+        })
+        .collect();
+    let mut secrets = audit_rng(audit.seed, PURPOSE_BB_SECRETS);
+    let included: Vec<bool> = (0..m).map(|_| secrets.next_u32() & 1 == 1).collect();
+    // The training set: every non-canary example in order, then the included canaries with
+    // their wrong labels.
+    let mut is_canary = vec![false; n];
+    for &i in &picked {
+        is_canary[i] = true;
+    }
+    let mut indices: Vec<usize> = (0..n).filter(|&i| !is_canary[i]).collect();
+    let kept = indices.len();
+    indices.extend(
+        picked
+            .iter()
+            .zip(&included)
+            .filter(|(_, &s)| s)
+            .map(|(&i, _)| i),
+    );
+    let n_run = indices.len();
+    let ex = full.example_len();
+    let mut images = vec![0f32; n_run * ex];
+    let mut labels = vec![0u32; n_run];
+    full.gather(&indices, &mut images, &mut labels)?;
+    let mut tail = labels[kept..].iter_mut();
+    for (&w, _) in wrong.iter().zip(&included).filter(|(_, &s)| s) {
+        if let Some(l) = tail.next() {
+            *l = w;
+        }
+    }
+    let train = Dataset::new(
+        images,
+        labels,
+        full.channels(),
+        full.height(),
+        full.width(),
+        classes,
+    )?;
+    let mut canary_x = vec![0f32; m * ex];
+    let mut canary_true = vec![0u32; m];
+    full.gather(&picked, &mut canary_x, &mut canary_true)?;
+    drop(full);
+    // The run's keys, as the trainer derives them (one per purpose; the audit's own draws use
+    // the audit seed's Purpose::Audit key).
+    let keys = RunKeys::from_seed(cfg.seed)?;
+    let model = build_model(cfg, device, &keys)?;
+    let p = model.num_params();
+    let mut run = RealRun::new(cfg, noise, model, n_run, device, &keys)?;
+    run.train(cfg, &train, None, on_step)?;
+    // The black box: only the final model, on the canaries with their wrong labels.
+    let scores = wrong_label_log_probs(&run.model, cfg.physical_batch, &canary_x, &wrong)?;
+    build_report(
+        AuditKind::BlackBox,
+        format!(
+            "black-box, mislabeled input canaries, final model only, {:?} on {:?} (P = {p}, N' = {n_run}: {kept} examples + {} of {m} canaries)",
+            cfg.model,
+            cfg.data,
+            n_run - kept
+        ),
+        audit,
+        &scores,
+        &included,
+        &run.engine,
+        t0,
+    )
+}
+
+/// log softmax(f(x_i))[y_i] under `model` for each example of `x` (f64; higher: the model
+/// puts more weight on label y_i).
+fn wrong_label_log_probs(
+    model: &Sequential,
+    physical_batch: usize,
+    x: &[f32],
+    y: &[u32],
+) -> Result<Vec<f64>> {
+    let m = y.len();
+    let ex = x.len() / m.max(1);
+    let mut ws = model.workspace(physical_batch.min(m).max(1))?;
+    let mut scores = Vec::with_capacity(m);
+    for (xs, ys) in x.chunks(physical_batch * ex).zip(y.chunks(physical_batch)) {
+        model.forward_slice(&mut ws, xs)?;
+        let out = ws.output_vec()?;
+        let classes = out.len() / ys.len();
+        for (row, &l) in out.chunks(classes).zip(ys) {
+            let mx = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let lse = mx + row.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
+            let s = row[l as usize] as f64 - lse;
+            if !s.is_finite() {
+                return Err(Error::NonFinite {
+                    what: "canary score",
+                    detail: format!(
+                        "log-probability {s} of a canary's label; lower the learning rate"
+                    ),
+                });
+            }
+            scores.push(s);
+        }
+    }
+    Ok(scores)
+}
+
+/// The noise of a real-model audit's run, after checking that it can be audited: private, and
+/// plain SGD without momentum (the path the audits train through).
+fn check_real_run(cfg: &TrainConfig) -> Result<NoiseSpec> {
     cfg.validate()?;
     let Some(noise) = cfg.noise else {
         return Err(Error::invalid(
@@ -648,98 +934,120 @@ pub fn white_box(
         ));
     };
     match cfg.optimizer {
-        OptimizerKind::Sgd { momentum: 0.0 } => {}
-        o => {
-            return Err(Error::invalid(
-                "optimizer",
-                format!("{o:?}"),
-                "plain SGD without momentum (--optimizer sgd --momentum 0): the white-box score reads each update as −lr × the noisy mean gradient",
-            ))
-        }
+        OptimizerKind::Sgd { momentum: 0.0 } => Ok(noise),
+        o => Err(Error::invalid(
+            "optimizer",
+            format!("{o:?}"),
+            "plain SGD without momentum (--optimizer sgd --momentum 0): the audits train through the plain-SGD path (the white-box score reads each update as −lr × the noisy mean gradient)",
+        )),
     }
-    let t0 = Instant::now();
-    let train = match &cfg.data {
+}
+
+/// The configured training set.
+fn load_train(cfg: &TrainConfig) -> Result<Dataset> {
+    match &cfg.data {
         DataSource::Idx { kind, dir } => {
             let dir = dir
                 .clone()
                 .unwrap_or_else(|| kind.default_dir().to_path_buf());
-            Dataset::load(*kind, &dir, Split::Train)?
+            Dataset::load(*kind, &dir, Split::Train)
         }
-        DataSource::Synthetic { train, .. } => Dataset::synthetic(*train, 1)?,
-    };
-    let n = train.len();
-    if cfg.batch_size > n {
-        return Err(Error::invalid(
-            "batch_size",
-            cfg.batch_size,
-            format!("<= the training set size {n}"),
-        ));
+        DataSource::Synthetic { train, .. } => Dataset::synthetic(*train, 1),
     }
-    let seed = match cfg.seed {
-        Some(s) => s,
-        None => crate::cpu::philox::os_seed()?,
-    };
-    let mut model = match cfg.model {
-        ModelKind::SampleConvnet => models::sample_conv_net(device, seed)?,
-        ModelKind::TanhConvnet => models::sample_conv_net_tanh(device, seed)?,
-    };
-    let p = model.num_params();
-    audit.validate(p)?;
-    let q = cfg.batch_size as f64 / n as f64;
-    let mut sampler = match cfg.seed {
-        Some(s) => PoissonSampler::new(n, q, s ^ 0x9e37_79b9_7f4a_7c15)?,
-        None => PoissonSampler::secure(n, q)?,
-    };
-    let steps = cfg.epochs * sampler.steps_per_epoch();
-    let privacy = PrivacyConfig {
-        noise,
-        delta: cfg.delta,
-        clipping: Clipping::Flat(cfg.max_grad_norm),
-        sample_rate: q,
-        dataset_size: n,
-        planned_steps: steps,
-        accountant: cfg.accountant,
-    };
-    let sens = privacy.clipping.sensitivity();
-    let mut engine = PrivacyEngine::new(privacy, model.layout().clone(), device, cfg.seed)?;
-    let mut ws = model.workspace(cfg.physical_batch)?;
-    let mut canaries = Canaries::new(audit, p, sens, &engine);
-    let ex = train.example_len();
-    let mut xb = vec![0f32; cfg.physical_batch * ex];
-    let mut yb = vec![0u32; cfg.physical_batch];
-    let mut lot = Vec::new();
-    for t in 0..steps {
-        sampler.sample_into(&mut lot);
-        for chunk in lot.chunks(cfg.physical_batch) {
-            let b = chunk.len();
-            train.gather(chunk, &mut xb[..b * ex], &mut yb[..b])?;
-            let l = engine.accumulate_batch(
-                &model,
-                &mut ws,
-                &xb[..b * ex],
-                Loss::CrossEntropy(&yb[..b]),
-            )?;
-            if !l.is_finite() {
-                return Err(Error::NonFinite {
-                    what: "training loss",
-                    detail: format!("loss {l} at step {t}; lower the learning rate"),
-                });
+}
+
+/// The configured model, initialised from the run's model-initialisation key.
+fn build_model(cfg: &TrainConfig, device: &Device, keys: &RunKeys) -> Result<Sequential> {
+    let seed = keys.key(Purpose::ModelInit).derive_u64();
+    match cfg.model {
+        ModelKind::SampleConvnet => models::sample_conv_net(device, seed),
+        ModelKind::TanhConvnet => models::sample_conv_net_tanh(device, seed),
+    }
+}
+
+/// A real model's DP-SGD run on a training set of `n` examples, as the audits execute it.
+struct RealRun {
+    model: Sequential,
+    engine: PrivacyEngine,
+    sampler: PoissonSampler,
+    steps: u64,
+}
+
+impl RealRun {
+    fn new(
+        cfg: &TrainConfig,
+        noise: NoiseSpec,
+        model: Sequential,
+        n: usize,
+        device: &Device,
+        keys: &RunKeys,
+    ) -> Result<Self> {
+        let q = cfg.batch_size as f64 / n as f64;
+        let sampler = PoissonSampler::with_key(n, q, keys.key(Purpose::Sampling))?;
+        let steps = cfg.epochs * sampler.steps_per_epoch();
+        let privacy = PrivacyConfig {
+            noise,
+            delta: cfg.delta,
+            clipping: Clipping::Flat(cfg.max_grad_norm),
+            sample_rate: q,
+            dataset_size: n,
+            planned_steps: steps,
+            accountant: cfg.accountant,
+        };
+        let engine = PrivacyEngine::with_keys(privacy, model.layout().clone(), device, keys)?;
+        Ok(RealRun {
+            model,
+            engine,
+            sampler,
+            steps,
+        })
+    }
+
+    /// Every planned step: the sampled lot's clipped per-sample gradients (and the sampled
+    /// Dirac canaries, white-box), noise, and a plain-SGD step.
+    fn train(
+        &mut self,
+        cfg: &TrainConfig,
+        train: &Dataset,
+        mut canaries: Option<&mut Canaries>,
+        mut on_step: impl FnMut(u64, u64),
+    ) -> Result<()> {
+        let steps = self.steps;
+        let mut ws = self.model.workspace(cfg.physical_batch)?;
+        let ex = train.example_len();
+        let mut xb = vec![0f32; cfg.physical_batch * ex];
+        let mut yb = vec![0u32; cfg.physical_batch];
+        let mut lot = Vec::new();
+        for t in 0..steps {
+            self.sampler.sample_into(&mut lot);
+            for chunk in lot.chunks(cfg.physical_batch) {
+                let b = chunk.len();
+                train.gather(chunk, &mut xb[..b * ex], &mut yb[..b])?;
+                let l = self.engine.accumulate_batch(
+                    &self.model,
+                    &mut ws,
+                    &xb[..b * ex],
+                    Loss::CrossEntropy(&yb[..b]),
+                )?;
+                if !l.is_finite() {
+                    return Err(Error::NonFinite {
+                        what: "training loss",
+                        detail: format!("loss {l} at step {t}; lower the learning rate"),
+                    });
+                }
             }
+            if let Some(c) = canaries.as_deref_mut() {
+                c.accumulate(&mut self.engine)?;
+                c.record(self.model.params())?;
+            }
+            let lr = cfg.lr * cfg.lr_schedule.factor(t, steps);
+            self.engine
+                .step_sgd(self.model.params_mut(), None, &SgdConfig::new(lr))?;
+            if let Some(c) = canaries.as_deref_mut() {
+                c.score(self.model.params(), lr as f64)?;
+            }
+            on_step(t + 1, steps);
         }
-        canaries.accumulate(&mut engine)?;
-        canaries.record(model.params())?;
-        let lr = cfg.lr * cfg.lr_schedule.factor(t, steps);
-        engine.step_sgd(model.params_mut(), None, &SgdConfig::new(lr))?;
-        canaries.score(model.params(), lr as f64)?;
-        on_step(t + 1, steps);
+        Ok(())
     }
-    canaries.report(
-        format!(
-            "white-box, Dirac gradient canaries, {:?} on {:?} (P = {p}, N = {n})",
-            cfg.model, cfg.data
-        ),
-        audit,
-        &engine,
-        t0,
-    )
 }

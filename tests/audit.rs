@@ -3,12 +3,20 @@
 //! deliberately broken ones (above the claim), and argument errors.
 
 use dpsgd::accounting::{self, HistoryEntry, Method};
-use dpsgd::audit::{self, AuditConfig, GuessRule};
+use dpsgd::audit::{self, AuditConfig, AuditKind, GuessRule};
 use dpsgd::engine::{NoiseSpec, PrivacyConfig};
 use dpsgd::train::{DataSource, LrSchedule, ModelKind, OptimizerKind, TrainConfig};
 use dpsgd::{Clipping, Device, Error};
 
 const DELTA: f64 = 1e-5;
+
+/// The broken black-box run: N examples, m canaries, batch, epochs, clipping bound, lr.
+const BB_N: usize = 200;
+const BB_M: usize = 100;
+const BB_BATCH: usize = 50;
+const BB_EPOCHS: u64 = 200;
+const BB_CLIP: f32 = 1.0;
+const BB_LR: f32 = 2.0;
 
 #[test]
 fn all_correct_with_delta_zero_is_the_closed_form() {
@@ -308,6 +316,99 @@ fn bad_audit_settings_are_typed_errors_before_anything_runs() {
     )));
 }
 
+/// A small synthetic black-box run: N = `n` examples, plain SGD.
+fn black_box_cfg(n: usize, noise: NoiseSpec, epochs: u64, batch: usize) -> TrainConfig {
+    TrainConfig {
+        data: DataSource::Synthetic { train: n, test: 16 },
+        noise: Some(noise),
+        epochs,
+        batch_size: batch,
+        ..train_cfg()
+    }
+}
+
+#[test]
+fn black_box_correct_runs_never_exceed_the_accountant() {
+    for (i, sigma) in [1.0, 0.6].into_iter().enumerate() {
+        let cfg = black_box_cfg(400, NoiseSpec::NoiseMultiplier(sigma), 2, 64);
+        let mut steps = 0;
+        let r = audit::black_box(
+            &cfg,
+            &AuditConfig::new(100, 20 + i as u64),
+            &Device::Cpu,
+            |t, _| steps = t,
+        )
+        .unwrap();
+        println!("{}", serde_json::to_string(&r).unwrap());
+        assert_eq!(r.kind, AuditKind::BlackBox);
+        // The run samples from N' = N − m + #in, and q and the accountant are for N'.
+        assert_eq!(r.dataset_size, 400 - 100 + r.included);
+        assert!((r.sample_rate - 64.0 / r.dataset_size as f64).abs() < 1e-12);
+        assert_eq!(steps, r.steps);
+        assert!(r.steps >= 2 * 4, "{}", r.steps);
+        assert!(
+            r.epsilon_lower_bound <= r.accountant_epsilon(),
+            "lower bound {} above the accountant's ε {} / {:?} (σ = {})",
+            r.epsilon_lower_bound,
+            r.epsilon_rdp,
+            r.epsilon_prv,
+            r.noise_multiplier
+        );
+        assert!(r.correct <= r.guesses && r.guesses <= 100);
+    }
+}
+
+#[test]
+fn black_box_catches_a_run_without_noise_claiming_epsilon_one() {
+    // The run: σ = 0 (nothing hides a memorised mislabeled canary). The claim: ε = 1, the ε of
+    // the σ calibrated for this run's q and steps.
+    let mut cfg = black_box_cfg(BB_N, NoiseSpec::NoiseMultiplier(0.0), BB_EPOCHS, BB_BATCH);
+    cfg.max_grad_norm = BB_CLIP;
+    cfg.lr = BB_LR;
+    let r = audit::black_box(&cfg, &AuditConfig::new(BB_M, 7), &Device::Cpu, |_, _| {}).unwrap();
+    println!("{}", serde_json::to_string(&r).unwrap());
+    let sigma = claimed_sigma(1.0, r.sample_rate, r.steps);
+    let h = [HistoryEntry::new(sigma, r.sample_rate, r.steps).unwrap()];
+    let claimed = accounting::epsilon(Method::Rdp, &h, DELTA).unwrap();
+    assert!(claimed <= 1.0 && claimed > 0.9, "{claimed}");
+    assert!(
+        r.epsilon_lower_bound > claimed,
+        "lower bound {} not above the claimed ε {claimed}",
+        r.epsilon_lower_bound
+    );
+}
+
+#[test]
+fn bad_black_box_settings_are_typed_errors() {
+    let inv = |r: dpsgd::Result<audit::AuditReport>| match r {
+        Err(e @ Error::InvalidParameter { .. }) => e.to_string(),
+        other => panic!("expected InvalidParameter, got {other:?}"),
+    };
+    let cfg = black_box_cfg(100, NoiseSpec::NoiseMultiplier(1.0), 1, 10);
+    let run =
+        |cfg: &TrainConfig, a: AuditConfig| audit::black_box(cfg, &a, &Device::Cpu, |_, _| {});
+    // More canaries than training examples.
+    let e = inv(run(&cfg, AuditConfig::new(101, 0)));
+    assert!(e.contains("fewer canaries"), "{e}");
+    // The training set without the canaries must hold a batch.
+    let e = inv(run(&cfg, AuditConfig::new(95, 0)));
+    assert!(e.contains("smaller batch"), "{e}");
+    inv(run(&cfg, AuditConfig::new(1, 0)));
+    let mut a = AuditConfig::new(10, 0);
+    a.canary_norm = Some(1.0);
+    let e = inv(run(&cfg, a));
+    assert!(e.contains("white-box"), "{e}");
+    let mut a = AuditConfig::new(10, 0);
+    a.guesses = GuessRule::Fixed(6);
+    inv(run(&cfg, a));
+    let mut t = cfg.clone();
+    t.noise = None;
+    inv(run(&t, AuditConfig::new(10, 0)));
+    let mut t = cfg.clone();
+    t.optimizer = OptimizerKind::Adam;
+    inv(run(&t, AuditConfig::new(10, 0)));
+}
+
 /// The `dpsgd` binary (only with the `cli` feature).
 #[cfg(feature = "cli")]
 fn dpsgd_cli(args: &[&str]) -> std::process::Output {
@@ -375,4 +476,59 @@ fn the_cli_audits_a_null_model_and_rejects_bad_flags() {
             "{bad:?}"
         );
     }
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn the_cli_runs_a_black_box_audit_and_rejects_it_without_data() {
+    let o = dpsgd_cli(&[
+        "audit",
+        "--black-box",
+        "--dataset",
+        "synthetic",
+        "--canaries",
+        "100",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--noise-multiplier",
+        "1",
+        "--seed",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kind"].as_str().unwrap(), "black-box");
+    assert_eq!(v["canaries"].as_u64().unwrap(), 100);
+    let n = v["dataset_size"].as_u64().unwrap();
+    assert_eq!(n, 4000 - 100 + v["included"].as_u64().unwrap());
+    assert!(v["epsilon_lower_bound"].as_f64().unwrap() <= v["epsilon_rdp"].as_f64().unwrap());
+    for bad in [
+        &["audit", "--black-box", "--null-model", "100"][..],
+        &[
+            "audit",
+            "--black-box",
+            "--dataset",
+            "synthetic",
+            "--canaries",
+            "4001",
+        ],
+        &[
+            "audit",
+            "--black-box",
+            "--dataset",
+            "synthetic",
+            "--canary-norm",
+            "1",
+        ],
+    ] {
+        let o = dpsgd_cli(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("must be"), "{bad:?}: {e}");
+    }
+    let o = dpsgd_cli(&["audit", "--black-box", "--null-model", "100"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--white-box"));
 }

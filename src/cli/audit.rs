@@ -27,7 +27,8 @@ pub struct AuditArgs {
     /// White-box audit: Dirac gradient canaries, every iterate seen (the default).
     #[arg(long, conflicts_with = "black_box")]
     pub white_box: bool,
-    /// Black-box audit (input canaries, last model only): not implemented yet.
+    /// Black-box audit: m training examples become canaries with wrong labels, each put back
+    /// with probability 1/2; only the final model is seen (needs data: not with --null-model).
     #[arg(long)]
     pub black_box: bool,
     /// Confidence of the lower bound.
@@ -40,7 +41,8 @@ pub struct AuditArgs {
     /// L2 norm of each canary gradient (default: the clipping bound C).
     #[arg(long)]
     pub canary_norm: Option<f32>,
-    /// Seed of the audit's own draws (canary coordinates, membership, sampling); default:
+    /// Seed of the audit's own draws (canary coordinates or examples and wrong labels,
+    /// membership, sampling); default:
     /// derived from --seed, or from the OS without one.
     #[arg(long)]
     pub audit_seed: Option<u64>,
@@ -58,11 +60,11 @@ pub struct AuditArgs {
 
 /// Runs `dpsgd audit`.
 pub fn audit_cmd(a: AuditArgs) -> Result<()> {
-    if a.black_box {
+    if let (true, Some(p)) = (a.black_box, a.null_model) {
         return Err(Error::invalid(
-            "--black-box",
-            "given",
-            "absent: only the white-box audit (--white-box, the default) is implemented",
+            "--null-model",
+            p,
+            "absent with --black-box: a black-box audit trains on data (its canaries are training examples); use --white-box for the null model",
         ));
     }
     let noise = match (a.epsilon, a.noise_multiplier) {
@@ -123,10 +125,15 @@ pub fn audit_cmd(a: AuditArgs) -> Result<()> {
                     .map_err(|e| Error::invalid("progress template", e, "valid"))?
                     .progress_chars("=> "),
             );
-            let r = audit::white_box(&tc, &cfg, &device, |t, total| {
+            let progress = |t, total| {
                 bar.set_length(total);
                 bar.set_position(t);
-            });
+            };
+            let r = if a.black_box {
+                audit::black_box(&tc, &cfg, &device, progress)
+            } else {
+                audit::white_box(&tc, &cfg, &device, progress)
+            };
             bar.finish_and_clear();
             r?
         }
@@ -141,8 +148,14 @@ fn print_report(r: &AuditReport, json: bool) -> Result<()> {
     }
     println!("{}", r.setting);
     println!(
-        "  {} canaries ({} in), {} steps, q = {:.5}, σ = {:.4}, {:.1} s",
-        r.canaries, r.included, r.steps, r.sample_rate, r.noise_multiplier, r.seconds
+        "  {} canaries ({} in), N = {}, {} steps, q = {:.5}, σ = {:.4}, {:.1} s",
+        r.canaries,
+        r.included,
+        r.dataset_size,
+        r.steps,
+        r.sample_rate,
+        r.noise_multiplier,
+        r.seconds
     );
     println!(
         "  guesses {} (k = {} in, {} out), correct {}",
