@@ -181,27 +181,59 @@ pub fn normal16(key: &NoiseKey, g: u64) -> [f64; 16] {
             box_muller8(&w, &mut z);
         }
         Generator::ChaCha20 => {
-            // Block k's four pairs are summed (in order) into elements 2k and 2k + 1: call i
-            // takes pair i of all eight blocks.
-            let b = chacha::blocks8(key.words(), key.stream(), 8 * g);
-            let mut acc = [0.0; 16];
-            for i in 0..4 {
-                for (k, x) in b.iter().enumerate() {
-                    w[2 * k] = pair64(x[4 * i], x[4 * i + 1]);
-                    w[2 * k + 1] = pair64(x[4 * i + 2], x[4 * i + 3]);
-                }
-                let mut zi = [0.0; 16];
-                box_muller8(&w, &mut zi);
-                for (a, v) in acc.iter_mut().zip(zi) {
-                    *a += v;
-                }
-            }
-            for (o, a) in z.iter_mut().zip(acc) {
-                *o = a * 0.5;
-            }
+            let mut words = [0u32; 128];
+            chacha::fill(key.words(), key.stream(), 8 * g, &mut words);
+            z = holohan16(&words);
         }
     }
     z
+}
+
+/// The sixteen secure-mode normals of eight ChaCha20 blocks (`words`: 128 words): block k's
+/// four Box–Muller pairs summed in order and halved into elements 2k, 2k + 1 (call i of the
+/// vectorised Box–Muller takes pair i of all eight blocks).
+#[inline]
+fn holohan16(words: &[u32]) -> [f64; 16] {
+    let mut w = [0u64; 16];
+    let mut acc = [0.0; 16];
+    for i in 0..4 {
+        for (k, x) in words.chunks_exact(16).take(8).enumerate() {
+            w[2 * k] = pair64(x[4 * i], x[4 * i + 1]);
+            w[2 * k + 1] = pair64(x[4 * i + 2], x[4 * i + 3]);
+        }
+        let mut zi = [0.0; 16];
+        box_muller8(&w, &mut zi);
+        for (a, v) in acc.iter_mut().zip(zi) {
+            *a += v;
+        }
+    }
+    acc.map(|a| a * 0.5)
+}
+
+/// Elements per run of [`normals`] (sixteen groups: one keystream call for ChaCha20).
+pub(crate) const RUN: usize = 256;
+
+/// The normals of elements `16·g .. 16·g + z.len()` (z.len() ≤ [`RUN`]): what [`normal16`]
+/// gives group by group, with ChaCha20's keystream generated in one call for the whole run.
+pub fn normals(key: &NoiseKey, g: u64, z: &mut [f64]) {
+    match key.generator() {
+        Generator::Philox => {
+            for (i, c) in z.chunks_mut(16).enumerate() {
+                let n = normal16(key, g + i as u64);
+                c.copy_from_slice(&n[..c.len()]);
+            }
+        }
+        Generator::ChaCha20 => {
+            let groups = z.len().div_ceil(16);
+            let mut words = [0u32; 8 * RUN];
+            let words = &mut words[..128 * groups];
+            chacha::fill(key.words(), key.stream(), 8 * g, words);
+            for (c, wg) in z.chunks_mut(16).zip(words.chunks_exact(128)) {
+                let n = holohan16(wg);
+                c.copy_from_slice(&n[..c.len()]);
+            }
+        }
+    }
 }
 
 /// The standard Laplace values of the four elements `4·q .. 4·q + 4` of `key`'s Laplace noise
@@ -226,12 +258,13 @@ pub fn laplace4(key: &NoiseKey, q: u64) -> [f64; 4] {
     }
 }
 
-/// Runs `f(g, chunk)` over `out` in groups of 16 elements (g = group index), in parallel.
-pub(crate) fn for_groups16<T: Send>(out: &mut [T], f: impl Fn(u64, &mut [T]) + Sync) {
+/// Runs `f(g, chunk)` over `out` in chunks of `n` elements (a multiple of 16; g = the index
+/// of the chunk's first 16-element group), in parallel.
+pub(crate) fn for_groups<T: Send>(out: &mut [T], n: usize, f: impl Fn(u64, &mut [T]) + Sync) {
     out.par_chunks_mut(TASK).enumerate().for_each(|(t, chunk)| {
         let g0 = (t * TASK / 16) as u64;
-        for (k, c) in chunk.chunks_mut(16).enumerate() {
-            f(g0 + k as u64, c);
+        for (k, c) in chunk.chunks_mut(n).enumerate() {
+            f(g0 + (k * n / 16) as u64, c);
         }
     });
 }
@@ -268,8 +301,9 @@ pub fn random_bits(out: &mut [u32], key: NoiseKey) -> Result<()> {
 /// `std` must be finite and ≥ 0 (checked before any noise is drawn).
 pub fn add_gaussian(out: &mut [f32], std: f64, key: NoiseKey) -> Result<()> {
     check_non_negative("std", std)?;
-    for_groups16(out, |g, c| {
-        let z = normal16(&key, g);
+    for_groups(out, RUN, |g, c| {
+        let mut z = [0.0; RUN];
+        normals(&key, g, &mut z[..c.len()]);
         for (o, zi) in c.iter_mut().zip(z) {
             *o = (*o as f64 + std * zi) as f32;
         }
@@ -281,7 +315,7 @@ pub fn add_gaussian(out: &mut [f32], std: f64, key: NoiseKey) -> Result<()> {
 /// stream. `scale` must be finite and ≥ 0 (checked before any noise is drawn).
 pub fn add_laplace(out: &mut [f32], scale: f64, key: NoiseKey) -> Result<()> {
     check_non_negative("scale", scale)?;
-    for_groups16(out, |g, c| {
+    for_groups(out, 16, |g, c| {
         for (i, q) in c.chunks_mut(4).enumerate() {
             let l = laplace4(&key, 4 * g + i as u64);
             for (o, li) in q.iter_mut().zip(l) {

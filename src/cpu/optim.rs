@@ -16,7 +16,7 @@
 //! differs only when dampening ≠ 0).
 
 use crate::check;
-use crate::cpu::noise::normal16;
+use crate::cpu::noise::{normals, RUN};
 use crate::optim::{AdamConfig, NoisyStep, SgdConfig};
 use crate::Result;
 use rayon::prelude::*;
@@ -24,16 +24,16 @@ use rayon::prelude::*;
 /// Elements per parallel task (a multiple of 16: tasks own whole noise groups).
 const TASK: usize = 4 * 1024;
 
-/// The noised mean gradients ĝ_j = (sum_j + σC·ξ_j)/E of the 16-element group `g`, computed in
-/// f64 and rounded once to f32 (the kernels compute the same with explicitly rounded f64 ops).
+/// The noised mean gradients ĝ_j = (sum_j + σC·ξ_j)/E of the `out.len()` (≤ [`RUN`]) elements
+/// from group `g` on, computed in f64 and rounded once to f32 (the kernels compute the same with
+/// explicitly rounded f64 ops).
 #[inline]
-fn noisy_group(noisy: &NoisyStep, g: u64, s: &[f32], out: &mut [f32; 16]) {
+fn noisy_run(noisy: &NoisyStep, g: u64, s: &[f32], out: &mut [f32]) {
     let inv = 1.0 / noisy.expected_batch_size;
-    let z = if noisy.noise_std != 0.0 {
-        normal16(&noisy.key, g)
-    } else {
-        [0.0; 16]
-    };
+    let mut z = [0.0; RUN];
+    if noisy.noise_std != 0.0 {
+        normals(&noisy.key, g, &mut z[..out.len()]);
+    }
     for ((o, &sj), zj) in out.iter_mut().zip(s).zip(z) {
         *o = ((sj as f64 + noisy.noise_std * zj) * inv) as f32;
     }
@@ -65,11 +65,16 @@ pub fn noisy_sgd_step(
     };
     let run = |t: usize, p: &mut [f32], s: &[f32], mut m: Option<&mut [f32]>| {
         let g0 = (t * TASK / 16) as u64;
-        let mut gh = [0f32; 16];
-        for (k, pq) in p.chunks_mut(16).enumerate() {
-            noisy_group(noisy, g0 + k as u64, &s[16 * k..], &mut gh);
+        let mut gh = [0f32; RUN];
+        for (k, pq) in p.chunks_mut(RUN).enumerate() {
+            noisy_run(
+                noisy,
+                g0 + (k * RUN / 16) as u64,
+                &s[RUN * k..],
+                &mut gh[..pq.len()],
+            );
             for i in 0..pq.len() {
-                let j = 16 * k + i;
+                let j = RUN * k + i;
                 let pj = pq[i];
                 let mut g = gh[i];
                 g += cfg.weight_decay * pj;
@@ -131,11 +136,16 @@ pub fn noisy_adam_step(
         .enumerate()
         .for_each(|(ti, ((p, s), (m, v)))| {
             let g0 = (ti * TASK / 16) as u64;
-            let mut gh = [0f32; 16];
-            for (k, pq) in p.chunks_mut(16).enumerate() {
-                noisy_group(noisy, g0 + k as u64, &s[16 * k..], &mut gh);
+            let mut gh = [0f32; RUN];
+            for (k, pq) in p.chunks_mut(RUN).enumerate() {
+                noisy_run(
+                    noisy,
+                    g0 + (k * RUN / 16) as u64,
+                    &s[RUN * k..],
+                    &mut gh[..pq.len()],
+                );
                 for i in 0..pq.len() {
-                    let j = 16 * k + i;
+                    let j = RUN * k + i;
                     let mut pj = pq[i];
                     let mut g = gh[i];
                     if cfg.decoupled {
@@ -166,10 +176,8 @@ pub fn noisy_mean(out: &mut [f32], grad_sum: &[f32], noisy: &NoisyStep) -> Resul
         .enumerate()
         .for_each(|(t, (o, s))| {
             let g0 = (t * TASK / 16) as u64;
-            let mut gh = [0f32; 16];
-            for (k, oq) in o.chunks_mut(16).enumerate() {
-                noisy_group(noisy, g0 + k as u64, &s[16 * k..], &mut gh);
-                oq.copy_from_slice(&gh[..oq.len()]);
+            for (k, oq) in o.chunks_mut(RUN).enumerate() {
+                noisy_run(noisy, g0 + (k * RUN / 16) as u64, &s[RUN * k..], oq);
             }
         });
     Ok(())
