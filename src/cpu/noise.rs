@@ -66,19 +66,19 @@ fn ln_f64(x: f64) -> f64 {
     const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
     let bits = x.to_bits();
-    let mut e = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    // The biased exponent as an f64 without an integer conversion (AVX2 has none for 64 bits).
+    let mut e = u32_f64((bits >> 52) & 0x7ff) - 1023.0;
     let mut m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
     let big = m > std::f64::consts::SQRT_2;
     m = if big { m * 0.5 } else { m };
-    e += big as i64;
+    e += if big { 1.0 } else { 0.0 };
     let s = (m - 1.0) / (m + 1.0);
     let s2 = s * s;
     let mut p = 1.0 / 23.0;
     for k in [21.0, 19.0, 17.0, 15.0, 13.0, 11.0, 9.0, 7.0, 5.0, 3.0] {
         p = p * s2 + 1.0 / k;
     }
-    let ef = e as f64;
-    ef * LN2_HI + (2.0 * s + (2.0 * s * s2 * p + ef * LN2_LO))
+    e * LN2_HI + (2.0 * s + (2.0 * s * s2 * p + e * LN2_LO))
 }
 
 /// (sin θ, cos θ) for θ ∈ [0, 2π]: θ − n·π/2 in three parts (fdlibm's π/2 split, exact for
@@ -121,12 +121,14 @@ fn sin_cos_f64(t: f64) -> (f64, f64) {
         pc = pc * r2 + c;
     }
     let cs = 1.0 + r2 * pc;
-    let q = (n as i64) & 3;
-    let (a, b) = if q & 1 == 1 { (cs, sn) } else { (sn, cs) };
+    // n mod 4 in f64 (n ∈ {0, …, 4}; no integer conversion, so the lanes stay vectorised).
+    let q = n - 4.0 * (n * 0.25).floor();
+    let odd = q == 1.0 || q == 3.0;
+    let (a, b) = if odd { (cs, sn) } else { (sn, cs) };
     // θ = n·π/2 + r: sin θ = (sin r, cos r, −sin r, −cos r), cos θ = (cos r, −sin r, −cos r,
     // sin r) for n mod 4 = 0, 1, 2, 3.
-    let sa = if q >= 2 { -1.0 } else { 1.0 };
-    let sb = if q == 1 || q == 2 { -1.0 } else { 1.0 };
+    let sa = if q >= 2.0 { -1.0 } else { 1.0 };
+    let sb = if q == 1.0 || q == 2.0 { -1.0 } else { 1.0 };
     (sa * a, sb * b)
 }
 
