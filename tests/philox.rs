@@ -56,9 +56,9 @@ fn stream_reads_blocks_in_order_and_seeks() {
     r.seek(9);
     assert_eq!(r.next_u32(), want[9]);
     assert_eq!(r.position(), 10);
-    // The stream restored from serde continues where it stopped.
-    let json = serde_json::to_string(&r).unwrap();
-    let mut back: Philox = serde_json::from_str(&json).unwrap();
+    // The stream re-created at its position continues where it stopped.
+    let mut back = Philox::new(7, 3);
+    back.seek(r.position());
     assert_eq!(back.next_u32(), want[10]);
     // Debug never shows the seed.
     let dbg = format!("{:?}", Philox::new(0xdead_beef, 0));

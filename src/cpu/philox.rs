@@ -88,16 +88,19 @@ pub(crate) fn blocks8(seed: u64, subsequence: u64, first: u64) -> [[u32; 4]; 8] 
     std::array::from_fn(|j| [c[0][j], c[1][j], c[2][j], c[3][j]])
 }
 
-/// A sequential reader of one cuRAND Philox stream, for host-side sampling (Poisson sampling,
-/// mechanisms; the samplers are [`crate::rng::RandomBits`]'s). `Philox::new(seed, subsequence)` yields exactly what `curand(&state)` yields
-/// after `curand_init(seed, subsequence, 0, &state)`.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A sequential reader of one cuRAND Philox stream, for host-side sampling in seeded runs
+/// (Poisson sampling, mechanisms; the samplers are [`crate::rng::RandomBits`]'s).
+/// `Philox::new(seed, subsequence)` yields exactly what `curand(&state)` yields after
+/// `curand_init(seed, subsequence, 0, &state)`.
+///
+/// Holds a key (the seed): `Debug` redacts it and it is not serialisable (checkpoint its
+/// [`Philox::position`] and re-create it from the run's keys).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Philox {
     seed: u64,
     subsequence: u64,
     /// Index of the next 32-bit output within the subsequence.
     position: u64,
-    #[serde(skip)]
     cache: Option<(u64, [u32; 4])>,
 }
 
