@@ -26,7 +26,7 @@
 //!
 //! `tests/lean-dependent` is the smallest complete program of that kind.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod accounting;
 mod atomic;

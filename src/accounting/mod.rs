@@ -9,7 +9,7 @@
 //!   Wutschitz 2021). Gives the tightest ε, always as an upper bound. This is what the CLI calls
 //!   `prv`.
 //!
-//! [`calibrate`] finds the smallest noise multiplier meeting a target ε with either accountant.
+//! [`calibrate()`] finds the smallest noise multiplier meeting a target ε with either accountant.
 //! [`Accountant`] is the serialisable state a trainer keeps: `step`, `epsilon`, `history`.
 //!
 //! # References

@@ -1,5 +1,5 @@
 //! Per-sample gradient norms, clip factors and fused clip-and-accumulate on the CPU: the
-//! reference twins of `kernels/clip.cu` (GPU: [`crate::cuda::clip`] with the `cuda` feature).
+//! reference twins of `kernels/clip.cu` (GPU: `crate::cuda::clip` with the `cuda` feature).
 //!
 //! DP-SGD (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1)
 //! clips each example's gradient g_i to L2 norm C: ḡ_i = g_i · min(1, C / ‖g_i‖), and sums the

@@ -16,7 +16,7 @@
 //! scratch region; the partial sums are added in chunk order, so a given scratch length gives
 //! the same bits on every run.
 //!
-//! Inside [`serial`] (on the current thread) every kernel runs as one chunk on that thread:
+//! Inside `serial` (on the current thread) every kernel runs as one chunk on that thread:
 //! the depth-first schedule of [`crate::nn::Sequential`] parallelises across groups of
 //! examples itself and runs each layer on a small, cache-resident group.
 

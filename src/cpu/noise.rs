@@ -215,7 +215,7 @@ fn holohan16(words: &[u32]) -> [f64; 16] {
 /// Elements per run of [`normals`] (sixteen groups: one keystream call for ChaCha20).
 pub(crate) const RUN: usize = 256;
 
-/// The normals of elements `16·g .. 16·g + z.len()` (z.len() ≤ [`RUN`]): what [`normal16`]
+/// The normals of elements `16·g .. 16·g + z.len()` (z.len() ≤ 256): what [`normal16`]
 /// gives group by group, with ChaCha20's keystream generated in one call for the whole run.
 pub fn normals(key: &NoiseKey, g: u64, z: &mut [f64]) {
     match key.generator() {

@@ -21,7 +21,7 @@ impl Workspace {
         Ok(self.output().to_vec())
     }
 
-    /// The gradient w.r.t. the input of the last [`Sequential::backward`] with `input_grad`,
+    /// The gradient w.r.t. the input of the last [`Sequential::backward`](crate::nn::Sequential::backward) with `input_grad`,
     /// copied to the host on a GPU.
     pub fn input_grad_vec(&self) -> Result<Option<Vec<f32>>> {
         #[cfg(feature = "cuda")]
