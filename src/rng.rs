@@ -23,6 +23,7 @@
 
 use crate::cpu::chacha::{self, ChaCha20};
 use crate::cpu::philox::Philox;
+use crate::cpu::stream::{Blocks, Reader};
 use crate::{Error, Result};
 
 /// Which generator a stream uses.
@@ -222,7 +223,7 @@ impl RunKeys {
 
 /// A source of uniform random bits, and the samplers every mechanism builds on.
 ///
-/// Implemented by the sequential readers [`Philox`], [`ChaCha20`] and [`Rng`].
+/// Implemented by the sequential readers ([`Philox`], [`ChaCha20`]: [`Reader`]) and [`Rng`].
 pub trait RandomBits {
     /// The next 32 random bits.
     fn next_u32(&mut self) -> u32;
@@ -273,21 +274,12 @@ pub trait RandomBits {
     }
 }
 
-impl RandomBits for Philox {
+impl<B: Blocks> RandomBits for Reader<B> {
     fn next_u32(&mut self) -> u32 {
-        Philox::next_u32(self)
+        Reader::next_u32(self)
     }
     fn next_u64(&mut self) -> u64 {
-        Philox::next_u64(self)
-    }
-}
-
-impl RandomBits for ChaCha20 {
-    fn next_u32(&mut self) -> u32 {
-        ChaCha20::next_u32(self)
-    }
-    fn next_u64(&mut self) -> u64 {
-        ChaCha20::next_u64(self)
+        Reader::next_u64(self)
     }
 }
 

@@ -18,6 +18,8 @@
 //! uniform bits to any efficient observer who does not hold the key (the standard PRF
 //! assumption on ChaCha20; RFC 8439 §1). Philox4x32-10 ([`super::philox`]) has no such claim.
 
+use super::stream::{Blocks, Reader};
+
 /// "expand 32-byte k": the constant words of the ChaCha state (RFC 8439 §2.3).
 pub const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
 
@@ -98,100 +100,49 @@ pub fn fill(key: &[u32; 8], stream: u64, first: u64, out: &mut [u32]) {
     }
 }
 
-/// A sequential reader of one ChaCha20 stream (secure-mode Poisson sampling and mechanisms).
-/// Holds a secret key: `Debug` redacts it, and it is neither serialised nor cloned implicitly
-/// into outputs.
+/// One ChaCha20 stream's key material: the 256-bit key and the stream id. Its `Debug` redacts
+/// the key.
 #[derive(Clone)]
-pub struct ChaCha20 {
+pub struct ChaChaStream {
     key: [u32; 8],
     stream: u64,
-    /// Index of the next 32-bit word within the stream.
-    position: u64,
-    cache: Option<(u64, [u32; 16])>,
 }
 
-impl std::fmt::Debug for ChaCha20 {
+impl std::fmt::Debug for ChaChaStream {
     // The key is secret: never print it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChaCha20")
             .field("key", &"<redacted>")
             .field("stream", &self.stream)
-            .field("position", &self.position)
             .finish()
     }
 }
 
-impl ChaCha20 {
+impl Blocks for ChaChaStream {
+    const WORDS: usize = 16;
+
+    fn block(&self, b: u64, out: &mut [u32]) {
+        out[..16].copy_from_slice(&block(&self.key, self.stream, b));
+    }
+
+    fn fill(&self, first: u64, out: &mut [u32]) {
+        fill(&self.key, self.stream, first, out);
+    }
+}
+
+/// A sequential reader of one ChaCha20 stream (secure-mode Poisson sampling and mechanisms).
+/// Holds a secret key: `Debug` redacts it, and it is not serialisable.
+pub type ChaCha20 = Reader<ChaChaStream>;
+
+impl Reader<ChaChaStream> {
     /// The stream `stream` under `key`, at its start.
     pub fn new(key: [u32; 8], stream: u64) -> Self {
-        ChaCha20 {
-            key,
-            stream,
-            position: 0,
-            cache: None,
-        }
+        Reader::from_blocks(ChaChaStream { key, stream })
     }
 
     /// The key (crate-internal: tests that no output holds it).
     #[cfg(test)]
     pub(crate) fn key(&self) -> &[u32; 8] {
-        &self.key
-    }
-
-    /// How many 32-bit words have been drawn.
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-
-    /// Moves to an absolute position (in 32-bit words) within the stream.
-    pub fn seek(&mut self, position: u64) {
-        self.position = position;
-    }
-
-    /// The next 32 random bits.
-    #[inline]
-    pub fn next_u32(&mut self) -> u32 {
-        let b = self.position >> 4;
-        let lane = (self.position & 15) as usize;
-        let out = match &self.cache {
-            Some((cb, v)) if *cb == b => v[lane],
-            _ => {
-                let v = block(&self.key, self.stream, b);
-                let o = v[lane];
-                self.cache = Some((b, v));
-                o
-            }
-        };
-        self.position = self.position.wrapping_add(1);
-        out
-    }
-
-    /// The next 64 random bits (two words, the first in the low half).
-    #[inline]
-    pub fn next_u64(&mut self) -> u64 {
-        let lo = self.next_u32() as u64;
-        let hi = self.next_u32() as u64;
-        lo | (hi << 32)
-    }
-
-    /// Fills `out` with what as many [`ChaCha20::next_u64`] calls return, eight blocks at a
-    /// time once the stream is at a block boundary.
-    pub fn fill_u64(&mut self, out: &mut [u64]) {
-        let mut i = 0;
-        while i < out.len() {
-            if self.position & 15 == 0 && out.len() - i >= 64 {
-                let bs = blocks8(&self.key, self.stream, self.position >> 4);
-                for (o, v) in out[i..i + 64].chunks_exact_mut(8).zip(bs) {
-                    for (k, ok) in o.iter_mut().enumerate() {
-                        *ok = v[2 * k] as u64 | (v[2 * k + 1] as u64) << 32;
-                    }
-                }
-                self.position = self.position.wrapping_add(128);
-                i += 64;
-            } else {
-                out[i] = self.next_u64();
-                i += 1;
-            }
-        }
+        &self.src.key
     }
 }

@@ -8,6 +8,7 @@ pub mod clip;
 pub mod noise;
 pub mod optim;
 pub mod philox;
+pub mod stream;
 
 // Layers of small conv nets (issue 3): the math behind `crate::nn`, one file per layer family.
 pub mod activation;

@@ -7,6 +7,8 @@
 //! `philox4x32_10(counter, key)` in the order x, y, z, w. The CUDA kernels compute the same
 //! blocks with cuRAND's `curand_Philox4x32_10`, so the CPU and GPU produce identical bits.
 
+use super::stream::{Blocks, Reader};
+
 /// Philox round constant added to key word 0 (cuRAND's `PHILOX_W32_0`).
 pub const W32_0: u32 = 0x9E37_79B9;
 /// Philox round constant added to key word 1 (cuRAND's `PHILOX_W32_1`).
@@ -88,108 +90,64 @@ pub(crate) fn blocks8(seed: u64, subsequence: u64, first: u64) -> [[u32; 4]; 8] 
     std::array::from_fn(|j| [c[0][j], c[1][j], c[2][j], c[3][j]])
 }
 
+/// One Philox stream's key material: the seed (cuRAND's key) and the subsequence. Its
+/// `Debug` redacts the seed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PhiloxStream {
+    seed: u64,
+    subsequence: u64,
+}
+
+impl std::fmt::Debug for PhiloxStream {
+    // The seed is secret in secure mode: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Philox")
+            .field("seed", &"<redacted>")
+            .field("subsequence", &self.subsequence)
+            .finish()
+    }
+}
+
+impl Blocks for PhiloxStream {
+    const WORDS: usize = 4;
+
+    fn block(&self, b: u64, out: &mut [u32]) {
+        out[..4].copy_from_slice(&block(self.seed, self.subsequence, b));
+    }
+
+    fn fill(&self, first: u64, out: &mut [u32]) {
+        for (k, c) in out.chunks_mut(32).enumerate() {
+            let b = blocks8(self.seed, self.subsequence, first + 8 * k as u64);
+            for (o, x) in c.chunks_mut(4).zip(b) {
+                o.copy_from_slice(&x[..o.len()]);
+            }
+        }
+    }
+}
+
 /// A sequential reader of one cuRAND Philox stream, for host-side sampling in seeded runs
 /// (Poisson sampling, mechanisms; the samplers are [`crate::rng::RandomBits`]'s).
 /// `Philox::new(seed, subsequence)` yields exactly what `curand(&state)` yields after
 /// `curand_init(seed, subsequence, 0, &state)`.
 ///
 /// Holds a key (the seed): `Debug` redacts it and it is not serialisable (checkpoint its
-/// [`Philox::position`] and re-create it from the run's keys).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Philox {
-    seed: u64,
-    subsequence: u64,
-    /// Index of the next 32-bit output within the subsequence.
-    position: u64,
-    cache: Option<(u64, [u32; 4])>,
-}
+/// position and re-create it from the run's keys).
+pub type Philox = Reader<PhiloxStream>;
 
-impl std::fmt::Debug for Philox {
-    // The seed is secret in secure mode: never print it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Philox")
-            .field("seed", &"<redacted>")
-            .field("subsequence", &self.subsequence)
-            .field("position", &self.position)
-            .finish()
-    }
-}
-
-impl Philox {
+impl Reader<PhiloxStream> {
     /// A stream positioned at the start of `subsequence` under `seed`.
     pub fn new(seed: u64, subsequence: u64) -> Self {
-        Philox {
-            seed,
-            subsequence,
-            position: 0,
-            cache: None,
-        }
+        Reader::from_blocks(PhiloxStream { seed, subsequence })
     }
 
     /// The stream's seed.
     pub fn seed(&self) -> u64 {
-        self.seed
+        self.src.seed
     }
 
     /// The stream's subsequence.
     pub fn subsequence(&self) -> u64 {
-        self.subsequence
-    }
-
-    /// How many 32-bit outputs have been drawn.
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-
-    /// Moves to an absolute position (in 32-bit outputs) within the subsequence.
-    pub fn seek(&mut self, position: u64) {
-        self.position = position;
-    }
-
-    /// The next 32 random bits.
-    #[inline]
-    pub fn next_u32(&mut self) -> u32 {
-        let b = self.position >> 2;
-        let lane = (self.position & 3) as usize;
-        let out = match self.cache {
-            Some((cb, v)) if cb == b => v,
-            _ => {
-                let v = block(self.seed, self.subsequence, b);
-                self.cache = Some((b, v));
-                v
-            }
-        };
-        self.position = self.position.wrapping_add(1);
-        out[lane]
-    }
-
-    /// The next 64 random bits (two outputs, the first in the low half).
-    #[inline]
-    pub fn next_u64(&mut self) -> u64 {
-        let lo = self.next_u32() as u64;
-        let hi = self.next_u32() as u64;
-        lo | (hi << 32)
-    }
-
-    /// Fills `out` with what as many [`Philox::next_u64`] calls return, in order — eight
-    /// blocks at a time, lane-parallel (they vectorise), once the stream is at a block
-    /// boundary.
-    pub fn fill_u64(&mut self, out: &mut [u64]) {
-        let mut i = 0;
-        while i < out.len() {
-            if self.position & 3 == 0 && out.len() - i >= 16 {
-                let b = blocks8(self.seed, self.subsequence, self.position >> 2);
-                for (o, v) in out[i..i + 16].chunks_exact_mut(2).zip(b) {
-                    o[0] = v[0] as u64 | (v[1] as u64) << 32;
-                    o[1] = v[2] as u64 | (v[3] as u64) << 32;
-                }
-                self.position = self.position.wrapping_add(32);
-                i += 16;
-            } else {
-                out[i] = self.next_u64();
-                i += 1;
-            }
-        }
+        self.src.subsequence
     }
 }
 
