@@ -109,10 +109,11 @@ impl Device {
         }
     }
 
-    /// A short description: `cpu` or `cuda:N (NAME)`.
+    /// A short description: `cpu (avx2+fma)` or `cpu (baseline)` (see [`crate::cpu::simd_path`]),
+    /// or `cuda:N (NAME)`.
     pub fn describe(&self) -> String {
         match self {
-            Device::Cpu => "cpu".to_string(),
+            Device::Cpu => format!("cpu ({})", crate::cpu::simd_path()),
             Device::Cuda(d) => format!("cuda:{} ({})", d.ordinal(), d.name()),
         }
     }

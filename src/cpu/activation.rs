@@ -45,6 +45,74 @@ fn sigmoid<T: Real>(x: T) -> T {
     }
 }
 
+/// `#[multiversion]` on the loops: each is compiled for the build's target and for AVX2+FMA.
+macro_rules! dispatched {
+    ($($(#[$m:meta])* fn $name:ident<$t:ident>($($a:ident: $ty:ty),*) $body:block)*) => {$(
+        $(#[$m])*
+        #[cfg_attr(
+            not(feature = "baseline-cpu"),
+            multiversion::multiversion(targets("x86_64+avx2+fma"))
+        )]
+        fn $name<$t: Real>($($a: $ty),*) $body
+    )*};
+}
+
+// Plain indexed loops over equal-length slices, with selects instead of branches (the sign of a
+// ReLU input is unpredictable): they vectorise.
+dispatched! {
+    fn relu_fwd<T>(y: &mut [T], x: &[T]) {
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = if *v > T::ZERO { *v } else { T::ZERO };
+        }
+    }
+    fn leaky_fwd<T>(y: &mut [T], x: &[T], a: T) {
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = if *v > T::ZERO { *v } else { a * *v };
+        }
+    }
+    fn tanh_fwd<T>(y: &mut [T], x: &[T]) {
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = v.tanh();
+        }
+    }
+    fn sigmoid_fwd<T>(y: &mut [T], x: &[T]) {
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = sigmoid(*v);
+        }
+    }
+    fn relu_bwd<T>(dx: &mut [T], x: &[T], dy: &[T]) {
+        let n = dx.len();
+        let (x, dy) = (&x[..n], &dy[..n]);
+        for i in 0..n {
+            // Both loads first: a select, not a branch.
+            let (v, d) = (x[i], dy[i]);
+            dx[i] = if v > T::ZERO { d } else { T::ZERO };
+        }
+    }
+    fn leaky_bwd<T>(dx: &mut [T], x: &[T], dy: &[T], a: T) {
+        let n = dx.len();
+        let (x, dy) = (&x[..n], &dy[..n]);
+        for i in 0..n {
+            let (v, d) = (x[i], dy[i]);
+            dx[i] = d * if v > T::ZERO { T::ONE } else { a };
+        }
+    }
+    fn tanh_bwd<T>(dx: &mut [T], y: &[T], dy: &[T]) {
+        let n = dx.len();
+        let (y, dy) = (&y[..n], &dy[..n]);
+        for i in 0..n {
+            dx[i] = dy[i] * (T::ONE - y[i] * y[i]);
+        }
+    }
+    fn sigmoid_bwd<T>(dx: &mut [T], y: &[T], dy: &[T]) {
+        let n = dx.len();
+        let (y, dy) = (&y[..n], &dy[..n]);
+        for i in 0..n {
+            dx[i] = dy[i] * y[i] * (T::ONE - y[i]);
+        }
+    }
+}
+
 /// `y = act(x)` element-wise (`y` overwritten; any shape).
 pub fn activation_forward<T: Real>(act: Activation, x: &[T], y: &mut [T]) -> Result<()> {
     act.check()?;
@@ -54,29 +122,13 @@ pub fn activation_forward<T: Real>(act: Activation, x: &[T], y: &mut [T]) -> Res
         .zip(x.par_chunks(CHUNK))
         .with_min_len(min_len());
     match act {
-        Activation::Relu => it.for_each(|(y, x)| {
-            for (o, v) in y.iter_mut().zip(x) {
-                *o = if *v > T::ZERO { *v } else { T::ZERO };
-            }
-        }),
+        Activation::Relu => it.for_each(|(y, x)| relu_fwd(y, x)),
         Activation::LeakyRelu(a) => {
             let a = T::from_f64(a);
-            it.for_each(|(y, x)| {
-                for (o, v) in y.iter_mut().zip(x) {
-                    *o = if *v > T::ZERO { *v } else { a * *v };
-                }
-            })
+            it.for_each(|(y, x)| leaky_fwd(y, x, a))
         }
-        Activation::Tanh => it.for_each(|(y, x)| {
-            for (o, v) in y.iter_mut().zip(x) {
-                *o = v.tanh();
-            }
-        }),
-        Activation::Sigmoid => it.for_each(|(y, x)| {
-            for (o, v) in y.iter_mut().zip(x) {
-                *o = sigmoid(*v);
-            }
-        }),
+        Activation::Tanh => it.for_each(|(y, x)| tanh_fwd(y, x)),
+        Activation::Sigmoid => it.for_each(|(y, x)| sigmoid_fwd(y, x)),
     }
     Ok(())
 }
@@ -95,8 +147,6 @@ pub fn activation_backward<T: Real>(
     check_len(OP, "y", y.len(), x.len())?;
     check_len(OP, "dy", dy.len(), x.len())?;
     check_len(OP, "dx", dx.len(), x.len())?;
-    // Plain indexed loops over equal-length slices, with selects instead of branches (the
-    // sign of a ReLU input is unpredictable): they vectorise.
     let it = dx
         .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
@@ -104,40 +154,13 @@ pub fn activation_backward<T: Real>(
         .zip(dy.par_chunks(CHUNK))
         .with_min_len(min_len());
     match act {
-        Activation::Relu => it.for_each(|(((dx, x), _), dy)| {
-            let n = dx.len();
-            let (x, dy) = (&x[..n], &dy[..n]);
-            for i in 0..n {
-                // Both loads first: a select, not a branch.
-                let (v, d) = (x[i], dy[i]);
-                dx[i] = if v > T::ZERO { d } else { T::ZERO };
-            }
-        }),
+        Activation::Relu => it.for_each(|(((dx, x), _), dy)| relu_bwd(dx, x, dy)),
         Activation::LeakyRelu(a) => {
             let a = T::from_f64(a);
-            it.for_each(|(((dx, x), _), dy)| {
-                let n = dx.len();
-                let (x, dy) = (&x[..n], &dy[..n]);
-                for i in 0..n {
-                    let (v, d) = (x[i], dy[i]);
-                    dx[i] = d * if v > T::ZERO { T::ONE } else { a };
-                }
-            })
+            it.for_each(|(((dx, x), _), dy)| leaky_bwd(dx, x, dy, a))
         }
-        Activation::Tanh => it.for_each(|(((dx, _), y), dy)| {
-            let n = dx.len();
-            let (y, dy) = (&y[..n], &dy[..n]);
-            for i in 0..n {
-                dx[i] = dy[i] * (T::ONE - y[i] * y[i]);
-            }
-        }),
-        Activation::Sigmoid => it.for_each(|(((dx, _), y), dy)| {
-            let n = dx.len();
-            let (y, dy) = (&y[..n], &dy[..n]);
-            for i in 0..n {
-                dx[i] = dy[i] * y[i] * (T::ONE - y[i]);
-            }
-        }),
+        Activation::Tanh => it.for_each(|(((dx, _), y), dy)| tanh_bwd(dx, y, dy)),
+        Activation::Sigmoid => it.for_each(|(((dx, _), y), dy)| sigmoid_bwd(dx, y, dy)),
     }
     Ok(())
 }

@@ -22,7 +22,10 @@ const WIDEN: usize = 1024;
 /// Opacus's ε in the clip factor.
 pub const CLIP_EPS: f32 = 1e-6;
 
-#[inline]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn sumsq_f32(x: &[f32], acc: &mut [f32; 16]) {
     let mut it = x.chunks_exact(16);
     for c in &mut it {
@@ -41,6 +44,10 @@ fn sumsq_f32(x: &[f32], acc: &mut [f32; 16]) {
 const NORM_CHUNK: usize = 8192;
 
 /// Σ x² of one chunk, in the fixed 16-lane order.
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn chunk_sumsq<T: GradElement>(x: &[T]) -> f32 {
     let mut acc = [0f32; 16];
     if let Some(xf) = T::as_f32(x) {
@@ -205,7 +212,10 @@ pub fn clip_accumulate<T: GradElement>(
     Ok(())
 }
 
-#[inline]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 pub(crate) fn axpy4(f: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
     let n = y.len();
     let (x0, x1, x2, x3) = (&x[0][..n], &x[1][..n], &x[2][..n], &x[3][..n]);
@@ -219,7 +229,10 @@ pub(crate) fn axpy4(f: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
     }
 }
 
-#[inline]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 pub(crate) fn axpy(f: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += f * *xi;

@@ -123,6 +123,10 @@ impl ConvGeom {
 
 /// `cols[(ci·k + ki)·k + kj, oy·ow + ox] = x[ci, oy·s + ki − p, ox·s + kj − p]` (0 outside).
 /// `x` is one image (`g.in_len()`), `cols` is `g.cols_len()` long.
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn im2col_raw<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T], ld: usize) {
     let (h, w, k, s, l) = (g.h, g.w, g.k, g.stride, g.out_positions());
     let x = &x[..g.in_len()];
@@ -162,6 +166,10 @@ fn im2col_raw<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T], ld: usize) {
 
 /// The adjoint of [`im2col`]: `x[ci, iy, ix] += Σ cols[...]` over every column entry that
 /// [`im2col`] reads from `(ci, iy, ix)`. Accumulates: zero `x` first for a plain col2im.
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn col2im_raw<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T], ld: usize) {
     let (h, w, k, s, l) = (g.h, g.w, g.k, g.stride, g.out_positions());
     let x = &mut x[..g.in_len()];
@@ -239,6 +247,10 @@ impl ConvGeom {
 /// the im2col row `(ci, ki, kj)` is, for each output row `oy`, the contiguous run of `ow` values
 /// of plane `(ci, ki mod s, kj mod s)` at `(ki/s + oy, kj/s ..)`: no strided gather and no
 /// bounds logic in the `c·k²` rows, only in the `c·(h+2p)·(w+2p)` values of the split.
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn phase_split<T: Real>(g: &ConvGeom, x: &[T], ph: &mut [T]) {
     let (s, p, h, w) = (g.stride, g.pad, g.h, g.w);
     let (phh, phw) = g.phase_hw();
@@ -282,6 +294,10 @@ fn phase_split<T: Real>(g: &ConvGeom, x: &[T], ph: &mut [T]) {
 
 /// The adjoint of [`phase_split`] restricted to the image: `dx[ci, iy, ix] = dph[...]` of its
 /// padded position (each image value is in exactly one plane; `dx` overwritten).
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn phase_merge<T: Real>(g: &ConvGeom, dph: &[T], dx: &mut [T]) {
     let (s, p, h, w) = (g.stride, g.pad, g.h, g.w);
     let (phh, phw) = g.phase_hw();
@@ -308,6 +324,10 @@ fn phase_merge<T: Real>(g: &ConvGeom, dph: &[T], dx: &mut [T]) {
 
 /// im2col of one example from its phase split (see [`phase_split`]) into columns
 /// `[c·k², oh·ow]` with leading dimension `ld`.
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn im2col_phased<T: Real>(g: &ConvGeom, ph: &[T], cols: &mut [T], ld: usize) {
     let (s, k, oh, ow) = (g.stride, g.k, g.oh, g.ow);
     let (phh, phw) = g.phase_hw();
@@ -330,6 +350,10 @@ fn im2col_phased<T: Real>(g: &ConvGeom, ph: &[T], cols: &mut [T], ld: usize) {
 
 /// The adjoint of [`im2col_phased`]: adds the columns into the phase planes `dph` (zero them
 /// first), to be scattered back with [`phase_merge`].
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn col2im_phased<T: Real>(g: &ConvGeom, cols: &[T], ld: usize, dph: &mut [T]) {
     let (s, k, oh, ow) = (g.stride, g.k, g.oh, g.ow);
     let (phh, phw) = g.phase_hw();
@@ -387,7 +411,10 @@ pub fn col2im<T: Real>(g: &ConvGeom, cols: &[T], x: &mut [T]) -> Result<()> {
 
 /// Sum over the spatial positions of each channel of `dy` (`[cout, l]`) into `db`, overwriting
 /// when `beta = 0` and accumulating when `beta = 1`.
-#[inline]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn bias_grad<T: Real>(dy: &[T], l: usize, db: &mut [T], beta: T) {
     for (c, d) in db.iter_mut().enumerate() {
         // Eight running sums (they vectorise), added pairwise, then the tail.
@@ -501,6 +528,10 @@ impl Conv2dShape {
 /// each into `cols` (`[kk, n·l]`, leading dimension `n·l`), `Y = W·cols` into `ybuf`, then
 /// each example's `[cout, l]` plus the bias into `y`.
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn forward_block<T: Real>(
     s: &Conv2dShape,
     g: &ConvGeom,
@@ -557,6 +588,10 @@ fn forward_block<T: Real>(
 /// `n·l`, as [`forward_block`] leaves it): `dys` their output gradients; parameter gradients
 /// to `gout` (local examples `j0 ..`); their input gradients into `dx` when given.
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn backward_block<T: Real>(
     s: &Conv2dShape,
     g: &ConvGeom,

@@ -169,7 +169,7 @@ fn pair64(lo: u32, hi: u32) -> u64 {
 /// The normals of the sixteen elements `16·g .. 16·g + 16` of `key`'s Gaussian noise (element
 /// pair k from Philox block k, or the Holohan–Braghin sum of four normals from ChaCha20
 /// block k; [`crate::noise`]).
-#[inline]
+#[inline(always)] // into the dispatched `normals`: its AVX2 clone then covers the Box–Muller
 pub fn normal16(key: &NoiseKey, g: u64) -> [f64; 16] {
     let mut z = [0.0; 16];
     let mut w = [0u64; 16];
@@ -194,7 +194,7 @@ pub fn normal16(key: &NoiseKey, g: u64) -> [f64; 16] {
 /// The sixteen secure-mode normals of eight ChaCha20 blocks (`words`: 128 words): block k's
 /// four Box–Muller pairs summed in order and halved into elements 2k, 2k + 1 (call i of the
 /// vectorised Box–Muller takes pair i of all eight blocks).
-#[inline]
+#[inline(always)]
 fn holohan16(words: &[u32]) -> [f64; 16] {
     let mut w = [0u64; 16];
     let mut acc = [0.0; 16];
@@ -217,6 +217,10 @@ pub(crate) const RUN: usize = 256;
 
 /// The normals of elements `16·g .. 16·g + z.len()` (z.len() ≤ 256): what [`normal16`]
 /// gives group by group, with ChaCha20's keystream generated in one call for the whole run.
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 pub fn normals(key: &NoiseKey, g: u64, z: &mut [f64]) {
     match key.generator() {
         Generator::Philox => {

@@ -27,7 +27,10 @@ const TASK: usize = 4 * 1024;
 /// The noised mean gradients ĝ_j = (sum_j + σC·ξ_j)/E of the `out.len()` (≤ [`RUN`]) elements
 /// from group `g` on, computed in f64 and rounded once to f32 (the kernels compute the same with
 /// explicitly rounded f64 ops).
-#[inline]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn noisy_run(noisy: &NoisyStep, g: u64, s: &[f32], out: &mut [f32]) {
     let inv = 1.0 / noisy.expected_batch_size;
     let mut z = [0.0; RUN];

@@ -61,6 +61,10 @@ pub fn block(seed: u64, subsequence: u64, block: u64) -> [u32; 4] {
 /// Blocks `first .. first + 8` of `subsequence` under `seed` ([`block`] eight times), computed
 /// lane by lane so that the compiler vectorises the rounds.
 #[allow(clippy::needless_range_loop)] // struct-of-arrays lanes, indexed on purpose
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 pub(crate) fn blocks8(seed: u64, subsequence: u64, first: u64) -> [[u32; 4]; 8] {
     let mut c = [[0u32; 8]; 4];
     for j in 0..8 {

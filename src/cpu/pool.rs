@@ -192,7 +192,10 @@ fn max_flat<T: Real>(xc: &[T], w: usize, k: usize, m: &mut [T]) {
 /// Max-pool forward of a run of `np` consecutive stride-1 planes in the flat layout (see
 /// [`flat`]): `xp` is `np · h · w` values, `yp` their `np · oh · ow` outputs.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn max_planes_forward_flat<T: Real>(
     xp: &[T],
     yp: &mut [T],
@@ -215,7 +218,10 @@ fn max_planes_forward_flat<T: Real>(
 }
 
 /// Max-pool forward of one channel plane (not a flat one).
-#[inline]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn max_plane_forward<T: Real>(xc: &[T], yc: &mut [T], w: usize, k: usize, st: usize, ow: usize) {
     let mut m = [T::ZERO; BLOCK];
     for (oy, yr) in yc.chunks_exact_mut(ow).enumerate() {
@@ -238,8 +244,11 @@ fn max_plane_forward<T: Real>(xc: &[T], yc: &mut [T], w: usize, k: usize, st: us
 /// float compare-and-selects, so that it vectorises (stride 1). A row block whose window holds
 /// a NaN takes the scalar path (the gradient goes to the last NaN, as PyTorch's
 /// `val > max || isnan(val)` scan).
-#[inline]
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn max_plane_backward<T: Real>(
     xc: &[T],
     yc: Option<&[T]>,
@@ -316,6 +325,10 @@ fn max_plane_backward<T: Real>(
 /// Returns false, having written nothing, when the run holds a NaN maximum (the caller's
 /// scalar path routes it, plane by plane).
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
 fn max_planes_backward_flat<T: Real>(
     xp: &[T],
     yp: Option<&[T]>,
