@@ -9,7 +9,7 @@
 //! | [`discrete_gaussian::DiscreteGaussian`] | integer | ρ-zCDP | **yes** (exact integer arithmetic) |
 //! | [`snapping::Snapping`] | real, bounded | ε′-DP, ε′ slightly above ε | **yes**, under Mironov's assumptions |
 //! | [`randomized_response::RandomizedResponse`] | one bit (local DP) | ε-LDP | no (Bernoulli(p) from 53 bits; p rounded to 2⁻⁵³) |
-//! | [`pate`] (LNMax, GNMax) | teacher votes | ε-DP / RDP | **no** (float noise) |
+//! | [`pate`] (LNMax, GNMax; moments accountant and RDP analyses) | teacher votes | ε-DP / RDP | **no** (float noise) |
 //!
 //! Floating-point attacks: a textbook Laplace or Gaussian sampler in IEEE doubles produces only
 //! some doubles, and which ones depends on the true answer, so the low-order bits of a release can
