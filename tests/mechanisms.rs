@@ -20,6 +20,7 @@ use dpsgd::mechanisms::sensitivity::{
 use dpsgd::mechanisms::snapping::uniform_ulp;
 use dpsgd::mechanisms::{
     DiscreteGaussian, DiscreteLaplace, Gaussian, Laplace, RandomizedResponse, Snapping,
+    TwoCoinResponse,
 };
 #[allow(unused_imports)]
 use dpsgd::rng::RandomBits;
@@ -699,6 +700,54 @@ fn edge_parameters_stay_finite() {
     assert!((0..200).all(|_| sample_discrete_gaussian(1, 1_000_000, &mut rng).unwrap() == 0));
     assert!((0..200).all(|_| sample_discrete_laplace(1, u64::MAX, &mut rng).unwrap() == 0));
     let _ = sample_discrete_laplace(u64::MAX, 1, &mut rng).unwrap();
+}
+
+// ---------------------------------------------------------------- two-coin randomized response
+
+#[test]
+fn two_coin_response_frequencies_and_deskewing() {
+    let mut rng = Philox::new(21, 0);
+    for p in [0.1, 0.5, 0.9] {
+        let rr = TwoCoinResponse::new(p).unwrap();
+        // Pr[report = truth] = (1+p)/2 for either truth.
+        let n = 100_000;
+        for truth in [false, true] {
+            let same = (0..n)
+                .filter(|_| rr.respond(truth, &mut rng) == truth)
+                .count() as f64;
+            let q = rr.truthful_probability();
+            let z = (same - n as f64 * q) / (n as f64 * q * (1.0 - q)).sqrt();
+            assert!(z.abs() < Z_CRIT, "p={p} truth={truth}: z = {z}");
+        }
+        // The de-skewed estimate of a database with 30% ones is unbiased: its error is within
+        // Z·√((1−p²)/(4n))/p (the exact standard deviation given the database).
+        let db: Vec<bool> = (0..n).map(|i| i % 10 < 3).collect();
+        let reports: Vec<bool> = db.iter().map(|&x| rr.respond(x, &mut rng)).collect();
+        let est = rr.estimate(&reports).unwrap();
+        let sd = ((1.0 - p * p) / (4.0 * n as f64)).sqrt() / p;
+        assert!((est.proportion - 0.3).abs() < Z_CRIT * sd, "p={p}: {est:?}");
+        let lam = reports.iter().filter(|&&r| r).count() as f64 / n as f64;
+        let plug_in = (lam * (1.0 - lam) / n as f64).sqrt() / p;
+        assert!((est.std_error - plug_in).abs() < 1e-15, "p={p}: {est:?}");
+        assert!((rr.deskew(lam).unwrap() - est.proportion).abs() < 1e-15);
+        // ε = ln((1+p)/(1−p)), the same as the equivalent one-coin mechanism.
+        let eps = ((1.0 + p) / (1.0 - p)).ln();
+        assert!((rr.epsilon() - eps).abs() < 1e-14 * eps.max(1.0));
+        let one = rr.as_randomized_response().unwrap();
+        assert!((one.p() - (1.0 + p) / 2.0).abs() < 1e-16);
+        assert!((one.epsilon() - rr.epsilon()).abs() < 1e-12);
+    }
+    // Two fair coins: ε = ln 3, de-skewing 2λ − ½.
+    let fair = TwoCoinResponse::fair();
+    assert!((fair.epsilon() - 3f64.ln()).abs() < 1e-15);
+    assert_eq!(fair.deskew(0.6).unwrap(), 2.0 * 0.6 - 0.5);
+    assert_eq!(TwoCoinResponse::new(0.5).unwrap(), fair);
+    for bad in [0.0, 1.0, -0.5, f64::NAN] {
+        assert!(is_invalid(TwoCoinResponse::new(bad), "p"));
+    }
+    assert!(is_invalid(fair.deskew(1.5), "observed"));
+    assert!(is_invalid(fair.estimate(&[]), "n"));
+    assert!(is_invalid(fair.estimate_from_counts(3, 2), "yes"));
 }
 
 // ---------------------------------------------------------------- PATE: LNMax analyses
