@@ -221,6 +221,10 @@ fn print_lessons(l: &Lessons) {
         "7. PATE in miniature: {} teachers vote at random over {} classes on {} examples; LNMax: argmax of counts + Lap(1/gamma), gamma = {}",
         m.teachers, m.classes, m.examples, m.gamma
     );
+    say!(
+        "   (the course's \"epsilon = 0.1 per query\" is gamma: one vote moves two counts, so each answer is 2 gamma = {}-DP)",
+        2.0 * m.gamma
+    );
     say!("   first answers: {:?}", m.first_answers);
     say!("   answers per class: {:?}", m.answer_counts);
     say!(
