@@ -54,11 +54,14 @@ pub enum Purpose {
     Mechanism = 6,
     /// Training-data order or shuffles that are not privacy-relevant (non-private runs).
     Shuffle = 7,
+    /// Synthetic data drawn by simulations and teaching examples (the "private" database of a
+    /// toy run; never the mechanisms' noise, which uses [`Purpose::Mechanism`]).
+    SyntheticData = 8,
 }
 
 impl Purpose {
     /// Every purpose (tests check that their keys are pairwise distinct).
-    pub const ALL: [Purpose; 7] = [
+    pub const ALL: [Purpose; 8] = [
         Purpose::ModelInit,
         Purpose::Sampling,
         Purpose::GradientNoise,
@@ -66,6 +69,7 @@ impl Purpose {
         Purpose::Augmentation,
         Purpose::Mechanism,
         Purpose::Shuffle,
+        Purpose::SyntheticData,
     ];
 }
 

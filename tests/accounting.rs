@@ -217,3 +217,170 @@ fn bad_parameters_are_typed_errors() {
     assert!(calibrate(Method::Rdp, 0.0, 1e-5, 0.01, 10, 1e-3).is_err());
     assert!(calibrate(Method::Rdp, 1.0, 1e-5, 0.0, 10, 1e-3).is_err());
 }
+
+// ---------------------------------------------------------------- composition of pure ε-DP
+
+mod composition {
+    use dpsgd::accounting::composition::{
+        advanced_composition, basic_composition, laplace_epsilon_rdp, laplace_rdp,
+        optimal_composition_delta, optimal_composition_epsilon,
+    };
+    use dpsgd::accounting::{default_orders, rdp::eps_from_rdp};
+    use dpsgd::Error;
+    use serde_json::Value;
+
+    fn reference() -> Value {
+        serde_json::from_str(include_str!("reference/composition.json")).unwrap()
+    }
+
+    fn rows(v: &Value) -> Vec<Vec<f64>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn is_invalid<T: std::fmt::Debug>(r: dpsgd::Result<T>, name: &str) -> bool {
+        matches!(r, Err(Error::InvalidParameter { name: n, .. }) if n == name)
+    }
+
+    /// Per-order RDP of the Laplace mechanism against dp_accounting's `_laplace_rdp`, and
+    /// against a direct numerical integration of the Rényi divergence of Lap(0, 1/ε) from
+    /// Lap(1, 1/ε).
+    #[test]
+    fn laplace_rdp_matches_dp_accounting_and_the_integral() {
+        for r in rows(&reference()["laplace_rdp"]) {
+            let (eps, a, want) = (r[0], r[1], r[2]);
+            let got = laplace_rdp(eps, a).unwrap();
+            assert!(
+                (got - want).abs() <= 1e-10 * want.max(1e-12),
+                "ε={eps} α={a}: {got} vs {want}"
+            );
+        }
+        // ∫ p^α q^(1−α) over a wide grid (midpoint rule), p = Lap(0, b), q = Lap(1, b).
+        for (eps, a) in [(0.5, 2.0), (1.0, 3.5), (2.0, 1.5)] {
+            let b = 1.0 / eps;
+            let (lo, hi, n) = (-60.0 * b, 60.0 * b + 1.0, 2_000_000);
+            let h = (hi - lo) / n as f64;
+            let mut s = 0.0;
+            for i in 0..n {
+                let x = lo + (i as f64 + 0.5) * h;
+                let lp = -(x.abs()) / b - (2.0 * b).ln();
+                let lq = -((x - 1.0).abs()) / b - (2.0 * b).ln();
+                s += (a * lp + (1.0 - a) * lq).exp() * h;
+            }
+            let want = s.ln() / (a - 1.0);
+            let got = laplace_rdp(eps, a).unwrap();
+            assert!((got - want).abs() < 1e-6, "ε={eps} α={a}: {got} vs {want}");
+        }
+        assert!(is_invalid(laplace_rdp(0.0, 2.0), "epsilon"));
+        assert!(is_invalid(laplace_rdp(1.0, 1.0), "order"));
+        assert!(is_invalid(laplace_rdp(1.0, f64::INFINITY), "order"));
+    }
+
+    /// k Laplace releases through RDP, converted over Opacus's orders, as dp_accounting does it.
+    #[test]
+    fn laplace_epsilon_rdp_matches_dp_accounting() {
+        let orders = default_orders();
+        for r in rows(&reference()["laplace_rdp_epsilon"]) {
+            let (eps, k, delta, want) = (r[0], r[1] as u64, r[2], r[3]);
+            let rdp: Vec<f64> = orders
+                .iter()
+                .map(|&a| k as f64 * laplace_rdp(eps, a).unwrap())
+                .collect();
+            let (got, _) = eps_from_rdp(&orders, &rdp, delta).unwrap();
+            assert!(
+                (got - want).abs() < 1e-9 * want,
+                "ε={eps} k={k}: {got} vs {want}"
+            );
+            // The reported value is never above basic composition.
+            let (reported, _) = laplace_epsilon_rdp(eps, k, delta, &orders).unwrap();
+            assert_eq!(reported, got.min(eps * k as f64));
+        }
+    }
+
+    /// δ(ε′) of k randomized responses by enumerating all 2^k outputs.
+    fn brute_force_delta(eps: f64, k: u32, eps_total: f64) -> f64 {
+        let p = eps.exp() / (1.0 + eps.exp());
+        let mut d = 0.0;
+        for out in 0u32..(1 << k) {
+            let ones = out.count_ones() as i32;
+            // P: every bit is 1 with probability p; Q: with probability 1 − p.
+            let lp = p.powi(ones) * (1.0 - p).powi(k as i32 - ones);
+            let lq = (1.0 - p).powi(ones) * p.powi(k as i32 - ones);
+            d += (lp - eps_total.exp() * lq).max(0.0);
+        }
+        d
+    }
+
+    #[test]
+    fn optimal_composition_is_exact_and_below_the_other_bounds() {
+        for (eps, k) in [(0.1, 1u32), (0.5, 3), (1.0, 6), (0.3, 11)] {
+            for t in [0.0, 0.05, 0.4, 1.0, 2.5] {
+                let got = optimal_composition_delta(eps, k as u64, t).unwrap();
+                let want = brute_force_delta(eps, k, t);
+                assert!(
+                    (got - want).abs() < 1e-12,
+                    "ε={eps} k={k} ε′={t}: {got} vs {want}"
+                );
+            }
+        }
+        // Against dp_accounting's (pessimistic, discretised) PLD of randomized response: ours is
+        // exact, so at most theirs and within their discretisation (1e-4 per composition).
+        let r = reference();
+        for row in rows(&r["rr_pld_epsilon"]) {
+            let (eps, k, delta, theirs) = (row[0], row[1] as u64, row[2], row[3]);
+            let ours = optimal_composition_epsilon(eps, k, delta).unwrap();
+            assert!(
+                ours <= theirs + 1e-9 && theirs - ours <= 1e-4 * k as f64 + 1e-6,
+                "ε={eps} k={k}: {ours} vs dp_accounting {theirs}"
+            );
+            // δ at the returned ε is within the target, and just below it is not.
+            assert!(optimal_composition_delta(eps, k, ours).unwrap() <= delta);
+            if ours > 0.0 {
+                assert!(optimal_composition_delta(eps, k, ours * (1.0 - 1e-9)).unwrap() > delta);
+            }
+            // It is the worst case of every ε-DP mechanism: the Laplace mechanism's own PLD is
+            // never above it (dp_accounting's pessimistic Laplace PLD, same discretisation).
+            let lap = rows(&r["laplace_pld_epsilon"])
+                .into_iter()
+                .find(|l| l[0] == eps && l[1] as u64 == k)
+                .unwrap()[3];
+            assert!(lap <= ours + 1e-4 * k as f64, "Laplace {lap} vs {ours}");
+            // Ordering of the bounds.
+            let basic = basic_composition(eps, k).unwrap();
+            let adv = advanced_composition(eps, k, delta).unwrap();
+            assert!(ours <= adv + 1e-12 && adv <= basic, "{ours} {adv} {basic}");
+        }
+    }
+
+    #[test]
+    fn basic_and_advanced_composition() {
+        assert_eq!(basic_composition(0.1, 7).unwrap(), 0.1 * 7.0);
+        let (e, k, d) = (0.01f64, 10_000u64, 1e-6f64);
+        let want = e * (2.0 * k as f64 * (1.0 / d).ln()).sqrt() + k as f64 * e * e.exp_m1();
+        assert!((advanced_composition(e, k, d).unwrap() - want).abs() < 1e-12);
+        assert!(want < basic_composition(e, k).unwrap());
+        // Few large ε: basic composition is the smaller, and is returned.
+        assert_eq!(advanced_composition(1.0, 2, 1e-5).unwrap(), 2.0);
+        assert!(is_invalid(basic_composition(0.1, 0), "k"));
+        assert!(is_invalid(basic_composition(-0.1, 1), "epsilon"));
+        assert!(is_invalid(advanced_composition(0.1, 1, 1.0), "delta"));
+        assert!(is_invalid(
+            optimal_composition_epsilon(0.1, 1, 0.0),
+            "delta"
+        ));
+        assert!(is_invalid(
+            optimal_composition_delta(0.1, 1, -1.0),
+            "eps_total"
+        ));
+        assert!(is_invalid(laplace_epsilon_rdp(0.1, 0, 1e-5, &[2.0]), "k"));
+    }
+}

@@ -9,7 +9,10 @@ use dpsgd::mechanisms::gaussian::{analytic_sigma, classic_sigma, exact_delta, no
 use dpsgd::mechanisms::laplace::sample_laplace;
 use dpsgd::mechanisms::pate::{
     default_orders, gnmax, gnmax_log_q, gnmax_rdp_data_dependent, gnmax_rdp_data_independent,
-    lnmax, lnmax_epsilon, rdp_to_epsilon, GnmaxAccountant,
+    lnmax, lnmax_epsilon, lnmax_log_moment_data_dependent, lnmax_log_moment_data_independent,
+    lnmax_q, lnmax_rdp_data_dependent, lnmax_rdp_data_independent, lnmax_theorem2_applies,
+    log_moments_to_epsilon, moments_up_to, rdp_to_epsilon, GnmaxAccountant, LnmaxMomentsAccountant,
+    LnmaxRdpAccountant,
 };
 use dpsgd::mechanisms::sensitivity::{
     global_sensitivity, global_sensitivity_vec, local_sensitivity, Norm,
@@ -17,6 +20,7 @@ use dpsgd::mechanisms::sensitivity::{
 use dpsgd::mechanisms::snapping::uniform_ulp;
 use dpsgd::mechanisms::{
     DiscreteGaussian, DiscreteLaplace, Gaussian, Laplace, RandomizedResponse, Snapping,
+    TwoCoinResponse,
 };
 #[allow(unused_imports)]
 use dpsgd::rng::RandomBits;
@@ -696,4 +700,290 @@ fn edge_parameters_stay_finite() {
     assert!((0..200).all(|_| sample_discrete_gaussian(1, 1_000_000, &mut rng).unwrap() == 0));
     assert!((0..200).all(|_| sample_discrete_laplace(1, u64::MAX, &mut rng).unwrap() == 0));
     let _ = sample_discrete_laplace(u64::MAX, 1, &mut rng).unwrap();
+}
+
+// ---------------------------------------------------------------- two-coin randomized response
+
+#[test]
+fn two_coin_response_frequencies_and_deskewing() {
+    let mut rng = Philox::new(21, 0);
+    for p in [0.1, 0.5, 0.9] {
+        let rr = TwoCoinResponse::new(p).unwrap();
+        // Pr[report = truth] = (1+p)/2 for either truth.
+        let n = 100_000;
+        for truth in [false, true] {
+            let same = (0..n)
+                .filter(|_| rr.respond(truth, &mut rng) == truth)
+                .count() as f64;
+            let q = rr.truthful_probability();
+            let z = (same - n as f64 * q) / (n as f64 * q * (1.0 - q)).sqrt();
+            assert!(z.abs() < Z_CRIT, "p={p} truth={truth}: z = {z}");
+        }
+        // The de-skewed estimate of a database with 30% ones is unbiased: its error is within
+        // Z·√((1−p²)/(4n))/p (the exact standard deviation given the database).
+        let db: Vec<bool> = (0..n).map(|i| i % 10 < 3).collect();
+        let reports: Vec<bool> = db.iter().map(|&x| rr.respond(x, &mut rng)).collect();
+        let est = rr.estimate(&reports).unwrap();
+        let sd = ((1.0 - p * p) / (4.0 * n as f64)).sqrt() / p;
+        assert!((est.proportion - 0.3).abs() < Z_CRIT * sd, "p={p}: {est:?}");
+        let lam = reports.iter().filter(|&&r| r).count() as f64 / n as f64;
+        let plug_in = (lam * (1.0 - lam) / n as f64).sqrt() / p;
+        assert!((est.std_error - plug_in).abs() < 1e-15, "p={p}: {est:?}");
+        assert!((rr.deskew(lam).unwrap() - est.proportion).abs() < 1e-15);
+        // ε = ln((1+p)/(1−p)), the same as the equivalent one-coin mechanism.
+        let eps = ((1.0 + p) / (1.0 - p)).ln();
+        assert!((rr.epsilon() - eps).abs() < 1e-14 * eps.max(1.0));
+        let one = rr.as_randomized_response().unwrap();
+        assert!((one.p() - (1.0 + p) / 2.0).abs() < 1e-16);
+        assert!((one.epsilon() - rr.epsilon()).abs() < 1e-12);
+    }
+    // Two fair coins: ε = ln 3, de-skewing 2λ − ½.
+    let fair = TwoCoinResponse::fair();
+    assert!((fair.epsilon() - 3f64.ln()).abs() < 1e-15);
+    assert_eq!(fair.deskew(0.6).unwrap(), 2.0 * 0.6 - 0.5);
+    assert_eq!(TwoCoinResponse::new(0.5).unwrap(), fair);
+    for bad in [0.0, 1.0, -0.5, f64::NAN] {
+        assert!(is_invalid(TwoCoinResponse::new(bad), "p"));
+    }
+    assert!(is_invalid(fair.deskew(1.5), "observed"));
+    assert!(is_invalid(fair.estimate(&[]), "n"));
+    assert!(is_invalid(fair.estimate_from_counts(3, 2), "yes"));
+}
+
+// ---------------------------------------------------------------- PATE: LNMax analyses
+
+/// The log-moments the course printed (PySyft's copy of the 2017 authors' `analysis.py`, run on
+/// 100 queries of 100 unanimous teachers at noise ε = γ = 0.1, δ = 1e-5): data-independent
+/// 11.756462732485115; data-dependent 1.52655213289881 with moments 1…8 and 0.9029013677789843
+/// with 1…20.
+#[test]
+fn lnmax_moments_accountant_reproduces_the_course() {
+    let unanimous = [100u64, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    for (max, want) in [(8, 1.52655213289881), (20, 0.9029013677789843)] {
+        let mut acc = LnmaxMomentsAccountant::new(0.1, moments_up_to(max).unwrap()).unwrap();
+        for _ in 0..100 {
+            acc.record(&unanimous).unwrap();
+        }
+        let (dd, l) = acc.epsilon_data_dependent(1e-5).unwrap();
+        assert!(
+            (dd - want).abs() < 1e-12 * want,
+            "λ ≤ {max}: {dd} vs {want}"
+        );
+        // The course's warning "may not have used enough values of l" fires at 1…8, not 1…20.
+        assert_eq!(l, if max == 8 { 8.0 } else { 18.0 });
+        let (di, l) = acc.epsilon_data_independent(1e-5).unwrap();
+        assert!((di - 11.756462732485115).abs() < 1e-12 * di, "{di}");
+        assert_eq!(l, 2.0);
+        assert_eq!(acc.theorem2_used(), 100);
+        assert_eq!(acc.answered(), 100);
+    }
+    // 10 unanimous queries and 90 split ones: the split ones pay the data-independent moment
+    // min(0.02λ(λ+1), 0.2λ), the unanimous ones Theorem 2's (computed here from the formula).
+    let split = [12u64, 11, 10, 10, 10, 10, 10, 9, 9, 9];
+    assert!(!lnmax_theorem2_applies(lnmax_q(&split, 0.1).unwrap(), 0.1));
+    let mut acc = LnmaxMomentsAccountant::new(0.1, moments_up_to(8).unwrap()).unwrap();
+    for i in 0..100 {
+        acc.record(if i < 10 { &unanimous } else { &split })
+            .unwrap();
+    }
+    let q: f64 = 9.0 * (2.0 + 10.0) / (4.0 * 10f64.exp());
+    let want = (1..=8)
+        .map(|l| {
+            let l = l as f64;
+            let t2 = ((1.0 - q) * ((1.0 - q) / (1.0 - 0.2f64.exp() * q)).powf(l)
+                + q * (0.2 * l).exp())
+            .ln();
+            let di = (0.02 * l * (l + 1.0)).min(0.2 * l);
+            (10.0 * t2.min(di) + 90.0 * di + 1e5f64.ln()) / l
+        })
+        .fold(f64::INFINITY, f64::min);
+    let (dd, _) = acc.epsilon_data_dependent(1e-5).unwrap();
+    assert!((dd - want).abs() < 1e-12 * want, "{dd} vs {want}");
+    assert_eq!(acc.theorem2_used(), 10);
+    assert!(dd < acc.epsilon_data_independent(1e-5).unwrap().0);
+}
+
+/// The Laplace tail of the difference of two Lap(1/γ): Pr[X₁ − X₀ > t·/γ] for t = γ·gap.
+fn lap_diff_tail(t: f64) -> f64 {
+    if t >= 0.0 {
+        (2.0 + t) * (-t).exp() / 4.0
+    } else {
+        1.0 - (2.0 - t) * t.exp() / 4.0
+    }
+}
+
+#[test]
+fn lnmax_q_is_theorem3_and_bounds_what_lnmax_does() {
+    let gamma = 0.1;
+    let votes = [40u64, 25, 20, 5, 0];
+    let want: f64 = [15.0, 20.0, 35.0, 40.0]
+        .iter()
+        .map(|g: &f64| lap_diff_tail(gamma * g))
+        .sum();
+    assert!((lnmax_q(&votes, gamma).unwrap() - want).abs() < 1e-15);
+    // Two classes: Theorem 3 is exact, and lnmax's frequency matches it.
+    let mut rng = Philox::new(33, 0);
+    let n = 200_000;
+    for two in [[40u64, 33], [40, 40], [50, 10]] {
+        let p = lnmax_q(&two, gamma).unwrap();
+        assert!((p - lap_diff_tail(gamma * (two[0] - two[1]) as f64)).abs() < 1e-15);
+        let hits = (0..n)
+            .filter(|_| lnmax(&two, gamma, &mut rng).unwrap() != 0)
+            .count() as f64;
+        let z = (hits - n as f64 * p) / (n as f64 * p * (1.0 - p)).sqrt();
+        assert!(z.abs() < Z_CRIT, "{two:?}: z = {z}");
+    }
+    // Five classes: the union bound is an upper bound on the observed rate.
+    let misses = (0..n)
+        .filter(|_| lnmax(&votes, gamma, &mut rng).unwrap() != 0)
+        .count() as f64;
+    let sd = (n as f64 * want * (1.0 - want)).sqrt();
+    assert!(
+        misses < n as f64 * want + Z_CRIT * sd,
+        "{misses} vs {}",
+        n as f64 * want
+    );
+    // The cap at 1 − 1/k.
+    assert_eq!(lnmax_q(&[5, 5, 5, 5], 0.01).unwrap(), 0.75);
+    assert_eq!(lnmax_q(&[7], 0.1).unwrap(), 0.0);
+    assert!(is_invalid(lnmax_q(&votes, 0.0), "gamma"));
+    assert!(matches!(lnmax_q(&[], 0.1), Err(Error::Shape { .. })));
+}
+
+/// Output distribution of two-class LNMax at vote gap `gap` = n₀ − n₁.
+fn two_class(gamma: f64, gap: i64) -> [f64; 2] {
+    let p1 = lap_diff_tail(gamma * gap as f64);
+    [1.0 - p1, p1]
+}
+
+fn log_sum_exp2(xs: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = xs.collect();
+    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+}
+
+/// Theorem 2 (moments) and Theorem 6 (RDP) against the exact log-moment and Rényi divergence of
+/// two-class LNMax, whose output distribution is known in closed form, for every neighbour (one
+/// vote moved either way, gap ± 2).
+#[test]
+fn lnmax_bounds_hold_for_the_exact_two_class_mechanism() {
+    for gamma in [0.05, 0.1, 0.5] {
+        for gap in [0i64, 1, 2, 5, 10, 30, 60, 100] {
+            let p = two_class(gamma, gap);
+            let q = lnmax_q(&[100 + gap as u64, 100], gamma).unwrap();
+            for nb in [gap - 2, gap + 2] {
+                let p2 = two_class(gamma, nb);
+                for l in 1..=20 {
+                    let lf = l as f64;
+                    // α(λ) = ln Σ P^(λ+1) P′^(−λ), in log space.
+                    let exact =
+                        log_sum_exp2((0..2).map(|o| (lf + 1.0) * p[o].ln() - lf * p2[o].ln()));
+                    let bound = lnmax_log_moment_data_dependent(q, gamma, lf).unwrap();
+                    assert!(
+                        exact <= bound * (1.0 + 1e-9) + 1e-12,
+                        "γ={gamma} gap={gap}→{nb} λ={l}: exact {exact} > bound {bound}"
+                    );
+                    assert!(bound <= lnmax_log_moment_data_independent(gamma, lf).unwrap());
+                }
+                for a in [1.5, 2.0, 5.0, 20.0, 100.0] {
+                    // D_α = ln Σ P^α P′^(1−α) / (α − 1).
+                    let exact =
+                        log_sum_exp2((0..2).map(|o| a * p[o].ln() + (1.0 - a) * p2[o].ln()))
+                            / (a - 1.0);
+                    let bound = lnmax_rdp_data_dependent(q, gamma, a).unwrap();
+                    assert!(
+                        exact <= bound * (1.0 + 1e-9) + 1e-12,
+                        "γ={gamma} gap={gap}→{nb} α={a}: exact {exact} > bound {bound}"
+                    );
+                    assert!(bound <= lnmax_rdp_data_independent(gamma, a).unwrap());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lnmax_rdp_accountant_and_errors() {
+    let gamma = 0.1;
+    let unanimous = [250u64, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let split = [30u64, 28, 27, 25, 25, 25, 24, 22, 22, 22];
+    let mut acc = LnmaxRdpAccountant::new(gamma, default_orders()).unwrap();
+    for i in 0..100 {
+        acc.record(if i % 2 == 0 { &unanimous } else { &split })
+            .unwrap();
+    }
+    assert_eq!(acc.answered(), 100);
+    let di = acc.rdp_data_independent();
+    let per_split: Vec<f64> = acc
+        .orders()
+        .iter()
+        .map(|&a| lnmax_rdp_data_independent(gamma, a).unwrap())
+        .collect();
+    for (((dd, di), split), a) in acc
+        .rdp_data_dependent()
+        .iter()
+        .zip(&di)
+        .zip(&per_split)
+        .zip(acc.orders())
+    {
+        // The split half pays the data-independent price; the unanimous half (q ≈ 8e-10)
+        // almost nothing at small orders (at large ones the q·e^{2γ(α−1)} term grows).
+        assert!(*dd <= *di + 1e-12);
+        assert!(*dd >= 50.0 * split - 1e-9, "α={a}: {dd} {split}");
+        if *a <= 20.0 {
+            assert!(*dd < 50.0 * split + 50.0 * 1e-8, "α={a}: {dd} {split}");
+        }
+    }
+    let (e_dd, _) = acc.epsilon_data_dependent(1e-5).unwrap();
+    let (e_di, _) = acc.epsilon_data_independent(1e-5).unwrap();
+    assert!(e_dd < e_di);
+    // The data-independent RDP at α is min(2γ, 2γ²α), and gives fewer ε than basic composition.
+    assert!((lnmax_rdp_data_independent(0.1, 2.0).unwrap() - 0.04).abs() < 1e-15);
+    assert_eq!(lnmax_rdp_data_independent(0.1, 50.0).unwrap(), 0.2);
+    assert!(e_di < lnmax_epsilon(gamma, 100).unwrap());
+    assert_eq!(lnmax_rdp_data_dependent(0.0, gamma, 3.0).unwrap(), 0.0);
+    // log-moments → ε.
+    let (e, l) = log_moments_to_epsilon(&[1.0, 2.0], &[0.5, 0.6], 0.01).unwrap();
+    assert!((e - (0.6 + 100f64.ln()) / 2.0).abs() < 1e-12 && l == 2.0);
+    assert!(matches!(
+        log_moments_to_epsilon(&[1.0], &[], 0.01),
+        Err(Error::Shape { .. })
+    ));
+    assert!(is_invalid(
+        log_moments_to_epsilon(&[1.0], &[0.1], 1.0),
+        "delta"
+    ));
+    assert!(is_invalid(
+        log_moments_to_epsilon(&[0.0], &[0.1], 0.1),
+        "moment"
+    ));
+    assert!(is_invalid(moments_up_to(0), "max moment"));
+    assert!(is_invalid(
+        LnmaxMomentsAccountant::new(0.0, vec![1.0]),
+        "gamma"
+    ));
+    assert!(is_invalid(
+        LnmaxMomentsAccountant::new(0.1, vec![-1.0]),
+        "moment"
+    ));
+    assert!(matches!(
+        LnmaxMomentsAccountant::new(0.1, vec![]),
+        Err(Error::Shape { .. })
+    ));
+    assert!(is_invalid(LnmaxRdpAccountant::new(0.1, vec![1.0]), "order"));
+    assert!(is_invalid(
+        lnmax_log_moment_data_dependent(1.5, 0.1, 1.0),
+        "q"
+    ));
+    assert!(is_invalid(
+        lnmax_rdp_data_dependent(f64::NAN, 0.1, 2.0),
+        "q"
+    ));
+    assert!(is_invalid(
+        lnmax_log_moment_data_independent(0.1, 0.0),
+        "moment"
+    ));
+    // Theorem 2's condition: q < 1/(e^{2γ} + 1).
+    let edge = 1.0 / (0.2f64.exp() + 1.0);
+    assert!(lnmax_theorem2_applies(edge * 0.999, 0.1) && !lnmax_theorem2_applies(edge, 0.1));
 }

@@ -9,6 +9,9 @@
 //!   Wutschitz 2021). Gives the tightest ε, always as an upper bound. This is what the CLI calls
 //!   `prv`.
 //!
+//! [`composition`] composes pure ε-DP mechanisms (the Laplace mechanism, randomized response):
+//! basic, advanced, Rényi-DP and optimal (exact PLD of randomized response) composition.
+//!
 //! [`calibrate()`] finds the smallest noise multiplier meeting a target ε with either accountant.
 //! [`Accountant`] is the serialisable state a trainer keeps: `step`, `epsilon`, `history`.
 //!
@@ -21,6 +24,7 @@
 //!   Discrete Approximations of Privacy Loss Distributions*, PoPETs 2022.
 
 pub mod calibrate;
+pub mod composition;
 pub mod pld;
 pub mod rdp;
 

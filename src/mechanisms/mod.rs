@@ -8,8 +8,8 @@
 //! | [`discrete_laplace::DiscreteLaplace`] | integer | ε-DP | **yes** (exact integer arithmetic) |
 //! | [`discrete_gaussian::DiscreteGaussian`] | integer | ρ-zCDP | **yes** (exact integer arithmetic) |
 //! | [`snapping::Snapping`] | real, bounded | ε′-DP, ε′ slightly above ε | **yes**, under Mironov's assumptions |
-//! | [`randomized_response::RandomizedResponse`] | one bit (local DP) | ε-LDP | no (Bernoulli(p) from 53 bits; p rounded to 2⁻⁵³) |
-//! | [`pate`] (LNMax, GNMax) | teacher votes | ε-DP / RDP | **no** (float noise) |
+//! | [`randomized_response::RandomizedResponse`], [`randomized_response::TwoCoinResponse`] | one bit (local DP) | ε-LDP | no (Bernoulli(p) from 53 bits; p rounded to 2⁻⁵³) |
+//! | [`pate`] (LNMax, GNMax; moments accountant and RDP analyses) | teacher votes | ε-DP / RDP | **no** (float noise) |
 //!
 //! Floating-point attacks: a textbook Laplace or Gaussian sampler in IEEE doubles produces only
 //! some doubles, and which ones depends on the true answer, so the low-order bits of a release can
@@ -37,7 +37,7 @@ pub use discrete_gaussian::DiscreteGaussian;
 pub use discrete_laplace::DiscreteLaplace;
 pub use gaussian::Gaussian;
 pub use laplace::Laplace;
-pub use randomized_response::RandomizedResponse;
+pub use randomized_response::{RandomizedResponse, TwoCoinResponse};
 pub use snapping::Snapping;
 
 use crate::{Error, Result};

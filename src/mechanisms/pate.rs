@@ -7,6 +7,11 @@
 //!   ([`lnmax_epsilon`]): changing one teacher's data moves one vote, changing two counts by 1 each
 //!   (L1 sensitivity 2 of the histogram), and Laplace noise of scale 1/γ on an L1-sensitivity-2
 //!   histogram is 2γ-DP, the arg-max being post-processing. T queries compose to 2γT.
+//!   - Moments accountant (the 2017 paper's own analysis, Theorems 1–3):
+//!     [`LnmaxMomentsAccountant`], data-dependent ([`lnmax_q`],
+//!     [`lnmax_log_moment_data_dependent`]) and data-independent
+//!     ([`lnmax_log_moment_data_independent`]).
+//!   - Rényi DP (Theorem 6 of the 2018 paper applied to LNMax): [`LnmaxRdpAccountant`].
 //! - [`gnmax`]: Gaussian noise N(0, σ²) on every count (Papernot, Song, Mironov, Raghunathan,
 //!   Talwar, Erlingsson, "Scalable Private Learning with PATE", ICLR 2018).
 //!   - Data-independent: (λ, λ/σ²)-RDP per query ([`gnmax_rdp_data_independent`]; the
@@ -208,13 +213,25 @@ pub fn gnmax_rdp_data_dependent(log_q: f64, sigma: f64, order: f64) -> Result<f6
     if !(mu1 > order && mu2 > 1.0) {
         return Ok(independent);
     }
-    let eps1 = mu1 / var;
-    let eps2 = mu2 / var;
+    match theorem6_rdp(log_q, order, mu1, mu1 / var, mu2, mu2 / var) {
+        Some(dd) => Ok(dd.clamp(0.0, independent)),
+        None => Ok(independent),
+    }
+}
+
+/// Theorem 6 of Papernot et al. 2018 for one choice of (μ₁, ε₁), (μ₂, ε₂): the bound
+/// ln((1−q̃)·A^(λ−1) + q̃·B^(λ−1))/(λ−1) where its conditions hold (λ ≤ μ₁, μ₁, μ₂ > 1,
+/// ln q̃ ≤ (μ₂−1)ε₂ − μ₂(ln(μ₁/(μ₁−1)) + ln(μ₂/(μ₂−1))), q̃·e^ε₂ < 1), `None` where they fail
+/// or the value is not a number. `log_q` must be finite and < 0.
+fn theorem6_rdp(log_q: f64, order: f64, mu1: f64, eps1: f64, mu2: f64, eps2: f64) -> Option<f64> {
+    if !(order <= mu1 && mu1 > 1.0 && mu2 > 1.0) {
+        return None;
+    }
     let log_a2 = (mu2 - 1.0) * eps2;
     let cond = log_q <= log_a2 - mu2 * ((1.0 / (mu1 - 1.0)).ln_1p() + (1.0 / (mu2 - 1.0)).ln_1p())
         && -log_q > eps2;
     if !cond {
-        return Ok(independent);
+        return None;
     }
     let log1q = log1mexp(log_q);
     let log_a = (order - 1.0) * (log1q - log1mexp((log_q + eps2) * (1.0 - 1.0 / mu2)));
@@ -222,9 +239,10 @@ pub fn gnmax_rdp_data_dependent(log_q: f64, sigma: f64, order: f64) -> Result<f6
     let log_s = log_add_exp(log1q + log_a, log_q + log_b);
     let dd = log_s / (order - 1.0);
     if dd.is_nan() {
-        return Ok(independent);
+        None
+    } else {
+        Some(dd)
     }
-    Ok(dd.clamp(0.0, independent))
 }
 
 /// (ε, δ) from RDP over a set of orders: ε = min over α of rdp(α) + ln(1/δ)/(α − 1) (Mironov,
@@ -339,6 +357,434 @@ impl GnmaxAccountant {
     /// publishing it leaks about the teachers' data. Use it for internal analysis only; to publish
     /// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 / Appendix),
     /// which this module does not implement — or publish the data-independent bound instead.
+    pub fn epsilon_data_dependent(&self, delta: f64) -> Result<(f64, f64)> {
+        rdp_to_epsilon(&self.orders, &self.data_dependent, delta)
+    }
+
+    /// The data-independent (ε, minimising order) at δ.
+    pub fn epsilon_data_independent(&self, delta: f64) -> Result<(f64, f64)> {
+        rdp_to_epsilon(&self.orders, &self.rdp_data_independent(), delta)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LNMax: the moments accountant of Papernot et al. 2017, and Theorem 6 of 2018 applied to it.
+// ---------------------------------------------------------------------------------------------
+
+/// q, an upper bound on Pr[LNMax answer ≠ plurality class j*] (Papernot et al. 2017,
+/// Theorem 3): q = Σ_{j≠j*} (2 + γ(n_{j*} − nⱼ)) / (4·exp(γ(n_{j*} − nⱼ))), capped at 1 − 1/k
+/// for k classes. j* is the first class with the most votes.
+///
+/// Each term is exactly Pr[Xⱼ − X_{j*} ≥ n_{j*} − nⱼ] for two independent Lap(1/γ) noises (the
+/// tail of their difference is (2 + γt)e^(−γt)/4 for t ≥ 0), so the sum is a union bound. The cap
+/// holds because with i.i.d. noise on every count the plurality is the likeliest answer, so it wins
+/// with probability ≥ 1/k.
+///
+/// **Not itself a DP release:** it depends on the (private) votes; see
+/// [`LnmaxMomentsAccountant`].
+pub fn lnmax_q(votes: &[u64], gamma: f64) -> Result<f64> {
+    check_positive("gamma", gamma)?;
+    check_votes(votes)?;
+    let k = votes.len();
+    if k == 1 {
+        return Ok(0.0);
+    }
+    let mut top = 0;
+    for (i, &n) in votes.iter().enumerate() {
+        if n > votes[top] {
+            top = i;
+        }
+    }
+    let q: f64 = votes
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != top)
+        .map(|(_, &n)| {
+            let gap = gamma * (votes[top] - n) as f64;
+            (2.0 + gap) * (-gap).exp() / 4.0
+        })
+        .sum();
+    Ok(q.min(1.0 - 1.0 / k as f64))
+}
+
+fn check_moment(lambda: f64) -> Result<()> {
+    if lambda.is_finite() && lambda > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid("moment", lambda, "finite and > 0"))
+    }
+}
+
+/// The data-independent log-moment bound of one LNMax answer (a (2γ, 0)-DP mechanism) at moment
+/// λ > 0: min(2γ²·λ(λ+1), 2γ·λ).
+///
+/// With ε = 2γ: a pure ε-DP mechanism is ε²/2-zCDP (Bun & Steinke, TCC 2016, Proposition 3.3),
+/// i.e. its log-moment α(λ) = λ·D_{λ+1} is at most ε²λ(λ+1)/2 (the bound Papernot et al. 2017 use,
+/// citing Dwork & Rothblum 2016); and its privacy loss never exceeds ε, so α(λ) ≤ ελ.
+pub fn lnmax_log_moment_data_independent(gamma: f64, lambda: f64) -> Result<f64> {
+    check_positive("gamma", gamma)?;
+    check_moment(lambda)?;
+    let eps = 2.0 * gamma;
+    Ok((0.5 * eps * eps * lambda * (lambda + 1.0)).min(eps * lambda))
+}
+
+/// Whether Theorem 2 of Papernot et al. 2017 applies to q at noise γ: q < (e^{2γ} − 1)/(e^{4γ} − 1)
+/// (= 1/(e^{2γ} + 1)).
+pub fn lnmax_theorem2_applies(q: f64, gamma: f64) -> bool {
+    let e = (2.0 * gamma).exp();
+    q.is_finite() && q >= 0.0 && q < 1.0 / (e + 1.0)
+}
+
+/// The data-dependent log-moment bound of one LNMax answer at moment λ > 0, given q ≥
+/// Pr[answer ≠ j*] (from [`lnmax_q`]): Theorem 2 of Papernot et al. 2017 with ε = 2γ,
+/// ln((1−q)·((1−q)/(1 − e^{2γ}q))^λ + q·e^{2γλ}), where its condition holds
+/// ([`lnmax_theorem2_applies`]), and never more than the data-independent bound
+/// ([`lnmax_log_moment_data_independent`]), which is returned where the condition fails.
+///
+/// **Not itself a DP release:** see [`LnmaxMomentsAccountant`].
+pub fn lnmax_log_moment_data_dependent(q: f64, gamma: f64, lambda: f64) -> Result<f64> {
+    let independent = lnmax_log_moment_data_independent(gamma, lambda)?;
+    if !(q.is_finite() && (0.0..=1.0).contains(&q)) {
+        return Err(Error::invalid("q", q, "a probability in [0, 1]"));
+    }
+    if !lnmax_theorem2_applies(q, gamma) {
+        return Ok(independent);
+    }
+    if q == 0.0 {
+        return Ok(0.0);
+    }
+    let eps = 2.0 * gamma;
+    let log1q = (-q).ln_1p();
+    // 1 − e^ε q > 0 by the condition (q < 1/(e^ε + 1) < e^{−ε}).
+    let log_denominator = (-(eps.exp() * q)).ln_1p();
+    let t1 = log1q + lambda * (log1q - log_denominator);
+    let t2 = q.ln() + eps * lambda;
+    let bound = log_add_exp(t1, t2);
+    if bound.is_nan() {
+        return Ok(independent);
+    }
+    Ok(bound.clamp(0.0, independent))
+}
+
+/// (ε, δ) from log-moments: ε = min over λ of (α(λ) + ln(1/δ))/λ (the tail bound of the moments
+/// accountant, Abadi et al. CCS 2016, Theorem 2.2; Papernot et al. 2017, Theorem 1). Returns
+/// (ε, the minimising λ). `moments` and `log_moments` must have the same non-zero length.
+pub fn log_moments_to_epsilon(
+    moments: &[f64],
+    log_moments: &[f64],
+    delta: f64,
+) -> Result<(f64, f64)> {
+    check_delta(delta)?;
+    if moments.is_empty() || moments.len() != log_moments.len() {
+        return Err(Error::shape(
+            "log_moments_to_epsilon",
+            format!(
+                "{} moments but {} log-moment values",
+                moments.len(),
+                log_moments.len()
+            ),
+        ));
+    }
+    let mut best = (f64::INFINITY, moments[0]);
+    for (&l, &a) in moments.iter().zip(log_moments) {
+        check_moment(l)?;
+        if a.is_nan() || a < 0.0 {
+            return Err(Error::invalid("log_moment", a, ">= 0"));
+        }
+        let eps = (a + (1.0 / delta).ln()) / l;
+        if eps < best.0 {
+            best = (eps, l);
+        }
+    }
+    Ok(best)
+}
+
+/// The moments λ = 1, 2, …, `max` (the PATE 2017 reference analysis used 1…8).
+pub fn moments_up_to(max: u32) -> Result<Vec<f64>> {
+    if max == 0 {
+        return Err(Error::invalid("max moment", max, ">= 1"));
+    }
+    Ok((1..=max).map(f64::from).collect())
+}
+
+/// The moments accountant of PATE's LNMax aggregator (Papernot, Abadi, Erlingsson, Goodfellow,
+/// Talwar, "Semi-supervised Knowledge Transfer for Deep Learning from Private Training Data",
+/// ICLR 2017, Section 3): data-dependent log-moments (Theorems 2 and 3) and data-independent
+/// ones ([`lnmax_log_moment_data_independent`]), summed over the answered queries at each moment
+/// λ, and converted to (ε, δ) with [`log_moments_to_epsilon`]. This is the analysis the course
+/// used (through PySyft's copy of the authors' `analysis.py`); [`LnmaxRdpAccountant`] is the
+/// Rényi-DP alternative.
+///
+/// # Proof Definition
+/// - The mechanism: [`lnmax`] with parameter γ, i.e. arg-max of the vote counts plus i.i.d.
+///   Lap(1/γ). One teacher's training data changes only that teacher's vote, which moves one
+///   count down by 1 and another up by 1 (L1 sensitivity 2), so one answer is (2γ, 0)-DP
+///   (Dwork & Roth 2014, Theorem 3.6; the arg-max is post-processing).
+/// - Theorem 2 (2017): if M is (2γ, 0)-DP, q ≥ Pr[M(d) ≠ o*] for some outcome o*, λ ≥ 0 and
+///   q < (e^{2γ} − 1)/(e^{4γ} − 1), then for every neighbour d′ the log-moment
+///   α(λ; d, d′) ≤ ln((1−q)·((1−q)/(1 − e^{2γ}q))^λ + q·e^{2γλ}). [`record`](Self::record)
+///   checks the condition for every query ([`lnmax_theorem2_applies`]) and uses the
+///   data-independent bound where it fails.
+/// - Theorem 3 (2017): for LNMax, Pr[M(d) ≠ j*] ≤ Σ_{j≠j*} (2 + γΔⱼ)/(4e^{γΔⱼ}), Δⱼ the vote gap
+///   to the plurality j* ([`lnmax_q`]).
+/// - Theorem 1 (2017; Abadi et al. 2016, Theorem 2.2): log-moments of adaptively composed
+///   mechanisms add up, and the composition is (ε, δ)-DP for δ = min_λ exp(α(λ) − λε).
+///
+/// Where the code that runs departs from these assumptions: [`lnmax`]'s noise is drawn in IEEE
+/// doubles (Mironov 2012: only the arg-max is released, which limits the exposure) and is cut
+/// at |z| ≈ 81/γ (probability < 2⁻¹¹⁶ per draw, [`crate::rng::RandomBits::next_laplace_f64`]),
+/// so the answer's distribution is within k·2⁻¹¹⁶ (k classes) in total variation of the ideal
+/// one, and in exact terms each answer is (2γ, δ₀)-DP with δ₀ ≤ (1 + e^{2γ})·k·2⁻¹¹⁶ rather than
+/// pure — negligible next to any δ used here, but not zero.
+///
+/// **The data-dependent values are not themselves a DP release:** they depend on the (private)
+/// votes, so publishing them leaks about the teachers' data. The 2017 paper releases them through
+/// smooth sensitivity (its Section 3.3 and the `smoothed_sens` of the authors' code), which this
+/// module does not implement; publish the data-independent ε instead, or keep the data-dependent
+/// one for internal analysis.
+///
+/// ```
+/// use dpsgd::mechanisms::pate::{moments_up_to, LnmaxMomentsAccountant};
+/// let mut acc = LnmaxMomentsAccountant::new(0.1, moments_up_to(8)?)?;
+/// for _ in 0..100 {
+///     acc.record(&[100, 0, 0, 0, 0, 0, 0, 0, 0, 0])?; // 100 unanimous teachers
+/// }
+/// let (eps_dd, _) = acc.epsilon_data_dependent(1e-5)?;
+/// let (eps_di, _) = acc.epsilon_data_independent(1e-5)?;
+/// assert!(eps_dd < 1.6 && (eps_di - 11.7565).abs() < 1e-3);
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct LnmaxMomentsAccountant {
+    gamma: f64,
+    moments: Vec<f64>,
+    data_dependent: Vec<f64>,
+    answered: u64,
+    theorem2_used: u64,
+}
+
+impl LnmaxMomentsAccountant {
+    /// An accountant for LNMax with parameter γ (Laplace scale 1/γ, 2γ-DP per answer) over the
+    /// moments λ in `moments` (each finite and > 0, non-empty; see [`moments_up_to`]).
+    pub fn new(gamma: f64, moments: Vec<f64>) -> Result<Self> {
+        check_positive("gamma", gamma)?;
+        if moments.is_empty() {
+            return Err(Error::shape("LnmaxMomentsAccountant", "no moments"));
+        }
+        for &l in &moments {
+            check_moment(l)?;
+        }
+        let n = moments.len();
+        Ok(LnmaxMomentsAccountant {
+            gamma,
+            moments,
+            data_dependent: vec![0.0; n],
+            answered: 0,
+            theorem2_used: 0,
+        })
+    }
+
+    /// Accounts for one answered query whose (noiseless) vote histogram was `votes`.
+    pub fn record(&mut self, votes: &[u64]) -> Result<()> {
+        let q = lnmax_q(votes, self.gamma)?;
+        let mut step = Vec::with_capacity(self.moments.len());
+        for &l in &self.moments {
+            step.push(lnmax_log_moment_data_dependent(q, self.gamma, l)?);
+        }
+        for (acc, s) in self.data_dependent.iter_mut().zip(step) {
+            *acc += s;
+        }
+        if lnmax_theorem2_applies(q, self.gamma) {
+            self.theorem2_used += 1;
+        }
+        self.answered += 1;
+        Ok(())
+    }
+
+    /// How many answered queries have been recorded.
+    pub fn answered(&self) -> u64 {
+        self.answered
+    }
+
+    /// How many of them met Theorem 2's condition (the others were charged the data-independent
+    /// log-moment).
+    pub fn theorem2_used(&self) -> u64 {
+        self.theorem2_used
+    }
+
+    /// The moments λ.
+    pub fn moments(&self) -> &[f64] {
+        &self.moments
+    }
+
+    /// The composed data-dependent log-moment at each λ. **Not itself a DP release** (see the
+    /// type's documentation).
+    pub fn log_moments_data_dependent(&self) -> &[f64] {
+        &self.data_dependent
+    }
+
+    /// The composed data-independent log-moment at each λ: answered × min(2γ²λ(λ+1), 2γλ).
+    pub fn log_moments_data_independent(&self) -> Vec<f64> {
+        let eps = 2.0 * self.gamma;
+        self.moments
+            .iter()
+            .map(|&l| self.answered as f64 * (0.5 * eps * eps * l * (l + 1.0)).min(eps * l))
+            .collect()
+    }
+
+    /// The data-dependent (ε, minimising λ) at δ. **Not itself a DP release** (see the type's
+    /// documentation). If the minimising λ is the largest one, more moments may give a smaller ε
+    /// (the reference code warns likewise).
+    pub fn epsilon_data_dependent(&self, delta: f64) -> Result<(f64, f64)> {
+        log_moments_to_epsilon(&self.moments, &self.data_dependent, delta)
+    }
+
+    /// The data-independent (ε, minimising λ) at δ: a DP statement that depends only on γ, the
+    /// number of answers and the moments tried.
+    pub fn epsilon_data_independent(&self, delta: f64) -> Result<(f64, f64)> {
+        log_moments_to_epsilon(&self.moments, &self.log_moments_data_independent(), delta)
+    }
+}
+
+/// The data-independent RDP of one LNMax answer (a (2γ, 0)-DP mechanism) at order α > 1:
+/// min(2γ, α·(2γ)²/2) (Bun & Steinke, TCC 2016, Proposition 3.3: ε-DP implies ε²/2-zCDP;
+/// and D_α ≤ D_∞ ≤ ε).
+pub fn lnmax_rdp_data_independent(gamma: f64, order: f64) -> Result<f64> {
+    check_positive("gamma", gamma)?;
+    check_order(order)?;
+    let eps = 2.0 * gamma;
+    Ok(eps.min(0.5 * order * eps * eps))
+}
+
+/// The candidate orders μ₁, μ₂ that [`lnmax_rdp_data_dependent`] tries in Theorem 6: 1.05·2ⁱ up
+/// to ~1.1·10⁶. (For a pure-DP curve the bound improves as μ₁, μ₂ grow, towards the form of
+/// Theorem 2 of 2017, so the grid reaches far.)
+fn theorem6_mu_grid() -> impl Iterator<Item = f64> {
+    (0..21).map(|i| 1.05 * 2f64.powi(i))
+}
+
+/// The data-dependent RDP of one LNMax answer at order λ > 1, given q ≥ Pr[answer ≠ j*]
+/// (from [`lnmax_q`]): Theorem 6 of Papernot et al., "Scalable Private Learning with PATE"
+/// (ICLR 2018), with LNMax's data-independent RDP curve εᵢ = min(2γ, μᵢ(2γ)²/2)
+/// ([`lnmax_rdp_data_independent`]), minimised over a grid of (μ₁, μ₂) that meet the theorem's
+/// conditions (λ ≤ μ₁; q ≤ e^((μ₂−1)ε₂)/(μ₁/(μ₁−1)·μ₂/(μ₂−1))^μ₂; q·e^ε₂ < 1 — each choice that
+/// meets them is a valid bound, so their minimum is). Never above the data-independent value,
+/// which is returned where no choice applies.
+///
+/// **Not itself a DP release:** it depends on the votes (see [`LnmaxMomentsAccountant`]).
+pub fn lnmax_rdp_data_dependent(q: f64, gamma: f64, order: f64) -> Result<f64> {
+    let independent = lnmax_rdp_data_independent(gamma, order)?;
+    if !(q.is_finite() && (0.0..=1.0).contains(&q)) {
+        return Err(Error::invalid("q", q, "a probability in [0, 1]"));
+    }
+    if q == 0.0 {
+        return Ok(0.0);
+    }
+    let log_q = q.ln().min(-1e-300);
+    let eps = 2.0 * gamma;
+    let curve = |mu: f64| eps.min(0.5 * mu * eps * eps);
+    let mut best = independent;
+    for mu1 in theorem6_mu_grid().filter(|&m| m >= order) {
+        for mu2 in theorem6_mu_grid() {
+            if let Some(v) = theorem6_rdp(log_q, order, mu1, curve(mu1), mu2, curve(mu2)) {
+                best = best.min(v.max(0.0));
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Rényi-DP accounting of LNMax answers, the alternative to [`LnmaxMomentsAccountant`]:
+/// data-dependent RDP from Theorem 6 of Papernot et al. 2018 ([`lnmax_rdp_data_dependent`], with
+/// q from Theorem 3 of 2017) and data-independent RDP ([`lnmax_rdp_data_independent`]), summed
+/// per order (RDP composes additively, Mironov 2017, Proposition 1) and converted with
+/// [`rdp_to_epsilon`].
+///
+/// # Proof Definition
+/// The mechanism and its (2γ, 0)-DP guarantee are as for [`LnmaxMomentsAccountant`] (with the
+/// same caveat on the sampler's cut); Theorem 6 needs M to be (μ₁, ε₁)- and (μ₂, ε₂)-RDP, which
+/// the pure-DP bound gives at every order, and q ≥ Pr[M(D) ≠ j*], which Theorem 3 of 2017 gives.
+///
+/// **The data-dependent values are not themselves a DP release** (see
+/// [`LnmaxMomentsAccountant`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LnmaxRdpAccountant {
+    gamma: f64,
+    orders: Vec<f64>,
+    data_dependent: Vec<f64>,
+    answered: u64,
+    /// The last q and its per-order RDP (consecutive identical q, e.g. unanimous votes, are
+    /// common and the grid search is not free).
+    last: Option<(f64, Vec<f64>)>,
+}
+
+impl LnmaxRdpAccountant {
+    /// An accountant for LNMax with parameter γ over RDP `orders` (each finite and > 1,
+    /// non-empty; [`default_orders`] are those of the PATE reference code).
+    pub fn new(gamma: f64, orders: Vec<f64>) -> Result<Self> {
+        check_positive("gamma", gamma)?;
+        if orders.is_empty() {
+            return Err(Error::shape("LnmaxRdpAccountant", "no RDP orders"));
+        }
+        for &a in &orders {
+            check_order(a)?;
+        }
+        let n = orders.len();
+        Ok(LnmaxRdpAccountant {
+            gamma,
+            orders,
+            data_dependent: vec![0.0; n],
+            answered: 0,
+            last: None,
+        })
+    }
+
+    /// Accounts for one answered query whose (noiseless) vote histogram was `votes`.
+    pub fn record(&mut self, votes: &[u64]) -> Result<()> {
+        let q = lnmax_q(votes, self.gamma)?;
+        let step = match self.last.take() {
+            Some((last_q, step)) if last_q == q => step,
+            _ => {
+                let mut step = Vec::with_capacity(self.orders.len());
+                for &a in &self.orders {
+                    step.push(lnmax_rdp_data_dependent(q, self.gamma, a)?);
+                }
+                step
+            }
+        };
+        for (acc, s) in self.data_dependent.iter_mut().zip(&step) {
+            *acc += s;
+        }
+        self.last = Some((q, step));
+        self.answered += 1;
+        Ok(())
+    }
+
+    /// How many answered queries have been recorded.
+    pub fn answered(&self) -> u64 {
+        self.answered
+    }
+
+    /// The orders.
+    pub fn orders(&self) -> &[f64] {
+        &self.orders
+    }
+
+    /// The composed data-dependent RDP at each order. **Not itself a DP release.**
+    pub fn rdp_data_dependent(&self) -> &[f64] {
+        &self.data_dependent
+    }
+
+    /// The composed data-independent RDP at each order.
+    pub fn rdp_data_independent(&self) -> Vec<f64> {
+        let eps = 2.0 * self.gamma;
+        self.orders
+            .iter()
+            .map(|&a| self.answered as f64 * eps.min(0.5 * a * eps * eps))
+            .collect()
+    }
+
+    /// The data-dependent (ε, minimising order) at δ. **Not itself a DP release.**
     pub fn epsilon_data_dependent(&self, delta: f64) -> Result<(f64, f64)> {
         rdp_to_epsilon(&self.orders, &self.data_dependent, delta)
     }

@@ -162,3 +162,116 @@ impl RandomizedResponse {
 fn epsilon_of(p: f64) -> f64 {
     ((2.0 * p - 1.0) / (1.0 - p)).ln_1p()
 }
+
+/// Randomized response with two coins, as it is usually taught: flip a first coin that shows
+/// heads with probability `p`; on heads answer truthfully, on tails flip a second, **fair** coin
+/// and answer that. With p = ½ both coins are fair.
+///
+/// The report equals the truth with probability (1+p)/2 and is its opposite with probability
+/// (1−p)/2, so this is [`RandomizedResponse`] with truthful probability (1+p)/2
+/// ([`Self::as_randomized_response`]) and ε = ln((1+p)/(1−p)) (ln 3 for two fair coins). The
+/// fraction λ of `true` reports has expectation p·π + (1−p)/2 for a true proportion π, hence the
+/// de-skewed estimate π̂ = (λ − (1−p)/2)/p ([`Self::deskew`]; 2λ − ½ for fair coins).
+///
+/// # Proof Definition
+/// Warner (JASA 1965) and Dwork & Roth (2014), Section 3.2, where the two-fair-coin version is
+/// shown to be (ln 3, 0)-DP; for a first coin of bias p the likelihood ratio of any report
+/// under the two values of the truth is at most ((1+p)/2)/((1−p)/2), so each report is
+/// ln((1+p)/(1−p))-locally DP. The two coins must be independent of each other and of the
+/// truth; [`Self::respond`] draws them from the stream it is given, the first as a 53-bit
+/// uniform compared with p (so p is rounded to a multiple of 2⁻⁵³, and ε with it), the second
+/// as one uniform bit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TwoCoinResponse {
+    p: f64,
+}
+
+impl TwoCoinResponse {
+    /// Two-coin randomized response whose first coin shows heads with probability `p` ∈ (0, 1)
+    /// (p = 0 would carry no information, p = 1 no privacy).
+    pub fn new(p: f64) -> Result<Self> {
+        if p.is_finite() && p > 0.0 && p < 1.0 {
+            Ok(TwoCoinResponse { p })
+        } else {
+            Err(Error::invalid(
+                "p",
+                p,
+                "in the open interval (0, 1): the first coin's probability of heads (p = 0 carries no information, p = 1 no privacy)",
+            ))
+        }
+    }
+
+    /// Two fair coins (p = ½): ε = ln 3.
+    pub fn fair() -> Self {
+        TwoCoinResponse { p: 0.5 }
+    }
+
+    /// The first coin's probability of heads.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
+    /// The probability (1+p)/2 that a report equals the truth.
+    pub fn truthful_probability(&self) -> f64 {
+        0.5 * (1.0 + self.p)
+    }
+
+    /// The local privacy parameter ε = ln((1+p)/(1−p)) (computed as ln_1p(2p/(1−p)), accurate
+    /// also for small p).
+    pub fn epsilon(&self) -> f64 {
+        (2.0 * self.p / (1.0 - self.p)).ln_1p()
+    }
+
+    /// The same mechanism as one-coin [`RandomizedResponse`] (truthful probability (1+p)/2,
+    /// rounded to the nearest double).
+    pub fn as_randomized_response(&self) -> Result<RandomizedResponse> {
+        RandomizedResponse::new(self.truthful_probability())
+    }
+
+    /// One respondent's report: the truth if the first coin (heads with probability p) shows
+    /// heads, else the second, fair coin.
+    pub fn respond(&self, truth: bool, rng: &mut impl RandomBits) -> bool {
+        if rng.next_f64() < self.p {
+            truth
+        } else {
+            rng.next_u32() & 1 == 1
+        }
+    }
+
+    /// The de-skewed estimate (λ − (1−p)/2)/p of the true proportion from the observed fraction
+    /// λ ∈ [0, 1] of `true` reports (unbiased when λ is the fraction among independent reports;
+    /// may fall outside [0, 1]).
+    pub fn deskew(&self, observed: f64) -> Result<f64> {
+        if !(observed.is_finite() && (0.0..=1.0).contains(&observed)) {
+            return Err(Error::invalid(
+                "observed",
+                observed,
+                "a fraction of `true` reports in [0, 1]",
+            ));
+        }
+        Ok((observed - 0.5 * (1.0 - self.p)) / self.p)
+    }
+
+    /// The de-skewed estimate from reports, with its plug-in standard error √(λ(1−λ)/n)/p.
+    /// Errors on an empty slice.
+    pub fn estimate(&self, reports: &[bool]) -> Result<ProportionEstimate> {
+        let yes = reports.iter().filter(|&&r| r).count() as u64;
+        self.estimate_from_counts(yes, reports.len() as u64)
+    }
+
+    /// [`Self::estimate`] from the count of `true` reports among `n` (`yes ≤ n`, n ≥ 1).
+    pub fn estimate_from_counts(&self, yes: u64, n: u64) -> Result<ProportionEstimate> {
+        if n == 0 {
+            return Err(Error::invalid("n", n, "at least one report"));
+        }
+        if yes > n {
+            return Err(Error::invalid("yes", yes, format!("<= n = {n}")));
+        }
+        let lam = yes as f64 / n as f64;
+        Ok(ProportionEstimate {
+            proportion: self.deskew(lam)?,
+            std_error: (lam * (1.0 - lam) / n as f64).sqrt() / self.p,
+            n,
+        })
+    }
+}
