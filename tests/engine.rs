@@ -381,3 +381,58 @@ fn lot_sum_and_layout_are_readable() {
         "{got:?}"
     );
 }
+
+/// On request the fused path keeps each example's clipping norm: after `accumulate_batch`
+/// (forward, loss, backward and clipping in one pass) the workspace holds the norms that
+/// `ops::per_sample_norms` gives for the same batch's per-sample rows; nothing is kept when
+/// not asked, or after a backward that does not clip.
+#[test]
+fn accumulate_batch_records_per_sample_norms_on_request() {
+    use dpsgd::ops::per_sample_norms;
+    let dev = Device::Cpu;
+    let model = models::sample_conv_net(&dev, 3).unwrap();
+    let batch = 6;
+    let x: Vec<f32> = (0..batch * 784)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0) - 0.3)
+        .collect();
+    let y: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+    let mut ws = model.workspace(batch).unwrap();
+    let mut e = PrivacyEngine::new(
+        config(Clipping::Flat(1.0), 1.0),
+        model.layout().clone(),
+        &dev,
+        Some(5),
+    )
+    .unwrap();
+    e.accumulate_batch(&model, &mut ws, &x, Loss::CrossEntropy(&y))
+        .unwrap();
+    assert!(ws.clip_norms().is_none(), "not recorded unless asked");
+    ws.set_record_norms(true);
+    e.accumulate_batch(&model, &mut ws, &x, Loss::CrossEntropy(&y))
+        .unwrap();
+    let got = ws.clip_norms().expect("recorded").to_vec();
+    // The reference: per-sample rows of the same batch, then their norms.
+    let p = model.num_params();
+    let mut rows = Buffer::<f32>::zeros(&dev, batch * p).unwrap();
+    model.forward_slice(&mut ws, &x).unwrap();
+    model
+        .loss(&mut ws, Loss::CrossEntropy(&y), Reduction::Sum)
+        .unwrap();
+    model
+        .backward(&mut ws, Grads::PerSample(&mut rows), false)
+        .unwrap();
+    assert!(
+        ws.clip_norms().is_none(),
+        "a backward without clipping keeps none"
+    );
+    let s = model.layout().num_segments();
+    let mut norms = Buffer::<f32>::zeros(&dev, batch).unwrap();
+    let mut seg = Buffer::<f32>::zeros(&dev, batch * s).unwrap();
+    per_sample_norms(&rows, batch, model.layout(), &mut norms, &mut seg).unwrap();
+    let want = norms.to_vec().unwrap();
+    assert_eq!(got.len(), batch);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-4 * w + 1e-7, "example {i}: {g} vs {w}");
+    }
+    assert!(want.iter().all(|&n| n > 0.0), "non-trivial norms: {want:?}");
+}

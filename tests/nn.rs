@@ -949,10 +949,29 @@ fn clipped_sum_equals_per_sample_then_clip() {
                 clip_and_accumulate(&rows, batch, layout, clipping, &mut cws, &mut reference)
                     .unwrap();
                 let mut results = vec![("clip_and_accumulate", reference.to_vec().unwrap())];
+                // The norms each example is clipped by (`[batch, F]`), in f64.
+                let want_norms: Vec<f64> = rv
+                    .chunks_exact(p)
+                    .flat_map(|row| {
+                        let sq: Vec<f64> = (0..ns)
+                            .map(|k| {
+                                row[layout.segment(k)]
+                                    .iter()
+                                    .map(|&v| (v as f64).powi(2))
+                                    .sum()
+                            })
+                            .collect();
+                        match clipping {
+                            Clipping::Flat(_) => vec![sq.iter().sum::<f64>().sqrt()],
+                            Clipping::PerLayer(_) => sq.iter().map(|q| q.sqrt()).collect(),
+                        }
+                    })
+                    .collect();
                 for (name, ws) in [("depth-first", &mut ws_df), ("layer-major", &mut ws_lm)] {
                     m.forward_slice(ws, &x).unwrap();
                     m.set_output_grad(ws, &dy).unwrap();
                     let mut got = Buffer::from_slice(&dev, &init).unwrap();
+                    ws.set_record_norms(true);
                     m.backward(
                         ws,
                         Grads::ClippedSum {
@@ -963,6 +982,16 @@ fn clipped_sum_equals_per_sample_then_clip() {
                         false,
                     )
                     .unwrap();
+                    let norms = ws.clip_norms().expect("recorded");
+                    assert_eq!(norms.len(), want_norms.len(), "{name}: [batch, F]");
+                    for (i, (u, v)) in norms.iter().zip(&want_norms).enumerate() {
+                        assert!(
+                            (*u as f64 - v).abs() <= 1e-4 * v + 1e-7,
+                            "{name}, batch {batch}, {clipping:?}: norm {i} {u} vs {v}"
+                        );
+                    }
+                    ws.set_record_norms(false);
+                    assert!(ws.clip_norms().is_none(), "{name}: off again");
                     results.push((name, got.to_vec().unwrap()));
                 }
                 for (name, got) in &results {

@@ -379,6 +379,9 @@ impl Sequential {
             clip_rows: Vec::new(),
             clip_aux: Vec::new(),
             clip_sq: Vec::new(),
+            record_norms: false,
+            clip_norms: Vec::new(),
+            norms_len: None,
             fused: Vec::new(),
             fused_group,
             have_forward: false,
@@ -826,6 +829,7 @@ impl Sequential {
         input_grad: bool,
     ) -> Result<f64> {
         check_clipped_reduction("Sequential::forward_backward", reduction, &grads)?;
+        ws.norms_len = None;
         #[cfg(feature = "cuda")]
         let on_gpu = ws.gpu.is_some() || self.device.is_cuda();
         #[cfg(not(feature = "cuda"))]
@@ -891,6 +895,7 @@ impl Sequential {
     /// by the realised batch size, so one example changes every other example's clipped
     /// gradient and the sensitivity is up to 2C, not C — an error.
     pub fn backward(&self, ws: &mut Workspace, grads: Grads<'_>, input_grad: bool) -> Result<()> {
+        ws.norms_len = None;
         if ws.mean_loss {
             check_clipped_reduction("Sequential::backward", Reduction::Mean, &grads)?;
         }
@@ -1058,6 +1063,12 @@ pub struct Workspace {
     clip_rows: Vec<f32>,
     clip_aux: Vec<f32>,
     clip_sq: Vec<f64>,
+    /// Per-sample clipping norms of the last clipped backward (`[batch, F]`, F = the
+    /// clipping's number of bounds) when `record_norms` is on; `norms_len` is the length of
+    /// what `clip_norms` holds for it.
+    record_norms: bool,
+    clip_norms: Vec<f32>,
+    norms_len: Option<usize>,
     /// [`Sequential::forward_backward`]'s per-thread buffers (each Conv2d's kept im2col for a
     /// group), sized on first use, and its examples per group.
     fused: Vec<f32>,
@@ -1089,6 +1100,30 @@ impl Workspace {
     /// backward refuses it: see [`Sequential::backward`]).
     pub fn mean_reduced(&self) -> bool {
         self.mean_loss
+    }
+
+    /// Asks a [`Grads::ClippedSum`] backward on the CPU (and so
+    /// [`crate::engine::PrivacyEngine::accumulate_batch`] and
+    /// [`crate::engine::PrivacyEngine::accumulate_model`] there) to keep each example's
+    /// clipping norm(s) for [`Workspace::clip_norms`]. Off by default (it costs a `[batch, F]`
+    /// write). These norms are the caller's own private data: use them (diagnostics, adaptive
+    /// clipping under its own accounting), never log or release them.
+    pub fn set_record_norms(&mut self, on: bool) {
+        self.record_norms = on;
+        if !on {
+            self.norms_len = None;
+        }
+    }
+
+    /// The per-sample norms the last [`Grads::ClippedSum`] backward clipped by, row-major
+    /// `[batch, F]`: F = 1 with [`crate::ops::Clipping::Flat`] (each example's total L2 norm);
+    /// with per-layer clipping F = the number of bounds (the norm of each clipping segment).
+    /// Clip factor = `min(1, C / (norm + 1e-6))`. `None` unless recording was on
+    /// ([`Workspace::set_record_norms`]) for that backward, and after any other backward, and
+    /// on a CUDA workspace (whose clipping runs through the `[B, P]` rows:
+    /// [`crate::ops::per_sample_norms`]).
+    pub fn clip_norms(&self) -> Option<&[f32]> {
+        self.norms_len.map(|n| &self.clip_norms[..n])
     }
 
     /// Parallel chunks the kernels split a batch into.

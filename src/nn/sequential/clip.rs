@@ -189,7 +189,8 @@ impl<'a> ClipPlan<'a> {
     /// norms of the row tensors from the compact rows `rows` (`[m, p_rows]`), the ghost layers'
     /// already in `tsq`; factors into `factors` (`[m, F]`); then `acc += Σ_j clip(g_j)` —
     /// rows with [`axpy4`], ghost weights as one GEMM against the layer's input `input(l)`
-    /// (`[m, inf]`). Errors (nothing added) on a non-finite norm, naming the example.
+    /// (`[m, inf]`). With `norms` (`[m, F]`) the norms clipped by are written there too.
+    /// Errors (nothing added) on a non-finite norm, naming the example.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn clip_group<'x>(
         &self,
@@ -201,6 +202,7 @@ impl<'a> ClipPlan<'a> {
         factors: &mut [f32],
         input: impl Fn(usize) -> &'x [f32],
         acc: &mut [f32],
+        mut norms: Option<&mut [f32]>,
     ) -> crate::Result<()> {
         let nf = self.bounds.len();
         let (pr, nt) = (self.p_rows, self.n_t);
@@ -230,12 +232,19 @@ impl<'a> ClipPlan<'a> {
                 });
             }
             let f = &mut factors[j * nf..(j + 1) * nf];
+            let mut out = norms.as_deref_mut().map(|v| &mut v[j * nf..(j + 1) * nf]);
             if nf == 1 {
                 f[0] = (self.bounds[0] / (norm + CLIP_EPS)).min(1.0);
+                if let Some(o) = out.as_deref_mut() {
+                    o[0] = norm;
+                }
             } else {
                 for (k, fk) in f.iter_mut().enumerate() {
                     let n = seg[k].sqrt() as f32;
                     *fk = (self.bounds[k] / (n + CLIP_EPS)).min(1.0);
+                    if let Some(o) = out.as_deref_mut() {
+                        o[k] = n;
+                    }
                 }
             }
         }

@@ -88,6 +88,8 @@ struct BwdBufs<'a> {
     crows: Option<&'a mut [f32]>,
     caux: Option<&'a mut [f32]>,
     csq: Option<&'a mut [f64]>,
+    /// Clipped mode with norms recorded: these examples' clipping norms (`[n, F]`).
+    norms: Option<&'a mut [f32]>,
     /// Fused mode, per chunk: the Conv2d layers' kept im2col and their work area.
     fbuf: Option<&'a mut [f32]>,
     /// Two group-long gradient buffers per chunk.
@@ -259,6 +261,11 @@ impl Sequential {
         }
         // Per chunk: compact rows, [factors | ghost dy], squared norms.
         let (mut lrow, mut laux, mut lsq) = (0, 0, 0);
+        let record = clip.is_some() && ws.record_norms;
+        let nf = clip.as_ref().map_or(1, |c| c.bounds.len());
+        if record {
+            grow(&mut ws.clip_norms, batch * nf);
+        }
         if let (Some(cp), Some(c)) = (&cplan, &clip) {
             plan.group = plan
                 .group
@@ -297,6 +304,8 @@ impl Sequential {
             clip_rows,
             clip_aux,
             clip_sq,
+            clip_norms,
+            norms_len,
             fused: fbuf,
             ..
         } = ws;
@@ -320,6 +329,7 @@ impl Sequential {
             crows: clipped.then(|| &mut clip_rows[..chunks * lrow]),
             caux: clipped.then(|| &mut clip_aux[..chunks * laux]),
             csq: clipped.then(|| &mut clip_sq[..chunks * lsq]),
+            norms: record.then(|| &mut clip_norms[..batch * nf]),
             fbuf: fused.is_some().then(|| &mut fbuf[..chunks * lfused]),
             ping: &mut ping[..chunks * 2 * plan.group * plan.maxper],
             scratch: &mut scratch[..chunks * plan.need],
@@ -336,6 +346,7 @@ impl Sequential {
             work_off: lfused - work_len,
         };
         let loss = self.bwd_split(&ctx, bufs, 0..batch, 0..chunks)?;
+        *norms_len = record.then_some(batch * nf);
         if let Some(c) = clip {
             // The threads' partial sums, in thread order.
             for acc in sums[..chunks * p].chunks_exact(p) {
@@ -381,6 +392,7 @@ impl Sequential {
             crows,
             caux,
             csq,
+            norms,
             fbuf,
             ping,
             scratch,
@@ -405,6 +417,8 @@ impl Sequential {
             }
             None => (None, None),
         };
+        let nf = ctx.clip.map_or(1, |cp| cp.nf());
+        let (n1, n2) = split_opt(norms, nl * nf);
         let (f1, f2) = split_opt(fbuf, cl * ctx.lfused);
         let (p1, p2) = ping.split_at_mut(cl * 2 * plan.group * plan.maxper);
         let (c1, c2) = scratch.split_at_mut(cl * plan.need);
@@ -417,6 +431,7 @@ impl Sequential {
             crows: cr1,
             caux: ca1,
             csq: cs1,
+            norms: n1,
             fbuf: f1,
             ping: p1,
             scratch: c1,
@@ -430,6 +445,7 @@ impl Sequential {
             crows: cr2,
             caux: ca2,
             csq: cs2,
+            norms: n2,
             fbuf: f2,
             ping: p2,
             scratch: c2,
@@ -458,6 +474,7 @@ impl Sequential {
             mut crows,
             mut caux,
             mut csq,
+            mut norms,
             mut fbuf,
             ping,
             scratch,
@@ -580,7 +597,9 @@ impl Sequential {
                     let pl = numel(&self.shapes[l]);
                     &acts[l][a * pl..b * pl]
                 };
-                cp.clip_group(m, g0, rows, gdy, sq, fac, input, acc)?;
+                let nf = cp.nf();
+                let nrm = norms.as_deref_mut().map(|v| &mut v[a * nf..b * nf]);
+                cp.clip_group(m, g0, rows, gdy, sq, fac, input, acc, nrm)?;
             }
             started = true;
             a = b;
@@ -635,10 +654,16 @@ impl Sequential {
             let (seg, rest) = rest.split_at_mut(b * s);
             let factors = &mut rest[..b * nf];
             per_sample_norms(&rows[..b * p], b, clip.layout, norms, seg)?;
-            clip_factors(if nf == 1 { norms } else { seg }, clip.bounds, factors)?;
+            let used = if nf == 1 { &*norms } else { &*seg };
+            clip_factors(used, clip.bounds, factors)?;
+            if ws.record_norms {
+                grow(&mut ws.clip_norms, b * nf);
+                ws.clip_norms[..b * nf].copy_from_slice(used);
+            }
             clip_accumulate(&rows[..b * p], b, clip.layout, factors, clip.sum)
         })();
         ws.clip_rows = rows;
+        ws.norms_len = (r.is_ok() && ws.record_norms).then_some(b * nf);
         r
     }
 
