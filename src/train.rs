@@ -57,6 +57,15 @@ pub enum ModelKind {
     TanhConvnet,
 }
 
+impl ModelKind {
+    /// The model's layers, not yet built: `.build(device, seed)` for a fresh model, or
+    /// `.build_zeroed(device)` to load a trained one into (e.g. the `model.safetensors` a run
+    /// saves) without an initialisation seed.
+    pub fn builder(&self) -> crate::nn::SequentialBuilder {
+        models::sample_conv_net_builder(matches!(self, ModelKind::TanhConvnet))
+    }
+}
+
 /// The optimizer.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -318,10 +327,7 @@ impl Trainer {
             ));
         }
         let q = cfg.batch_size as f64 / n as f64;
-        let model = match cfg.model {
-            ModelKind::SampleConvnet => models::sample_conv_net(device, seed)?,
-            ModelKind::TanhConvnet => models::sample_conv_net_tanh(device, seed)?,
-        };
+        let model = cfg.model.builder().build(device, seed)?;
         let p = model.num_params();
         let physical = cfg.physical_batch;
         let ws = model.workspace(physical)?;

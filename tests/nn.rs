@@ -1887,3 +1887,46 @@ fn safetensors_from_bytes_and_view_strict_and_not() {
     }
     assert_eq!(b.params().to_vec().unwrap(), fresh);
 }
+
+/// A known architecture builds without an initialisation seed (every parameter 0, the same
+/// tensors and names as a seeded build) and takes a trained model's weights from bytes.
+#[test]
+fn zeroed_models_load_weights_without_a_seed() {
+    use dpsgd::nn::{models, LoadMode};
+    use dpsgd::train::ModelKind;
+    let dev = Device::Cpu;
+    let trained = models::sample_conv_net_tanh(&dev, 9).unwrap();
+    let mut fresh = ModelKind::TanhConvnet.builder().build_zeroed(&dev).unwrap();
+    assert_eq!(fresh.param_info(), trained.param_info());
+    assert!(fresh.params().to_vec().unwrap().iter().all(|&v| v == 0.0));
+    let dir = std::env::temp_dir().join(format!("dpsgd-zeroed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    trained.save_safetensors(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let ignored = fresh
+        .load_safetensors_bytes(&bytes, LoadMode::Strict)
+        .unwrap();
+    assert!(ignored.is_empty());
+    assert_eq!(
+        fresh.params().to_vec().unwrap(),
+        trained.params().to_vec().unwrap()
+    );
+    // The DCGAN pair too; a bad configuration is still an error, not a panic.
+    let cfg = models::DcganConfig::default();
+    let g = models::dcgan_generator_builder(&cfg)
+        .unwrap()
+        .build_zeroed(&dev)
+        .unwrap();
+    let g_seeded = models::dcgan_generator(&dev, &cfg, 1).unwrap();
+    assert_eq!(g.param_info(), g_seeded.param_info());
+    let bad = models::DcganConfig {
+        image_size: 30,
+        ..cfg
+    };
+    assert!(models::dcgan_discriminator_builder(&bad).is_err());
+    let bad_groups = models::DcganConfig { groups: 7, ..cfg };
+    let b = models::dcgan_discriminator_builder(&bad_groups).unwrap();
+    assert!(b.build_zeroed(&dev).is_err(), "64 channels in 7 groups");
+}

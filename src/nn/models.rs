@@ -1,4 +1,14 @@
-//! Ready-made models.
+//! Ready-made models. Each has a `*_builder` form, for building it without drawing an
+//! initialisation (e.g. to load weights into it):
+//!
+//! ```
+//! use dpsgd::nn::models;
+//! use dpsgd::Device;
+//! let model = models::sample_conv_net_builder(false).build_zeroed(&Device::Cpu)?;
+//! assert_eq!(model.num_params(), 26_010);
+//! // then: model.load_safetensors("model.safetensors")?;
+//! # Ok::<(), dpsgd::Error>(())
+//! ```
 
 use super::sequential::{Sequential, SequentialBuilder};
 use crate::{Device, Error, Result};
@@ -33,10 +43,17 @@ fn act(b: SequentialBuilder, tanh: bool) -> SequentialBuilder {
 }
 
 fn sample_conv_net_with(device: &Device, seed: u64, tanh: bool) -> Result<Sequential> {
+    sample_conv_net_builder(tanh).build(device, seed)
+}
+
+/// The layers of [`sample_conv_net`] (`tanh = false`) or [`sample_conv_net_tanh`], not yet
+/// built: [`SequentialBuilder::build`] with a seed, or [`SequentialBuilder::build_zeroed`] to
+/// load weights into.
+pub fn sample_conv_net_builder(tanh: bool) -> SequentialBuilder {
     let b = Sequential::builder(&[1, 28, 28]).conv2d(16, 8, 2, 3, true);
     let b = act(b, tanh).max_pool2d(2, 1).conv2d(32, 4, 2, 0, true);
     let b = act(b, tanh).max_pool2d(2, 1).flatten().linear(32, true);
-    act(b, tanh).linear(10, true).build(device, seed)
+    act(b, tanh).linear(10, true)
 }
 
 /// Configuration of the DCGAN pair ([`dcgan_generator`], [`dcgan_discriminator`]), with
@@ -97,6 +114,11 @@ impl DcganConfig {
 /// `ConvT(g,c,4,2,1)` 32². 28×28: `ConvT(nz,4g,7,1,0)` 7² → `ConvT(4g,2g,4,2,1)` 14² →
 /// `ConvT(2g,c,4,2,1)` 28².
 pub fn dcgan_generator(device: &Device, cfg: &DcganConfig, seed: u64) -> Result<Sequential> {
+    dcgan_generator_builder(cfg)?.build(device, seed)
+}
+
+/// The layers of [`dcgan_generator`], not yet built (see [`sample_conv_net_builder`]).
+pub fn dcgan_generator_builder(cfg: &DcganConfig) -> Result<SequentialBuilder> {
     cfg.check()?;
     let (g, gr) = (cfg.ngf, cfg.groups);
     let b = Sequential::builder(&[cfg.nz, 1, 1]);
@@ -118,9 +140,7 @@ pub fn dcgan_generator(device: &Device, cfg: &DcganConfig, seed: u64) -> Result<
             .group_norm(gr)
             .relu()
     };
-    b.conv_transpose2d(cfg.channels, 4, 2, 1, false)
-        .tanh()
-        .build(device, seed)
+    Ok(b.conv_transpose2d(cfg.channels, 4, 2, 1, false).tanh())
 }
 
 /// DCGAN discriminator `[channels, s, s]` → one logit per image (use
@@ -131,6 +151,11 @@ pub fn dcgan_generator(device: &Device, cfg: &DcganConfig, seed: u64) -> Result<
 /// `Conv(4d,1,4,1,0)`. 28×28: `Conv(c,d,4,2,1)` 14² → `Conv(d,2d,4,2,1)` 7² →
 /// `Conv(2d,1,7,1,0)`. Then Flatten.
 pub fn dcgan_discriminator(device: &Device, cfg: &DcganConfig, seed: u64) -> Result<Sequential> {
+    dcgan_discriminator_builder(cfg)?.build(device, seed)
+}
+
+/// The layers of [`dcgan_discriminator`], not yet built (see [`sample_conv_net_builder`]).
+pub fn dcgan_discriminator_builder(cfg: &DcganConfig) -> Result<SequentialBuilder> {
     cfg.check()?;
     let (d, gr, s) = (cfg.ndf, cfg.groups, cfg.image_size);
     let b = Sequential::builder(&[cfg.channels, s, s])
@@ -147,5 +172,5 @@ pub fn dcgan_discriminator(device: &Device, cfg: &DcganConfig, seed: u64) -> Res
     } else {
         b.conv2d(1, 7, 1, 0, false)
     };
-    b.flatten().build(device, seed)
+    Ok(b.flatten())
 }

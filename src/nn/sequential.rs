@@ -172,6 +172,16 @@ impl SequentialBuilder {
         }
         Sequential::new(device, &self.input, self.layers, seed)
     }
+
+    /// Builds the model on `device` with every parameter 0 and no initialisation drawn: the
+    /// model to load weights into ([`Sequential::load_safetensors`] and its `_bytes`/`_view`
+    /// forms) when no seed is wanted. Errors as [`SequentialBuilder::build`].
+    pub fn build_zeroed(self, device: &Device) -> Result<Sequential> {
+        if let Some(e) = self.error {
+            return Err(Error::shape("Sequential", e));
+        }
+        Sequential::with_init(device, &self.input, self.layers, None)
+    }
 }
 
 /// One parameter tensor: its PyTorch name (`"0.weight"`), shape, and column range in the flat
@@ -212,6 +222,21 @@ impl Sequential {
     /// A model from explicit layers (each one's channel/feature counts must chain), initialised
     /// as in [`SequentialBuilder::build`].
     pub fn new(device: &Device, input: &[usize], layers: Vec<Layer>, seed: u64) -> Result<Self> {
+        Self::with_init(device, input, layers, Some(seed))
+    }
+
+    /// [`Sequential::new`] with every parameter 0 and no initialisation drawn (for loading
+    /// weights; see [`SequentialBuilder::build_zeroed`]).
+    pub fn zeroed(device: &Device, input: &[usize], layers: Vec<Layer>) -> Result<Self> {
+        Self::with_init(device, input, layers, None)
+    }
+
+    fn with_init(
+        device: &Device,
+        input: &[usize],
+        layers: Vec<Layer>,
+        seed: Option<u64>,
+    ) -> Result<Self> {
         if input.is_empty() || input.contains(&0) {
             return Err(Error::shape(
                 "Sequential",
@@ -222,7 +247,7 @@ impl Sequential {
         let mut ranges = Vec::with_capacity(layers.len());
         let mut infos = Vec::new();
         let mut init = Vec::new();
-        let mut rng = Philox::new(seed, 0);
+        let mut rng = seed.map(|s| Philox::new(s, 0));
         for (i, l) in layers.iter().enumerate() {
             let s = l.out_shape(&shapes[i]).map_err(|e| {
                 Error::shape(
@@ -235,11 +260,12 @@ impl Sequential {
             for (suffix, shape, fan_in) in l.param_tensors() {
                 let n: usize = shape.iter().product();
                 let from = init.len();
-                match l {
-                    Layer::GroupNorm { .. } => {
+                match (l, rng.as_mut()) {
+                    (_, None) => init.resize(from + n, 0.0),
+                    (Layer::GroupNorm { .. }, Some(_)) => {
                         init.resize(from + n, if suffix == "weight" { 1.0 } else { 0.0 })
                     }
-                    _ => {
+                    (_, Some(rng)) => {
                         let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
                         init.extend((0..n).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32));
                     }
