@@ -1930,3 +1930,63 @@ fn zeroed_models_load_weights_without_a_seed() {
     let b = models::dcgan_discriminator_builder(&bad_groups).unwrap();
     assert!(b.build_zeroed(&dev).is_err(), "64 channels in 7 groups");
 }
+
+/// `forward` and `forward_backward` take any input form (slice, `Vec`, array, `Buffer`) and
+/// give the same results for each.
+#[test]
+fn one_input_story_for_forward_and_forward_backward() {
+    use dpsgd::nn::{models, Input, Loss, Reduction};
+    let dev = Device::Cpu;
+    let m = models::sample_conv_net(&dev, 4).unwrap();
+    let mut ws = m.workspace(2).unwrap();
+    let x: Vec<f32> = (0..2 * 784).map(|i| (i % 29) as f32 / 29.0).collect();
+    let arr: [f32; 784] = std::array::from_fn(|i| x[i]);
+    let buf = Buffer::from_slice(&dev, &x).unwrap();
+    m.forward(&mut ws, &x).unwrap();
+    let want = ws.output().to_vec();
+    m.forward(&mut ws, &x[..]).unwrap();
+    assert_eq!(ws.output(), &want[..]);
+    m.forward(&mut ws, &buf).unwrap();
+    assert_eq!(ws.output(), &want[..]);
+    m.forward(&mut ws, Input::Host(&x)).unwrap();
+    assert_eq!(ws.output(), &want[..]);
+    m.forward(&mut ws, &arr).unwrap();
+    assert_eq!(ws.output(), &want[..10], "one example from an array");
+    let y = [3u32, 7];
+    let p = m.num_params();
+    let mut g1 = Buffer::zeros(&dev, p).unwrap();
+    let mut g2 = Buffer::zeros(&dev, p).unwrap();
+    let l1 = m
+        .forward_backward(
+            &mut ws,
+            &x,
+            Loss::CrossEntropy(&y),
+            Reduction::Sum,
+            Grads::Sum {
+                grad: &mut g1,
+                accumulate: false,
+            },
+            false,
+        )
+        .unwrap();
+    let l2 = m
+        .forward_backward(
+            &mut ws,
+            &buf,
+            Loss::CrossEntropy(&y),
+            Reduction::Sum,
+            Grads::Sum {
+                grad: &mut g2,
+                accumulate: false,
+            },
+            false,
+        )
+        .unwrap();
+    assert_eq!(l1, l2);
+    assert_eq!(g1.to_vec().unwrap(), g2.to_vec().unwrap());
+    // A wrong length is still a shape error, whatever the form.
+    assert!(m.forward(&mut ws, &x[..100]).is_err());
+    assert!(m
+        .forward(&mut ws, &Buffer::from_slice(&dev, &x[..100]).unwrap())
+        .is_err());
+}

@@ -522,22 +522,29 @@ impl Sequential {
     }
 
     /// Forward pass of a batch: `x` holds `batch` examples of [`Sequential::input_shape`]
-    /// (row-major, batch first), `1 ≤ batch ≤ max_batch`. The output is then
-    /// [`Workspace::output`]. Errors if `x`'s length is not a whole, fitting number of examples.
-    pub fn forward(&self, ws: &mut Workspace, x: &Buffer<f32>) -> Result<()> {
-        #[cfg(feature = "cuda")]
-        if ws.gpu.is_some() || self.device.is_cuda() {
-            return self.gpu_forward(ws, x);
+    /// (row-major, batch first), `1 ≤ batch ≤ max_batch`, as any [`Input`]: a host slice
+    /// (`&[f32]`, `&Vec<f32>`, an array) or a [`Buffer`] (on a CUDA model a device buffer is
+    /// used in place; a host slice is uploaded). The output is then [`Workspace::output`].
+    /// Errors if `x`'s length is not a whole, fitting number of examples.
+    pub fn forward<'x>(&self, ws: &mut Workspace, x: impl Into<Input<'x>>) -> Result<()> {
+        match x.into() {
+            Input::Host(x) => self.forward_slice(ws, x),
+            Input::Buffer(x) => {
+                #[cfg(feature = "cuda")]
+                if ws.gpu.is_some() || self.device.is_cuda() {
+                    return self.gpu_forward(ws, x);
+                }
+                let x = match &x.storage {
+                    Storage::Cpu(v) => v.as_slice(),
+                    #[allow(unreachable_patterns)]
+                    _ => return Err(no_cuda("Sequential::forward")),
+                };
+                self.forward_slice(ws, x)
+            }
         }
-        let x = match &x.storage {
-            Storage::Cpu(v) => v.as_slice(),
-            #[allow(unreachable_patterns)]
-            _ => return Err(no_cuda("Sequential::forward")),
-        };
-        self.forward_slice(ws, x)
     }
 
-    /// [`Sequential::forward`] from a host slice (CPU models).
+    /// [`Sequential::forward`] from a host slice (what `forward(ws, x)` does with one).
     pub fn forward_slice(&self, ws: &mut Workspace, x: &[f32]) -> Result<()> {
         #[cfg(feature = "cuda")]
         if ws.gpu.is_some() || self.device.is_cuda() {
@@ -845,10 +852,10 @@ impl Sequential {
     ///
     /// Errors as the three calls; on an error nothing is added to a `Sum` or `ClippedSum`
     /// destination.
-    pub fn forward_backward(
+    pub fn forward_backward<'x>(
         &self,
         ws: &mut Workspace,
-        x: &[f32],
+        x: impl Into<Input<'x>>,
         loss: Loss<'_>,
         reduction: Reduction,
         grads: Grads<'_>,
@@ -860,12 +867,24 @@ impl Sequential {
         let on_gpu = ws.gpu.is_some() || self.device.is_cuda();
         #[cfg(not(feature = "cuda"))]
         let on_gpu = false;
-        if on_gpu || !ws.depth_first || self.layers.len() >= cpu::MAX_LAYERS {
-            self.forward_slice(ws, x)?;
-            let l = self.loss(ws, loss, reduction)?;
-            self.backward(ws, grads, input_grad)?;
-            return Ok(l);
-        }
+        let x = x.into();
+        let host = match x {
+            Input::Host(h) => Some(h),
+            Input::Buffer(b) => match &b.storage {
+                Storage::Cpu(v) => Some(v.as_slice()),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            },
+        };
+        let x = match host {
+            Some(h) if !(on_gpu || !ws.depth_first || self.layers.len() >= cpu::MAX_LAYERS) => h,
+            _ => {
+                self.forward(ws, x)?;
+                let l = self.loss(ws, loss, reduction)?;
+                self.backward(ws, grads, input_grad)?;
+                return Ok(l);
+            }
+        };
         const OP: &str = "Sequential::forward_backward";
         let batch = self.begin_forward(OP, ws, x)?;
         let params = self.cpu_params(OP)?;
@@ -1024,6 +1043,41 @@ pub fn class_targets(targets: &[i64], classes: usize) -> Result<Vec<u32>> {
             }),
         })
         .collect()
+}
+
+/// A batch of inputs for [`Sequential::forward`] and [`Sequential::forward_backward`]: host
+/// values or a [`Buffer`] (on either device). Made by `.into()` from `&[f32]`, `&Vec<f32>`,
+/// `&[f32; N]` or `&Buffer<f32>`, so those calls take any of them.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// Host values (copied into the workspace; uploaded for a CUDA model).
+    Host(&'a [f32]),
+    /// A buffer (a CUDA one is read in place by a CUDA model).
+    Buffer(&'a Buffer<f32>),
+}
+
+impl<'a> From<&'a [f32]> for Input<'a> {
+    fn from(x: &'a [f32]) -> Self {
+        Input::Host(x)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Input<'a> {
+    fn from(x: &'a Vec<f32>) -> Self {
+        Input::Host(x)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [f32; N]> for Input<'a> {
+    fn from(x: &'a [f32; N]) -> Self {
+        Input::Host(x)
+    }
+}
+
+impl<'a> From<&'a Buffer<f32>> for Input<'a> {
+    fn from(x: &'a Buffer<f32>) -> Self {
+        Input::Buffer(x)
+    }
 }
 
 /// Where [`Sequential::backward`] writes the parameter gradients.
