@@ -126,6 +126,33 @@ pub struct EngineState {
 
 /// The private training engine. See the module docs. Holds a secret key: its `Debug` is
 /// written by hand and shows no key.
+///
+/// ```
+/// use dpsgd::accounting::Method;
+/// use dpsgd::engine::{NoiseSpec, PrivacyConfig, PrivacyEngine};
+/// use dpsgd::{Buffer, Clipping, Device, Layout, SgdConfig};
+/// let device = Device::Cpu;
+/// let layout = Layout::from_sizes(&[3, 1])?; // a weight of 3 values and a bias: P = 4
+/// let cfg = PrivacyConfig {
+///     noise: NoiseSpec::NoiseMultiplier(1.0),
+///     delta: 1e-5,
+///     clipping: Clipping::Flat(1.0),
+///     sample_rate: 0.01,
+///     dataset_size: 1000,
+///     planned_steps: 100,
+///     accountant: Method::Rdp,
+/// };
+/// let mut engine = PrivacyEngine::new(cfg, layout, &device, Some(1))?; // None: secure mode
+/// // Two examples' gradients, one row of P values each; the second is clipped to norm 1.
+/// let rows = Buffer::from_slice(&device, &[0.1f32, -0.2, 0.3, 0.05, 3.0, 4.0, 0.0, 0.0])?;
+/// engine.accumulate(&rows, 2)?;
+/// let mut params = Buffer::from_slice(&device, &[0.0f32; 4])?;
+/// engine.step_sgd(&mut params, None, &SgdConfig::new(0.1))?; // noise, divide by q·N, step
+/// assert_eq!(engine.steps(), 1);
+/// let eps = engine.epsilon()?; // (RDP) at δ = 1e-5
+/// assert!(eps > 0.0 && eps.is_finite());
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
 pub struct PrivacyEngine {
     cfg: PrivacyConfig,
     sigma: f64,

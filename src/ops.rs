@@ -313,6 +313,21 @@ pub struct ClipStats {
 
 /// Norms → factors → fused accumulate for a `[batch, P]` matrix: `sum += Σ_i clip(g_i)`.
 /// Validates the clipping bounds before touching the data.
+///
+/// ```
+/// use dpsgd::ops::{clip_and_accumulate, ClipWorkspace, Clipping};
+/// use dpsgd::{Buffer, Device, Layout};
+/// let dev = Device::Cpu;
+/// let layout = Layout::flat(2);
+/// // Two per-sample gradients: norm 0.5 (kept) and norm 5 (scaled to norm ≈ 1).
+/// let rows = Buffer::from_slice(&dev, &[0.3f32, 0.4, 3.0, 4.0])?;
+/// let mut ws = ClipWorkspace::new(&dev, 2, &layout)?;
+/// let mut sum = Buffer::<f32>::zeros(&dev, 2)?;
+/// clip_and_accumulate(&rows, 2, &layout, &Clipping::Flat(1.0), &mut ws, &mut sum)?;
+/// let s = sum.to_vec()?;
+/// assert!((s[0] - 0.9).abs() < 1e-5 && (s[1] - 1.2).abs() < 1e-5);
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
 pub fn clip_and_accumulate<T: GradElement>(
     grads: &Buffer<T>,
     batch: usize,

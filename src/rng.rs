@@ -143,6 +143,15 @@ impl StreamKey {
 
 /// The master key of a run and the per-purpose keys derived from it. Secret: `Debug` redacts
 /// it; it is not serialisable; a seeded run's seed is the only thing a checkpoint keeps.
+///
+/// ```
+/// use dpsgd::rng::{Purpose, RandomBits, RunKeys};
+/// let keys = RunKeys::seeded(42); // reproducible (Philox); RunKeys::secure()? for ChaCha20
+/// let mut init = keys.key(Purpose::ModelInit).rng(0);
+/// let mut noise = keys.key(Purpose::GradientNoise).rng(0);
+/// assert_ne!(init.next_u64(), noise.next_u64()); // one key per purpose: never the same stream
+/// assert!(!format!("{keys:?}").contains("42"));  // Debug redacts the key
+/// ```
 #[derive(Clone)]
 pub struct RunKeys {
     generator: Generator,

@@ -21,6 +21,17 @@ use crate::{Error, Result};
 
 /// A Poisson sampler over `n` examples with rate `q`. Holds a secret key: its `Debug` shows
 /// no key, and it is not serialisable (checkpoint [`PoissonSampler::position`] instead).
+///
+/// ```
+/// use dpsgd::rng::{Purpose, RunKeys};
+/// use dpsgd::sampling::PoissonSampler;
+/// let keys = RunKeys::seeded(1); // RunKeys::secure()? for a private run
+/// let mut sampler = PoissonSampler::with_key(60_000, 256.0 / 60_000.0, keys.key(Purpose::Sampling))?;
+/// let mut lot = Vec::new();
+/// sampler.sample_into(&mut lot); // each example in with probability q, independently
+/// assert!(lot.len() > 150 && lot.len() < 370 && lot.iter().all(|&i| i < 60_000));
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct PoissonSampler {
     n: usize,

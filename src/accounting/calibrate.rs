@@ -23,6 +23,16 @@ pub struct Calibration {
 /// The smallest σ (to `tol`) with ε(σ; q, steps, δ) ≤ `target_epsilon` under `method`.
 ///
 /// Errors: ε ≤ 0, δ ∉ (0, 1), q ∉ (0, 1], steps = 0, tol ≤ 0, or a target no σ ≤ 1e4 reaches.
+///
+/// ```
+/// use dpsgd::accounting::{calibrate, steps_for_epochs, Method};
+/// // σ for ε = 3 at δ = 1e-5 after 40 epochs at q = 256/60000 (the README's main job).
+/// let q = 256.0 / 60_000.0;
+/// let steps = steps_for_epochs(40, q)?;
+/// let c = calibrate(Method::Rdp, 3.0, 1e-5, q, steps, 1e-4)?;
+/// assert!(c.epsilon <= 3.0 && (c.noise_multiplier - 0.91).abs() < 0.01);
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
 pub fn calibrate(
     method: Method,
     target_epsilon: f64,

@@ -236,6 +236,16 @@ pub fn eps_from_rdp(orders: &[f64], rdp: &[f64], delta: f64) -> Result<(f64, f64
 
 /// `(ε, optimal order)` of a history for `delta` over `orders`
 /// (use [`default_orders`] to match Opacus). An empty history gives `(0, NaN)`.
+///
+/// ```
+/// use dpsgd::accounting::rdp::{default_orders, epsilon_rdp};
+/// use dpsgd::accounting::HistoryEntry;
+/// // 1 000 steps of the subsampled Gaussian, σ = 1.1, q = 0.01.
+/// let history = [HistoryEntry { noise_multiplier: 1.1, sample_rate: 0.01, steps: 1000 }];
+/// let (eps, best_order) = epsilon_rdp(&history, 1e-5, &default_orders())?;
+/// assert!(eps > 1.0 && eps < 3.0 && best_order > 1.0);
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
 pub fn epsilon_rdp(history: &[HistoryEntry], delta: f64, orders: &[f64]) -> Result<(f64, f64)> {
     validate_delta(delta)?;
     if history.is_empty() {

@@ -120,6 +120,18 @@ pub enum Calibration {
 /// **Not safe** against floating-point attacks (Mironov, CCS 2012): the noise is drawn by
 /// Box–Muller in IEEE doubles. For integer-valued queries use
 /// [`crate::mechanisms::DiscreteGaussian`].
+///
+/// ```
+/// use dpsgd::mechanisms::Gaussian;
+/// use dpsgd::rng::{Purpose, RunKeys};
+/// let mut rng = RunKeys::seeded(7).key(Purpose::Mechanism).rng(0);
+/// // A mean of values in [0, 1] over 1 000 people (L2 sensitivity 1/1000) at (0.5, 1e-6)-DP.
+/// let g = Gaussian::analytic(0.5, 1e-6, 1e-3)?;
+/// let released = g.release(0.37, &mut rng)?;
+/// assert!(g.sigma() < Gaussian::classic(0.5, 1e-6, 1e-3)?.sigma()); // analytic is tighter
+/// assert!((released - 0.37).abs() < 0.05);
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gaussian {
     sigma: f64,

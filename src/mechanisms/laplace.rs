@@ -34,6 +34,18 @@ fn draw(scale: f64, rng: &mut impl RandomBits) -> f64 {
 /// doubles with `ln`, so the set of reachable outputs depends on `f(D)`. Use
 /// [`crate::mechanisms::DiscreteLaplace`] for integer-valued queries and
 /// [`crate::mechanisms::Snapping`] for real-valued ones when the released bits face an adversary.
+///
+/// ```
+/// use dpsgd::mechanisms::Laplace;
+/// use dpsgd::rng::{Purpose, RunKeys};
+/// let keys = RunKeys::secure()?; // a 256-bit OS key; ChaCha20
+/// let mut rng = keys.key(Purpose::Mechanism).rng(0);
+/// let count = Laplace::new(1.0, 0.5)?; // a count (Δ = 1) at ε = 0.5: scale 2
+/// let noisy = count.release(42.0, &mut rng)?;
+/// assert!(noisy.is_finite() && count.scale() == 2.0);
+/// assert!(Laplace::new(1.0, 0.0).is_err()); // ε ≤ 0 is an error, before any noise
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Laplace {
     sensitivity: f64,

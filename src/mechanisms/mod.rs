@@ -23,6 +23,21 @@
 //!
 //! Every constructor validates its parameters (ε > 0, 0 < δ < 1, Δ > 0, finite inputs) before
 //! anything is drawn and returns [`crate::Error`] otherwise; nothing here panics on bad input.
+//!
+//! ```
+//! use dpsgd::mechanisms::{DiscreteGaussian, DiscreteLaplace};
+//! use dpsgd::rng::{Purpose, RunKeys};
+//! let keys = RunKeys::secure()?;
+//! let mut rng = keys.key(Purpose::Mechanism).rng(0);
+//! // A count (sensitivity 1) at ε = 0.5: discrete Laplace with scale 1/ε = 2/1.
+//! let noisy_count: i64 = DiscreteLaplace::new(2, 1)?.release(1234, &mut rng);
+//! // The same count under ρ-zCDP: discrete Gaussian with σ² = 4.
+//! let dg = DiscreteGaussian::new(4, 1)?;
+//! let _also: i64 = dg.release(1234, &mut rng);
+//! assert_eq!(dg.zcdp_rho(1)?, 1.0 / 8.0); // ρ = Δ²/(2σ²)
+//! assert!((noisy_count - 1234).abs() < 200);
+//! # Ok::<(), dpsgd::Error>(())
+//! ```
 
 pub mod discrete_gaussian;
 pub mod discrete_laplace;

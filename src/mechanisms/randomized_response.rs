@@ -21,6 +21,18 @@ use crate::{Error, Result};
 /// **Not exactly** the stated distribution: the Bernoulli(p) draw compares a 53-bit uniform with
 /// p, so the truthful probability is p rounded to a multiple of 2⁻⁵³ and ε is exact only up to
 /// that rounding. The output is one bit, so there are no low-order bits to attack.
+///
+/// ```
+/// use dpsgd::mechanisms::RandomizedResponse;
+/// use dpsgd::rng::{Purpose, RunKeys};
+/// let mut rng = RunKeys::seeded(3).key(Purpose::Mechanism).rng(0);
+/// let rr = RandomizedResponse::from_epsilon(1.0)?;
+/// let truths = (0..10_000).map(|i| i % 4 == 0); // 25% say yes
+/// let reports: Vec<bool> = truths.map(|t| rr.respond(t, &mut rng)).collect();
+/// let est = rr.estimate(&reports)?; // de-skewed
+/// assert!((est.proportion - 0.25).abs() < 6.0 * est.std_error);
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RandomizedResponse {
     p: f64,
