@@ -14,6 +14,7 @@
 //! |---------|---------|------|
 //! | `cli`   | on      | the `dpsgd` binary (`src/main.rs`, `src/cli/`): clap, progress bars (indicatif), PNG plots (plotters) |
 //! | `cuda`  | off     | the CUDA backend ([`Device::Cuda`], `dpsgd::cuda`); needs nvcc (`scripts/install-cuda-toolchain`) |
+//! | `baseline-cpu` | off | the CPU loops without their AVX2+FMA clones, which are otherwise picked at run time ([`cpu::simd_path`]) |
 //!
 //! The library itself (engine, ops, nn, trainer, accounting, mechanisms) is the same with or
 //! without `cli`. A crate that depends on dpsgd as a library turns the CLI off:
