@@ -292,3 +292,97 @@ fn resume_rewrites_metrics_from_the_checkpoint() {
     assert_eq!(before, after);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--repeats 3` trains three runs (seeds 3, 4, 5) into `repeat-K/` and reports the final
+/// accuracy as mean ± std (n − 1) with min and max, in stdout and `repeats.json`, consistent
+/// with each run's own metrics; `--repeats 0` is an error before anything trains.
+#[test]
+fn repeats_report_mean_and_spread_over_seeds() {
+    let dir = tmpdir("repeats");
+    let o = train_synthetic(&dir, &["--noise-multiplier", "1.0", "--repeats", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("3 runs: final test accuracy"), "{stdout}");
+    let acc: Vec<f64> = (0..3)
+        .map(|k| {
+            let m = metrics_lines(&dir.join(format!("repeat-{k}")));
+            m.last().unwrap()["eval_accuracy"].as_f64().unwrap()
+        })
+        .collect();
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("repeats.json")).unwrap()).unwrap();
+    let seeds: Vec<u64> = j["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds, vec![3, 4, 5]);
+    let mean = acc.iter().sum::<f64>() / 3.0;
+    let std = (acc.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    let s = &j["accuracy"];
+    assert!((s["mean"].as_f64().unwrap() - mean).abs() < 1e-12, "{s}");
+    assert!((s["std"].as_f64().unwrap() - std).abs() < 1e-12, "{s}");
+    let min = acc.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(s["min"].as_f64().unwrap(), min);
+    assert_eq!(s["n"].as_u64().unwrap(), 3);
+    assert!(
+        stdout.contains(&format!("{:.2} ± {:.2}%", 100.0 * mean, 100.0 * std)),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let dir = tmpdir("repeats-zero");
+    let o = train_synthetic(&dir, &["--noise-multiplier", "1.0", "--repeats", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--repeats"));
+    assert!(!dir.join("repeat-0").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `dpsgd sweep --repeats 2`: each ε point is two seeded runs; `sweep.json` holds each point's
+/// mean, std, min, max and the plot (with error bars) is written.
+#[test]
+fn sweep_with_repeats_writes_summaries_and_error_bar_plot() {
+    let dir = tmpdir("sweep-repeats");
+    let o = dpsgd(&[
+        "sweep",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "400",
+        "--physical-batch",
+        "400",
+        "--seed",
+        "3",
+        "--epsilons",
+        "2,8",
+        "--non-private",
+        "false",
+        "--repeats",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    let pts = j["points"].as_array().unwrap();
+    assert_eq!(pts.len(), 2);
+    for p in pts {
+        let s = &p["accuracy_summary"];
+        assert_eq!(s["n"].as_u64(), Some(2), "{p}");
+        assert!(s["min"].as_f64().unwrap() <= s["mean"].as_f64().unwrap());
+        assert!(s["mean"].as_f64().unwrap() <= s["max"].as_f64().unwrap());
+    }
+    assert!(dir.join("eps-2/repeat-1/metrics.jsonl").exists());
+    assert!(
+        std::fs::metadata(dir.join("accuracy_vs_epsilon.png"))
+            .unwrap()
+            .len()
+            > 1000
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

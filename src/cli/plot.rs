@@ -7,6 +7,7 @@
 //!
 //! Part of the `cli` feature (plotters is a CLI-only dependency).
 
+use super::train::Summary;
 use dpsgd::train::EpochMetrics;
 use dpsgd::{Error, Result};
 use plotters::prelude::*;
@@ -63,8 +64,39 @@ pub fn line_chart(
     y_label: &str,
     series: &[Series<'_>],
 ) -> Result<()> {
+    line_chart_with_bars(path, title, x_label, y_label, series, &[])
+}
+
+/// An error bar: at `x`, from `lo` to `hi`, in `color`.
+pub struct ErrorBar {
+    /// Position.
+    pub x: f64,
+    /// Lower end.
+    pub lo: f64,
+    /// Upper end.
+    pub hi: f64,
+    /// Colour.
+    pub color: RGBColor,
+}
+
+/// [`line_chart`] with vertical error bars.
+pub fn line_chart_with_bars(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+    bars: &[ErrorBar],
+) -> Result<()> {
     font_ready().map_err(|e| err(path, e))?;
-    let pts = series.iter().flat_map(|s| s.points.iter());
+    let ends: Vec<(f64, f64)> = bars
+        .iter()
+        .flat_map(|b| [(b.x, b.lo), (b.x, b.hi)])
+        .collect();
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .chain(ends.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         if x.is_finite() && y.is_finite() {
@@ -110,6 +142,19 @@ pub fn line_chart(
         chart
             .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled())))
             .map_err(|e| err(path, e))?;
+    }
+    let cap = 0.006 * (x1 - x0 + 2.0 * px);
+    for b in bars {
+        let c = b.color.stroke_width(2);
+        for seg in [
+            vec![(b.x, b.lo), (b.x, b.hi)],
+            vec![(b.x - cap, b.lo), (b.x + cap, b.lo)],
+            vec![(b.x - cap, b.hi), (b.x + cap, b.hi)],
+        ] {
+            chart
+                .draw_series(std::iter::once(PathElement::new(seg, c)))
+                .map_err(|e| err(path, e))?;
+        }
     }
     chart
         .configure_series_labels()
@@ -206,19 +251,31 @@ pub fn plot_run(dir: &Path, m: &[EpochMetrics]) -> Result<Vec<PathBuf>> {
 /// training data, not covered by ε).
 pub fn plot_sweep(
     path: &Path,
-    points: &[(f64, f64)],
-    non_private: Option<f64>,
+    points: &[(f64, Summary)],
+    non_private: Option<Summary>,
     split: &str,
 ) -> Result<()> {
     let mut series = vec![Series {
         label: "DP-SGD",
-        points: points.iter().map(|&(e, a)| (e, 100.0 * a)).collect(),
+        points: points.iter().map(|(e, a)| (*e, 100.0 * a.mean)).collect(),
         color: BLUE,
     }];
+    // Error bars: ± one standard deviation over the repeats (none for a single run).
+    let bars: Vec<ErrorBar> = points
+        .iter()
+        .filter(|(_, a)| a.n > 1)
+        .map(|(e, a)| ErrorBar {
+            x: *e,
+            lo: 100.0 * (a.mean - a.std),
+            hi: 100.0 * (a.mean + a.std),
+            color: BLUE,
+        })
+        .collect();
+    let non_private = non_private.map(|a| a.mean);
     if let Some(a) = non_private {
-        let (lo, hi) = points
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(l, h), &(e, _)| (l.min(e), h.max(e)));
+        let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(l, h), (e, _)| {
+            (l.min(*e), h.max(*e))
+        });
         series.push(Series {
             label: "non-private",
             points: vec![(lo, 100.0 * a), (hi, 100.0 * a)],
@@ -233,5 +290,10 @@ pub fn plot_sweep(
             "accuracy (%)",
         )
     };
-    line_chart(path, &title, "ε (δ = 1e-5)", y, &series)
+    let title = if points.iter().any(|(_, a)| a.n > 1) {
+        format!("{title} (mean ± std over {} seeds)", points[0].1.n)
+    } else {
+        title
+    };
+    line_chart_with_bars(path, &title, "ε (δ = 1e-5)", y, &series, &bars)
 }

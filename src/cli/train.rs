@@ -106,6 +106,65 @@ pub struct CommonArgs {
     /// (e.g. 0.999); free in privacy (post-processing of the noisy iterates).
     #[arg(long)]
     pub ema_decay: Option<f32>,
+    /// Train this many independent runs of each setting and report the final accuracy as mean
+    /// ± standard deviation (and min/max) over them: seeds s, s+1, … with --seed s, else a
+    /// fresh secure key per run. Each run goes to its own `repeat-K/` folder.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: u32,
+}
+
+/// Mean ± standard deviation (n − 1 in the denominator), min and max of the final accuracies
+/// of repeated runs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (0 for one run).
+    pub std: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// Number of runs.
+    pub n: usize,
+}
+
+impl Summary {
+    /// The summary of `xs` (at least one value).
+    pub fn of(xs: &[f64]) -> Result<Summary> {
+        if xs.is_empty() {
+            return Err(Error::invalid("--repeats", 0, ">= 1"));
+        }
+        let n = xs.len();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 {
+            xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+        } else {
+            0.0
+        };
+        Ok(Summary {
+            mean,
+            std: var.sqrt(),
+            min: xs.iter().copied().fold(f64::INFINITY, f64::min),
+            max: xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            n,
+        })
+    }
+
+    /// `98.01 ± 0.12% (min 97.85, max 98.17, 5 runs)` for accuracies in [0, 1].
+    pub fn percent(&self) -> String {
+        if self.n == 1 {
+            return format!("{:.2}%", 100.0 * self.mean);
+        }
+        format!(
+            "{:.2} ± {:.2}% (min {:.2}, max {:.2}, {} runs)",
+            100.0 * self.mean,
+            100.0 * self.std,
+            100.0 * self.min,
+            100.0 * self.max,
+            self.n
+        )
+    }
 }
 
 /// Learning-rate schedules.
@@ -211,6 +270,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// Runs `dpsgd train`; returns the final metrics.
 pub fn train(a: TrainArgs) -> Result<Vec<EpochMetrics>> {
+    check_repeats(&a.common)?;
     let noise = if a.non_private {
         None
     } else {
@@ -229,7 +289,65 @@ pub fn train(a: TrainArgs) -> Result<Vec<EpochMetrics>> {
             Some(NoiseSpec::NoiseMultiplier(s)) => format!("{data}-sigma{s}"),
         })
     });
-    run(cfg, &a.common.device, &out, a.resume)
+    if a.common.repeats <= 1 {
+        return run(cfg, &a.common.device, &out, a.resume);
+    }
+    let (summary, runs) = repeat(&cfg, &a.common, &out, a.resume)?;
+    let last = runs.last().and_then(|m| m.last().cloned());
+    println!(
+        "{} runs: final {} accuracy {}{}",
+        runs.len(),
+        last.as_ref().map_or("test", |m| m.eval_split.as_str()),
+        summary.percent(),
+        last.as_ref().map_or("", not_covered)
+    );
+    Ok(last.into_iter().collect())
+}
+
+/// `common.repeats` runs of `cfg` into `out/repeat-K/` (with `resume`, each from its checkpoint
+/// if it has one; without, a checkpoint there is an error):
+/// seeds s, s+1, … when `cfg` has a seed, fresh secure keys otherwise. Writes
+/// `out/repeats.json` (every run's final figures and the summary) and returns the summary of
+/// the final accuracies and every run's metrics.
+fn repeat(
+    cfg: &TrainConfig,
+    common: &CommonArgs,
+    out: &Path,
+    resume: bool,
+) -> Result<(Summary, Vec<Vec<EpochMetrics>>)> {
+    let n = common.repeats.max(1) as u64;
+    let mut runs = Vec::new();
+    let mut rows = Vec::new();
+    for k in 0..n {
+        let mut c = cfg.clone();
+        c.seed = cfg.seed.map(|s| s.wrapping_add(k));
+        let dir = out.join(format!("repeat-{k}"));
+        println!("run {}/{n} ({})", k + 1, dir.display());
+        let m = run(
+            c.clone(),
+            &common.device,
+            &dir,
+            resume && dir.join("checkpoint.safetensors").exists(),
+        )?;
+        let last = m
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::invalid("--epochs", 0, ">= 1"))?;
+        rows.push(serde_json::json!({"dir": dir, "seed": c.seed, "accuracy": last.eval_accuracy, "eval_split": last.eval_split, "epsilon_rdp": last.epsilon_rdp, "epsilon_prv": last.epsilon_prv}));
+        runs.push(m);
+    }
+    let acc: Vec<f64> = runs
+        .iter()
+        .filter_map(|m| m.last().map(|l| l.eval_accuracy))
+        .collect();
+    let summary = Summary::of(&acc)?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let json = serde_json::json!({"runs": rows, "accuracy": summary});
+    write_atomic(
+        &out.join("repeats.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    Ok((summary, runs))
 }
 
 fn run(cfg: TrainConfig, device: &str, out: &Path, resume: bool) -> Result<Vec<EpochMetrics>> {
@@ -365,6 +483,7 @@ fn epoch_line(m: &EpochMetrics, epochs: u64) -> String {
 
 /// Runs `dpsgd sweep`.
 pub fn sweep(a: SweepArgs) -> Result<()> {
+    check_repeats(&a.common)?;
     for &e in &a.epsilons {
         if !(e.is_finite() && e > 0.0) {
             return Err(Error::invalid("--epsilons", e, "finite and > 0"));
@@ -380,33 +499,26 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     };
     for &e in &a.epsilons {
         let cfg = config(&a.common, Some(NoiseSpec::TargetEpsilon(e)));
-        let dir = a.out.join(format!("eps-{e}"));
-        let m = run(
-            cfg,
-            &a.common.device,
-            &dir,
-            dir.join("checkpoint.safetensors").exists(),
-        )?;
-        let last = m
+        let (acc, runs) = sweep_point(&cfg, &a.common, &a.out.join(format!("eps-{e}")))?;
+        let last = runs
             .last()
+            .and_then(|m| m.last())
             .cloned()
             .ok_or_else(|| Error::invalid("--epochs", 0, ">= 1"))?;
-        points.push((e, last.eval_accuracy));
-        rows.push(serde_json::json!({"target_epsilon": e, "epsilon_rdp": last.epsilon_rdp, "epsilon_prv": last.epsilon_prv, "accuracy": last.eval_accuracy, "eval_split": last.eval_split, "eval_private_data": last.eval_private_data, "noise_multiplier": last.noise_multiplier}));
+        points.push((e, acc));
+        rows.push(serde_json::json!({"target_epsilon": e, "epsilon_rdp": last.epsilon_rdp, "epsilon_prv": last.epsilon_prv, "accuracy": acc.mean, "accuracy_summary": acc, "eval_split": last.eval_split, "eval_private_data": last.eval_private_data, "noise_multiplier": last.noise_multiplier}));
     }
     let baseline = if a.non_private {
-        let dir = a.out.join("non-private");
-        let m = run(
-            config(&a.common, None),
-            &a.common.device,
-            &dir,
-            dir.join("checkpoint.safetensors").exists(),
+        let (acc, _) = sweep_point(
+            &config(&a.common, None),
+            &a.common,
+            &a.out.join("non-private"),
         )?;
-        m.last().map(|l| l.eval_accuracy)
+        Some(acc)
     } else {
         None
     };
-    let summary = serde_json::json!({"points": rows, "non_private_accuracy": baseline, "eval_split": split, "eval_private_data": a.common.validation > 0});
+    let summary = serde_json::json!({"points": rows, "non_private_accuracy": baseline.map(|b| b.mean), "non_private_summary": baseline, "repeats": a.common.repeats, "eval_split": split, "eval_private_data": a.common.validation > 0});
     write_atomic(
         &a.out.join("sweep.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
@@ -424,10 +536,40 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         ""
     };
     for (e, acc) in &points {
-        println!("  ε = {e}: {split} accuracy {:.2}%{note}", 100.0 * acc);
+        println!("  ε = {e}: {split} accuracy {}{note}", acc.percent());
     }
     if let Some(b) = baseline {
-        println!("  non-private: {split} accuracy {:.2}%", 100.0 * b);
+        println!("  non-private: {split} accuracy {}", b.percent());
     }
     Ok(())
+}
+
+fn check_repeats(c: &CommonArgs) -> Result<()> {
+    if c.repeats == 0 {
+        return Err(Error::invalid("--repeats", 0, ">= 1"));
+    }
+    Ok(())
+}
+
+/// One point of a sweep: a single run into `dir` (resumed if it has a checkpoint), or
+/// `--repeats` runs into `dir/repeat-K/`.
+fn sweep_point(
+    cfg: &TrainConfig,
+    common: &CommonArgs,
+    dir: &Path,
+) -> Result<(Summary, Vec<Vec<EpochMetrics>>)> {
+    if common.repeats <= 1 {
+        let m = run(
+            cfg.clone(),
+            &common.device,
+            dir,
+            dir.join("checkpoint.safetensors").exists(),
+        )?;
+        let acc = m
+            .last()
+            .map(|l| l.eval_accuracy)
+            .ok_or_else(|| Error::invalid("--epochs", 0, ">= 1"))?;
+        return Ok((Summary::of(&[acc])?, vec![m]));
+    }
+    repeat(cfg, common, dir, true)
 }
