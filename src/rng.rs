@@ -54,11 +54,13 @@ pub enum Purpose {
     Mechanism = 6,
     /// Training-data order or shuffles that are not privacy-relevant (non-private runs).
     Shuffle = 7,
+    /// Dropout masks ([`crate::cpu::dropout`]; stream `step << 16 | layer`).
+    Dropout = 8,
 }
 
 impl Purpose {
     /// Every purpose (tests check that their keys are pairwise distinct).
-    pub const ALL: [Purpose; 7] = [
+    pub const ALL: [Purpose; 8] = [
         Purpose::ModelInit,
         Purpose::Sampling,
         Purpose::GradientNoise,
@@ -66,6 +68,7 @@ impl Purpose {
         Purpose::Augmentation,
         Purpose::Mechanism,
         Purpose::Shuffle,
+        Purpose::Dropout,
     ];
 }
 

@@ -120,5 +120,5 @@ pub use crate::cpu::loss::Reduction;
 pub use io::LoadMode;
 pub use layer::{Layer, Shape};
 pub use sequential::{
-    class_targets, Grads, Loss, ParamInfo, Sequential, SequentialBuilder, Workspace,
+    class_targets, DropoutMode, Grads, Loss, ParamInfo, Sequential, SequentialBuilder, Workspace,
 };
