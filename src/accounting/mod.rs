@@ -25,7 +25,7 @@ pub mod pld;
 pub mod rdp;
 
 pub use calibrate::{calibrate, calibrate_noise_multiplier, Calibration};
-pub use pld::{epsilon_pld, PldEpsilon, PldOptions};
+pub use pld::{epsilon_pld, epsilon_pld_laplace, LaplaceEntry, PldEpsilon, PldOptions};
 pub use rdp::{default_orders, epsilon_rdp};
 
 use crate::{Error, Result};
