@@ -181,6 +181,16 @@ fn bar(len: u64, msg: String) -> ProgressBar {
     pb
 }
 
+/// A progress line: above the bar on a terminal, else on stderr (the bar is hidden when
+/// stderr is not a terminal).
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{} {line}", pb.message());
+    } else {
+        pb.println(line);
+    }
+}
+
 struct Ctx<'a> {
     train: &'a Dataset,
     test: &'a Dataset,
@@ -248,11 +258,14 @@ fn train_as_run(ctx: &Ctx<'_>, scale: f64, label: String) -> Result<(Vec<f64>, f
             pb.inc(1);
         }
         acc.push(evaluate(&model, &mut ws_eval, ctx.test)?);
-        pb.println(format!(
-            "  epoch {:2}: test accuracy {:.2}%",
-            epoch + 1,
-            100.0 * acc[acc.len() - 1]
-        ));
+        say(
+            &pb,
+            format!(
+                "  epoch {:2}: test accuracy {:.2}%",
+                epoch + 1,
+                100.0 * acc[acc.len() - 1]
+            ),
+        );
     }
     pb.finish_and_clear();
     Ok((acc, t0.elapsed().as_secs_f64()))
@@ -371,11 +384,14 @@ fn train_dp(ctx: &Ctx<'_>, dp: Dp, label: String) -> Result<(Vec<f64>, f64, f64)
         pb.inc(1);
         if (step + 1) % steps_per_epoch == 0 {
             acc.push(evaluate(&model, &mut ws_eval, ctx.test)?);
-            pb.println(format!(
-                "  epoch {:2}: test accuracy {:.2}%",
-                epoch + 1,
-                100.0 * acc[acc.len() - 1]
-            ));
+            say(
+                &pb,
+                format!(
+                    "  epoch {:2}: test accuracy {:.2}%",
+                    epoch + 1,
+                    100.0 * acc[acc.len() - 1]
+                ),
+            );
         }
     }
     pb.finish_and_clear();

@@ -7,7 +7,9 @@
 //! - [`pld`]: a privacy-loss-distribution accountant with pessimistic "connect-the-dots"
 //!   discretisation (Doroshenko et al. 2022) and FFT composition (Koskela et al. 2020; Gopi, Lee,
 //!   Wutschitz 2021). Gives the tightest ε, always as an upper bound. This is what the CLI calls
-//!   `prv`.
+//!   `prv`. The same accountant also composes the Poisson-subsampled **Laplace** mechanism
+//!   with L1 clipping ([`epsilon_pld_laplace`], checked against dp_accounting's
+//!   `LaplacePrivacyLoss`).
 //!
 //! [`calibrate()`] finds the smallest noise multiplier meeting a target ε with either accountant.
 //! [`Accountant`] is the serialisable state a trainer keeps: `step`, `epsilon`, `history`.

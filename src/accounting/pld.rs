@@ -1,4 +1,6 @@
-//! Privacy-loss-distribution (PLD) accountant for the Poisson-subsampled Gaussian mechanism.
+//! Privacy-loss-distribution (PLD) accountant for the Poisson-subsampled Gaussian mechanism
+//! ([`epsilon_pld`]) and the Poisson-subsampled Laplace mechanism ([`epsilon_pld_laplace`]; the
+//! same discretisation, composition and error certificate, another single-step pair).
 //!
 //! The privacy loss of one step, `Y = ln(P(x)/Q(x))` with `x ~ P`, is discretised on a uniform
 //! grid `{k·h}` with the *connect-the-dots* rule of Doroshenko et al. (2022): the probability
