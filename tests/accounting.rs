@@ -265,13 +265,18 @@ fn laplace_cases() -> Vec<(Vec<accounting::LaplaceEntry>, f64, f64, f64)> {
 /// The subsampled-Laplace PLD against dp_accounting 0.6.0's `from_laplace_mechanism`
 /// (interval 1e-4, add/remove, both estimates) at 10 single entries and one mixed history:
 /// our upper bound is never below dp_accounting's optimistic (lower) estimate, at most
-/// 2·eps_error (0.02) above its pessimistic (upper) one, and our certified lower bound is never
-/// above dp_accounting's upper bound (two valid bounds cannot cross).
+/// 2·eps_error (0.02) above its pessimistic (upper) one and within 2e-3 of it, and our
+/// certified lower bound is never above dp_accounting's upper bound (two valid bounds cannot
+/// cross).
 #[test]
 fn laplace_pld_matches_dp_accounting() {
     let opts = PldOptions::default();
     for (h, d, pess, opt) in laplace_cases() {
         let e = accounting::epsilon_pld_laplace(&h, d, &opts).unwrap();
+        println!(
+            "laplace {h:?} δ {d}: ours {:.4} [certified ≥ {:.4}], dp_accounting {pess:.4} (optimistic {opt:.4})",
+            e.epsilon, e.epsilon_lower
+        );
         assert!(
             e.epsilon >= opt,
             "{h:?}: {} below dp_accounting's lower bound {opt}",
@@ -279,6 +284,13 @@ fn laplace_pld_matches_dp_accounting() {
         );
         assert!(
             e.epsilon <= pess + 2.0 * opts.eps_error,
+            "{h:?}: {} vs dp_accounting {pess}",
+            e.epsilon
+        );
+        // Both are upper bounds from connect-the-dots grids (ours with h ≈ 1e-3..1e-2 and a
+        // certified gap, theirs with 1e-4): observed within 4e-4 of each other (2026-12-02).
+        assert!(
+            (e.epsilon - pess).abs() <= 2e-3,
             "{h:?}: {} vs dp_accounting {pess}",
             e.epsilon
         );
