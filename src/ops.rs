@@ -374,6 +374,38 @@ pub fn clip_and_accumulate<T: GradElement>(
     r.map(|()| ClipStats { batch })
 }
 
+/// Per-example **L1** clipping at `max_norm` = C and sum (the Laplace mechanism's analogue of
+/// [`clip_and_accumulate`]): `sum += Σ_i min(1, C/‖g_i‖₁)·g_i` over the `batch` rows of the
+/// `[batch, P]` matrix `grads`, with a rounding margin so that each clipped row's L1 norm is
+/// ≤ C (see [`crate::cpu::clip::clip_l1_accumulate`]). Returns the rows' L1 norms before
+/// clipping. CPU buffers only: the GPU twin is pending (an error on `Device::Cuda`).
+pub fn clip_l1_and_accumulate(
+    grads: &Buffer<f32>,
+    batch: usize,
+    max_norm: f32,
+    sum: &mut Buffer<f32>,
+) -> Result<Vec<f32>> {
+    let pending = || {
+        Error::invalid(
+            "device",
+            "Cuda",
+            "CPU buffers: L1 clipping's GPU twin is pending",
+        )
+    };
+    let rows = grads.as_slice().ok_or_else(pending)?;
+    let s = sum.as_mut_slice().ok_or_else(pending)?;
+    let p = s.len();
+    let rows = rows.get(..batch * p).ok_or_else(|| {
+        Error::shape(
+            "clip_l1_and_accumulate",
+            format!("grads has {} values, need {batch} × {p}", grads.len()),
+        )
+    })?;
+    let mut norms = vec![0f32; batch];
+    crate::cpu::clip::clip_l1_accumulate(rows, batch, max_norm, &mut norms, s)?;
+    Ok(norms)
+}
+
 // Buffers of the exact length: CPU vectors are truncated/extended in place (no reallocation
 // past the first call); GPU buffers are re-allocated only when the length changes.
 fn take(b: &mut Buffer<f32>, len: usize) -> Result<Buffer<f32>> {

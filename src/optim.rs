@@ -145,3 +145,159 @@ impl NoisyStep {
         Ok(())
     }
 }
+
+/// Adadelta (Zeiler, "ADADELTA: An Adaptive Learning Rate Method", arXiv:1212.5701, 2012,
+/// Algorithm 1), with PyTorch's `torch.optim.Adadelta` semantics and defaults (ρ = 0.9,
+/// ε = 1e-6, lr = 1.0, no weight decay). For every parameter, with the gradient g:
+///
+/// ```text
+/// g += λ·p;   v = ρv + (1−ρ)g²;   Δ = √(u + ε) / √(v + ε) · g;   u = ρu + (1−ρ)Δ²;   p −= lr·Δ
+/// ```
+///
+/// A plain (non-fused, noise-free) update of a gradient the caller has already formed — e.g.
+/// a noised gradient; it adds no privacy of its own (post-processing). The state (v, u) is held
+/// by [`Adadelta`]. CPU only: the GPU twin is pending.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdadeltaConfig {
+    /// Learning rate (finite, ≥ 0; PyTorch's default 1.0).
+    pub lr: f32,
+    /// ρ ∈ [0, 1] (default 0.9).
+    pub rho: f32,
+    /// ε > 0 (default 1e-6).
+    pub eps: f32,
+    /// L2 weight decay λ ≥ 0 (default 0).
+    pub weight_decay: f32,
+}
+
+impl Default for AdadeltaConfig {
+    /// PyTorch's defaults: lr 1.0, ρ 0.9, ε 1e-6, no weight decay.
+    fn default() -> Self {
+        AdadeltaConfig {
+            lr: 1.0,
+            rho: 0.9,
+            eps: 1e-6,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl AdadeltaConfig {
+    /// The defaults with learning rate `lr`.
+    pub fn new(lr: f32) -> Self {
+        AdadeltaConfig {
+            lr,
+            ..Default::default()
+        }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        check_non_negative("lr", self.lr as f64)?;
+        check_range("rho", self.rho as f64, 0.0, 1.0 + f64::EPSILON, "in [0, 1]")?;
+        check_positive("eps", self.eps as f64)?;
+        check_non_negative("weight_decay", self.weight_decay as f64)?;
+        Ok(())
+    }
+}
+
+/// An Adadelta optimizer over a flat parameter vector: the [`AdadeltaConfig`] and its state
+/// (the running averages of g² and Δ², zero at the start as in PyTorch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adadelta {
+    /// The settings (the learning rate may be changed between steps, e.g. by [`StepLr`]).
+    pub config: AdadeltaConfig,
+    square_avg: Vec<f32>,
+    acc_delta: Vec<f32>,
+    steps: u64,
+}
+
+impl Adadelta {
+    /// An optimizer for `num_params` parameters. Errors on an invalid configuration or
+    /// `num_params = 0`.
+    pub fn new(config: AdadeltaConfig, num_params: usize) -> Result<Self> {
+        config.validate()?;
+        if num_params == 0 {
+            return Err(crate::Error::invalid("num_params", 0, ">= 1"));
+        }
+        Ok(Adadelta {
+            config,
+            square_avg: vec![0.0; num_params],
+            acc_delta: vec![0.0; num_params],
+            steps: 0,
+        })
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// One update of `params` with gradient `grad` (both P values; see [`AdadeltaConfig`] for
+    /// the formula). Validates everything (lengths, the configuration, a finite gradient)
+    /// before changing anything.
+    pub fn step(&mut self, params: &mut [f32], grad: &[f32]) -> Result<()> {
+        self.config.validate()?;
+        crate::cpu::optim::adadelta_step(
+            params,
+            grad,
+            &mut self.square_avg,
+            &mut self.acc_delta,
+            &self.config,
+        )?;
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// [`Adadelta::step`] on [`crate::Buffer`]s (CPU buffers; a GPU buffer is an error: the
+    /// GPU twin is pending).
+    pub fn step_buffers(
+        &mut self,
+        params: &mut crate::Buffer<f32>,
+        grad: &crate::Buffer<f32>,
+    ) -> Result<()> {
+        let no_gpu = || {
+            crate::Error::invalid(
+                "device",
+                "Cuda",
+                "CPU buffers: Adadelta's GPU twin is pending",
+            )
+        };
+        let g = grad.as_slice().ok_or_else(no_gpu)?;
+        let p = params.as_mut_slice().ok_or_else(no_gpu)?;
+        self.step(p, g)
+    }
+}
+
+/// PyTorch's `StepLR`: the learning rate of epoch `e` (0-based) is
+/// `base_lr · γ^⌊e / step_size⌋`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepLr {
+    /// The learning rate of the first `step_size` epochs (finite, ≥ 0).
+    pub base_lr: f64,
+    /// The multiplicative decay γ (finite, > 0).
+    pub gamma: f64,
+    /// Epochs between decays (≥ 1).
+    pub step_size: u64,
+}
+
+impl StepLr {
+    /// A schedule; errors on a negative or non-finite rate, γ ≤ 0, or `step_size = 0`.
+    pub fn new(base_lr: f64, gamma: f64, step_size: u64) -> Result<Self> {
+        check_non_negative("base_lr", base_lr)?;
+        check_positive("gamma", gamma)?;
+        if step_size == 0 {
+            return Err(crate::Error::invalid("step_size", 0, ">= 1 epoch"));
+        }
+        Ok(StepLr {
+            base_lr,
+            gamma,
+            step_size,
+        })
+    }
+
+    /// The learning rate of epoch `epoch` (0-based).
+    pub fn lr(&self, epoch: u64) -> f64 {
+        let k = (epoch / self.step_size).min(i32::MAX as u64) as i32;
+        self.base_lr * self.gamma.powi(k)
+    }
+}

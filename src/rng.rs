@@ -57,11 +57,13 @@ pub enum Purpose {
     /// Synthetic data drawn by simulations and teaching examples (the "private" database of a
     /// toy run; never the mechanisms' noise, which uses [`Purpose::Mechanism`]).
     SyntheticData = 8,
+    /// Dropout masks ([`crate::cpu::dropout`]; stream `step << 16 | layer`).
+    Dropout = 9,
 }
 
 impl Purpose {
     /// Every purpose (tests check that their keys are pairwise distinct).
-    pub const ALL: [Purpose; 8] = [
+    pub const ALL: [Purpose; 9] = [
         Purpose::ModelInit,
         Purpose::Sampling,
         Purpose::GradientNoise,
@@ -70,6 +72,7 @@ impl Purpose {
         Purpose::Mechanism,
         Purpose::Shuffle,
         Purpose::SyntheticData,
+        Purpose::Dropout,
     ];
 }
 

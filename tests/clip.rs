@@ -361,3 +361,72 @@ fn reads_only_the_first_batch_rows() {
     ops::clip_and_accumulate(&buf, 2, &layout, &Clipping::Flat(0.7), &mut ws, &mut sum).unwrap();
     assert_eq!(sum.to_vec().unwrap(), want);
 }
+
+/// Per-example L1 clipping (`ops::clip_l1_and_accumulate`): rows under C pass unchanged, rows
+/// over C are scaled to L1 norm ≤ C (never above, whatever the rounding) and ≥ C·(1 − 1e-5),
+/// the sum is the sum of the clipped rows, the returned norms are the rows' L1 norms; bad
+/// inputs are errors that leave the sum unchanged.
+#[test]
+fn l1_clipping() {
+    use dpsgd::cpu::philox::Philox;
+    use dpsgd::rng::RandomBits;
+    let dev = dpsgd::Device::Cpu;
+    let (b, p) = (6, 70_001);
+    let mut r = Philox::new(12, 0);
+    let mut rows: Vec<f32> = (0..b * p).map(|_| r.next_f64() as f32 - 0.5).collect();
+    // Row 0 tiny (under C), row 1 exactly zero.
+    for v in &mut rows[..p] {
+        *v *= 1e-6;
+    }
+    rows[p..2 * p].iter_mut().for_each(|v| *v = 0.0);
+    let c = 100.0f32;
+    let g = dpsgd::Buffer::from_slice(&dev, &rows).unwrap();
+    let mut sum = dpsgd::Buffer::zeros(&dev, p).unwrap();
+    let norms = dpsgd::ops::clip_l1_and_accumulate(&g, b, c, &mut sum).unwrap();
+    let mut want = vec![0f64; p];
+    for i in 0..b {
+        let row = &rows[i * p..(i + 1) * p];
+        let n: f64 = row.iter().map(|v| v.abs() as f64).sum();
+        assert!((norms[i] as f64 - n).abs() <= 1e-6 * n.max(1e-30));
+        let f = if n <= c as f64 { 1.0 } else { c as f64 / n };
+        let clipped: f64 = row.iter().map(|v| (v.abs() as f64 * f) as f32 as f64).sum();
+        if n > c as f64 {
+            // What the kernel multiplies: f32 factor times each value.
+            let f32f = (c as f64 / (n * (1.0 + 2f64.powi(-20)))) as f32;
+            let l1: f64 = row.iter().map(|v| (f32f * v).abs() as f64).sum();
+            assert!(l1 <= c as f64, "row {i}: clipped L1 {l1} > C");
+            assert!(l1 >= c as f64 * (1.0 - 1e-5), "row {i}: {l1}");
+        } else {
+            assert!(clipped <= c as f64);
+        }
+        for (w, v) in want.iter_mut().zip(row) {
+            *w += f * *v as f64;
+        }
+    }
+    for (a, w) in sum.to_vec().unwrap().iter().zip(&want) {
+        assert!(
+            (*a as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "{a} vs {w}"
+        );
+    }
+    // Errors leave the sum unchanged.
+    let before = sum.to_vec().unwrap();
+    for bad_c in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        assert!(matches!(
+            dpsgd::ops::clip_l1_and_accumulate(&g, b, bad_c, &mut sum),
+            Err(dpsgd::Error::InvalidParameter { .. })
+        ));
+    }
+    assert!(matches!(
+        dpsgd::ops::clip_l1_and_accumulate(&g, b + 1, c, &mut sum),
+        Err(dpsgd::Error::Shape { .. })
+    ));
+    let mut nan = rows.clone();
+    nan[3 * p + 5] = f32::NAN;
+    let gn = dpsgd::Buffer::from_slice(&dev, &nan).unwrap();
+    assert!(matches!(
+        dpsgd::ops::clip_l1_and_accumulate(&gn, b, c, &mut sum),
+        Err(dpsgd::Error::NonFinite { .. })
+    ));
+    assert_eq!(sum.to_vec().unwrap(), before);
+}

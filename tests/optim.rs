@@ -242,3 +242,90 @@ fn noisy_mean_matches_reference_and_gpu() {
         assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "gpu {a} cpu {b}");
     }
 }
+
+/// Adadelta against PyTorch's `torch.optim.Adadelta` formula evaluated by hand in f32
+/// (numpy float32, the same operation order as PyTorch's `_single_tensor_adadelta`:
+/// `v = v·ρ + (1−ρ)g²; std = √(v+ε); Δ = √(u+ε)/std·g; u = u·ρ + (1−ρ)Δ²; p −= lr·Δ`), three
+/// steps with weight decay 0.01; plus the first step's closed form in f64.
+#[test]
+fn adadelta_matches_pytorch_values() {
+    use dpsgd::optim::{Adadelta, AdadeltaConfig};
+    let cfg = AdadeltaConfig {
+        weight_decay: 0.01,
+        ..AdadeltaConfig::default()
+    };
+    assert_eq!((cfg.lr, cfg.rho, cfg.eps), (1.0, 0.9, 1e-6));
+    let mut opt = Adadelta::new(cfg, 3).unwrap();
+    let mut p = [0.5f32, -1.0, 2.0];
+    let grads = [[1.0f32, -2.0, 0.1], [0.3, 0.5, -4.0], [-1.0, 1.0, 1e-3]];
+    let want = [
+        [0.4968377351760864, -0.9968377351760864, 1.9968388080596924],
+        [0.49547526240348816, -0.9979508519172668, 2.0013084411621094],
+        [0.4987789988517761, -1.0000578165054321, 2.0012736320495605],
+    ];
+    for (g, w) in grads.iter().zip(&want) {
+        opt.step(&mut p, g).unwrap();
+        for (a, b) in p.iter().zip(w) {
+            assert_relative_eq!(*a as f64, *b, max_relative = 2e-6);
+        }
+    }
+    assert_eq!(opt.steps(), 3);
+    // First step, no weight decay: Δ = √ε / √((1−ρ)g² + ε) · g.
+    let mut opt = Adadelta::new(AdadeltaConfig::new(1.0), 1).unwrap();
+    let mut q = [0.0f32];
+    opt.step(&mut q, &[1.0]).unwrap();
+    let d = 1e-3 / (0.1f64 + 1e-6).sqrt();
+    assert_relative_eq!(q[0] as f64, -d, max_relative = 1e-5);
+    // Errors before any change.
+    let before = q;
+    assert!(matches!(
+        opt.step(&mut q, &[f32::NAN]),
+        Err(Error::NonFinite { .. })
+    ));
+    assert!(matches!(
+        opt.step(&mut q, &[1.0, 2.0]),
+        Err(Error::Shape { .. })
+    ));
+    assert_eq!(q, before);
+    for bad in [
+        AdadeltaConfig {
+            rho: 1.5,
+            ..Default::default()
+        },
+        AdadeltaConfig {
+            eps: 0.0,
+            ..Default::default()
+        },
+        AdadeltaConfig {
+            lr: -1.0,
+            ..Default::default()
+        },
+        AdadeltaConfig {
+            weight_decay: f32::NAN,
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(
+            Adadelta::new(bad, 1),
+            Err(Error::InvalidParameter { .. })
+        ));
+    }
+    assert!(Adadelta::new(AdadeltaConfig::default(), 0).is_err());
+}
+
+/// StepLR(γ = 0.7, step_size = 1) as PyTorch's: lr₀·0.7^epoch; step_size 3 holds for 3 epochs.
+#[test]
+fn step_lr_schedule() {
+    use dpsgd::optim::StepLr;
+    let s = StepLr::new(1.0, 0.7, 1).unwrap();
+    let want = [1.0, 0.7, 0.49, 0.343, 0.2401];
+    for (e, w) in want.iter().enumerate() {
+        assert_relative_eq!(s.lr(e as u64), *w, max_relative = 1e-12);
+    }
+    let s = StepLr::new(0.1, 0.5, 3).unwrap();
+    let got: Vec<f64> = (0..7).map(|e| s.lr(e)).collect();
+    assert_eq!(got, [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025]);
+    assert!(StepLr::new(1.0, 0.0, 1).is_err());
+    assert!(StepLr::new(1.0, 0.7, 0).is_err());
+    assert!(StepLr::new(f64::NAN, 0.7, 1).is_err());
+}

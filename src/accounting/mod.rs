@@ -7,7 +7,9 @@
 //! - [`pld`]: a privacy-loss-distribution accountant with pessimistic "connect-the-dots"
 //!   discretisation (Doroshenko et al. 2022) and FFT composition (Koskela et al. 2020; Gopi, Lee,
 //!   Wutschitz 2021). Gives the tightest ε, always as an upper bound. This is what the CLI calls
-//!   `prv`.
+//!   `prv`. The same accountant also composes the Poisson-subsampled **Laplace** mechanism
+//!   with L1 clipping ([`epsilon_pld_laplace`], checked against dp_accounting's
+//!   `LaplacePrivacyLoss`).
 //!
 //! [`composition`] composes pure ε-DP mechanisms (the Laplace mechanism, randomized response):
 //! basic, advanced, Rényi-DP and optimal (exact PLD of randomized response) composition.
@@ -29,7 +31,7 @@ pub mod pld;
 pub mod rdp;
 
 pub use calibrate::{calibrate, calibrate_noise_multiplier, Calibration};
-pub use pld::{epsilon_pld, PldEpsilon, PldOptions};
+pub use pld::{epsilon_pld, epsilon_pld_laplace, LaplaceEntry, PldEpsilon, PldOptions};
 pub use rdp::{default_orders, epsilon_rdp};
 
 use crate::{Error, Result};

@@ -7,7 +7,6 @@
 //!
 //! Part of the `cli` feature (plotters is a CLI-only dependency).
 
-use super::train::Summary;
 use dpsgd::train::EpochMetrics;
 use dpsgd::{Error, Result};
 use plotters::prelude::*;
@@ -65,6 +64,19 @@ pub fn line_chart(
     series: &[Series<'_>],
 ) -> Result<()> {
     line_chart_with_bars(path, title, x_label, y_label, series, &[])
+}
+
+/// One point of an accuracy-against-ε sweep: the mean accuracy (in [0, 1]) over `runs` runs
+/// and its standard deviation.
+pub struct SweepPoint {
+    /// ε.
+    pub epsilon: f64,
+    /// Mean accuracy.
+    pub mean: f64,
+    /// Standard deviation over the runs.
+    pub std: f64,
+    /// Number of runs.
+    pub runs: usize,
 }
 
 /// An error bar: at `x`, from `lo` to `hi`, in `color`.
@@ -251,30 +263,29 @@ pub fn plot_run(dir: &Path, m: &[EpochMetrics]) -> Result<Vec<PathBuf>> {
 /// training data, not covered by ε).
 pub fn plot_sweep(
     path: &Path,
-    points: &[(f64, Summary)],
-    non_private: Option<Summary>,
+    points: &[SweepPoint],
+    non_private: Option<f64>,
     split: &str,
 ) -> Result<()> {
     let mut series = vec![Series {
         label: "DP-SGD",
-        points: points.iter().map(|(e, a)| (*e, 100.0 * a.mean)).collect(),
+        points: points.iter().map(|p| (p.epsilon, 100.0 * p.mean)).collect(),
         color: BLUE,
     }];
     // Error bars: ± one standard deviation over the repeats (none for a single run).
     let bars: Vec<ErrorBar> = points
         .iter()
-        .filter(|(_, a)| a.n > 1)
-        .map(|(e, a)| ErrorBar {
-            x: *e,
-            lo: 100.0 * (a.mean - a.std),
-            hi: 100.0 * (a.mean + a.std),
+        .filter(|p| p.runs > 1)
+        .map(|p| ErrorBar {
+            x: p.epsilon,
+            lo: 100.0 * (p.mean - p.std),
+            hi: 100.0 * (p.mean + p.std),
             color: BLUE,
         })
         .collect();
-    let non_private = non_private.map(|a| a.mean);
     if let Some(a) = non_private {
-        let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(l, h), (e, _)| {
-            (l.min(*e), h.max(*e))
+        let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(l, h), p| {
+            (l.min(p.epsilon), h.max(p.epsilon))
         });
         series.push(Series {
             label: "non-private",
@@ -290,8 +301,8 @@ pub fn plot_sweep(
             "accuracy (%)",
         )
     };
-    let title = if points.iter().any(|(_, a)| a.n > 1) {
-        format!("{title} (mean ± std over {} seeds)", points[0].1.n)
+    let title = if points.iter().any(|p| p.runs > 1) {
+        format!("{title} (mean ± std over {} seeds)", points[0].runs)
     } else {
         title
     };

@@ -524,7 +524,16 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     let png = a.out.join("accuracy_vs_epsilon.png");
-    super::plot::plot_sweep(&png, &points, baseline, split)?;
+    let sweep_points: Vec<super::plot::SweepPoint> = points
+        .iter()
+        .map(|(e, a)| super::plot::SweepPoint {
+            epsilon: *e,
+            mean: a.mean,
+            std: a.std,
+            runs: a.n,
+        })
+        .collect();
+    super::plot::plot_sweep(&png, &sweep_points, baseline.map(|b| b.mean), split)?;
     println!(
         "sweep: {} points; wrote {} and sweep.json",
         points.len(),

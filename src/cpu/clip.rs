@@ -266,3 +266,80 @@ pub fn clip_then_sum_unfused(
     }
     Ok(())
 }
+
+/// Per-example **L1** clipping and sum, for the Laplace mechanism: `sum += Σ_i f_i·g_i` with
+/// `f_i = min(1, C / (‖g_i‖₁·(1 + 2⁻²⁰)))`, so that every clipped row has L1 norm ≤ C even
+/// after the f32 rounding of `f_i·g_ij` (each product is within 2⁻²⁴ of exact, and the factor
+/// keeps a 2⁻²⁰ relative margin). Then the sum of a Poisson-sampled batch has L1 sensitivity C
+/// under add/remove one example — the assumption of
+/// [`epsilon_pld_laplace`](crate::accounting::epsilon_pld_laplace). (The L1 ball is the Laplace
+/// mechanism's sensitivity ball: Dwork, McSherry, Nissim, Smith, TCC 2006; with L2 clipping
+/// the L1 sensitivity could be √P·C.)
+///
+/// `rows` is `[batch, P]` row-major, `P = sum.len()`; `norms` gets each row's L1 norm (f64
+/// accumulation, `batch` values). Errors: lengths ([`Error::Shape`]), `max_norm` not finite
+/// and > 0 ([`Error::InvalidParameter`]), a row with a NaN/Inf value ([`Error::NonFinite`],
+/// naming the row) — all before `sum` is changed. GPU twin: pending (`kernels/clip.cu` has
+/// only the L2 norms).
+pub fn clip_l1_accumulate(
+    rows: &[f32],
+    batch: usize,
+    max_norm: f32,
+    norms: &mut [f32],
+    sum: &mut [f32],
+) -> Result<()> {
+    let p = sum.len();
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(Error::invalid(
+            "max_norm",
+            max_norm,
+            "a finite L1 clipping bound C > 0",
+        ));
+    }
+    if p == 0 || rows.len() != batch * p || norms.len() != batch {
+        return Err(Error::shape(
+            "clip_l1_accumulate",
+            format!(
+                "rows has {} values, norms {}, for batch {batch} × P {p}",
+                rows.len(),
+                norms.len()
+            ),
+        ));
+    }
+    let l1: Vec<f64> = rows
+        .par_chunks(p)
+        .map(|r| r.iter().map(|v| v.abs() as f64).sum::<f64>())
+        .collect();
+    if let Some(i) = l1.iter().position(|n| !n.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "per-sample gradient",
+            detail: format!("row {i} has a NaN or infinite value (L1 norm {})", l1[i]),
+        });
+    }
+    let margin = 1.0 + (2f64).powi(-20);
+    let factors: Vec<f32> = l1
+        .iter()
+        .map(|&n| {
+            if n * margin <= max_norm as f64 {
+                1.0
+            } else {
+                (max_norm as f64 / (n * margin)) as f32
+            }
+        })
+        .collect();
+    for (o, n) in norms.iter_mut().zip(&l1) {
+        *o = *n as f32;
+    }
+    sum.par_chunks_mut(ACC_TILE)
+        .enumerate()
+        .for_each(|(t, acc)| {
+            let c0 = t * ACC_TILE;
+            for (i, f) in factors.iter().enumerate() {
+                let r = &rows[i * p + c0..i * p + c0 + acc.len()];
+                for (a, v) in acc.iter_mut().zip(r) {
+                    *a += f * v;
+                }
+            }
+        });
+    Ok(())
+}

@@ -13,6 +13,7 @@ pub mod stream;
 // Layers of small conv nets (issue 3): the math behind `crate::nn`, one file per layer family.
 pub mod activation;
 pub mod conv;
+pub mod dropout;
 pub mod gemm;
 pub mod grad;
 pub mod linear;

@@ -185,3 +185,48 @@ pub fn noisy_mean(out: &mut [f32], grad_sum: &[f32], noisy: &NoisyStep) -> Resul
         });
     Ok(())
 }
+
+/// One Adadelta update (PyTorch's `torch.optim.Adadelta`; formula in
+/// [`crate::optim::AdadeltaConfig`]), element by element in f32 as PyTorch computes it.
+/// `square_avg` and `acc_delta` are the state (P values each). Checks every length and that
+/// the gradient is finite before changing anything. GPU twin: pending.
+pub fn adadelta_step(
+    params: &mut [f32],
+    grad: &[f32],
+    square_avg: &mut [f32],
+    acc_delta: &mut [f32],
+    cfg: &crate::optim::AdadeltaConfig,
+) -> Result<()> {
+    use crate::cpu::grad::check_len;
+    cfg.validate()?;
+    let p = params.len();
+    check_len("adadelta_step", "grad", grad.len(), p)?;
+    check_len("adadelta_step", "square_avg", square_avg.len(), p)?;
+    check_len("adadelta_step", "acc_delta", acc_delta.len(), p)?;
+    if let Some(j) = grad.iter().position(|g| !g.is_finite()) {
+        return Err(crate::Error::NonFinite {
+            what: "gradient",
+            detail: format!("element {j} is {}", grad[j]),
+        });
+    }
+    let (lr, rho, eps, wd) = (cfg.lr, cfg.rho, cfg.eps, cfg.weight_decay);
+    params
+        .par_chunks_mut(TASK)
+        .zip(grad.par_chunks(TASK))
+        .zip(square_avg.par_chunks_mut(TASK))
+        .zip(acc_delta.par_chunks_mut(TASK))
+        .for_each(|(((p, g), v), u)| {
+            for j in 0..p.len() {
+                let mut gj = g[j];
+                if wd != 0.0 {
+                    gj += wd * p[j];
+                }
+                v[j] = v[j] * rho + (1.0 - rho) * gj * gj;
+                let std = (v[j] + eps).sqrt();
+                let delta = (u[j] + eps).sqrt() / std * gj;
+                u[j] = u[j] * rho + (1.0 - rho) * delta * delta;
+                p[j] -= lr * delta;
+            }
+        });
+    Ok(())
+}

@@ -73,6 +73,13 @@ pub enum Layer {
     },
     /// `nn.Flatten()`: `[c, h, w]` → `[c·h·w]`.
     Flatten,
+    /// `nn.Dropout(p)`: in training each unit is zeroed with probability `p` and the others
+    /// scaled by 1/(1 − p); in eval the identity (see [`crate::cpu::dropout`] and
+    /// [`super::Workspace::set_dropout`]). Any input shape; no parameters.
+    Dropout {
+        /// Drop probability in [0, 1).
+        p: f64,
+    },
     /// `nn.ReLU()`, `nn.LeakyReLU(slope)`, `nn.Tanh()` or `nn.Sigmoid()`.
     Act(Activation),
 }
@@ -101,6 +108,7 @@ impl Layer {
             Layer::MaxPool2d { .. } => "MaxPool2d",
             Layer::AvgPool2d { .. } => "AvgPool2d",
             Layer::Flatten => "Flatten",
+            Layer::Dropout { .. } => "Dropout",
             Layer::Act(Activation::Relu) => "ReLU",
             Layer::Act(Activation::LeakyRelu(_)) => "LeakyReLU",
             Layer::Act(Activation::Tanh) => "Tanh",
@@ -217,6 +225,10 @@ impl Layer {
                 Ok(vec![c, oh, ow])
             }
             Layer::Flatten => Ok(vec![s.iter().product()]),
+            Layer::Dropout { p } => {
+                crate::cpu::dropout::check_p(p)?;
+                Ok(s.to_vec())
+            }
             Layer::Act(a) => {
                 if let Activation::LeakyRelu(x) = a {
                     if !x.is_finite() {

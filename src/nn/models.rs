@@ -174,3 +174,33 @@ pub fn dcgan_discriminator_builder(cfg: &DcganConfig) -> Result<SequentialBuilde
     };
     Ok(b.flatten())
 }
+
+/// The network of PyTorch's MNIST example (`pytorch/examples`, `mnist/main.py`, class `Net`;
+/// P = 1 199 882) for `[1, 28, 28]` inputs: `Conv2d(1,32,3,1)–ReLU–Conv2d(32,64,3,1)–ReLU–
+/// MaxPool2d(2)–Dropout(0.25)–Flatten–Linear(9216,128)–ReLU–Dropout(0.5)–Linear(128,10)`.
+/// The example ends with `log_softmax` and trains with NLL; here the output is the logits and
+/// [`super::Loss::CrossEntropy`] is that same loss (log-softmax + NLL).
+///
+/// PyTorch twin (same `state_dict` names: `0.*`, `2.*`, `7.*`, `10.*`):
+/// ```python
+/// nn.Sequential(nn.Conv2d(1, 32, 3, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 1), nn.ReLU(),
+///               nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten(), nn.Linear(9216, 128),
+///               nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10))
+/// ```
+/// The Dropout layers are active only in a workspace set to
+/// [`super::DropoutMode::Train`].
+pub fn pytorch_mnist_net(device: &Device, seed: u64) -> Result<Sequential> {
+    Sequential::builder(&[1, 28, 28])
+        .conv2d(32, 3, 1, 0, true)
+        .relu()
+        .conv2d(64, 3, 1, 0, true)
+        .relu()
+        .max_pool2d(2, 2)
+        .dropout(0.25)
+        .flatten()
+        .linear(128, true)
+        .relu()
+        .dropout(0.5)
+        .linear(10, true)
+        .build(device, seed)
+}

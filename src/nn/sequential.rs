@@ -8,6 +8,7 @@ use crate::cpu::conv::{
     conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward,
     Conv2dShape, ConvTranspose2dShape,
 };
+use crate::cpu::dropout::{dropout_backward, dropout_forward, dropout_mask};
 use crate::cpu::grad::ParamGrad;
 use crate::cpu::linear::{linear_backward, linear_forward, LinearShape};
 use crate::cpu::loss::{bce, bce_with_logits, cross_entropy, Reduction};
@@ -18,7 +19,7 @@ use crate::cpu::pool::{
     PoolShape,
 };
 use crate::ops::Clipping;
-use crate::rng::RandomBits;
+use crate::rng::{RandomBits, StreamKey};
 use crate::{Buffer, Device, Error, Layout, Result};
 use std::ops::Range;
 
@@ -135,6 +136,11 @@ impl SequentialBuilder {
     /// `nn.Flatten()`.
     pub fn flatten(self) -> Self {
         self.push(Layer::Flatten)
+    }
+
+    /// `nn.Dropout(p)` (active only in a workspace set to [`DropoutMode::Train`]).
+    pub fn dropout(self, p: f64) -> Self {
+        self.push(Layer::Dropout { p })
     }
 
     /// `nn.ReLU()`.
@@ -414,6 +420,16 @@ impl Sequential {
             have_output_grad: false,
             have_input_grad: false,
             mean_loss: false,
+            dropout: DropoutMode::Eval,
+            masks: self
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| match l {
+                    Layer::Dropout { .. } => Vec::with_capacity(max_batch * numel(&self.shapes[i])),
+                    _ => Vec::new(),
+                })
+                .collect(),
             #[cfg(feature = "cuda")]
             gpu: None,
         })
@@ -517,6 +533,7 @@ impl Sequential {
                 stride,
             }),
             Layer::Flatten => Op::Flatten,
+            Layer::Dropout { .. } => Op::Dropout,
             Layer::Act(a) => Op::Act(a),
         }
     }
@@ -562,14 +579,17 @@ impl Sequential {
                 let y = &mut hi[0][..batch * numel(&self.shapes[i + 1])];
                 // Exactly `chunks` chunks of scratch: one per thread.
                 let need = self.scratch_for(i, l, ws.chunks)?;
-                self.layer_forward(i, batch, xin, params, y, &mut ws.scratch[..need])?;
+                let mask = self.mask_of(&ws.masks, i, 0, batch);
+                self.layer_forward(i, batch, xin, params, y, &mut ws.scratch[..need], mask)?;
             }
         }
         ws.have_forward = true;
         Ok(())
     }
 
-    /// Layer `i`'s forward on `batch` examples (`params`: the whole flat vector).
+    /// Layer `i`'s forward on `batch` examples (`params`: the whole flat vector; `mask`: a
+    /// Dropout layer's mask of these examples in training, see [`Sequential::mask_of`]).
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         i: usize,
@@ -578,6 +598,7 @@ impl Sequential {
         params: &[f32],
         y: &mut [f32],
         scratch: &mut [f32],
+        mask: Option<&[f32]>,
     ) -> Result<()> {
         let p = &params[self.ranges[i].clone()];
         match self.op(i, &self.layers[i], batch) {
@@ -591,6 +612,7 @@ impl Sequential {
                 y.copy_from_slice(xin);
                 Ok(())
             }
+            Op::Dropout => dropout_forward(xin, mask, y),
             Op::Act(a) => activation_forward(a, xin, y),
         }
     }
@@ -609,6 +631,7 @@ impl Sequential {
         dx: Option<&mut [f32]>,
         pg: ParamGrad<'_, f32>,
         scratch: &mut [f32],
+        mask: Option<&[f32]>,
     ) -> Result<()> {
         let pl = &params[self.ranges[i].clone()];
         match self.op(i, &self.layers[i], batch) {
@@ -630,6 +653,10 @@ impl Sequential {
                 }
                 Ok(())
             }
+            Op::Dropout => match dx {
+                Some(dx) => dropout_backward(dy, mask, dx),
+                None => Ok(()),
+            },
             Op::Act(a) => match dx {
                 Some(dx) => activation_backward(a, x, y, dy, dx),
                 None => Ok(()),
@@ -759,7 +786,53 @@ impl Sequential {
         ws.have_output_grad = false;
         ws.have_input_grad = false;
         ws.acts[0][..x.len()].copy_from_slice(x);
+        self.fill_masks(ws, batch)?;
         Ok(batch)
+    }
+
+    /// Draws the Dropout layers' masks of a batch (training), or marks them off (eval).
+    fn fill_masks(&self, ws: &mut Workspace, batch: usize) -> Result<()> {
+        for (i, l) in self.layers.iter().enumerate() {
+            let Layer::Dropout { p } = *l else { continue };
+            let m = &mut ws.masks[i];
+            match ws.dropout {
+                DropoutMode::Eval => m.clear(),
+                DropoutMode::Train {
+                    key,
+                    step,
+                    first_example,
+                } => {
+                    if i >= 1 << 16 || step >= 1 << 48 {
+                        return Err(Error::invalid(
+                            "dropout step",
+                            step,
+                            "< 2^48 (with fewer than 65 536 layers): the stream id is step << 16 | layer",
+                        ));
+                    }
+                    let per = numel(&self.shapes[i]);
+                    m.resize(batch * per, 0.0);
+                    dropout_mask(&key, step << 16 | i as u64, first_example, per, p, m)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Layer `i`'s Dropout mask of examples `ex0 .. ex0 + n` of the batch (`None`: not a
+    /// Dropout layer, or eval mode).
+    pub(super) fn mask_of<'m>(
+        &self,
+        masks: &'m [Vec<f32>],
+        i: usize,
+        ex0: usize,
+        n: usize,
+    ) -> Option<&'m [f32]> {
+        let m = masks.get(i)?;
+        if m.is_empty() {
+            return None;
+        }
+        let per = numel(&self.shapes[i]);
+        m.get(ex0 * per..(ex0 + n) * per)
     }
 
     fn check_ws(&self, op: &'static str, ws: &Workspace) -> Result<()> {
@@ -992,6 +1065,7 @@ enum Op {
     Max(PoolShape),
     Avg(PoolShape),
     Flatten,
+    Dropout,
     Act(Activation),
 }
 
@@ -1159,13 +1233,48 @@ pub struct Workspace {
     /// Whether the output gradient came from a `Reduction::Mean` loss (refused by a clipped
     /// backward: the per-sample gradients would depend on the realised batch size).
     mean_loss: bool,
+    /// Train or eval mode of the Dropout layers.
+    dropout: DropoutMode,
+    /// Each Dropout layer's mask of the current batch (empty: eval, or not a Dropout layer).
+    masks: Vec<Vec<f32>>,
     /// The device-resident buffers of a workspace made for a `Device::Cuda` model (the host
     /// vectors above are then empty).
     #[cfg(feature = "cuda")]
     gpu: Option<gpu::GpuWorkspace>,
 }
 
+/// The mode of a model's Dropout layers in one [`Workspace`]: the identity (eval, the
+/// default), or training with masks drawn from a [`Purpose::Dropout`](crate::rng::Purpose)
+/// key (see [`crate::cpu::dropout`] for the stream layout).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DropoutMode {
+    /// No dropout: every Dropout layer is the identity (evaluation, inference).
+    #[default]
+    Eval,
+    /// Training: fresh masks for every `step` (use one per optimizer step, < 2⁴⁸).
+    Train {
+        /// The key: `RunKeys::key(Purpose::Dropout)` (never another purpose's key).
+        key: StreamKey,
+        /// The step; masks of the same step, example index and layer are the same.
+        step: u64,
+        /// The index of the batch's first example (0 normally; a batch of one that must get
+        /// example `e`'s mask of a larger batch uses `e`).
+        first_example: u64,
+    },
+}
+
 impl Workspace {
+    /// Sets the Dropout layers' mode for the following forward passes (masks are drawn at
+    /// each forward, from the mode's key, step and example indices).
+    pub fn set_dropout(&mut self, mode: DropoutMode) {
+        self.dropout = mode;
+    }
+
+    /// The Dropout layers' mode.
+    pub fn dropout(&self) -> DropoutMode {
+        self.dropout
+    }
+
     /// The largest batch it holds.
     pub fn max_batch(&self) -> usize {
         self.max_batch

@@ -8,6 +8,11 @@ Setup (torch is never imported; Opacus's analysis modules need only numpy/scipy)
     mkdir -p /tmp/opacus_whl && cd /tmp/opacus_whl && /tmp/refvenv/bin/pip download --no-deps opacus==1.6.0
     unzip -o opacus-1.6.0-*.whl
     OPACUS_DIR=/tmp/opacus_whl /tmp/refvenv/bin/python tests/reference/generate.py
+
+The Laplace PLD entries ("pld_laplace", for src/accounting/pld.rs `epsilon_pld_laplace`) need
+only dp_accounting and are (re)generated on their own, keeping every other entry of the file:
+    pip install dp-accounting==0.6.0
+    python3 tests/reference/generate.py --laplace-only
 """
 import importlib.metadata as md
 import json
@@ -18,6 +23,68 @@ import types
 import warnings
 
 warnings.filterwarnings("ignore")
+JSON_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "accounting.json")
+LAPLACE_DP_ACCOUNTING = "0.6.0"
+
+
+def laplace_entries():
+    """dp_accounting's PLD of the (Poisson-subsampled) Laplace mechanism, sensitivity 1,
+    parameter b = noise multiplier, add/remove adjacency (the PLD holds both directions and
+    get_epsilon_for_delta reports the worse); pessimistic (connect-the-dots, an upper bound) and
+    optimistic (a lower bound) estimates at value_discretization_interval 1e-4."""
+    import dp_accounting  # noqa: F401
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+    version = md.version("dp_accounting")
+    assert version == LAPLACE_DP_ACCOUNTING, f"pin dp-accounting=={LAPLACE_DP_ACCOUNTING}, have {version}"
+
+    def bound(history, delta, pessimistic):
+        pld = None
+        for q, b, t in history:
+            one = pld_lib.from_laplace_mechanism(
+                b, sensitivity=1.0, pessimistic_estimate=pessimistic,
+                value_discretization_interval=1e-4, sampling_prob=q)
+            one = one.self_compose(t) if t > 1 else one
+            pld = one if pld is None else pld.compose(one)
+        return float(pld.get_epsilon_for_delta(delta))
+
+    points = []
+    for q, b, steps, delta in [
+        (1.0, 1.0, 1, 1e-5),
+        (1.0, 10.0, 10, 1e-5),
+        (1.0, 20.0, 100, 1e-6),
+        (0.5, 2.0, 20, 1e-5),
+        (0.1, 1.0, 100, 1e-5),
+        (0.01, 0.5, 1000, 1e-5),
+        (0.01, 2.0, 3000, 1e-5),
+        (0.001, 0.3, 10000, 1e-5),
+        (64 / 60000, 1.0, 13126, 1e-5),
+        (0.02, 5.0, 2000, 1e-6),
+    ]:
+        h = [(q, b, steps)]
+        up, lo = bound(h, delta, True), bound(h, delta, False)
+        points.append(dict(q=q, b=b, steps=steps, delta=delta,
+                           dp_accounting_pessimistic=up, dp_accounting_optimistic=lo))
+        print("laplace", q, b, steps, delta, up, lo, flush=True)
+    hist = [(0.01, 1.0, 500), (0.05, 3.0, 200), (1.0, 50.0, 5)]
+    return dict(
+        versions=dict(dp_accounting=version, numpy=md.version("numpy"), scipy=md.version("scipy"),
+                      python=sys.version.split()[0]),
+        interval=1e-4,
+        points=points,
+        history=dict(history=[list(x) for x in hist], delta=1e-5,
+                     dp_accounting_pessimistic=bound(hist, 1e-5, True),
+                     dp_accounting_optimistic=bound(hist, 1e-5, False)),
+    )
+
+
+if "--laplace-only" in sys.argv:
+    with open(JSON_PATH) as f:
+        out = json.load(f)
+    out["pld_laplace"] = laplace_entries()
+    with open(JSON_PATH, "w") as f:
+        json.dump(out, f, indent=1)
+    sys.exit(0)
+
 OPACUS_DIR = os.environ.get("OPACUS_DIR", "/tmp/opacus_whl")
 
 # Stub the parts of the opacus package that would pull in torch.
@@ -185,5 +252,6 @@ out["timings_seconds"] = {
     "note": "q=0.01, sigma=1.0, delta=1e-5; best of repeats; single process on this machine",
 }
 print(out["timings_seconds"], flush=True)
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "accounting.json"), "w") as f:
+out["pld_laplace"] = laplace_entries()
+with open(JSON_PATH, "w") as f:
     json.dump(out, f, indent=1)

@@ -152,24 +152,31 @@ impl Sequential {
         let plan = self.plan(ws, params, batch)?;
         let chunks = batch.div_ceil(plan.per);
         let n = self.shapes.len();
+        let Workspace {
+            acts,
+            scratch,
+            masks,
+            ..
+        } = ws;
         let mut views = empty_views();
-        for (i, (v, a)) in views.iter_mut().zip(ws.acts.iter_mut()).enumerate() {
+        for (i, (v, a)) in views.iter_mut().zip(acts.iter_mut()).enumerate() {
             *v = &mut a[..batch * numel(&self.shapes[i])];
         }
-        let scratch = &mut ws.scratch[..chunks * plan.need];
-        self.fwd_split(&plan, &mut views[..n], 0..batch, 0..chunks, scratch)
+        let scratch = &mut scratch[..chunks * plan.need];
+        self.fwd_split(&plan, masks, &mut views[..n], 0..batch, 0..chunks, scratch)
     }
 
     fn fwd_split(
         &self,
         plan: &Plan<'_>,
+        masks: &[Vec<f32>],
         views: &mut [&mut [f32]],
         ex: Range<usize>,
         chunks: Range<usize>,
         scratch: &mut [f32],
     ) -> Result<()> {
         if chunks.len() == 1 {
-            return serial(|| self.fwd_leaf(plan, views, ex.len(), scratch));
+            return serial(|| self.fwd_leaf(plan, masks, views, ex, scratch));
         }
         let mid = chunks.start + chunks.len() / 2;
         let mid_ex = (mid * plan.per).min(ex.end);
@@ -186,25 +193,37 @@ impl Sequential {
             || {
                 self.fwd_split(
                     plan,
+                    masks,
                     &mut left[..n],
                     ex.start..mid_ex,
                     chunks.start..mid,
                     s1,
                 )
             },
-            || self.fwd_split(plan, &mut right[..n], mid_ex..ex.end, mid..chunks.end, s2),
+            || {
+                self.fwd_split(
+                    plan,
+                    masks,
+                    &mut right[..n],
+                    mid_ex..ex.end,
+                    mid..chunks.end,
+                    s2,
+                )
+            },
         );
         r1.and(r2)
     }
 
-    /// All layers on `n` examples (views relative to the first), one group at a time.
+    /// All layers on the examples `ex` (views relative to the first), one group at a time.
     fn fwd_leaf(
         &self,
         plan: &Plan<'_>,
+        masks: &[Vec<f32>],
         views: &mut [&mut [f32]],
-        n: usize,
+        ex: Range<usize>,
         scratch: &mut [f32],
     ) -> Result<()> {
+        let n = ex.len();
         let mut a = 0;
         while a < n {
             let b = (a + plan.group).min(n);
@@ -213,7 +232,8 @@ impl Sequential {
                 let (lo, hi) = views.split_at_mut(i + 1);
                 let xin = &lo[i][a * pi..b * pi];
                 let y = &mut hi[0][a * po..b * po];
-                self.layer_forward(i, b - a, xin, plan.params, y, scratch)?;
+                let mask = self.mask_of(masks, i, ex.start + a, b - a);
+                self.layer_forward(i, b - a, xin, plan.params, y, scratch, mask)?;
             }
             a = b;
         }
@@ -307,6 +327,7 @@ impl Sequential {
             clip_norms,
             norms_len,
             fused: fbuf,
+            masks,
             ..
         } = ws;
         let n = self.shapes.len();
@@ -344,6 +365,7 @@ impl Sequential {
             lfused,
             cache_off,
             work_off: lfused - work_len,
+            masks,
         };
         let loss = self.bwd_split(&ctx, bufs, 0..batch, 0..chunks)?;
         *norms_len = record.then_some(batch * nf);
@@ -515,7 +537,10 @@ impl Sequential {
                                 &mut work[..lw],
                             )?;
                         }
-                        _ => self.layer_forward(i, m, xin, plan.params, y, scratch)?,
+                        _ => {
+                            let mask = self.mask_of(ctx.masks, i, g0, m);
+                            self.layer_forward(i, m, xin, plan.params, y, scratch, mask)?
+                        }
                     }
                 }
                 let po = numel(self.output_shape());
@@ -573,7 +598,10 @@ impl Sequential {
                         let pl = &plan.params[self.ranges[i].clone()];
                         conv2d_backward_group(&s, &cache[cols], pl, dy, dx, pg, &mut work[..lw])?;
                     }
-                    _ => self.layer_backward(i, m, x, y, plan.params, dy, dx, pg, scratch)?,
+                    _ => {
+                        let mask = self.mask_of(ctx.masks, i, g0, m);
+                        self.layer_backward(i, m, x, y, plan.params, dy, dx, pg, scratch, mask)?
+                    }
                 }
                 if let (Some(cp), Some(aux), Some(sq)) =
                     (ctx.clip, caux.as_deref_mut(), csq.as_deref_mut())
@@ -685,6 +713,7 @@ impl Sequential {
             gb,
             scratch,
             input_grad: ig,
+            masks,
             ..
         } = ws;
         let (mut dyb, mut dxb): (&mut Vec<f32>, &mut Vec<f32>) = (ga, gb);
@@ -717,7 +746,8 @@ impl Sequential {
             let pg = if r.is_empty() { ParamGrad::None } else { pg };
             let dxo = if need_dx { Some(dx) } else { None };
             let scr = &mut scratch[..self.scratch_for(i, l, chunks)?];
-            self.layer_backward(i, b, x, y, params, dy, dxo, pg, scr)?;
+            let mask = self.mask_of(masks, i, 0, b);
+            self.layer_backward(i, b, x, y, params, dy, dxo, pg, scr, mask)?;
             std::mem::swap(&mut dyb, &mut dxb);
         }
         Ok(())
@@ -739,6 +769,8 @@ struct BwdCtx<'a> {
     lfused: usize,
     cache_off: [usize; MAX_LAYERS],
     work_off: usize,
+    /// The Dropout layers' masks of the whole batch.
+    masks: &'a [Vec<f32>],
 }
 
 /// The loss of a fused forward-backward pass: the batch's targets and the reduction's scale.

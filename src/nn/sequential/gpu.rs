@@ -51,6 +51,15 @@ mod imp {
     use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
     use std::sync::Arc;
 
+    /// Dropout has no CUDA kernel yet (GPU twin pending: `kernels/dropout.cu`).
+    fn dropout_no_cuda() -> Error {
+        Error::invalid(
+            "layer",
+            "Dropout",
+            "a model without Dropout on Device::Cuda: Dropout's GPU twin is pending (run this model on Device::Cpu)",
+        )
+    }
+
     /// The device buffers of a GPU [`Workspace`].
     pub(crate) struct GpuWorkspace {
         pub(super) dev: Arc<CudaBackend>,
@@ -138,6 +147,13 @@ mod imp {
             if max_batch == 0 {
                 return Err(Error::invalid("max_batch", 0, ">= 1"));
             }
+            if self
+                .layers
+                .iter()
+                .any(|l| matches!(l, crate::nn::Layer::Dropout { .. }))
+            {
+                return Err(dropout_no_cuda());
+            }
             let dev = d.backend().clone();
             let per_example: Vec<usize> = self.shapes.iter().map(|s| numel(s)).collect();
             let acts = per_example
@@ -193,6 +209,8 @@ mod imp {
                 have_output_grad: false,
                 have_input_grad: false,
                 mean_loss: false,
+                dropout: crate::nn::DropoutMode::Eval,
+                masks: Vec::new(),
                 gpu: Some(g),
             })
         }
@@ -268,6 +286,7 @@ mod imp {
                     Op::Max(s) => cuda::pool::max_pool2d_forward(&dev, &s, &x, &mut y)?,
                     Op::Avg(s) => cuda::pool::avg_pool2d_forward(&dev, &s, &x, &mut y)?,
                     Op::Flatten => dtod(&dev, &x, &mut y)?,
+                    Op::Dropout => return Err(dropout_no_cuda()),
                     Op::Act(a) => cuda::activation::activation_forward(&dev, a, &x, &mut y)?,
                 }
             }
@@ -489,6 +508,7 @@ mod imp {
                             dtod(&dev, &dy, dx)?
                         }
                     }
+                    Op::Dropout => return Err(dropout_no_cuda()),
                     Op::Act(a) => {
                         if let Some(dx) = dxo {
                             cuda::activation::activation_backward(&dev, a, &x, &y, &dy, dx)?
