@@ -100,6 +100,9 @@ pub struct PateArgs {
     /// Epochs of the self-trained student (over the answered and self-labelled images).
     #[arg(long, default_value_t = 20)]
     pub self_train_epochs: usize,
+    /// Self-training rounds (each labels the public images with the latest student).
+    #[arg(long, default_value_t = 2)]
+    pub self_train_rounds: usize,
     /// The student's smallest softmax probability for a self-training label.
     #[arg(long, default_value_t = 0.95)]
     pub self_train_confidence: f32,
@@ -147,6 +150,8 @@ pub struct PateReport {
     student_trained_on: String,
     self_training: bool,
     self_training_labels: usize,
+    /// The student's test accuracy after each self-training round.
+    self_training_accuracies: Vec<f64>,
     student_accuracy_answered_only: f64,
     student_accuracy: f64,
     privacy: PrivacyReport,
@@ -219,6 +224,9 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
     student_fit.validate()?;
     if a.self_train_epochs == 0 {
         return Err(Error::invalid("self_train_epochs", 0, ">= 1"));
+    }
+    if a.self_train_rounds == 0 {
+        return Err(Error::invalid("self_train_rounds", 0, ">= 1"));
     }
     let agg = match a.aggregator {
         AggregatorArg::Lnmax => Aggregator::Lnmax { gamma: a.gamma },
@@ -425,38 +433,49 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         answered.len(),
         100.0 * acc_answered
     ));
+    let mut round_acc = Vec::new();
     let (student_acc, trained_on, n_self) = if a.self_train {
         let answered_set: std::collections::HashSet<usize> =
             answered.iter().map(|(i, _)| *i).collect();
-        let p = predict(&student, public.images())?;
-        let mut items = answered.clone();
-        let mut n_self = 0;
-        for (i, c) in confident_pseudo_labels(&p, a.self_train_confidence) {
-            if !answered_set.contains(&i) {
-                items.push((i, c));
-                n_self += 1;
-            }
-        }
-        let data = labelled(&items)?;
-        let mut s2 = new_model(model, &keys, STUDENT_STREAM + 1)?;
         let cfg = FitConfig {
             epochs: a.self_train_epochs,
             ..student_fit
         };
-        fit(&mut s2, &data, &cfg, &keys, STUDENT_STREAM + 1)?;
-        let acc = eval(&s2)?;
-        student = s2;
-        say(format!(
-            "self-training (post-processing, no privacy cost): +{n_self} public images labelled by the student (confidence >= {}); test accuracy {:.2}%",
-            a.self_train_confidence,
-            100.0 * acc
-        ));
+        let mut n_self = 0;
+        let mut acc = acc_answered;
+        for r in 0..a.self_train_rounds {
+            // The current student labels the public images it is confident about; a fresh
+            // student learns those and the answered queries.
+            let p = predict(&student, public.images())?;
+            let mut items = answered.clone();
+            n_self = 0;
+            for (i, c) in confident_pseudo_labels(&p, a.self_train_confidence) {
+                if !answered_set.contains(&i) {
+                    items.push((i, c));
+                    n_self += 1;
+                }
+            }
+            let data = labelled(&items)?;
+            let stream = STUDENT_STREAM + 1 + r as u64;
+            let mut next = new_model(model, &keys, stream)?;
+            fit(&mut next, &data, &cfg, &keys, stream)?;
+            acc = eval(&next)?;
+            round_acc.push(acc);
+            student = next;
+            say(format!(
+                "self-training round {} (post-processing, no privacy cost): +{n_self} public images labelled by the student (confidence >= {}); test accuracy {:.2}%",
+                r + 1,
+                a.self_train_confidence,
+                100.0 * acc
+            ));
+        }
         (
             acc,
             format!(
-                "{} answered queries + {n_self} public images self-labelled by the student (confidence >= {})",
+                "{} answered queries + {n_self} public images self-labelled by the student (confidence >= {}, {} rounds; post-processing)",
                 answered.len(),
-                a.self_train_confidence
+                a.self_train_confidence,
+                a.self_train_rounds
             ),
             n_self,
         )
@@ -492,6 +511,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         student_trained_on: trained_on.clone(),
         self_training: a.self_train,
         self_training_labels: n_self,
+        self_training_accuracies: round_acc,
         student_accuracy_answered_only: acc_answered,
         student_accuracy: student_acc,
         privacy: p.clone(),
