@@ -14,6 +14,9 @@
 //! queries Confident-GNMax answered, the data-dependent ε) are functions of the private data
 //! and are **not** covered.
 //!
+//! Models are built on the CPU ([`Device::cpu`]); [`train_teachers`] runs one rayon task per
+//! teacher (each task's layers may use rayon too).
+//!
 //! All randomness comes from [`RunKeys`]: [`Purpose::Shuffle`] for the partition and the
 //! training order, [`Purpose::ModelInit`] for the weights, [`Purpose::Augmentation`] for the
 //! image shifts, [`Purpose::Mechanism`] for the aggregator's noise.
@@ -516,19 +519,4 @@ pub fn confident_pseudo_labels(pred: &[(u32, f32)], min_confidence: f32) -> Vec<
         .filter(|(_, (_, p))| *p >= min_confidence)
         .map(|(i, (k, _))| (i, *k))
         .collect()
-}
-
-/// A workspace-free check that `model` fits `data`'s images.
-pub fn check_model_fits(model: &Sequential, data: &Dataset) -> Result<()> {
-    let ex: usize = model.input_shape().iter().product();
-    if ex != data.example_len() {
-        return Err(Error::shape(
-            "pate",
-            format!(
-                "the model takes {ex}-value images, the data has {}",
-                data.example_len()
-            ),
-        ));
-    }
-    Ok(())
 }
