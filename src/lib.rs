@@ -48,6 +48,7 @@ pub mod nn;
 pub mod noise;
 pub mod ops;
 pub mod optim;
+pub mod pate;
 pub mod rng;
 pub mod sampling;
 pub mod train;

@@ -386,3 +386,103 @@ fn sweep_with_repeats_writes_summaries_and_error_bar_plot() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `dpsgd pate --quick` on the synthetic data: teachers, Confident-GNMax, a self-trained
+/// student, the ε's and every output file, in a few seconds.
+#[test]
+fn pate_quick_synthetic_writes_every_output() {
+    let out = tmpdir("pate");
+    let o = dpsgd(&[
+        "pate",
+        "--dataset",
+        "synthetic",
+        "--quick",
+        "--self-train",
+        "--seed",
+        "4",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["teachers"].as_u64(), Some(5));
+    assert_eq!(v["queries"].as_u64(), Some(100));
+    assert_eq!(v["teacher_accuracies"].as_array().unwrap().len(), 5);
+    // Synthetic data is easy: the teachers (400 images each) and the student learn it.
+    assert!(v["teacher_accuracy_mean"].as_f64().unwrap() > 0.8, "{v}");
+    let answered = v["answered"].as_u64().unwrap();
+    assert!(answered > 0 && answered <= 100, "{v}");
+    assert!(v["label_accuracy"].as_f64().unwrap() > 0.8, "{v}");
+    assert!(v["student_accuracy"].as_f64().unwrap() > 0.5, "{v}");
+    assert_eq!(v["self_training"].as_bool(), Some(true));
+    let p = &v["privacy"];
+    let (di, dd) = (
+        p["epsilon_data_independent"].as_f64().unwrap(),
+        p["epsilon_data_dependent"].as_f64().unwrap(),
+    );
+    assert!(dd > 0.0 && dd <= di, "{p}");
+    assert!(v["dp_statement"]
+        .as_str()
+        .unwrap()
+        .contains("data-independent"));
+    // The same numbers in metrics.json; the model and the (private) vote histogram.
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["privacy"], v["privacy"]);
+    assert!(
+        std::fs::metadata(out.join("student.safetensors"))
+            .unwrap()
+            .len()
+            > 100_000
+    );
+    let png = out.join("vote_agreement.png");
+    assert!(png.exists() || err.contains("no plot"), "{err}");
+    // Without --json: the table says which ε is the DP statement.
+    let o = dpsgd(&[
+        "pate",
+        "--dataset",
+        "synthetic",
+        "--quick",
+        "--aggregator",
+        "gnmax",
+        "--sigma",
+        "2",
+        "--seed",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("the DP statement") && text.contains("NOT a DP statement"));
+    assert!(text.contains("queries 100  answered 100"), "{text}");
+}
+
+/// Bad PATE input fails before anything is trained, naming the flag.
+#[test]
+fn pate_bad_input_is_a_typed_error() {
+    for (args, name, code) in [
+        (&["--sigma", "0"][..], "sigma", 2),
+        (&["--gamma=-1"][..], "gamma", 2),
+        (&["--sigma2", "0"][..], "sigma2", 2),
+        (&["--queries", "901"][..], "queries", 2),
+        (&["--teachers", "2001"][..], "teachers", 2),
+        (&["--public", "1000"][..], "public", 2),
+    ] {
+        let mut a = vec!["pate", "--dataset", "synthetic", "--quick"];
+        a.extend_from_slice(args);
+        let t = std::time::Instant::now();
+        let o = dpsgd(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(name), "{args:?}: {err}");
+        assert!(t.elapsed().as_secs() < 10, "{args:?} ran before failing");
+    }
+    // Missing data: an I/O error that says how to get it.
+    let o = dpsgd(&["pate", "--data-dir", "/nonexistent-dpsgd-mnist", "--quick"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("fetch-mnist"), "{err}");
+}

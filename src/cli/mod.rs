@@ -1,4 +1,4 @@
-//! The `dpsgd` command line: `train`, `sweep`, `audit` (and the accounting commands).
+//! The `dpsgd` command line: `train`, `sweep`, `audit`, `pate` (and the accounting commands).
 //!
 //! Everything here belongs to the binary and is built only with the `cli` feature (default on):
 //! argument parsing (clap), progress bars (indicatif) and PNG plots (plotters, [`plot`]). The
@@ -6,6 +6,7 @@
 
 pub mod accounting;
 pub mod audit;
+pub mod pate;
 pub mod plot;
 pub mod train;
 
@@ -33,6 +34,9 @@ pub enum Command {
     NoiseMultiplier(accounting::NoiseArgs),
     /// An empirical ε lower bound from one run with canaries, beside the accountant's ε.
     Audit(audit::AuditArgs),
+    /// PATE end to end: teachers on disjoint partitions, a noisy aggregator, a student, and
+    /// the data-independent and data-dependent ε.
+    Pate(pate::PateArgs),
 }
 
 /// Runs the parsed command line.
@@ -43,5 +47,6 @@ pub fn run(cli: Cli) -> dpsgd::Result<()> {
         Command::Epsilon(a) => accounting::epsilon_cmd(a),
         Command::NoiseMultiplier(a) => accounting::noise_cmd(a),
         Command::Audit(a) => audit::audit_cmd(a),
+        Command::Pate(a) => pate::pate_cmd(a),
     }
 }

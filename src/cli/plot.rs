@@ -308,3 +308,44 @@ pub fn plot_sweep(
     };
     line_chart_with_bars(path, &title, "ε (δ = 1e-5)", y, &series, &bars)
 }
+
+/// A bar chart (a histogram): one bar per `(x, height)`, each `width` wide, centred on x.
+pub fn bar_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    bars: &[(f64, f64)],
+    width: f64,
+) -> Result<()> {
+    font_ready().map_err(|e| err(path, e))?;
+    if bars.is_empty() || !(width.is_finite() && width > 0.0) {
+        return Err(err(path, "no bars to plot"));
+    }
+    let x0 = bars.iter().map(|b| b.0).fold(f64::MAX, f64::min) - width;
+    let x1 = bars.iter().map(|b| b.0).fold(f64::MIN, f64::max) + width;
+    let y1 = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0) * 1.08;
+    let root = BitMapBackend::new(path, (800, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, 0.0..y1)
+        .map_err(|e| err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| err(path, e))?;
+    let c = RGBColor(31, 119, 180);
+    chart
+        .draw_series(bars.iter().map(|&(x, h)| {
+            Rectangle::new([(x - 0.45 * width, 0.0), (x + 0.45 * width, h)], c.filled())
+        }))
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))?;
+    Ok(())
+}

@@ -21,6 +21,12 @@
 //!     [`GnmaxAccountant`] and converted to (ε, δ). The data-dependent ε depends on the votes and
 //!     is itself not differentially private; the paper releases it through smooth sensitivity
 //!     (its Section 4 / Appendix), which this module does not implement.
+//! - [`confident_gnmax`]: Confident-GNMax (Algorithm 1 of the 2018 paper): a noisy threshold
+//!   (σ₁) on the plurality count, then GNMax (σ₂) on the queries that pass.
+//!   - Threshold step: data-independent λ/(2σ₁²) ([`threshold_rdp_data_independent`]),
+//!     data-dependent by Theorem 6 ([`threshold_log_pr_answered`],
+//!     [`threshold_rdp_data_dependent`]); composed with the GNMax step of the answered queries
+//!     by [`ConfidentGnmaxAccountant`] (its data-independent ε counts every query as answered).
 //!
 //! # Floating-point safety
 //! **Not safe** against floating-point attacks (Mironov 2012): the noise is drawn in IEEE doubles.
@@ -790,6 +796,223 @@ impl LnmaxRdpAccountant {
     }
 
     /// The data-independent (ε, minimising order) at δ.
+    pub fn epsilon_data_independent(&self, delta: f64) -> Result<(f64, f64)> {
+        rdp_to_epsilon(&self.orders, &self.rdp_data_independent(), delta)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Confident-GNMax: a noisy threshold on the plurality count before GNMax (Papernot et al. 2018).
+// ---------------------------------------------------------------------------------------------
+
+/// The Confident-GNMax answer (Papernot et al. 2018, Algorithm 1): if
+/// maxⱼ nⱼ + N(0, σ₁²) ≥ T, the GNMax answer arg-maxⱼ (nⱼ + N(0, σ₂²)) (`Some`), else no
+/// answer (`None`). `threshold` finite, `sigma1`, `sigma2` > 0.
+///
+/// # Proof Definition
+/// Papernot, Song, Mironov, Raghunathan, Talwar, Erlingsson, "Scalable Private Learning with
+/// PATE" (ICLR 2018), Section 4.2 (Algorithm 1). The threshold step releases one bit computed
+/// from maxⱼ nⱼ, which moves by at most 1 when one teacher's data (hence one vote) changes: a
+/// Gaussian mechanism of L2 sensitivity 1, (λ, λ/(2σ₁²))-RDP
+/// ([`threshold_rdp_data_independent`]). The GNMax step is (λ, λ/σ₂²)-RDP (Proposition 8) and
+/// runs only on answered queries; both draw fresh noise, so a query costs at most the sum of
+/// the two (adaptive composition of RDP, Mironov 2017, Proposition 1) and an unanswered one
+/// the threshold's cost alone.
+///
+/// # Floating-point safety
+/// **Not safe** against floating-point attacks (Mironov 2012): Box–Muller noise in doubles.
+pub fn confident_gnmax(
+    votes: &[u64],
+    threshold: f64,
+    sigma1: f64,
+    sigma2: f64,
+    rng: &mut impl RandomBits,
+) -> Result<Option<usize>> {
+    check_threshold(threshold)?;
+    check_positive("sigma1", sigma1)?;
+    check_positive("sigma2", sigma2)?;
+    check_votes(votes)?;
+    let max = votes.iter().copied().max().unwrap_or(0) as f64;
+    if max + sigma1 * rng.next_normal_f64() >= threshold {
+        Ok(Some(gnmax(votes, sigma2, rng)?))
+    } else {
+        Ok(None)
+    }
+}
+
+fn check_threshold(t: f64) -> Result<()> {
+    if t.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::invalid("threshold", t, "finite"))
+    }
+}
+
+/// ln Pr[N(0, 1) > z] for any finite z (the standard normal's log survival function).
+fn log_normal_sf(z: f64) -> f64 {
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    let upper = log_half_erfc(x); // ln Pr[N > |z|]
+    if z >= 0.0 {
+        upper
+    } else {
+        log1mexp(upper)
+    }
+}
+
+/// ln Pr[the threshold step answers] = ln Pr[maxⱼ nⱼ + N(0, σ₁²) ≥ T] = ln Φ̄((T − maxⱼ nⱼ)/σ₁)
+/// (Papernot et al. 2018, Section 4.2; as `compute_logpr_answered` of the authors'
+/// `pate_2018/core.py`).
+///
+/// **Not itself a DP release:** the result depends on the (private) vote histogram; see
+/// [`gnmax_log_q`].
+pub fn threshold_log_pr_answered(votes: &[u64], threshold: f64, sigma1: f64) -> Result<f64> {
+    check_threshold(threshold)?;
+    check_positive("sigma1", sigma1)?;
+    check_votes(votes)?;
+    let max = votes.iter().copied().max().unwrap_or(0) as f64;
+    Ok(log_normal_sf((threshold - max) / sigma1))
+}
+
+/// The data-independent RDP of the threshold step at order λ > 1: λ/(2σ₁²) (a Gaussian
+/// mechanism on maxⱼ nⱼ, of sensitivity 1; Papernot et al. 2018, Section 4.2, and Mironov
+/// 2017, Proposition 7).
+pub fn threshold_rdp_data_independent(sigma1: f64, order: f64) -> Result<f64> {
+    check_positive("sigma1", sigma1)?;
+    check_order(order)?;
+    Ok(order / (2.0 * sigma1 * sigma1))
+}
+
+/// The data-dependent RDP of the threshold step at order λ > 1, given
+/// [`threshold_log_pr_answered`] (Papernot et al. 2018, Theorem 6 applied to the threshold
+/// mechanism): with q̃ = min(Pr[answer], Pr[no answer]), the probability of the less likely of
+/// the two outcomes, and the mechanism's data-independent RDP λ/(2σ₁²) — Theorem 6 with
+/// σ = √2·σ₁, computed by [`gnmax_rdp_data_dependent`] (as the authors' reference code does).
+/// Never above [`threshold_rdp_data_independent`].
+///
+/// **Not itself a DP release:** the result depends on the (private) vote histogram; see
+/// [`gnmax_log_q`].
+pub fn threshold_rdp_data_dependent(log_pr_answered: f64, sigma1: f64, order: f64) -> Result<f64> {
+    check_positive("sigma1", sigma1)?;
+    check_order(order)?;
+    if log_pr_answered.is_nan() || log_pr_answered > 0.0 {
+        return Err(Error::invalid(
+            "log_pr_answered",
+            log_pr_answered,
+            "<= 0 (a log-probability)",
+        ));
+    }
+    let log_q = log_pr_answered.min(log1mexp(log_pr_answered.min(-1e-300)));
+    gnmax_rdp_data_dependent(log_q, std::f64::consts::SQRT_2 * sigma1, order)
+}
+
+/// Composes Confident-GNMax queries over a run (Papernot et al. 2018, Section 4.2 and
+/// Theorem 6): every query pays the threshold step, answered queries also the GNMax step;
+/// per-order RDP summed (Mironov 2017, Proposition 1) and converted to (ε, δ) with
+/// [`rdp_to_epsilon`].
+///
+/// - [`Self::epsilon_data_independent`] is the **DP statement**: it assumes every one of the
+///   queries asked was answered (Q·(λ/(2σ₁²) + λ/σ₂²)), because how many were answered depends
+///   on the private votes.
+/// - [`Self::epsilon_data_dependent`] (Theorem 6 per query) is smaller when the teachers agree,
+///   but it is a function of the private votes and **not itself a DP release**: the paper
+///   publishes it through smooth sensitivity (Section 4 / Appendix B), which this crate does
+///   not implement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfidentGnmaxAccountant {
+    threshold: f64,
+    sigma1: f64,
+    sigma2: f64,
+    orders: Vec<f64>,
+    data_dependent: Vec<f64>,
+    queries: u64,
+    answered: u64,
+}
+
+impl ConfidentGnmaxAccountant {
+    /// An accountant for Confident-GNMax with threshold T, σ₁ (threshold noise) and σ₂ (GNMax
+    /// noise) over `orders` (each finite and > 1, non-empty).
+    pub fn new(threshold: f64, sigma1: f64, sigma2: f64, orders: Vec<f64>) -> Result<Self> {
+        check_threshold(threshold)?;
+        check_positive("sigma1", sigma1)?;
+        check_positive("sigma2", sigma2)?;
+        if orders.is_empty() {
+            return Err(Error::shape("ConfidentGnmaxAccountant", "no RDP orders"));
+        }
+        for &a in &orders {
+            check_order(a)?;
+        }
+        let n = orders.len();
+        Ok(ConfidentGnmaxAccountant {
+            threshold,
+            sigma1,
+            sigma2,
+            orders,
+            data_dependent: vec![0.0; n],
+            queries: 0,
+            answered: 0,
+        })
+    }
+
+    /// Accounts for one query whose (noiseless) vote histogram was `votes`; `answered`: whether
+    /// the threshold step passed (then the GNMax step ran too).
+    pub fn record(&mut self, votes: &[u64], answered: bool) -> Result<()> {
+        let lp = threshold_log_pr_answered(votes, self.threshold, self.sigma1)?;
+        let log_q = if answered {
+            Some(gnmax_log_q(votes, self.sigma2)?)
+        } else {
+            None
+        };
+        for (acc, &a) in self.data_dependent.iter_mut().zip(&self.orders) {
+            *acc += threshold_rdp_data_dependent(lp, self.sigma1, a)?;
+            if let Some(lq) = log_q {
+                *acc += gnmax_rdp_data_dependent(lq, self.sigma2, a)?;
+            }
+        }
+        self.queries += 1;
+        self.answered += answered as u64;
+        Ok(())
+    }
+
+    /// Queries recorded (answered or not).
+    pub fn queries(&self) -> u64 {
+        self.queries
+    }
+
+    /// Queries recorded as answered. **Private** (it depends on the votes): not covered by the
+    /// data-independent ε unless released through a mechanism; the paper reports it alongside
+    /// the data-dependent ε.
+    pub fn answered(&self) -> u64 {
+        self.answered
+    }
+
+    /// The orders.
+    pub fn orders(&self) -> &[f64] {
+        &self.orders
+    }
+
+    /// The composed data-dependent RDP at each order. **Not itself a DP release** (see the
+    /// type's docs).
+    pub fn rdp_data_dependent(&self) -> &[f64] {
+        &self.data_dependent
+    }
+
+    /// The composed data-independent RDP at each order, every query counted as answered:
+    /// Q·(λ/(2σ₁²) + λ/σ₂²).
+    pub fn rdp_data_independent(&self) -> Vec<f64> {
+        let per = 1.0 / (2.0 * self.sigma1 * self.sigma1) + 1.0 / (self.sigma2 * self.sigma2);
+        self.orders
+            .iter()
+            .map(|a| self.queries as f64 * a * per)
+            .collect()
+    }
+
+    /// The data-dependent (ε, minimising order) at δ. **Not itself a DP release** (see the
+    /// type's docs).
+    pub fn epsilon_data_dependent(&self, delta: f64) -> Result<(f64, f64)> {
+        rdp_to_epsilon(&self.orders, &self.data_dependent, delta)
+    }
+
+    /// The data-independent (ε, minimising order) at δ: the DP statement of the run.
     pub fn epsilon_data_independent(&self, delta: f64) -> Result<(f64, f64)> {
         rdp_to_epsilon(&self.orders, &self.rdp_data_independent(), delta)
     }

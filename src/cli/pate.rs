@@ -1,0 +1,592 @@
+//! `dpsgd pate`: PATE on MNIST end to end (Papernot et al. 2017, 2018) — teachers on disjoint
+//! partitions of the training set, a noisy aggregator labelling public images (the test set's
+//! first 9 000), a student trained on the answers and tested on the last 1 000, and the privacy
+//! analysis (the library's [`dpsgd::pate`] and [`dpsgd::mechanisms::pate`]).
+
+use crate::cli::plot;
+use crate::cli::train::{DatasetArg, ModelArg};
+use clap::{Args, ValueEnum};
+use dpsgd::data::{Dataset, DatasetKind, Split};
+use dpsgd::pate::{
+    accuracy, aggregate, confident_pseudo_labels, fit, new_model, partition, predict,
+    train_teachers, vote_histograms, Aggregator, FitConfig, PrivacyReport, STUDENT_STREAM,
+};
+use dpsgd::rng::RunKeys;
+use dpsgd::train::{write_atomic, ModelKind};
+use dpsgd::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Aggregators.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AggregatorArg {
+    /// LNMax: Laplace noise of scale 1/γ (Papernot et al. 2017; --gamma).
+    Lnmax,
+    /// GNMax: Gaussian noise σ (Papernot et al. 2018; --sigma).
+    Gnmax,
+    /// Confident-GNMax: threshold T with noise σ₁, then GNMax with σ₂ (--threshold, --sigma1,
+    /// --sigma2).
+    ConfidentGnmax,
+}
+
+/// `dpsgd pate`.
+#[derive(Clone, Debug, Args)]
+pub struct PateArgs {
+    /// Dataset (synthetic: 2 000 training and 1 000 test images, for smoke tests).
+    #[arg(long, value_enum, default_value = "mnist")]
+    pub dataset: DatasetArg,
+    /// Folder of the IDX files (default: data/mnist).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Model of the teachers and the student.
+    #[arg(long, value_enum, default_value = "sample-convnet")]
+    pub model: ModelArg,
+    /// Teachers K (disjoint partitions of the training set).
+    #[arg(long)]
+    pub teachers: Option<usize>,
+    /// Epochs of each teacher over its partition.
+    #[arg(long)]
+    pub teacher_epochs: Option<usize>,
+    /// Teachers' mini-batch size.
+    #[arg(long, default_value_t = 16)]
+    pub teacher_batch: usize,
+    /// Teachers' Adam learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub teacher_lr: f32,
+    /// Random image shifts of up to this many pixels (teachers and student; 0: none).
+    #[arg(long, default_value_t = 2)]
+    pub shift: usize,
+    /// The aggregator.
+    #[arg(long, value_enum, default_value = "confident-gnmax")]
+    pub aggregator: AggregatorArg,
+    /// LNMax's γ (Laplace scale 1/γ; each answer is 2γ-DP).
+    #[arg(long, default_value_t = 0.05)]
+    pub gamma: f64,
+    /// GNMax's σ.
+    #[arg(long, default_value_t = 40.0)]
+    pub sigma: f64,
+    /// Confident-GNMax's threshold T on the plurality count (default: 200 for 250 teachers,
+    /// the paper's MNIST setting, scaled by K/250 for K teachers).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Confident-GNMax's threshold noise σ₁ (default: 150·K/250).
+    #[arg(long)]
+    pub sigma1: Option<f64>,
+    /// Confident-GNMax's GNMax noise σ₂ (default: 40·K/250).
+    #[arg(long)]
+    pub sigma2: Option<f64>,
+    /// Queries Q: the first Q public images are sent to the aggregator.
+    #[arg(long)]
+    pub queries: Option<usize>,
+    /// Public (student) images: the test set's first N; the rest is the student's test set.
+    #[arg(long)]
+    pub public: Option<usize>,
+    /// Student's epochs.
+    #[arg(long)]
+    pub student_epochs: Option<usize>,
+    /// Student's mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    pub student_batch: usize,
+    /// Student's Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub student_lr: f32,
+    /// Self-training: after the student has learnt the answered queries, label the other
+    /// public images with its own predictions of at least --self-train-confidence, and train a
+    /// fresh student on both (post-processing: no privacy cost).
+    #[arg(long)]
+    pub self_train: bool,
+    /// Epochs of the self-trained student (over the answered and self-labelled images).
+    #[arg(long, default_value_t = 20)]
+    pub self_train_epochs: usize,
+    /// Self-training rounds (each labels the public images with the latest student).
+    #[arg(long, default_value_t = 2)]
+    pub self_train_rounds: usize,
+    /// The student's smallest softmax probability for a self-training label.
+    #[arg(long, default_value_t = 0.95)]
+    pub self_train_confidence: f32,
+    /// δ.
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    /// Seed (partition, initialisation, shuffles, shifts, the aggregator's noise); without
+    /// one, a secure OS seed that is never printed or saved.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A small run for tests: 20 teachers (5 on synthetic data), 3 teacher epochs, 100
+    /// queries, 10 student epochs (each unless given explicitly).
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder (metrics.json, student.safetensors, vote_agreement.png).
+    #[arg(long, default_value = "runs/pate")]
+    pub out: PathBuf,
+    /// Print the figures as JSON on stdout (progress and notes go to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Everything `dpsgd pate` reports (`metrics.json`).
+#[derive(Debug, Serialize)]
+pub struct PateReport {
+    dataset: String,
+    teachers: usize,
+    teacher_fit: FitConfig,
+    student_fit: FitConfig,
+    aggregator: Aggregator,
+    public_examples: usize,
+    student_test_examples: usize,
+    /// Each teacher's accuracy on the student's test set (public data: no privacy cost).
+    teacher_accuracies: Vec<f64>,
+    teacher_accuracy_mean: f64,
+    teacher_accuracy_min: f64,
+    teacher_accuracy_max: f64,
+    queries: u64,
+    /// Not covered by ε for Confident-GNMax (it depends on the private votes).
+    answered: u64,
+    /// Accuracy of the aggregator's answers against the public images' true labels.
+    label_accuracy: f64,
+    /// Accuracy of the noiseless plurality vote on the answered queries (not covered by ε).
+    plurality_accuracy_answered: f64,
+    student_trained_on: String,
+    self_training: bool,
+    self_training_labels: usize,
+    /// The student's test accuracy after each self-training round.
+    self_training_accuracies: Vec<f64>,
+    student_accuracy_answered_only: f64,
+    student_accuracy: f64,
+    privacy: PrivacyReport,
+    dp_statement: String,
+    not_covered_by_epsilon: Vec<String>,
+    teacher_seconds: f64,
+    total_seconds: f64,
+}
+
+fn positive(name: &'static str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(name, v, "finite and > 0"))
+    }
+}
+
+/// Runs `dpsgd pate`.
+pub fn pate_cmd(a: PateArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let synthetic = matches!(a.dataset, DatasetArg::Synthetic);
+    // Every flag checked before anything is loaded or trained.
+    positive("gamma", a.gamma)?;
+    positive("sigma", a.sigma)?;
+    if !(a.delta > 0.0 && a.delta < 1.0) {
+        return Err(Error::invalid("delta", a.delta, "in (0, 1)"));
+    }
+    if !(a.self_train_confidence > 0.0 && a.self_train_confidence <= 1.0) {
+        return Err(Error::invalid(
+            "self_train_confidence",
+            a.self_train_confidence,
+            "in (0, 1]",
+        ));
+    }
+    let k = a.teachers.unwrap_or(match (a.quick, synthetic) {
+        (true, true) => 5,
+        (true, false) => 20,
+        _ => 250,
+    });
+    let q = a.queries.unwrap_or(if a.quick { 100 } else { 640 });
+    // The paper's MNIST setting (T 200, σ₁ 150, σ₂ 40 for 250 teachers), scaled to K.
+    let scale = k as f64 / 250.0;
+    let threshold = a.threshold.unwrap_or(200.0 * scale);
+    let sigma1 = a.sigma1.unwrap_or(150.0 * scale);
+    let sigma2 = a.sigma2.unwrap_or(40.0 * scale);
+    positive("sigma1", sigma1)?;
+    positive("sigma2", sigma2)?;
+    if !threshold.is_finite() {
+        return Err(Error::invalid("threshold", threshold, "finite"));
+    }
+    let model = match a.model {
+        ModelArg::SampleConvnet => ModelKind::SampleConvnet,
+        ModelArg::TanhConvnet => ModelKind::TanhConvnet,
+    };
+    let teacher_fit = FitConfig {
+        model,
+        epochs: a.teacher_epochs.unwrap_or(if a.quick { 3 } else { 40 }),
+        batch_size: a.teacher_batch,
+        lr: a.teacher_lr,
+        max_shift: a.shift,
+    };
+    let student_fit = FitConfig {
+        model,
+        epochs: a.student_epochs.unwrap_or(if a.quick { 10 } else { 100 }),
+        batch_size: a.student_batch,
+        lr: a.student_lr,
+        max_shift: a.shift,
+    };
+    teacher_fit.validate()?;
+    student_fit.validate()?;
+    if a.self_train_epochs == 0 {
+        return Err(Error::invalid("self_train_epochs", 0, ">= 1"));
+    }
+    if a.self_train_rounds == 0 {
+        return Err(Error::invalid("self_train_rounds", 0, ">= 1"));
+    }
+    let agg = match a.aggregator {
+        AggregatorArg::Lnmax => Aggregator::Lnmax { gamma: a.gamma },
+        AggregatorArg::Gnmax => Aggregator::Gnmax { sigma: a.sigma },
+        AggregatorArg::ConfidentGnmax => Aggregator::ConfidentGnmax {
+            threshold,
+            sigma1,
+            sigma2,
+        },
+    };
+    agg.validate()?;
+    if q == 0 {
+        return Err(Error::invalid("queries", 0, ">= 1"));
+    }
+
+    // Data: missing files are an error that names scripts/fetch-mnist (Dataset::load).
+    let (train, test, name) = match a.dataset {
+        DatasetArg::Synthetic => (
+            Dataset::synthetic(2000, 1)?,
+            Dataset::synthetic(1000, 2)?,
+            "synthetic",
+        ),
+        DatasetArg::Mnist | DatasetArg::FashionMnist => {
+            let kind = if matches!(a.dataset, DatasetArg::Mnist) {
+                DatasetKind::Mnist
+            } else {
+                DatasetKind::FashionMnist
+            };
+            let dir = a
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| kind.default_dir().to_path_buf());
+            (
+                Dataset::load(kind, &dir, Split::Train)?,
+                Dataset::load(kind, &dir, Split::Test)?,
+                kind.name(),
+            )
+        }
+    };
+    let public_n = a.public.unwrap_or(if synthetic { 900 } else { 9000 });
+    if public_n == 0 || public_n >= test.len() {
+        return Err(Error::invalid(
+            "public",
+            public_n,
+            format!(
+                "in 1..{} (the rest of the {}-image test set is the student's test set)",
+                test.len(),
+                test.len()
+            ),
+        ));
+    }
+    if q > public_n {
+        return Err(Error::invalid(
+            "queries",
+            q,
+            format!("<= the public set's {public_n} images"),
+        ));
+    }
+    if k > train.len() {
+        return Err(Error::invalid(
+            "teachers",
+            k,
+            format!("<= the {} training examples", train.len()),
+        ));
+    }
+    let keys = RunKeys::from_seed(a.seed)?;
+    let parts = partition(train.len(), k, &keys)?;
+    std::fs::create_dir_all(&a.out).map_err(|source| Error::Io {
+        path: a.out.clone(),
+        source,
+    })?;
+    let say = |s: String| eprintln!("{s}");
+    say(format!(
+        "pate: {k} teachers on {} {name} training images (~{} each), {} epochs each; {q} queries of {public_n} public images; student tested on the last {}",
+        train.len(),
+        train.len() / k,
+        teacher_fit.epochs,
+        test.len() - public_n
+    ));
+
+    // Teachers, in parallel (rayon), each predicting the whole test set.
+    let t_teach = Instant::now();
+    let bar = ProgressBar::new(k as u64);
+    bar.set_style(
+        ProgressStyle::with_template("teachers [{bar:30}] {pos}/{len} {elapsed} (eta {eta})")
+            .map_err(|e| Error::invalid("progress template", e, "valid"))?,
+    );
+    // The teachers predict only what is used: the Q queries and the student's test set.
+    let query_idx: Vec<usize> = (0..q).chain(public_n..test.len()).collect();
+    let query = test.subset(&query_idx)?;
+    let preds = train_teachers(&train, &parts, &query, &teacher_fit, &keys, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    let teacher_seconds = t_teach.elapsed().as_secs_f64();
+    let labels = test.labels();
+    let student_test: Vec<usize> = (public_n..test.len()).collect();
+    let test_labels = &labels[public_n..];
+    let teacher_acc: Vec<f64> = preds
+        .iter()
+        .map(|p| accuracy(&p[q..], test_labels))
+        .collect();
+    let mean = teacher_acc.iter().sum::<f64>() / k as f64;
+    let tmin = teacher_acc.iter().cloned().fold(f64::MAX, f64::min);
+    let tmax = teacher_acc.iter().cloned().fold(f64::MIN, f64::max);
+    say(format!(
+        "teachers trained in {teacher_seconds:.0} s; accuracy on the student's test set (public data): mean {:.2}%, min {:.2}%, max {:.2}%",
+        100.0 * mean,
+        100.0 * tmin,
+        100.0 * tmax
+    ));
+
+    // Votes on the first Q public images, and the aggregator.
+    let q_preds: Vec<Vec<u32>> = preds.iter().map(|p| p[..q].to_vec()).collect();
+    let votes = vote_histograms(&q_preds, test.classes())?;
+    let agg_out = aggregate(&votes, agg, a.delta, &keys)?;
+    let answered: Vec<(usize, u32)> = agg_out
+        .labels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| l.map(|l| (i, l)))
+        .collect();
+    let label_accuracy = answered.iter().filter(|(i, l)| labels[*i] == *l).count() as f64
+        / answered.len().max(1) as f64;
+    let plurality = |v: &[u64]| {
+        v.iter()
+            .enumerate()
+            .fold((0, 0), |b, (c, &n)| if n > b.1 { (c, n) } else { b })
+    };
+    let plurality_acc = answered
+        .iter()
+        .filter(|(i, _)| plurality(&votes[*i]).0 as u32 == labels[*i])
+        .count() as f64
+        / answered.len().max(1) as f64;
+
+    // Vote agreement: the plurality's share of the teachers, over all queries.
+    let bins = 20usize;
+    let mut hist_all = vec![0f64; bins];
+    for v in &votes {
+        let share = plurality(v).1 as f64 / k as f64;
+        let b = ((share * bins as f64) as usize).min(bins - 1);
+        hist_all[b] += 1.0;
+    }
+    let centre = |b: usize| (b as f64 + 0.5) / bins as f64;
+    let png = a.out.join("vote_agreement.png");
+    let plotted = plot::bar_chart(
+        &png,
+        &format!("Plurality vote share, {q} queries, {k} teachers (private: NOT covered by ε)"),
+        "share of teachers voting for the plurality class",
+        "queries",
+        &(0..bins)
+            .map(|b| (centre(b), hist_all[b]))
+            .collect::<Vec<_>>(),
+        1.0 / bins as f64,
+    );
+    if let Err(e) = &plotted {
+        say(format!("warning: no plot: {e}"));
+    }
+
+    // The student: answered queries (public images, aggregator's labels).
+    if answered.is_empty() {
+        return Err(Error::invalid(
+            "aggregator",
+            format!("{agg:?}"),
+            "answering at least one query (lower --threshold or raise --queries)",
+        ));
+    }
+    let public = test.subset(&(0..public_n).collect::<Vec<_>>())?;
+    let held = test.subset(&student_test)?;
+    let ex = test.example_len();
+    let labelled = |items: &[(usize, u32)]| -> Result<Dataset> {
+        let mut img = Vec::with_capacity(items.len() * ex);
+        let mut lab = Vec::with_capacity(items.len());
+        for &(i, l) in items {
+            img.extend_from_slice(&public.images()[i * ex..(i + 1) * ex]);
+            lab.push(l);
+        }
+        Dataset::new(
+            img,
+            lab,
+            test.channels(),
+            test.height(),
+            test.width(),
+            test.classes(),
+        )
+    };
+    let student_data = labelled(&answered)?;
+    let mut student = new_model(model, &keys, STUDENT_STREAM)?;
+    fit(
+        &mut student,
+        &student_data,
+        &student_fit,
+        &keys,
+        STUDENT_STREAM,
+    )?;
+    let eval = |m: &dpsgd::nn::Sequential| -> Result<f64> {
+        let p: Vec<u32> = predict(m, held.images())?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        Ok(accuracy(&p, held.labels()))
+    };
+    let acc_answered = eval(&student)?;
+    say(format!(
+        "student on {} answered queries: test accuracy {:.2}%",
+        answered.len(),
+        100.0 * acc_answered
+    ));
+    let mut round_acc = Vec::new();
+    let (student_acc, trained_on, n_self) = if a.self_train {
+        let answered_set: std::collections::HashSet<usize> =
+            answered.iter().map(|(i, _)| *i).collect();
+        let cfg = FitConfig {
+            epochs: a.self_train_epochs,
+            ..student_fit
+        };
+        let mut n_self = 0;
+        let mut acc = acc_answered;
+        for r in 0..a.self_train_rounds {
+            // The current student labels the public images it is confident about; a fresh
+            // student learns those and the answered queries.
+            let p = predict(&student, public.images())?;
+            let mut items = answered.clone();
+            n_self = 0;
+            for (i, c) in confident_pseudo_labels(&p, a.self_train_confidence) {
+                if !answered_set.contains(&i) {
+                    items.push((i, c));
+                    n_self += 1;
+                }
+            }
+            let data = labelled(&items)?;
+            let stream = STUDENT_STREAM + 1 + r as u64;
+            let mut next = new_model(model, &keys, stream)?;
+            fit(&mut next, &data, &cfg, &keys, stream)?;
+            acc = eval(&next)?;
+            round_acc.push(acc);
+            student = next;
+            say(format!(
+                "self-training round {} (post-processing, no privacy cost): +{n_self} public images labelled by the student (confidence >= {}); test accuracy {:.2}%",
+                r + 1,
+                a.self_train_confidence,
+                100.0 * acc
+            ));
+        }
+        (
+            acc,
+            format!(
+                "{} answered queries + {n_self} public images self-labelled by the student (confidence >= {}, {} rounds; post-processing)",
+                answered.len(),
+                a.self_train_confidence,
+                a.self_train_rounds
+            ),
+            n_self,
+        )
+    } else {
+        (
+            acc_answered,
+            format!(
+                "{} answered queries only (no self-training)",
+                answered.len()
+            ),
+            0,
+        )
+    };
+    student.save_safetensors(a.out.join("student.safetensors"))?;
+
+    let p = &agg_out.privacy;
+    let report = PateReport {
+        dataset: name.to_string(),
+        teachers: k,
+        teacher_fit,
+        student_fit,
+        aggregator: agg,
+        public_examples: public_n,
+        student_test_examples: held.len(),
+        teacher_accuracies: teacher_acc.clone(),
+        teacher_accuracy_mean: mean,
+        teacher_accuracy_min: tmin,
+        teacher_accuracy_max: tmax,
+        queries: p.queries,
+        answered: p.answered,
+        label_accuracy,
+        plurality_accuracy_answered: plurality_acc,
+        student_trained_on: trained_on.clone(),
+        self_training: a.self_train,
+        self_training_labels: n_self,
+        self_training_accuracies: round_acc,
+        student_accuracy_answered_only: acc_answered,
+        student_accuracy: student_acc,
+        privacy: p.clone(),
+        dp_statement: format!(
+            "({:.4}, {:e})-DP for the teachers' training data: the data-independent ε ({}). The data-dependent ε is itself a function of the private votes and is not a DP statement (its smooth-sensitivity release, Papernot et al. 2018 Section B, is not implemented).",
+            p.epsilon_data_independent, p.delta, p.data_independent_method
+        ),
+        not_covered_by_epsilon: vec![
+            "epsilon_data_dependent and its order (computed from the private votes)".into(),
+            "answered (Confident-GNMax: depends on the private votes)".into(),
+            "plurality_accuracy_answered and vote_agreement.png (computed from the private votes)".into(),
+            "teacher_seconds, total_seconds (timing)".into(),
+        ],
+        teacher_seconds,
+        total_seconds: t0.elapsed().as_secs_f64(),
+    };
+    write_atomic(
+        &a.out.join("metrics.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report, &a.out, plotted.is_ok());
+    }
+    Ok(())
+}
+
+fn print_table(r: &PateReport, out: &Path, plotted: bool) {
+    let p = &r.privacy;
+    println!(
+        "PATE on {} ({} teachers, {:?})",
+        r.dataset, r.teachers, r.aggregator
+    );
+    println!(
+        "  teachers' accuracy (student's test set, public data): mean {:.2}%  min {:.2}%  max {:.2}%",
+        100.0 * r.teacher_accuracy_mean,
+        100.0 * r.teacher_accuracy_min,
+        100.0 * r.teacher_accuracy_max
+    );
+    println!(
+        "  queries {}  answered {}{}",
+        r.queries,
+        r.answered,
+        if r.answered < r.queries {
+            "  (the count depends on the private votes: not covered by ε)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  label accuracy of the answered queries: {:.2}%",
+        100.0 * r.label_accuracy
+    );
+    println!("  student trained on {}", r.student_trained_on);
+    println!(
+        "  student test accuracy ({} images): {:.2}%",
+        r.student_test_examples,
+        100.0 * r.student_accuracy
+    );
+    println!(
+        "  ε data-independent = {:.3} at δ = {:e}   <- the DP statement ({})",
+        p.epsilon_data_independent, p.delta, p.data_independent_method
+    );
+    println!(
+        "  ε data-dependent   = {:.3} (order {})    <- NOT a DP statement: it is computed from the private votes; releasing it privately needs smooth sensitivity (Papernot et al. 2018, Section B), not implemented",
+        p.epsilon_data_dependent, p.data_dependent_order
+    );
+    println!(
+        "  wrote {}{}",
+        out.join("metrics.json").display(),
+        if plotted {
+            ", student.safetensors, vote_agreement.png (the vote histogram is private: not covered by ε)"
+        } else {
+            ", student.safetensors"
+        }
+    );
+}

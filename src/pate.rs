@@ -1,0 +1,522 @@
+//! PATE end to end (Private Aggregation of Teacher Ensembles; Papernot et al. ICLR 2017 and
+//! ICLR 2018): disjoint partitions of the private training set, one non-private teacher per
+//! partition, the teachers' vote histograms on public examples, a noisy aggregator
+//! ([`Aggregator`]: LNMax, GNMax or Confident-GNMax, from [`crate::mechanisms::pate`]) that
+//! labels some of them, and the privacy analysis of the answers ([`PrivacyReport`]). The
+//! student is then trained on the labelled public examples with [`fit`].
+//!
+//! # What the guarantee covers
+//! Each private training example is in exactly one partition ([`partition`]), so changing one
+//! example changes one teacher, hence at most one vote of each histogram: the sensitivity the
+//! aggregators' analyses assume. Only the aggregator's answers (and what is computed from them
+//! and from public data: the student, its accuracy) are covered by ε. The vote histograms,
+//! the teachers themselves and anything computed from them (their agreement, the number of
+//! queries Confident-GNMax answered, the data-dependent ε) are functions of the private data
+//! and are **not** covered.
+//!
+//! Models are built on the CPU ([`Device::cpu`]); [`train_teachers`] runs one rayon task per
+//! teacher (each task's layers may use rayon too).
+//!
+//! All randomness comes from [`RunKeys`]: [`Purpose::Shuffle`] for the partition and the
+//! training order, [`Purpose::ModelInit`] for the weights, [`Purpose::Augmentation`] for the
+//! image shifts, [`Purpose::Mechanism`] for the aggregator's noise.
+
+use crate::cpu::loss::Reduction;
+use crate::data::Dataset;
+use crate::mechanisms::pate::{
+    confident_gnmax, default_orders, gnmax, lnmax, lnmax_epsilon, ConfidentGnmaxAccountant,
+    GnmaxAccountant, LnmaxRdpAccountant,
+};
+use crate::nn::{models, Grads, Loss, Sequential};
+use crate::optim::AdamConfig;
+use crate::rng::{Purpose, RandomBits, Rng, RunKeys};
+use crate::train::ModelKind;
+use crate::{Buffer, Device, Error, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// The stream of [`Purpose::Shuffle`] / [`Purpose::ModelInit`] / [`Purpose::Augmentation`]
+/// used by teacher `i` is `i + 1`; the student's is this one (stream 0 of `Shuffle` is the
+/// partition).
+pub const STUDENT_STREAM: u64 = 1 << 40;
+
+/// Splits `0..n` into `k` disjoint parts of sizes ⌊n/k⌋ or ⌈n/k⌉ after a uniform shuffle
+/// (stream 0 of [`Purpose::Shuffle`]). Errors when `k` is 0 or larger than `n`.
+pub fn partition(n: usize, k: usize, keys: &RunKeys) -> Result<Vec<Vec<usize>>> {
+    if k == 0 || k > n {
+        return Err(Error::invalid(
+            "teachers",
+            k,
+            format!("in 1..={n} (each teacher needs at least one training example)"),
+        ));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    shuffle(&mut idx, &mut keys.key(Purpose::Shuffle).rng(0));
+    let mut parts = vec![Vec::with_capacity(n / k + 1); k];
+    for (j, i) in idx.into_iter().enumerate() {
+        parts[j % k].push(i);
+    }
+    Ok(parts)
+}
+
+fn shuffle(v: &mut [usize], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        let j = rng.next_below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+}
+
+/// Non-private training of one model (teachers and the student): Adam on the mean
+/// cross-entropy of shuffled mini-batches, with optional random shifts of the images.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FitConfig {
+    /// The model.
+    pub model: ModelKind,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    pub lr: f32,
+    /// Shift each training image by up to this many pixels in each direction (0: off).
+    pub max_shift: usize,
+}
+
+impl FitConfig {
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::invalid("epochs", 0, ">= 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", 0, ">= 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid("lr", self.lr, "finite and > 0"));
+        }
+        if self.max_shift > 8 {
+            return Err(Error::invalid("max_shift", self.max_shift, "<= 8 pixels"));
+        }
+        Ok(())
+    }
+}
+
+/// Prediction batch size.
+const PREDICT_BATCH: usize = 256;
+
+/// Builds a fresh model of `kind` whose weights come from stream `stream` of
+/// [`Purpose::ModelInit`].
+pub fn new_model(kind: ModelKind, keys: &RunKeys, stream: u64) -> Result<Sequential> {
+    let seed = keys.key(Purpose::ModelInit).rng(stream).next_u64();
+    let device = Device::cpu();
+    match kind {
+        ModelKind::SampleConvnet => models::sample_conv_net(&device, seed),
+        ModelKind::TanhConvnet => models::sample_conv_net_tanh(&device, seed),
+    }
+}
+
+/// Shifts a `[C, H, W]` image by (dy, dx), filling with the image's top-left value (the
+/// background of MNIST-like images).
+fn shift_image(src: &[f32], dst: &mut [f32], c: usize, h: usize, w: usize, dy: i64, dx: i64) {
+    let fill = src.first().copied().unwrap_or(0.0);
+    for ch in 0..c {
+        for y in 0..h {
+            for x in 0..w {
+                let (sy, sx) = (y as i64 - dy, x as i64 - dx);
+                let v = if sy >= 0 && sy < h as i64 && sx >= 0 && sx < w as i64 {
+                    src[ch * h * w + sy as usize * w + sx as usize]
+                } else {
+                    fill
+                };
+                dst[ch * h * w + y * w + x] = v;
+            }
+        }
+    }
+}
+
+/// Trains `model` on `data` (non-privately) with `cfg`; `stream` selects the shuffling
+/// ([`Purpose::Shuffle`]) and augmentation ([`Purpose::Augmentation`]) streams of `keys`.
+///
+/// # Privacy
+/// None: this is ordinary training. In PATE it trains the teachers (whose outputs reach the
+/// world only through a noisy aggregator) and the student (whose data is public, its labels
+/// the aggregator's answers).
+pub fn fit(
+    model: &mut Sequential,
+    data: &Dataset,
+    cfg: &FitConfig,
+    keys: &RunKeys,
+    stream: u64,
+) -> Result<()> {
+    cfg.validate()?;
+    if data.is_empty() {
+        return Err(Error::invalid("training set", 0, "at least one example"));
+    }
+    let (c, h, w) = (data.channels(), data.height(), data.width());
+    let ex = data.example_len();
+    let b_max = cfg.batch_size.min(data.len());
+    let mut ws = model.workspace(b_max)?;
+    let p = model.num_params();
+    let device = model.device().clone();
+    let mut grad = Buffer::zeros(&device, p)?;
+    let mut m1 = Buffer::zeros(&device, p)?;
+    let mut m2 = Buffer::zeros(&device, p)?;
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut shuffle_rng = keys.key(Purpose::Shuffle).rng(stream);
+    let mut aug_rng = keys.key(Purpose::Augmentation).rng(stream);
+    let mut xb = vec![0f32; b_max * ex];
+    let mut xs = vec![0f32; b_max * ex];
+    let mut yb = vec![0u32; b_max];
+    let adam = AdamConfig::new(cfg.lr);
+    let mut t = 0u64;
+    for _ in 0..cfg.epochs {
+        shuffle(&mut order, &mut shuffle_rng);
+        for chunk in order.chunks(b_max) {
+            let b = chunk.len();
+            data.gather(chunk, &mut xb[..b * ex], &mut yb[..b])?;
+            let x = if cfg.max_shift > 0 {
+                let span = 2 * cfg.max_shift as u64 + 1;
+                for (src, dst) in xb[..b * ex].chunks(ex).zip(xs.chunks_mut(ex)) {
+                    let dy = aug_rng.next_below(span) as i64 - cfg.max_shift as i64;
+                    let dx = aug_rng.next_below(span) as i64 - cfg.max_shift as i64;
+                    shift_image(src, dst, c, h, w, dy, dx);
+                }
+                &xs[..b * ex]
+            } else {
+                &xb[..b * ex]
+            };
+            let loss = model.forward_backward(
+                &mut ws,
+                x,
+                Loss::CrossEntropy(&yb[..b]),
+                Reduction::Sum,
+                Grads::Sum {
+                    grad: &mut grad,
+                    accumulate: false,
+                },
+                false,
+            )?;
+            if !loss.is_finite() {
+                return Err(Error::NonFinite {
+                    what: "training loss",
+                    detail: format!("loss {loss} at step {t}; lower the learning rate"),
+                });
+            }
+            t += 1;
+            // The mean gradient of the batch (no clipping, no noise).
+            let step = crate::NoisyStep {
+                noise_std: 0.0,
+                expected_batch_size: b as f64,
+                key: crate::NoiseKey::from_parts(0, 0),
+            };
+            crate::ops::noisy_adam_step(
+                model.params_mut(),
+                &grad,
+                &mut m1,
+                &mut m2,
+                t,
+                &adam,
+                &step,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Predicted class and its softmax probability for each of the `images.len() / example_len`
+/// examples.
+pub fn predict(model: &Sequential, images: &[f32]) -> Result<Vec<(u32, f32)>> {
+    let ex: usize = model.input_shape().iter().product();
+    if ex == 0 || images.len() % ex != 0 {
+        return Err(Error::shape(
+            "pate::predict",
+            format!(
+                "{} values are not a whole number of {ex}-value examples",
+                images.len()
+            ),
+        ));
+    }
+    let classes: usize = model.output_shape().iter().product();
+    let mut ws = model.workspace(PREDICT_BATCH)?;
+    let mut out = Vec::with_capacity(images.len() / ex);
+    for chunk in images.chunks(PREDICT_BATCH * ex) {
+        model.forward_slice(&mut ws, chunk)?;
+        let logits = ws.output_vec()?;
+        for row in logits.chunks(classes).take(chunk.len() / ex) {
+            let (k, m) = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |a, (k, &v)| {
+                        if v > a.1 {
+                            (k, v)
+                        } else {
+                            a
+                        }
+                    },
+                );
+            let z: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+            out.push((k as u32, 1.0 / z));
+        }
+    }
+    Ok(out)
+}
+
+/// Accuracy of predicted classes against labels (0 when empty).
+pub fn accuracy(pred: &[u32], labels: &[u32]) -> f64 {
+    if pred.is_empty() {
+        return 0.0;
+    }
+    pred.iter().zip(labels).filter(|(a, b)| a == b).count() as f64 / pred.len() as f64
+}
+
+/// Trains one teacher per partition of `train` (in parallel, one rayon task per teacher;
+/// `on_done` is called after each) and returns each teacher's predicted classes on `query`'s
+/// images (`[K][query.len()]`). Teacher `i` trains on `parts[i]` with streams `i + 1`.
+///
+/// # Privacy
+/// The returned predictions are functions of the private data (not covered by any ε); pass
+/// them only to [`vote_histograms`] and an [`Aggregator`], or evaluate them against labelled
+/// public data.
+pub fn train_teachers(
+    train: &Dataset,
+    parts: &[Vec<usize>],
+    query: &Dataset,
+    cfg: &FitConfig,
+    keys: &RunKeys,
+    on_done: &(dyn Fn() + Sync),
+) -> Result<Vec<Vec<u32>>> {
+    cfg.validate()?;
+    if train.example_len() != query.example_len() || train.classes() != query.classes() {
+        return Err(Error::shape(
+            "pate::train_teachers",
+            "the training and query sets differ in image shape or classes",
+        ));
+    }
+    parts
+        .par_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let data = train.subset(part)?;
+            let stream = i as u64 + 1;
+            let mut model = new_model(cfg.model, keys, stream)?;
+            fit(&mut model, &data, cfg, keys, stream)?;
+            let pred = predict(&model, query.images())?;
+            on_done();
+            Ok(pred.into_iter().map(|(k, _)| k).collect())
+        })
+        .collect()
+}
+
+/// The vote histogram of each query example: `hist[j][c]` = how many teachers predicted class
+/// `c` for example `j`. `predictions` is `[K][n]` with classes `< classes`.
+pub fn vote_histograms(predictions: &[Vec<u32>], classes: usize) -> Result<Vec<Vec<u64>>> {
+    let n = predictions.first().map_or(0, Vec::len);
+    let mut hist = vec![vec![0u64; classes]; n];
+    for p in predictions {
+        if p.len() != n {
+            return Err(Error::shape(
+                "pate::vote_histograms",
+                "teachers predicted different numbers of examples",
+            ));
+        }
+        for (h, &c) in hist.iter_mut().zip(p) {
+            let slot = h
+                .get_mut(c as usize)
+                .ok_or_else(|| Error::invalid("prediction", c, format!("< classes = {classes}")))?;
+            *slot += 1;
+        }
+    }
+    Ok(hist)
+}
+
+/// The noisy aggregator.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "name")]
+pub enum Aggregator {
+    /// LNMax: Laplace noise of scale 1/γ (Papernot et al. 2017); each answer is 2γ-DP.
+    Lnmax {
+        /// γ (> 0).
+        gamma: f64,
+    },
+    /// GNMax: Gaussian noise N(0, σ²) (Papernot et al. 2018, Section 4.1).
+    Gnmax {
+        /// σ (> 0).
+        sigma: f64,
+    },
+    /// Confident-GNMax: answer only when the plurality plus N(0, σ₁²) reaches T, then GNMax
+    /// with σ₂ (Papernot et al. 2018, Algorithm 1).
+    ConfidentGnmax {
+        /// T.
+        threshold: f64,
+        /// σ₁, the threshold's noise (> 0).
+        sigma1: f64,
+        /// σ₂, the GNMax noise (> 0).
+        sigma2: f64,
+    },
+}
+
+impl Aggregator {
+    /// Checks the parameters (γ, σ, σ₁, σ₂ finite and > 0; T finite).
+    pub fn validate(&self) -> Result<()> {
+        let pos = |name: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(name, v, "finite and > 0"))
+            }
+        };
+        match *self {
+            Aggregator::Lnmax { gamma } => pos("gamma", gamma),
+            Aggregator::Gnmax { sigma } => pos("sigma", sigma),
+            Aggregator::ConfidentGnmax {
+                threshold,
+                sigma1,
+                sigma2,
+            } => {
+                if !threshold.is_finite() {
+                    return Err(Error::invalid("threshold", threshold, "finite"));
+                }
+                pos("sigma1", sigma1)?;
+                pos("sigma2", sigma2)
+            }
+        }
+    }
+}
+
+/// The privacy of a run of queries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyReport {
+    /// δ.
+    pub delta: f64,
+    /// Queries asked.
+    pub queries: u64,
+    /// Queries answered (= `queries` except for Confident-GNMax, where it depends on the
+    /// private votes and is not covered by ε).
+    pub answered: u64,
+    /// The data-independent ε: **the DP statement** (a function of the parameters and the
+    /// number of queries asked only).
+    pub epsilon_data_independent: f64,
+    /// How it was computed.
+    pub data_independent_method: String,
+    /// The data-dependent ε (Papernot et al. 2018, Theorem 6): smaller when the teachers
+    /// agree, but a function of the private votes — **not a DP statement** unless released
+    /// through smooth sensitivity (Section B of the 2018 paper; not implemented here).
+    pub epsilon_data_dependent: f64,
+    /// The RDP order that gave the data-dependent ε.
+    pub data_dependent_order: f64,
+}
+
+/// What an aggregation run produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregation {
+    /// For each query in order: the aggregator's label, or `None` when Confident-GNMax did
+    /// not answer.
+    pub labels: Vec<Option<u32>>,
+    /// Its privacy.
+    pub privacy: PrivacyReport,
+}
+
+/// Answers the queries `votes` (one histogram per public example, all with the same number of
+/// classes and teachers) with `agg`, its noise from stream 0 of [`Purpose::Mechanism`], and
+/// accounts for them at `delta` over [`default_orders`].
+///
+/// - LNMax: data-independent ε = min(2γQ (pure DP, basic composition), the RDP bound of
+///   Q answers of a 2γ-DP mechanism); data-dependent ε by Theorem 6 of the 2018 paper
+///   ([`LnmaxRdpAccountant`]).
+/// - GNMax: data-independent Q·λ/σ² RDP; data-dependent by Theorem 6 ([`GnmaxAccountant`]).
+/// - Confident-GNMax: [`ConfidentGnmaxAccountant`] (data-independent: every query counted as
+///   answered).
+pub fn aggregate(
+    votes: &[Vec<u64>],
+    agg: Aggregator,
+    delta: f64,
+    keys: &RunKeys,
+) -> Result<Aggregation> {
+    agg.validate()?;
+    crate::mechanisms::check_delta(delta)?;
+    let mut rng = keys.key(Purpose::Mechanism).rng(0);
+    let orders = default_orders();
+    let q = votes.len() as u64;
+    let mut labels = Vec::with_capacity(votes.len());
+    let privacy = match agg {
+        Aggregator::Lnmax { gamma } => {
+            let mut acc = LnmaxRdpAccountant::new(gamma, orders)?;
+            for v in votes {
+                labels.push(Some(lnmax(v, gamma, &mut rng)? as u32));
+                acc.record(v)?;
+            }
+            let basic = lnmax_epsilon(gamma, q)?;
+            let (rdp, _) = acc.epsilon_data_independent(delta)?;
+            let (dd, order) = acc.epsilon_data_dependent(delta)?;
+            PrivacyReport {
+                delta,
+                queries: q,
+                answered: q,
+                epsilon_data_independent: basic.min(rdp),
+                data_independent_method: if basic <= rdp {
+                    "basic composition of Q answers, each (2γ, 0)-DP".into()
+                } else {
+                    "RDP composition of Q answers of a 2γ-DP mechanism".into()
+                },
+                epsilon_data_dependent: dd.min(basic.min(rdp)),
+                data_dependent_order: order,
+            }
+        }
+        Aggregator::Gnmax { sigma } => {
+            let mut acc = GnmaxAccountant::new(sigma, orders)?;
+            for v in votes {
+                labels.push(Some(gnmax(v, sigma, &mut rng)? as u32));
+                acc.record(v)?;
+            }
+            let (di, _) = acc.epsilon_data_independent(delta)?;
+            let (dd, order) = acc.epsilon_data_dependent(delta)?;
+            PrivacyReport {
+                delta,
+                queries: q,
+                answered: q,
+                epsilon_data_independent: di,
+                data_independent_method: "RDP: Q·λ/σ² (Proposition 8, Papernot et al. 2018)".into(),
+                epsilon_data_dependent: dd,
+                data_dependent_order: order,
+            }
+        }
+        Aggregator::ConfidentGnmax {
+            threshold,
+            sigma1,
+            sigma2,
+        } => {
+            let mut acc = ConfidentGnmaxAccountant::new(threshold, sigma1, sigma2, orders)?;
+            for v in votes {
+                let a = confident_gnmax(v, threshold, sigma1, sigma2, &mut rng)?;
+                acc.record(v, a.is_some())?;
+                labels.push(a.map(|k| k as u32));
+            }
+            let (di, _) = acc.epsilon_data_independent(delta)?;
+            let (dd, order) = acc.epsilon_data_dependent(delta)?;
+            PrivacyReport {
+                delta,
+                queries: q,
+                answered: acc.answered(),
+                epsilon_data_independent: di,
+                data_independent_method:
+                    "RDP: Q·(λ/(2σ₁²) + λ/σ₂²), every query counted as answered".into(),
+                epsilon_data_dependent: dd,
+                data_dependent_order: order,
+            }
+        }
+    };
+    Ok(Aggregation { labels, privacy })
+}
+
+/// A self-training round's pseudo-labels: the indices (into `pred`) whose confidence is at
+/// least `min_confidence`, with their predicted classes. Post-processing of the student (no
+/// privacy cost) when the student was trained on public data and the aggregator's answers.
+pub fn confident_pseudo_labels(pred: &[(u32, f32)], min_confidence: f32) -> Vec<(usize, u32)> {
+    pred.iter()
+        .enumerate()
+        .filter(|(_, (_, p))| *p >= min_confidence)
+        .map(|(i, (k, _))| (i, *k))
+        .collect()
+}

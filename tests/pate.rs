@@ -1,0 +1,346 @@
+//! PATE end to end (`dpsgd::pate`) and Confident-GNMax's analysis
+//! (`dpsgd::mechanisms::pate`). Reference values: the authors' `research/pate_2018/core.py`
+//! (tensorflow/privacy, commit 3d038a4), evaluated with scipy 1.17.
+
+use dpsgd::data::Dataset;
+use dpsgd::mechanisms::pate::{
+    confident_gnmax, default_orders, gnmax_log_q, gnmax_rdp_data_dependent, rdp_to_epsilon,
+    threshold_log_pr_answered, threshold_rdp_data_dependent, threshold_rdp_data_independent,
+    ConfidentGnmaxAccountant,
+};
+use dpsgd::pate::{
+    accuracy, aggregate, fit, new_model, partition, predict, train_teachers, vote_histograms,
+    Aggregator, FitConfig,
+};
+use dpsgd::rng::{Purpose, RunKeys};
+use dpsgd::train::ModelKind;
+use dpsgd::Error;
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-300)
+}
+
+const ORDERS: [f64; 5] = [2.0, 5.0, 10.0, 20.0, 50.0];
+
+/// (votes, T, σ₁, ln Pr[answered], threshold RDP at ORDERS) from core.py's
+/// `compute_logpr_answered` and `compute_rdp_threshold`.
+#[allow(clippy::type_complexity)]
+const THRESHOLD_REF: [(&[u64], f64, f64, f64, [f64; 5]); 5] = [
+    (
+        &[2, 240, 3, 0, 5, 0, 0, 0, 0, 0],
+        200.0,
+        150.0,
+        -0.502300252345562,
+        [
+            4.4444444444444447e-05,
+            0.00011111111111111112,
+            0.00022222222222222223,
+            0.00044444444444444447,
+            0.0011111111111111111,
+        ],
+    ),
+    (
+        &[30, 25, 20, 25, 20, 30, 40, 20, 20, 20],
+        200.0,
+        150.0,
+        -1.944482822801679,
+        [
+            4.4444444444444447e-05,
+            0.00011111111111111112,
+            0.00022222222222222223,
+            0.00044444444444444447,
+            0.0011111111111111111,
+        ],
+    ),
+    (
+        &[0, 250, 0, 0, 0, 0, 0, 0, 0, 0],
+        200.0,
+        20.0,
+        -0.00622902548586,
+        [
+            0.0021449911234190404,
+            0.0024541139275592416,
+            0.0032606137733903248,
+            0.007156460376160062,
+            0.05821463700123506,
+        ],
+    ),
+    (
+        &[50, 40, 40, 20, 20, 20, 20, 20, 10, 10],
+        200.0,
+        20.0,
+        -31.075890902890006,
+        [
+            3.083496661534208e-14,
+            4.61771741253137e-14,
+            1.3634317973971638e-13,
+            3.090507424284586e-12,
+            1.693078930624738e-07,
+        ],
+    ),
+    (
+        &[2, 240, 3, 0, 5, 0, 0, 0, 0, 0],
+        200.0,
+        10.0,
+        -3.1671743377489206e-05,
+        [
+            3.651657911131872e-05,
+            5.99782173054527e-05,
+            0.00023563339571245031,
+            0.009548559552585023,
+            0.24999999999999997,
+        ],
+    ),
+];
+
+#[test]
+fn threshold_analysis_matches_the_reference_code() {
+    for (votes, t, s1, lp_ref, rdp_ref) in THRESHOLD_REF {
+        let lp = threshold_log_pr_answered(votes, t, s1).unwrap();
+        assert!(rel(lp, lp_ref) < 1e-9, "{votes:?}: {lp} vs {lp_ref}");
+        for (a, r_ref) in ORDERS.iter().zip(rdp_ref) {
+            let r = threshold_rdp_data_dependent(lp, s1, *a).unwrap();
+            // Relative 1e-6, or 1e-15 absolute where the RDP is ~1e-14 (rounding in ln(1 − q)).
+            assert!(
+                rel(r, r_ref) < 1e-6 || (r - r_ref).abs() < 1e-15,
+                "{votes:?} T={t} σ₁={s1} λ={a}: {r} vs {r_ref}"
+            );
+            let di = threshold_rdp_data_independent(s1, *a).unwrap();
+            assert!(r <= di * (1.0 + 1e-12));
+        }
+    }
+    // The data-independent threshold cost: λ/(2σ₁²).
+    assert!(
+        rel(
+            threshold_rdp_data_independent(150.0, 10.0).unwrap(),
+            10.0 / 45000.0
+        ) < 1e-15
+    );
+    assert!(matches!(
+        threshold_rdp_data_dependent(0.1, 10.0, 2.0),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        threshold_log_pr_answered(&[1, 2], f64::NAN, 10.0),
+        Err(Error::InvalidParameter { .. })
+    ));
+}
+
+#[test]
+fn confident_gnmax_composition_matches_the_reference_code() {
+    // core.py: 640 threshold queries and 300 GNMax answers (σ₂ = 40) of these votes, T = 200,
+    // σ₁ = 150, δ = 1e-5, over the reference orders: ε = 0.8911692774250635.
+    let v = [2u64, 240, 3, 0, 5, 0, 0, 0, 0, 0];
+    let mut acc = ConfidentGnmaxAccountant::new(200.0, 150.0, 40.0, default_orders()).unwrap();
+    for i in 0..640 {
+        acc.record(&v, i < 300).unwrap();
+    }
+    assert_eq!((acc.queries(), acc.answered()), (640, 300));
+    let (dd, _) = acc.epsilon_data_dependent(1e-5).unwrap();
+    assert!(rel(dd, 0.8911692774250635) < 1e-6, "{dd}");
+    // Data-independent: every query counted as answered, 640·λ·(1/(2·150²) + 1/40²).
+    let (di, _) = acc.epsilon_data_independent(1e-5).unwrap();
+    let orders = default_orders();
+    let per = 1.0 / (2.0 * 150.0 * 150.0) + 1.0 / 1600.0;
+    let rdp: Vec<f64> = orders.iter().map(|a| 640.0 * a * per).collect();
+    let (want, _) = rdp_to_epsilon(&orders, &rdp, 1e-5).unwrap();
+    assert!(rel(di, want) < 1e-12 && dd < di, "{di} vs {want}, dd {dd}");
+    // An unanswered query costs the threshold step only.
+    let mut one = ConfidentGnmaxAccountant::new(200.0, 150.0, 40.0, vec![5.0]).unwrap();
+    one.record(&v, false).unwrap();
+    let lp = threshold_log_pr_answered(&v, 200.0, 150.0).unwrap();
+    assert_eq!(
+        one.rdp_data_dependent()[0],
+        threshold_rdp_data_dependent(lp, 150.0, 5.0).unwrap()
+    );
+    one.record(&v, true).unwrap();
+    let lq = gnmax_log_q(&v, 40.0).unwrap();
+    let want = 2.0 * threshold_rdp_data_dependent(lp, 150.0, 5.0).unwrap()
+        + gnmax_rdp_data_dependent(lq, 40.0, 5.0).unwrap();
+    assert!(rel(one.rdp_data_dependent()[0], want) < 1e-12);
+    assert!(matches!(
+        ConfidentGnmaxAccountant::new(200.0, 0.0, 40.0, default_orders()),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        ConfidentGnmaxAccountant::new(200.0, 1.0, 40.0, vec![]),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn confident_gnmax_answers_confident_votes_only() {
+    let mut rng = RunKeys::seeded(7).key(Purpose::Mechanism).rng(0);
+    let sure = [0u64, 0, 250, 0];
+    let unsure = [60u64, 70, 60, 60];
+    let (mut yes, mut no) = (0, 0);
+    for _ in 0..2000 {
+        // 250 votes vs T = 200 with σ₁ = 10: z = 5 (answered w.p. 1 − 3e-7).
+        match confident_gnmax(&sure, 200.0, 10.0, 5.0, &mut rng).unwrap() {
+            Some(2) => yes += 1,
+            other => panic!("confident votes: {other:?}"),
+        }
+        // 70 vs T = 200: z = −13, never answered.
+        if confident_gnmax(&unsure, 200.0, 10.0, 5.0, &mut rng)
+            .unwrap()
+            .is_none()
+        {
+            no += 1;
+        }
+    }
+    assert_eq!((yes, no), (2000, 2000));
+    // Half-way: max = T answers with probability ½ (|z| < 4.89 at p ≈ 1e-6).
+    let at = [0u64, 200, 50, 0];
+    let n = 4000;
+    let hits = (0..n)
+        .filter(|_| {
+            confident_gnmax(&at, 200.0, 30.0, 5.0, &mut rng)
+                .unwrap()
+                .is_some()
+        })
+        .count() as f64;
+    let z = (hits - 0.5 * n as f64) / (0.25 * n as f64).sqrt();
+    assert!(z.abs() < 4.89, "z = {z}");
+    for (t, s1, s2) in [(1.0, 0.0, 1.0), (1.0, 1.0, -1.0), (f64::INFINITY, 1.0, 1.0)] {
+        assert!(matches!(
+            confident_gnmax(&at, t, s1, s2, &mut rng),
+            Err(Error::InvalidParameter { .. })
+        ));
+    }
+}
+
+#[test]
+fn partitions_are_disjoint_and_balanced() {
+    let keys = RunKeys::seeded(3);
+    let parts = partition(1003, 10, &keys).unwrap();
+    assert_eq!(parts.len(), 10);
+    let mut seen = vec![false; 1003];
+    for p in &parts {
+        assert!(p.len() == 100 || p.len() == 101, "{}", p.len());
+        for &i in p {
+            assert!(!seen[i], "example {i} in two partitions");
+            seen[i] = true;
+        }
+    }
+    assert!(seen.iter().all(|&s| s));
+    // Shuffled: the first partition is not 0, 10, 20, …
+    assert!(parts[0].iter().enumerate().any(|(j, &i)| i != 10 * j));
+    assert_eq!(parts, partition(1003, 10, &RunKeys::seeded(3)).unwrap());
+    assert!(matches!(
+        partition(5, 6, &keys),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        partition(5, 0, &keys),
+        Err(Error::InvalidParameter { .. })
+    ));
+}
+
+#[test]
+fn histograms_and_aggregators() {
+    let preds = vec![vec![0u32, 1, 2], vec![0, 1, 1], vec![0, 2, 1]];
+    let h = vote_histograms(&preds, 3).unwrap();
+    assert_eq!(h, vec![vec![3, 0, 0], vec![0, 2, 1], vec![0, 2, 1]]);
+    assert!(vote_histograms(&[vec![0, 5]], 3).is_err());
+    assert!(vote_histograms(&[vec![0, 1], vec![0]], 3).is_err());
+    let keys = RunKeys::seeded(11);
+    // 250 teachers, near-unanimous: small noise answers the plurality every time.
+    let votes: Vec<Vec<u64>> = (0..100)
+        .map(|j| {
+            let mut v = vec![1u64; 10];
+            v[j % 10] = 241;
+            v
+        })
+        .collect();
+    for agg in [
+        Aggregator::Lnmax { gamma: 0.5 },
+        Aggregator::Gnmax { sigma: 10.0 },
+        Aggregator::ConfidentGnmax {
+            threshold: 150.0,
+            sigma1: 10.0,
+            sigma2: 10.0,
+        },
+    ] {
+        let a = aggregate(&votes, agg, 1e-5, &keys).unwrap();
+        assert_eq!(a.labels.len(), 100);
+        for (j, l) in a.labels.iter().enumerate() {
+            assert_eq!(*l, Some((j % 10) as u32), "{agg:?} query {j}");
+        }
+        let p = &a.privacy;
+        assert_eq!((p.queries, p.answered), (100, 100));
+        assert!(p.epsilon_data_dependent > 0.0);
+        assert!(
+            p.epsilon_data_dependent <= p.epsilon_data_independent,
+            "{agg:?}: {p:?}"
+        );
+    }
+    // LNMax γ = 0.05, 100 queries: basic composition 2γQ = 10 or better.
+    let a = aggregate(&votes, Aggregator::Lnmax { gamma: 0.05 }, 1e-5, &keys).unwrap();
+    assert!(a.privacy.epsilon_data_independent <= 10.0 + 1e-12);
+    // Same key, same answers; the answers come from the Mechanism stream only.
+    let b = aggregate(&votes, Aggregator::Lnmax { gamma: 0.05 }, 1e-5, &keys).unwrap();
+    assert_eq!(a, b);
+    for bad in [
+        Aggregator::Lnmax { gamma: 0.0 },
+        Aggregator::Gnmax { sigma: -1.0 },
+        Aggregator::ConfidentGnmax {
+            threshold: 1.0,
+            sigma1: f64::NAN,
+            sigma2: 1.0,
+        },
+    ] {
+        assert!(matches!(
+            aggregate(&votes, bad, 1e-5, &keys),
+            Err(Error::InvalidParameter { .. })
+        ));
+    }
+    assert!(aggregate(&votes, Aggregator::Gnmax { sigma: 1.0 }, 0.0, &keys).is_err());
+}
+
+#[test]
+fn teachers_learn_synthetic_data() {
+    let train = Dataset::synthetic(400, 1).unwrap();
+    let query = Dataset::synthetic(200, 2).unwrap();
+    let keys = RunKeys::seeded(5);
+    let cfg = FitConfig {
+        model: ModelKind::SampleConvnet,
+        epochs: 6,
+        batch_size: 16,
+        lr: 2e-3,
+        max_shift: 1,
+    };
+    let parts = partition(train.len(), 4, &keys).unwrap();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let preds = train_teachers(&train, &parts, &query, &cfg, &keys, &|| {
+        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })
+    .unwrap();
+    assert_eq!(done.into_inner(), 4);
+    assert_eq!(preds.len(), 4);
+    for p in &preds {
+        assert_eq!(p.len(), 200);
+        let acc = accuracy(p, query.labels());
+        assert!(
+            acc > 0.8,
+            "teacher accuracy {acc} on learnable synthetic data"
+        );
+    }
+    // An untrained model is near chance; fit improves it (the same stream, reproducible).
+    let mut m = new_model(ModelKind::SampleConvnet, &keys, 99).unwrap();
+    let before: Vec<u32> = predict(&m, query.images())
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    fit(&mut m, &train, &cfg, &keys, 99).unwrap();
+    let after: Vec<(u32, f32)> = predict(&m, query.images()).unwrap();
+    assert!(after.iter().all(|(k, p)| *k < 10 && *p > 0.0 && *p <= 1.0));
+    let after: Vec<u32> = after.into_iter().map(|(k, _)| k).collect();
+    assert!(accuracy(&before, query.labels()) < 0.5);
+    assert!(accuracy(&after, query.labels()) > 0.9);
+    let bad = FitConfig { epochs: 0, ..cfg };
+    assert!(matches!(
+        fit(&mut m, &train, &bad, &keys, 1),
+        Err(Error::InvalidParameter { .. })
+    ));
+}
