@@ -884,7 +884,7 @@ pub fn threshold_rdp_data_independent(sigma1: f64, order: f64) -> Result<f64> {
 
 /// The data-dependent RDP of the threshold step at order λ > 1, given
 /// [`threshold_log_pr_answered`] (Papernot et al. 2018, Theorem 6 applied to the threshold
-/// mechanism): with q̃ = min(Pr[answer], Pr[no answer]), the probability of the less likely of
+/// mechanism): with q̃ = min(Pr\[answer\], Pr\[no answer\]), the probability of the less likely of
 /// the two outcomes, and the mechanism's data-independent RDP λ/(2σ₁²) — Theorem 6 with
 /// σ = √2·σ₁, computed by [`gnmax_rdp_data_dependent`] (as the authors' reference code does).
 /// Never above [`threshold_rdp_data_independent`].
