@@ -277,8 +277,8 @@ pub fn accuracy(pred: &[u32], labels: &[u32]) -> f64 {
 ///
 /// # Privacy
 /// The returned predictions are functions of the private data (not covered by any ε); pass
-/// them only to [`vote_histograms`] and an [`Aggregator`], or evaluate them against labelled
-/// public data.
+/// them only to [`vote_histograms`] and an [`Aggregator`]; their accuracy on labelled public
+/// data is a diagnostic of private models, not covered by ε either.
 pub fn train_teachers(
     train: &Dataset,
     parts: &[Vec<usize>],

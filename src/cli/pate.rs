@@ -135,7 +135,8 @@ pub struct PateReport {
     aggregator: Aggregator,
     public_examples: usize,
     student_test_examples: usize,
-    /// Each teacher's accuracy on the student's test set (public data: no privacy cost).
+    /// Each teacher's accuracy on the student's test set. The test images are public, but each
+    /// teacher is a function of its private partition: a diagnostic, not covered by ε.
     teacher_accuracies: Vec<f64>,
     teacher_accuracy_mean: f64,
     teacher_accuracy_min: f64,
@@ -331,7 +332,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
     let tmin = teacher_acc.iter().cloned().fold(f64::MAX, f64::min);
     let tmax = teacher_acc.iter().cloned().fold(f64::MIN, f64::max);
     say(format!(
-        "teachers trained in {teacher_seconds:.0} s; accuracy on the student's test set (public data): mean {:.2}%, min {:.2}%, max {:.2}%",
+        "teachers trained in {teacher_seconds:.0} s; accuracy on the student's test set (teachers are private: not covered by ε): mean {:.2}%, min {:.2}%, max {:.2}%",
         100.0 * mean,
         100.0 * tmin,
         100.0 * tmax
@@ -547,7 +548,7 @@ fn print_table(r: &PateReport, out: &Path, plotted: bool) {
         r.dataset, r.teachers, r.aggregator
     );
     println!(
-        "  teachers' accuracy (student's test set, public data): mean {:.2}%  min {:.2}%  max {:.2}%",
+        "  teachers' accuracy (student's test set; teachers are private: not covered by ε): mean {:.2}%  min {:.2}%  max {:.2}%",
         100.0 * r.teacher_accuracy_mean,
         100.0 * r.teacher_accuracy_min,
         100.0 * r.teacher_accuracy_max
