@@ -19,14 +19,17 @@
 //!
 //! All randomness comes from [`RunKeys`]: [`Purpose::Shuffle`] for the partition and the
 //! training order, [`Purpose::ModelInit`] for the weights, [`Purpose::Augmentation`] for the
-//! image shifts, [`Purpose::Mechanism`] for the aggregator's noise.
+//! image shifts, [`Purpose::Mechanism`] for the aggregator's noise (stream 0) and the
+//! smooth-sensitivity release's (stream 1).
 
 use crate::cpu::loss::Reduction;
 use crate::data::Dataset;
+use crate::error::check_positive;
 use crate::mechanisms::pate::{
-    confident_gnmax, default_orders, gnmax, lnmax, lnmax_epsilon, ConfidentGnmaxAccountant,
-    GnmaxAccountant, LnmaxRdpAccountant,
+    confident_gnmax, default_orders, gnmax, lnmax, lnmax_epsilon, rdp_to_epsilon,
+    ConfidentGnmaxAccountant, GnmaxAccountant, LnmaxRdpAccountant,
 };
+use crate::mechanisms::pate_smooth::{gnss_rdp, SmoothRelease, SmoothSensitivity};
 use crate::nn::{models, Grads, Loss, Sequential};
 use crate::optim::AdamConfig;
 use crate::rng::{Purpose, RandomBits, Rng, RunKeys};
@@ -402,10 +405,37 @@ pub struct PrivacyReport {
     pub data_independent_method: String,
     /// The data-dependent ε (Papernot et al. 2018, Theorem 6): smaller when the teachers
     /// agree, but a function of the private votes — **not a DP statement** unless released
-    /// through smooth sensitivity (Section B of the 2018 paper; not implemented here).
+    /// through smooth sensitivity (Appendix B of the 2018 paper: `smooth_release`).
     pub epsilon_data_dependent: f64,
     /// The RDP order that gave the data-dependent ε.
     pub data_dependent_order: f64,
+    /// The smooth-sensitivity release of the data-dependent ε
+    /// ([`crate::mechanisms::pate_smooth`]), when asked for: a noisy estimate that may be
+    /// published (its cost is included in `epsilon_data_independent`).
+    pub smooth_release: Option<SmoothRelease>,
+}
+
+/// The parameters of the smooth-sensitivity release of the data-dependent ε
+/// ([`crate::mechanisms::pate_smooth`]), fixed before the votes are seen.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseConfig {
+    /// The Rényi order λ of the released bound.
+    pub order: f64,
+    /// β of the smooth upper bound, in (0, 1/(2λ)).
+    pub beta: f64,
+    /// σ_ss: the GNSS noise in units of the smooth sensitivity.
+    pub sigma_ss: f64,
+}
+
+impl ReleaseConfig {
+    /// The authors' β = 0.49/λ with the given order and σ_ss.
+    pub fn new(order: f64, sigma_ss: f64) -> Self {
+        ReleaseConfig {
+            order,
+            beta: 0.49 / order,
+            sigma_ss,
+        }
+    }
 }
 
 /// What an aggregation run produced.
@@ -434,8 +464,58 @@ pub fn aggregate(
     delta: f64,
     keys: &RunKeys,
 ) -> Result<Aggregation> {
+    aggregate_with_release(votes, agg, delta, None, keys)
+}
+
+/// [`aggregate`], and with `release` also the smooth-sensitivity release of the data-dependent
+/// ε (GNMax and Confident-GNMax; [`crate::mechanisms::pate_smooth`]): its noise comes from
+/// stream 1 of [`Purpose::Mechanism`], and its RDP cost ([`gnss_rdp`]) is composed into the
+/// data-independent ε at every order below 1/(2β), so the DP statement covers the release.
+/// The analysis's parameters are checked (and its conditions C5/C6) before any noise is drawn.
+/// LNMax with a release is an error (no smooth-sensitivity analysis for it here).
+pub fn aggregate_with_release(
+    votes: &[Vec<u64>],
+    agg: Aggregator,
+    delta: f64,
+    release: Option<ReleaseConfig>,
+    keys: &RunKeys,
+) -> Result<Aggregation> {
     agg.validate()?;
     crate::mechanisms::check_delta(delta)?;
+    let teachers = votes.first().map_or(0, |v| v.iter().sum::<u64>() as usize);
+    let classes = votes.first().map_or(0, |v| v.len());
+    let mut smooth = match (release, agg) {
+        (None, _) => None,
+        (Some(_), Aggregator::Lnmax { .. }) => {
+            return Err(Error::invalid(
+                "release",
+                "smooth-sensitivity release",
+                "not requested with LNMax: the smooth-sensitivity analysis is implemented for GNMax and Confident-GNMax only",
+            ))
+        }
+        (Some(r), Aggregator::Gnmax { sigma }) => {
+            check_positive("sigma_ss", r.sigma_ss)?;
+            Some(SmoothSensitivity::new(teachers, classes, sigma, None, r.order, r.beta)?)
+        }
+        (
+            Some(r),
+            Aggregator::ConfidentGnmax {
+                threshold,
+                sigma1,
+                sigma2,
+            },
+        ) => {
+            check_positive("sigma_ss", r.sigma_ss)?;
+            Some(SmoothSensitivity::new(
+                teachers,
+                classes,
+                sigma2,
+                Some((threshold, sigma1)),
+                r.order,
+                r.beta,
+            )?)
+        }
+    };
     let mut rng = keys.key(Purpose::Mechanism).rng(0);
     let orders = default_orders();
     let q = votes.len() as u64;
@@ -462,6 +542,7 @@ pub fn aggregate(
                 },
                 epsilon_data_dependent: dd.min(basic.min(rdp)),
                 data_dependent_order: order,
+                smooth_release: None,
             }
         }
         Aggregator::Gnmax { sigma } => {
@@ -469,17 +550,24 @@ pub fn aggregate(
             for v in votes {
                 labels.push(Some(gnmax(v, sigma, &mut rng)? as u32));
                 acc.record(v)?;
+                if let Some(s) = smooth.as_mut() {
+                    s.record(v, true)?;
+                }
             }
-            let (di, _) = acc.epsilon_data_independent(delta)?;
+            let (di, _) = with_release(acc.orders(), &acc.rdp_data_independent(), release, delta)?;
             let (dd, order) = acc.epsilon_data_dependent(delta)?;
             PrivacyReport {
                 delta,
                 queries: q,
                 answered: q,
                 epsilon_data_independent: di,
-                data_independent_method: "RDP: Q·λ/σ² (Proposition 8, Papernot et al. 2018)".into(),
+                data_independent_method: format!(
+                    "RDP: Q·λ/σ² (Proposition 8, Papernot et al. 2018){}",
+                    release_note(release)
+                ),
                 epsilon_data_dependent: dd,
                 data_dependent_order: order,
+                smooth_release: None,
             }
         }
         Aggregator::ConfidentGnmax {
@@ -491,23 +579,72 @@ pub fn aggregate(
             for v in votes {
                 let a = confident_gnmax(v, threshold, sigma1, sigma2, &mut rng)?;
                 acc.record(v, a.is_some())?;
+                if let Some(s) = smooth.as_mut() {
+                    s.record(v, a.is_some())?;
+                }
                 labels.push(a.map(|k| k as u32));
             }
-            let (di, _) = acc.epsilon_data_independent(delta)?;
+            let (di, _) = with_release(acc.orders(), &acc.rdp_data_independent(), release, delta)?;
             let (dd, order) = acc.epsilon_data_dependent(delta)?;
             PrivacyReport {
                 delta,
                 queries: q,
                 answered: acc.answered(),
                 epsilon_data_independent: di,
-                data_independent_method:
-                    "RDP: Q·(λ/(2σ₁²) + λ/σ₂²), every query counted as answered".into(),
+                data_independent_method: format!(
+                    "RDP: Q·(λ/(2σ₁²) + λ/σ₂²), every query counted as answered{}",
+                    release_note(release)
+                ),
                 epsilon_data_dependent: dd,
                 data_dependent_order: order,
+                smooth_release: None,
             }
         }
     };
+    let mut privacy = privacy;
+    if let (Some(s), Some(r)) = (smooth.as_ref(), release) {
+        let mut rng = keys.key(Purpose::Mechanism).rng(1);
+        privacy.smooth_release = Some(s.release(r.sigma_ss, delta, &mut rng)?);
+    }
     Ok(Aggregation { labels, privacy })
+}
+
+fn release_note(release: Option<ReleaseConfig>) -> String {
+    match release {
+        Some(r) => format!(
+            ", plus the smooth-sensitivity release's GNSS cost (Theorem 23; order λ < 1/(2β) = {:.1})",
+            0.5 / r.beta
+        ),
+        None => String::new(),
+    }
+}
+
+/// (ε, order) of the data-independent RDP `rdp` over `orders`, plus the GNSS release's RDP at
+/// each order where Theorem 23 applies (orders ≥ 1/(2β) are dropped) when there is a release.
+fn with_release(
+    orders: &[f64],
+    rdp: &[f64],
+    release: Option<ReleaseConfig>,
+    delta: f64,
+) -> Result<(f64, f64)> {
+    let Some(r) = release else {
+        return rdp_to_epsilon(orders, rdp, delta);
+    };
+    let (mut os, mut rs) = (Vec::new(), Vec::new());
+    for (&a, &v) in orders.iter().zip(rdp) {
+        if 2.0 * a * r.beta < 1.0 {
+            os.push(a);
+            rs.push(v + gnss_rdp(r.beta, r.sigma_ss, a)?);
+        }
+    }
+    if os.is_empty() {
+        return Err(Error::invalid(
+            "beta",
+            r.beta,
+            "small enough that some RDP order >= 2 is below 1/(2*beta)",
+        ));
+    }
+    rdp_to_epsilon(&os, &rs, delta)
 }
 
 /// A self-training round's pseudo-labels: the indices (into `pred`) whose confidence is at

@@ -423,6 +423,41 @@ fn pate_quick_synthetic_writes_every_output() {
         p["epsilon_data_dependent"].as_f64().unwrap(),
     );
     assert!(dd > 0.0 && dd <= di, "{p}");
+    // The smooth-sensitivity release, on by default: publishable, its cost inside the DP
+    // statement; `--no-release` leaves it out and gives a smaller data-independent ε.
+    let r = &p["smooth_release"];
+    let (order, cost) = (
+        r["order"].as_f64().unwrap(),
+        r["release_rdp"].as_f64().unwrap(),
+    );
+    assert!(order >= 2.0 && cost > 0.0, "{r}");
+    assert!(r["epsilon"].as_f64().unwrap().is_finite(), "{r}");
+    let o2 = dpsgd(&[
+        "pate",
+        "--dataset",
+        "synthetic",
+        "--quick",
+        "--self-train",
+        "--seed",
+        "4",
+        "--json",
+        "--no-release",
+        "--out",
+        out.join("no-release").to_str().unwrap(),
+    ]);
+    assert!(
+        o2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o2.stderr)
+    );
+    let v2: serde_json::Value = serde_json::from_slice(&o2.stdout).unwrap();
+    assert!(v2["privacy"]["smooth_release"].is_null(), "{v2}");
+    let di2 = v2["privacy"]["epsilon_data_independent"].as_f64().unwrap();
+    assert!(di2 < di, "{di2} vs {di}");
+    assert_eq!(
+        v2["privacy"]["epsilon_data_dependent"],
+        p["epsilon_data_dependent"]
+    );
     assert!(v["dp_statement"]
         .as_str()
         .unwrap()
@@ -470,6 +505,14 @@ fn pate_bad_input_is_a_typed_error() {
         (&["--queries", "901"][..], "queries", 2),
         (&["--teachers", "2001"][..], "teachers", 2),
         (&["--public", "1000"][..], "public", 2),
+        // The quick synthetic run's σ₂ (0.8) fails conditions C5/C6 at order 50: refused up front.
+        (&["--release-order", "50"][..], "order", 2),
+        (&["--release-sigma", "0"][..], "release_sigma", 2),
+        (
+            &["--aggregator", "lnmax", "--release-order", "4"][..],
+            "release_order",
+            2,
+        ),
     ] {
         let mut a = vec!["pate", "--dataset", "synthetic", "--quick"];
         a.extend_from_slice(args);

@@ -44,6 +44,7 @@ pub mod discrete_laplace;
 pub mod gaussian;
 pub mod laplace;
 pub mod pate;
+pub mod pate_smooth;
 pub mod randomized_response;
 pub mod sensitivity;
 pub mod snapping;

@@ -20,7 +20,7 @@
 //!     ([`gnmax_log_q`], [`gnmax_rdp_data_dependent`]), composed over a run of answered queries by
 //!     [`GnmaxAccountant`] and converted to (ε, δ). The data-dependent ε depends on the votes and
 //!     is itself not differentially private; the paper releases it through smooth sensitivity
-//!     (its Section 4 / Appendix), which this module does not implement.
+//!     (its Section 4 / Appendix B): [`super::pate_smooth`].
 //! - [`confident_gnmax`]: Confident-GNMax (Algorithm 1 of the 2018 paper): a noisy threshold
 //!   (σ₁) on the plurality count, then GNMax (σ₂) on the queries that pass.
 //!   - Threshold step: data-independent λ/(2σ₁²) ([`threshold_rdp_data_independent`]),
@@ -37,7 +37,7 @@ use crate::mechanisms::check_delta;
 use crate::rng::RandomBits;
 use crate::{Error, Result};
 
-fn check_votes(votes: &[u64]) -> Result<()> {
+pub(crate) fn check_votes(votes: &[u64]) -> Result<()> {
     if votes.is_empty() {
         return Err(Error::shape("pate", "the vote histogram has no classes"));
     }
@@ -101,7 +101,7 @@ pub fn gnmax(votes: &[u64], sigma: f64, rng: &mut impl RandomBits) -> Result<usi
     Ok(argmax(&noisy))
 }
 
-fn check_order(order: f64) -> Result<()> {
+pub(crate) fn check_order(order: f64) -> Result<()> {
     if order.is_finite() && order > 1.0 {
         Ok(())
     } else {
@@ -124,8 +124,8 @@ pub fn gnmax_rdp_data_independent(sigma: f64, order: f64) -> Result<f64> {
 ///
 /// **Not itself a DP release:** the result depends on the (private) vote histograms, so
 /// publishing it leaks about the teachers' data. Use it for internal analysis only; to publish
-/// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 / Appendix),
-/// which this module does not implement — or publish the data-independent bound instead.
+/// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 /
+/// Appendix B; [`super::pate_smooth`]) — or publish the data-independent bound instead.
 pub fn gnmax_log_q(votes: &[u64], sigma: f64) -> Result<f64> {
     check_positive("sigma", sigma)?;
     check_votes(votes)?;
@@ -150,7 +150,7 @@ pub fn gnmax_log_q(votes: &[u64], sigma: f64) -> Result<f64> {
 }
 
 /// ln(erfc(x)/2) for x ≥ 0, accurate also where erfc underflows (asymptotic expansion).
-fn log_half_erfc(x: f64) -> f64 {
+pub(crate) fn log_half_erfc(x: f64) -> f64 {
     let e = libm::erfc(x);
     if e > 1e-300 {
         return (0.5 * e).ln();
@@ -170,7 +170,7 @@ fn log_sum_exp(xs: &[f64]) -> f64 {
 }
 
 /// ln(1 − e^x) for x < 0.
-fn log1mexp(x: f64) -> f64 {
+pub(crate) fn log1mexp(x: f64) -> f64 {
     if x > -std::f64::consts::LN_2 {
         (-x.exp_m1()).ln()
     } else {
@@ -199,8 +199,8 @@ fn log_add_exp(a: f64, b: f64) -> f64 {
 ///
 /// **Not itself a DP release:** the result depends on the (private) vote histograms, so
 /// publishing it leaks about the teachers' data. Use it for internal analysis only; to publish
-/// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 / Appendix),
-/// which this module does not implement — or publish the data-independent bound instead.
+/// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 /
+/// Appendix B; [`super::pate_smooth`]) — or publish the data-independent bound instead.
 pub fn gnmax_rdp_data_dependent(log_q: f64, sigma: f64, order: f64) -> Result<f64> {
     check_positive("sigma", sigma)?;
     check_order(order)?;
@@ -229,7 +229,14 @@ pub fn gnmax_rdp_data_dependent(log_q: f64, sigma: f64, order: f64) -> Result<f6
 /// ln((1−q̃)·A^(λ−1) + q̃·B^(λ−1))/(λ−1) where its conditions hold (λ ≤ μ₁, μ₁, μ₂ > 1,
 /// ln q̃ ≤ (μ₂−1)ε₂ − μ₂(ln(μ₁/(μ₁−1)) + ln(μ₂/(μ₂−1))), q̃·e^ε₂ < 1), `None` where they fail
 /// or the value is not a number. `log_q` must be finite and < 0.
-fn theorem6_rdp(log_q: f64, order: f64, mu1: f64, eps1: f64, mu2: f64, eps2: f64) -> Option<f64> {
+pub(crate) fn theorem6_rdp(
+    log_q: f64,
+    order: f64,
+    mu1: f64,
+    eps1: f64,
+    mu2: f64,
+    eps2: f64,
+) -> Option<f64> {
     if !(order <= mu1 && mu1 > 1.0 && mu2 > 1.0) {
         return None;
     }
@@ -342,8 +349,8 @@ impl GnmaxAccountant {
     ///
     /// **Not itself a DP release:** the result depends on the (private) vote histograms, so
     /// publishing it leaks about the teachers' data. Use it for internal analysis only; to publish
-    /// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 / Appendix),
-    /// which this module does not implement — or publish the data-independent bound instead.
+    /// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 /
+    /// Appendix B; [`super::pate_smooth`]) — or publish the data-independent bound instead.
     pub fn rdp_data_dependent(&self) -> &[f64] {
         &self.data_dependent
     }
@@ -361,8 +368,8 @@ impl GnmaxAccountant {
     ///
     /// **Not itself a DP release:** the result depends on the (private) vote histograms, so
     /// publishing it leaks about the teachers' data. Use it for internal analysis only; to publish
-    /// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 / Appendix),
-    /// which this module does not implement — or publish the data-independent bound instead.
+    /// it, release it through the smooth-sensitivity mechanism of Papernot et al. 2018 (Section 4 /
+    /// Appendix B; [`super::pate_smooth`]) — or publish the data-independent bound instead.
     pub fn epsilon_data_dependent(&self, delta: f64) -> Result<(f64, f64)> {
         rdp_to_epsilon(&self.orders, &self.data_dependent, delta)
     }
@@ -545,8 +552,8 @@ pub fn moments_up_to(max: u32) -> Result<Vec<f64>> {
 ///
 /// **The data-dependent values are not themselves a DP release:** they depend on the (private)
 /// votes, so publishing them leaks about the teachers' data. The 2017 paper releases them through
-/// smooth sensitivity (its Section 3.3 and the `smoothed_sens` of the authors' code), which this
-/// module does not implement; publish the data-independent ε instead, or keep the data-dependent
+/// smooth sensitivity (its Section 3.3 and the `smoothed_sens` of the authors' code), which is
+/// not implemented for LNMax ([`super::pate_smooth`] covers GNMax and Confident-GNMax); publish the data-independent ε instead, or keep the data-dependent
 /// one for internal analysis.
 ///
 /// ```
@@ -840,7 +847,7 @@ pub fn confident_gnmax(
     }
 }
 
-fn check_threshold(t: f64) -> Result<()> {
+pub(crate) fn check_threshold(t: f64) -> Result<()> {
     if t.is_finite() {
         Ok(())
     } else {
@@ -849,7 +856,7 @@ fn check_threshold(t: f64) -> Result<()> {
 }
 
 /// ln Pr[N(0, 1) > z] for any finite z (the standard normal's log survival function).
-fn log_normal_sf(z: f64) -> f64 {
+pub(crate) fn log_normal_sf(z: f64) -> f64 {
     let x = z.abs() / std::f64::consts::SQRT_2;
     let upper = log_half_erfc(x); // ln Pr[N > |z|]
     if z >= 0.0 {
@@ -915,8 +922,8 @@ pub fn threshold_rdp_data_dependent(log_pr_answered: f64, sigma1: f64, order: f6
 ///   on the private votes.
 /// - [`Self::epsilon_data_dependent`] (Theorem 6 per query) is smaller when the teachers agree,
 ///   but it is a function of the private votes and **not itself a DP release**: the paper
-///   publishes it through smooth sensitivity (Section 4 / Appendix B), which this crate does
-///   not implement.
+///   publishes it through smooth sensitivity (Section 4 / Appendix B):
+///   [`super::pate_smooth::SmoothSensitivity`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConfidentGnmaxAccountant {
     threshold: f64,
