@@ -32,8 +32,11 @@
 //! - Algorithm 3's bound is valid only if β(q) is non-decreasing on (0, q₀) and
 //!   β(bu(q)) − β(q) is non-decreasing on (0, bl(q₀)) (conditions C5 and C6 of Appendix B.4.2).
 //!   The authors verify them with a symbolic derivative and a bounded scalar minimiser;
-//!   [`SmoothSensitivity::new`] verifies them numerically on 4 000 values of ln q between
-//!   −2 000 and ln q₀ (geometric in −ln q) and refuses the analysis when they fail.
+//!   [`SmoothSensitivity::new`] verifies them numerically on 4 000 values of ln q from below the
+//!   smallest q̃ any histogram of its teachers can have (and at least from −2 000) up to ln q₀,
+//!   geometric in −ln q, and refuses the analysis when they fail. (A grid check, not a proof:
+//!   between grid points the functions are smooth, and a decrease of less than 10⁻¹² is
+//!   tolerated as rounding and added back to every local-sensitivity bound.)
 //! - λ, β and σ_ss must be chosen **without looking at the votes** (they are inputs here, not
 //!   tuned from the data: the authors' analysis scripts pick β and σ_ss by minimising a cost
 //!   that contains S, which makes the noise scale data-dependent and is not covered by
@@ -229,13 +232,17 @@ impl GnmaxBeta {
 
     /// Conditions C5 and C6 of the paper's Appendix B.4.2, checked numerically: `Err` naming
     /// the first one that fails.
-    fn check_conditions(&self) -> Result<()> {
+    fn check_conditions(&self, teachers: usize) -> Result<()> {
         if self.classes < 2 {
             return Ok(());
         }
         const POINTS: usize = 4000;
-        let (a, b) = ((-self.log_q0).ln(), 2000f64.ln());
-        // ln q from −2000 up to ln q₀, increasing.
+        // Every histogram of `teachers` votes has ln q̃ ≥ ln(½erfc(teachers/(2σ))) >
+        // −(teachers/(2σ) + 1)²; bl shifts erfc's argument by 1/σ more. The grid reaches below
+        // both (and at least to −2000), so it covers every q̃ the analysis can meet.
+        let reach = teachers as f64 / (2.0 * self.sigma) + 2.0 / self.sigma + 3.0;
+        let (a, b) = ((-self.log_q0).ln(), (reach * reach).max(2000.0).ln());
+        // ln q from the lowest reachable value up to ln q₀, increasing.
         let grid: Vec<f64> = (0..POINTS)
             .map(|i| -(b + (a - b) * i as f64 / (POINTS - 1) as f64).exp())
             .collect();
@@ -534,7 +541,7 @@ impl SmoothSensitivity {
             ));
         }
         let gnmax = GnmaxBeta::new(sigma, order, classes)?;
-        gnmax.check_conditions()?;
+        gnmax.check_conditions(teachers)?;
         let threshold = match threshold {
             Some((t, s1)) => {
                 check_threshold(t)?;
