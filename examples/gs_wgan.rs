@@ -120,6 +120,9 @@ pub struct Args {
     /// Log / sample every N iterations.
     #[arg(long, default_value_t = 100)]
     log_every: u64,
+    /// Write the checkpoint every N iterations (and at the end).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
     /// Samples written by gen_data at the end (0: none).
     #[arg(long, default_value_t = 60_000)]
     gen_samples: usize,
@@ -182,7 +185,7 @@ fn invalid(name: &'static str, v: impl std::fmt::Display, what: &str) -> Error {
 
 fn resolve(a: &Args, n_total: usize) -> Result<Config> {
     let (k, pre, it, md) = match a.preset {
-        Preset::Cpu => (20, 50, 1000, 16),
+        Preset::Cpu => (300, 5, 1000, 16),
         Preset::Paper => (1000, 2000, 20_000, 64),
     };
     let n = a.train_subset.unwrap_or(n_total).min(n_total);
@@ -635,8 +638,8 @@ pub fn run(a: Args) -> Result<()> {
         cfg.b as u64,
         DiscriminatorSampling::IndependentPerRow,
     )?;
-    let eps_final = acc.epsilon(cfg.iterations, cfg.delta)?;
     let keys = RunKeys::from_seed(cfg.seed)?;
+    let eps_final = acc.epsilon_charged(cfg.iterations, cfg.delta, IMG as u64, keys.generator())?;
     std::fs::create_dir_all(&a.out).map_err(|source| Error::Io {
         path: a.out.clone(),
         source,
@@ -744,7 +747,7 @@ pub fn run(a: Args) -> Result<()> {
         ema_update(&mut st.g_ema, &p, t);
         st.iteration += 1;
         if st.iteration % a.log_every == 0 || st.iteration == cfg.iterations {
-            let eps = acc.epsilon(st.iteration, cfg.delta)?;
+            let eps = acc.epsilon_charged(st.iteration, cfg.delta, IMG as u64, keys.generator())?;
             let secs = t0.elapsed().as_secs_f64() / (st.iteration - start) as f64;
             let line = serde_json::json!({
                 "iteration": st.iteration,
@@ -772,6 +775,8 @@ pub fn run(a: Args) -> Result<()> {
                 10,
                 (0.0, 1.0),
             )?;
+        }
+        if st.iteration % a.checkpoint_every.max(1) == 0 {
             save_checkpoint(&ckpt, &cfg, &st, &g)?;
         }
     }
@@ -806,7 +811,7 @@ pub fn run(a: Args) -> Result<()> {
             None,
         )?;
     }
-    let eps = acc.epsilon(st.iteration, cfg.delta)?;
+    let eps = acc.epsilon_charged(st.iteration, cfg.delta, IMG as u64, keys.generator())?;
     println!(
         "done: {} iterations, ε = {:.4} at δ = {} (order {})",
         st.iteration, eps.epsilon, cfg.delta, eps.order

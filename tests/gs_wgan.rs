@@ -89,3 +89,25 @@ fn shared_discriminator_is_refused() {
     assert!(e.to_string().contains("independent-per-row"), "{e}");
     assert_eq!(noise_std(1.0 / 32.0, 1.07), 2.0 / 32.0 * 1.07);
 }
+
+#[test]
+fn truncation_charge() {
+    use dpsgd::rng::Generator;
+    let acc =
+        GsWganAccountant::new(1000, 1.07, 32, DiscriminatorSampling::IndependentPerRow).unwrap();
+    let plain = acc.epsilon(20_000, 1e-5).unwrap().epsilon;
+    let charged = acc
+        .epsilon_charged(20_000, 1e-5, 784, Generator::Philox)
+        .unwrap()
+        .epsilon;
+    assert!(
+        charged >= plain && charged < plain + 1e-4,
+        "{charged} vs {plain}"
+    );
+    // Hopeless settings: no finite claim.
+    let tiny = GsWganAccountant::new(1, 0.1, 32, DiscriminatorSampling::IndependentPerRow).unwrap();
+    let e = tiny
+        .epsilon_charged(1_000_000, 1e-5, 784, Generator::Philox)
+        .unwrap();
+    assert!(e.epsilon.is_infinite());
+}

@@ -287,6 +287,37 @@ impl GsWganAccountant {
     }
 }
 
+impl GsWganAccountant {
+    /// ε after `iterations` with the noise sampler's truncation charged to δ (as the engine
+    /// does, [`crate::noise`]): `η = iterations · truncation_mass(B · row_len)`, and ε is
+    /// reported at `δ' = δ − (1 + e^{ε₀})·η` with `ε₀ = ε(δ/2) ≥ ε(δ')` (so the charge is an
+    /// upper bound). Reports `ε = ∞` if `δ'` would fall below `δ/2` (only for huge ε).
+    pub fn epsilon_charged(
+        &self,
+        iterations: u64,
+        delta: f64,
+        row_len: u64,
+        generator: crate::rng::Generator,
+    ) -> Result<GsWganEpsilon> {
+        validate_delta(delta)?;
+        let per = crate::noise::gaussian_truncation_mass(
+            self.batch_size.saturating_mul(row_len),
+            generator,
+        );
+        let eta = per * iterations as f64;
+        let e0 = self.epsilon(iterations, delta / 2.0)?.epsilon;
+        let charge = (1.0 + e0.exp()) * eta;
+        if charge.is_nan() || charge > delta / 2.0 {
+            // ε is so large that the charge cannot be paid from δ: no finite claim is made.
+            return Ok(GsWganEpsilon {
+                epsilon: f64::INFINITY,
+                order: f64::NAN,
+            });
+        }
+        self.epsilon(iterations, delta - charge)
+    }
+}
+
 /// **For comparison only**: the figure the GS-WGAN paper's `privacy_analysis.py` reports —
 /// the same per-row bound composed `B · iterations` times, converted with Mironov (2017),
 /// Proposition 3 (`ε = rdp(α) + ln(1/δ)/(α − 1)`) over integer orders (autodp also
