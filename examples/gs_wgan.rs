@@ -48,7 +48,8 @@ enum Preset {
     /// Small models and few discriminators: under an hour on 2 cores.
     Cpu,
     /// The paper's setting (K = 1000, 2 000 pretraining iterations each, 20 000 iterations,
-    /// model_dim 64): for a GPU-sized budget.
+    /// model_dim 64). The example runs on the CPU only (the double backward has no CUDA path
+    /// yet): this preset is days of CPU time.
     Paper,
 }
 
@@ -782,9 +783,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     save_checkpoint(&ckpt, &cfg, &st, &g)?;
     let ema = st.g_ema.clone();
+    let (all, _) = sample(&mut g, &ema, &cfg, 100, sample_key, 1)?;
     for c in 0..CLASSES {
-        let (x, _) = sample(&mut g, &ema, &cfg, 10, sample_key, 1 + c as u64)?;
-        let x = &x[c * 10 * IMG..(c + 1) * 10 * IMG];
+        let x = &all[c * 100 * IMG..(c + 1) * 100 * IMG];
         dpsgd::data::grid::save_grid_png(
             &a.out.join(format!("class_{c}.png")),
             x,
