@@ -23,6 +23,11 @@
 //! `class_C.png` (10×10 per class) and `gen_data.safetensors` (`images` [N,1,28,28] f32 in
 //! [−1, 1], `labels` [N] **i64**), `metrics.jsonl`, `checkpoint.safetensors` (`--resume`).
 //!
+//! **Not covered by ε, never release:** `checkpoint.safetensors` holds the discriminators (and
+//! their Adam moments), which are functions of the private data without noise; the
+//! Wasserstein estimate in the log and `metrics.jsonl` is computed from private data. Only the
+//! generator (and its EMA), its samples and `gen_data.safetensors` are covered.
+//!
 //! ```text
 //! cargo run --release --example gs_wgan -- --preset cpu --out runs/gswgan
 //! ```
