@@ -173,3 +173,14 @@ extern "C" __global__ void dpsgd_reduce_splits(const float* __restrict__ partial
     for (unsigned long long s = 0; s < n_splits; ++s) acc += partial[s * p + col];
     sum[col] += acc;
 }
+
+// Clip rows in place: g[row, col] *= factors[row] for a row-major [batch, p] matrix (GS-WGAN's
+// per-image clipping of the generator gradient; CPU twin: cpu::clip::scale_rows). One thread
+// per element, n = batch * p.
+extern "C" __global__ void dpsgd_scale_rows(float* __restrict__ g,
+                                            const float* __restrict__ factors,
+                                            unsigned long long p, unsigned long long n) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    g[i] *= factors[i / p];
+}

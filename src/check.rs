@@ -76,6 +76,21 @@ pub fn factors_shapes(nlen: usize, max_norms: &[f32], flen: usize) -> Result<()>
     Ok(())
 }
 
+/// Returns P, the row length of a `[batch, P]` matrix of `glen` elements scaled by `flen`
+/// factors (one per row).
+pub fn scale_rows_shapes(glen: usize, batch: usize, flen: usize) -> Result<usize> {
+    if flen != batch || (batch == 0 && glen != 0) || (batch > 0 && glen % batch != 0) {
+        return Err(Error::shape(
+            "scale_rows",
+            format!(
+                "rows has {glen} elements and factors {flen}: expected a [batch, P] matrix with \
+                 one factor per row (batch = {batch})"
+            ),
+        ));
+    }
+    Ok(glen.checked_div(batch).unwrap_or(0))
+}
+
 /// Returns F, the number of factors per row (1 or S).
 pub fn accumulate_shapes(
     glen: usize,

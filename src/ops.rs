@@ -8,7 +8,8 @@
 //! 4. noise ([`add_gaussian`], [`add_laplace`]) and the fused noisy optimizer steps
 //!    ([`noisy_sgd_step`], [`noisy_adam_step`]; [`crate::cpu::optim`]).
 //!
-//! [`clip_and_accumulate`] chains 1–3 with a reusable [`ClipWorkspace`].
+//! [`clip_and_accumulate`] chains 1–3 with a reusable [`ClipWorkspace`]. [`sanitize_rows`]
+//! clips each row of a matrix in place ([`scale_rows`]) and noises every row (GS-WGAN).
 //!
 //! Reference: Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar, Zhang, "Deep Learning with
 //! Differential Privacy", CCS 2016, Algorithm 1.
@@ -113,6 +114,76 @@ pub fn clip_accumulate<T: GradElement>(
         }
         _ => Err(mismatch!("clip_accumulate")),
     }
+}
+
+/// Clips rows in place: `g[i, j] *= factors[i]` for the row-major `[batch, P]` matrix `g`
+/// ([`crate::cpu::clip::scale_rows`]; CUDA kernel `dpsgd_scale_rows`).
+pub fn scale_rows(g: &mut Buffer<f32>, batch: usize, factors: &Buffer<f32>) -> Result<()> {
+    match (&mut g.storage, &factors.storage) {
+        (Storage::Cpu(g), Storage::Cpu(f)) => cpu::clip::scale_rows(g, batch, f),
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(g, d, gl), Storage::Cuda(f, _, fl)) => crate::cuda::clip::scale_rows(
+            &d.inner,
+            &mut g.slice_mut(0..*gl),
+            batch,
+            &f.slice(0..*fl),
+        ),
+        _ => Err(mismatch!("scale_rows")),
+    }
+}
+
+/// Sanitises a `[batch, D]` matrix of per-row gradients in place — GS-WGAN's gradient
+/// sanitisation (Chen, Orekondy, Fritz, NeurIPS 2020, Algorithm 1), on the library's clip and
+/// noise kernels: each row is clipped to L2 norm `clip` (factor `min(1, clip / (‖g_i‖ +
+/// 1e-6))`, [`per_sample_norms`], [`clip_factors`], [`scale_rows`]) and then every element
+/// gets independent Gaussian noise of standard deviation `noise_std` from `key`'s stream
+/// ([`add_gaussian`]), so the rows' noises are independent.
+///
+/// With one private record able to replace a row's (clipped) gradient by any other vector of
+/// norm ≤ `clip`, the per-row L2 sensitivity is `2 · clip`: use
+/// [`crate::accounting::gs_wgan::noise_std`] for `noise_std` and
+/// [`crate::accounting::gs_wgan`] for ε. `clip` (finite, > 0), `noise_std` (finite, ≥ 0) and
+/// the shape are checked before any noise is drawn. Row norms are not returned: they are
+/// computed from private data.
+///
+/// ```
+/// use dpsgd::{ops, Buffer, Device, NoiseKey};
+/// let dev = Device::Cpu;
+/// // Two rows of D = 2: norm 0.5 (kept) and norm 5 (clipped to ≈ 1); no noise.
+/// let mut rows = Buffer::from_slice(&dev, &[0.3f32, 0.4, 3.0, 4.0])?;
+/// ops::sanitize_rows(&mut rows, 2, 1.0, 0.0, NoiseKey::for_step(7, 0, 0)?)?;
+/// let r = rows.to_vec()?;
+/// assert!((r[0] - 0.3).abs() < 1e-6 && (r[2] - 0.6).abs() < 1e-5);
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
+pub fn sanitize_rows(
+    rows: &mut Buffer<f32>,
+    batch: usize,
+    clip: f32,
+    noise_std: f64,
+    key: NoiseKey,
+) -> Result<()> {
+    check::max_norms(std::slice::from_ref(&clip))?;
+    crate::error::check_non_negative("noise_std", noise_std)?;
+    let d = check::scale_rows_shapes(rows.len(), batch, batch)?;
+    if batch == 0 {
+        return Ok(());
+    }
+    if d == 0 {
+        return Err(Error::shape("sanitize_rows", "rows of zero length"));
+    }
+    let dev = rows.device();
+    let layout = Layout::flat(d);
+    let mut norms = Buffer::<f32>::zeros(&dev, batch)?;
+    let mut seg = Buffer::<f32>::zeros(&dev, batch)?;
+    let mut factors = Buffer::<f32>::zeros(&dev, batch)?;
+    per_sample_norms(rows, batch, &layout, &mut norms, &mut seg)?;
+    clip_factors(&norms, std::slice::from_ref(&clip), &mut factors)?;
+    scale_rows(rows, batch, &factors)?;
+    if noise_std > 0.0 {
+        add_gaussian(rows, noise_std, key)?;
+    }
+    Ok(())
 }
 
 /// `out[j]` = 32-bit word j of `key`'s stream, Philox or ChaCha20 (identical on every backend).

@@ -59,11 +59,17 @@ pub enum Purpose {
     SyntheticData = 8,
     /// Dropout masks ([`crate::cpu::dropout`]; stream `step << 16 | layer`).
     Dropout = 9,
+    /// The per-row Gaussian noise of GS-WGAN's sanitised generator gradient
+    /// ([`crate::ops::sanitize_rows`]; stream `iteration << 16`; secret).
+    GeneratorGradientNoise = 10,
+    /// GS-WGAN's per-row discriminator draws (which partition each generated row's gradient
+    /// came from; secret — the accountant's subsampling amplification needs it hidden).
+    DiscriminatorChoice = 11,
 }
 
 impl Purpose {
     /// Every purpose (tests check that their keys are pairwise distinct).
-    pub const ALL: [Purpose; 9] = [
+    pub const ALL: [Purpose; 11] = [
         Purpose::ModelInit,
         Purpose::Sampling,
         Purpose::GradientNoise,
@@ -73,6 +79,8 @@ impl Purpose {
         Purpose::Shuffle,
         Purpose::SyntheticData,
         Purpose::Dropout,
+        Purpose::GeneratorGradientNoise,
+        Purpose::DiscriminatorChoice,
     ];
 }
 

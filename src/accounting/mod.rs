@@ -14,6 +14,9 @@
 //! [`composition`] composes pure ε-DP mechanisms (the Laplace mechanism, randomized response):
 //! basic, advanced, Rényi-DP and optimal (exact PLD of randomized response) composition.
 //!
+//! [`gs_wgan`] accounts GS-WGAN's sanitised generator gradients (a per-row subsampled Gaussian
+//! over `K` disjoint partitions; it refuses the authors' shared-discriminator scheme).
+//!
 //! [`calibrate()`] finds the smallest noise multiplier meeting a target ε with either accountant.
 //! [`Accountant`] is the serialisable state a trainer keeps: `step`, `epsilon`, `history`.
 //!
@@ -27,6 +30,7 @@
 
 pub mod calibrate;
 pub mod composition;
+pub mod gs_wgan;
 pub mod pld;
 pub mod rdp;
 

@@ -134,6 +134,25 @@ pub fn clip_factors(norms: &[f32], max_norms: &[f32], factors: &mut [f32]) -> Re
     Ok(())
 }
 
+/// Clips rows in place: `g[i, j] *= factors[i]` for a row-major `[batch, P]` matrix (P =
+/// `g.len() / batch`), e.g. with factors from [`clip_factors`]. GPU twin: `dpsgd_scale_rows`
+/// in `kernels/clip.cu`. Errors: `g.len()` not a multiple of `batch`, or `factors.len() !=
+/// batch`.
+pub fn scale_rows(g: &mut [f32], batch: usize, factors: &[f32]) -> Result<()> {
+    let p = check::scale_rows_shapes(g.len(), batch, factors.len())?;
+    if batch == 0 || p == 0 {
+        return Ok(());
+    }
+    g.par_chunks_mut(p)
+        .zip(factors.par_iter())
+        .for_each(|(row, &f)| {
+            for x in row {
+                *x *= f;
+            }
+        });
+    Ok(())
+}
+
 /// Fused clip-and-accumulate: `sum[j] += Σ_i factors[i, seg(j)] · g[i, j]` over rows i in order.
 ///
 /// Reads the `[batch, P]` matrix once and allocates no `[B, P]` temporary. `factors` is

@@ -154,6 +154,27 @@ pub fn clip_factors(
     Ok(())
 }
 
+/// GPU twin of [`crate::cpu::clip::scale_rows`]: `g[i, j] *= factors[i]` in place, one thread
+/// per element.
+pub fn scale_rows(
+    dev: &CudaBackend,
+    g: &mut CudaViewMut<'_, f32>,
+    batch: usize,
+    factors: &CudaView<'_, f32>,
+) -> Result<()> {
+    let p = check::scale_rows_shapes(g.len(), batch, factors.len())?;
+    if batch == 0 || p == 0 {
+        return Ok(());
+    }
+    let (p, n) = (p as u64, g.len() as u64);
+    let mut l = dev.stream.launch_builder(&dev.k.scale_rows);
+    l.arg(&mut *g).arg(factors).arg(&p).arg(&n);
+    // SAFETY: types and order match dpsgd_scale_rows; g holds n = batch · p floats and factors
+    // holds batch floats (checked above), so every index i < n reads factors[i / p] < batch.
+    unsafe { l.launch(cfg1(n.div_ceil(DPSGD_BLOCK as u64))) }.map_err(drv("dpsgd_scale_rows"))?;
+    Ok(())
+}
+
 /// GPU twin of [`crate::cpu::clip::clip_accumulate`]. Blocks own tiles of 1024 columns (inside
 /// one segment) and a range of rows; when there are too few tiles to fill the GPU, rows are
 /// split into ranges whose partial sums a second kernel adds in a fixed order (deterministic).

@@ -120,6 +120,6 @@ pub use crate::cpu::loss::Reduction;
 pub use io::LoadMode;
 pub use layer::{Layer, Shape};
 pub use sequential::{
-    class_targets, DropoutMode, Grads, Input, Loss, ParamInfo, Sequential, SequentialBuilder,
-    Workspace,
+    class_targets, gradient_penalty, DropoutMode, Grads, Input, Loss, ParamInfo, Sequential,
+    SequentialBuilder, Workspace,
 };

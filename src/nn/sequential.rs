@@ -27,6 +27,8 @@ use std::ops::Range;
 // child modules, so they share the private fields.
 mod clip;
 mod cpu;
+mod double;
+pub use double::gradient_penalty;
 mod gpu;
 
 /// Builds a [`Sequential`] layer by layer from the shape of one input example; each method

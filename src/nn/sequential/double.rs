@@ -1,0 +1,240 @@
+//! Double backward for piecewise-linear models: the parameter gradient of a contraction of
+//! the input gradient, what WGAN-GP's gradient penalty needs (Gulrajani et al., *Improved
+//! Training of Wasserstein GANs*, NeurIPS 2017).
+//!
+//! For a model `f` made of Conv2d, ConvTranspose2d, Linear, AvgPool2d, Flatten, ReLU and
+//! LeakyReLU, on the linear region that contains `x`, `f(x) = W_L M_{L−1} W_{L−1} ⋯ M_1 W_1 x +
+//! c`, with `W_l` the layers' linear maps (biases in `c`) and `M_l` the activations' diagonal
+//! derivative masks at `x`. So `⟨v, ∇_x (dy · f(x))⟩ = dy · J v` with
+//! `J v = W_L M_{L−1} ⋯ M_1 W_1 v` — a forward pass of `v` with the biases dropped and every
+//! activation replaced by its mask at `x` (a forward-mode JVP). The masks are piecewise
+//! constant in θ (their derivative is zero almost everywhere), so
+//! `∇_θ ⟨v, ∇_x (dy · f(x))⟩` is the parameter gradient of that linear network at input `v`
+//! with output gradient `dy`: weight gradient `δ_l ⊗ t_{l−1}` (`δ_l` the backward signal, equal
+//! to the primal's, `t_{l−1}` the tangent activations), bias gradient zero. Smooth activations
+//! (Tanh, Sigmoid), GroupNorm, MaxPool2d and Dropout are refused: their second-order terms are
+//! not zero, or (MaxPool) the tangent is not the forward of the tangent.
+
+use super::Layer;
+use super::{numel, Op, Sequential};
+use crate::cpu::activation::{activation_backward, Activation};
+use crate::cpu::grad::ParamGrad;
+use crate::{Buffer, Error, Result};
+
+const OP: &str = "Sequential::input_grad_param_grad";
+
+impl Sequential {
+    /// `grad (+)= ∇_θ Σ_i ⟨v_i, ∇_x (dy_i · f(x_i))⟩` (CPU): the parameter gradient of the
+    /// input gradient contracted with `v`, for piecewise-linear models (module docs of
+    /// `sequential/double.rs`: a JVP of `v` with the primal's masks and biases dropped, then a
+    /// backward of `dy`; the bias gradients are zero). `x` and `v` hold `batch` inputs, `dy`
+    /// `batch` output gradients; `grad` holds [`Sequential::num_params`] values, overwritten
+    /// or, with `accumulate`, added to. For WGAN-GP take `dy` = the critic's output selector,
+    /// `u` = the input gradient of [`Sequential::backward`] with that `dy`, and `v` =
+    /// [`gradient_penalty`]'s `∂P/∂u`.
+    ///
+    /// Errors: a layer other than Conv2d, ConvTranspose2d, Linear, AvgPool2d, Flatten, ReLU or
+    /// LeakyReLU; a CUDA model; lengths that do not match.
+    pub fn input_grad_param_grad(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        v: &[f32],
+        grad: &mut Buffer<f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let params = self.cpu_params(OP)?;
+        for l in &self.layers {
+            let ok = matches!(
+                l,
+                Layer::Conv2d { .. }
+                    | Layer::ConvTranspose2d { .. }
+                    | Layer::Linear { .. }
+                    | Layer::AvgPool2d { .. }
+                    | Layer::Flatten
+                    | Layer::Act(Activation::Relu)
+                    | Layer::Act(Activation::LeakyRelu(_))
+            );
+            if !ok {
+                return Err(Error::invalid(
+                    "layer",
+                    l.name(),
+                    "Conv2d, ConvTranspose2d, Linear, AvgPool2d, Flatten, ReLU or LeakyReLU \
+                     (the double backward assumes a piecewise-linear model)",
+                ));
+            }
+        }
+        let per_in = numel(&self.input);
+        let per_out = numel(self.output_shape());
+        let p = self.num_params();
+        if x.is_empty() || x.len() % per_in != 0 {
+            return Err(Error::shape(
+                OP,
+                format!("x has {} values, not batch × {per_in}", x.len()),
+            ));
+        }
+        let batch = x.len() / per_in;
+        if v.len() != x.len() || dy.len() != batch * per_out {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "batch {batch}: v has {} values (expected {}), dy {} (expected {})",
+                    v.len(),
+                    x.len(),
+                    dy.len(),
+                    batch * per_out
+                ),
+            ));
+        }
+        let out = grad.as_mut_slice().ok_or_else(|| super::no_cuda(OP))?;
+        if out.len() != p {
+            return Err(Error::shape(
+                OP,
+                format!("grad has {} values, the model {p}", out.len()),
+            ));
+        }
+        // Parameters with the biases zeroed (the tangent network has none).
+        let mut p0 = params.to_vec();
+        for info in &self.infos {
+            if info.name.ends_with(".bias") {
+                p0[info.range.clone()].fill(0.0);
+            }
+        }
+        let n = self.layers.len();
+        let chunks = rayon::current_num_threads().clamp(1, batch);
+        let mut scratch = Vec::new();
+        let need_scratch = |i: usize, l: &Layer, s: &mut Vec<f32>| -> Result<()> {
+            let need = self.scratch_for(i, l, chunks)?;
+            if s.len() < need {
+                s.resize(need, 0.0);
+            }
+            Ok(())
+        };
+        // Primal activations (for the masks) and tangents.
+        let mut acts: Vec<Vec<f32>> = vec![x.to_vec()];
+        let mut tans: Vec<Vec<f32>> = vec![v.to_vec()];
+        for (i, l) in self.layers.iter().enumerate() {
+            let len = batch * numel(&self.shapes[i + 1]);
+            let mut y = vec![0f32; len];
+            let mut t = vec![0f32; len];
+            need_scratch(i, l, &mut scratch)?;
+            self.layer_forward(i, batch, &acts[i], params, &mut y, &mut scratch, None)?;
+            match self.op(i, l, batch) {
+                // JVP of an element-wise activation: t · σ'(x), what its backward computes.
+                Op::Act(a) => activation_backward(a, &acts[i], &y, &tans[i], &mut t)?,
+                _ => self.layer_forward(i, batch, &tans[i], &p0, &mut t, &mut scratch, None)?,
+            }
+            acts.push(y);
+            tans.push(t);
+        }
+        // Backward of the tangent network from dy.
+        let first = self.first_layer(false);
+        let mut tmp = vec![0f32; p];
+        let mut delta = dy.to_vec();
+        for i in (first..n).rev() {
+            let l = &self.layers[i];
+            let r = self.ranges[i].clone();
+            let mut dx = vec![
+                0f32;
+                if i > first {
+                    batch * numel(&self.shapes[i])
+                } else {
+                    0
+                }
+            ];
+            let dxo = if i > first { Some(&mut dx[..]) } else { None };
+            match self.op(i, l, batch) {
+                Op::Act(a) => {
+                    if let Some(dx) = dxo {
+                        activation_backward(a, &acts[i], &acts[i + 1], &delta, dx)?;
+                    }
+                }
+                _ => {
+                    need_scratch(i, l, &mut scratch)?;
+                    let pg = if r.is_empty() {
+                        ParamGrad::None
+                    } else {
+                        ParamGrad::Sum {
+                            grad: &mut tmp[r],
+                            accumulate: false,
+                        }
+                    };
+                    self.layer_backward(
+                        i,
+                        batch,
+                        &tans[i],
+                        &tans[i + 1],
+                        &p0,
+                        &delta,
+                        dxo,
+                        pg,
+                        &mut scratch,
+                        None,
+                    )?;
+                }
+            }
+            delta = dx;
+        }
+        for info in &self.infos {
+            if info.name.ends_with(".bias") {
+                tmp[info.range.clone()].fill(0.0);
+            }
+        }
+        if let Some(k) = tmp.iter().position(|g| !g.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "input_grad_param_grad",
+                detail: format!("parameter {k} of the double backward"),
+            });
+        }
+        if accumulate {
+            out.iter_mut().zip(&tmp).for_each(|(o, t)| *o += t);
+        } else {
+            out.copy_from_slice(&tmp);
+        }
+        Ok(())
+    }
+}
+
+/// WGAN-GP's gradient penalty `P = λ/B Σ_i (‖u_i‖ − 1)²` of `batch` input gradients `u`
+/// (`[batch, D]`), and its gradient `∂P/∂u` into `dp_du`, `λ/B · 2 (‖u_i‖ − 1) u_i / ‖u_i‖`
+/// (0 for a zero row), computed in f64 (Gulrajani et al. 2017, Algorithm 1). Feed `dp_du` as
+/// `v` to [`Sequential::input_grad_param_grad`] for `∇_θ P`. Errors: `λ` not finite and ≥ 0,
+/// lengths that do not match.
+pub fn gradient_penalty(u: &[f32], batch: usize, lambda: f64, dp_du: &mut [f32]) -> Result<f64> {
+    crate::error::check_non_negative("lambda", lambda)?;
+    if batch == 0 || u.len() % batch != 0 || dp_du.len() != u.len() {
+        return Err(Error::shape(
+            "gradient_penalty",
+            format!(
+                "u has {} values, dp_du {}: expected [batch = {batch}, D] both",
+                u.len(),
+                dp_du.len()
+            ),
+        ));
+    }
+    let d = u.len() / batch;
+    let mut total = 0f64;
+    for (row, out) in u.chunks(d.max(1)).zip(dp_du.chunks_mut(d.max(1))) {
+        let norm = row
+            .iter()
+            .map(|&a| (a as f64) * (a as f64))
+            .sum::<f64>()
+            .sqrt();
+        if !norm.is_finite() {
+            return Err(Error::NonFinite {
+                what: "gradient_penalty",
+                detail: "an input-gradient row".into(),
+            });
+        }
+        total += (norm - 1.0) * (norm - 1.0);
+        let s = if norm > 0.0 {
+            lambda / batch as f64 * 2.0 * (norm - 1.0) / norm
+        } else {
+            0.0
+        };
+        for (o, &a) in out.iter_mut().zip(row) {
+            *o = (s * a as f64) as f32;
+        }
+    }
+    Ok(lambda * total / batch as f64)
+}
