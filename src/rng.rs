@@ -59,11 +59,14 @@ pub enum Purpose {
     SyntheticData = 8,
     /// Dropout masks ([`crate::cpu::dropout`]; stream `step << 16 | layer`).
     Dropout = 9,
+    /// Latent vectors z fed to a generative model's generator (public randomness: a GAN's
+    /// fake examples and its fixed sample grid; stream = the step, see `examples/dp_dcgan.rs`).
+    Latent = 12,
 }
 
 impl Purpose {
     /// Every purpose (tests check that their keys are pairwise distinct).
-    pub const ALL: [Purpose; 9] = [
+    pub const ALL: [Purpose; 10] = [
         Purpose::ModelInit,
         Purpose::Sampling,
         Purpose::GradientNoise,
@@ -73,6 +76,7 @@ impl Purpose {
         Purpose::Shuffle,
         Purpose::SyntheticData,
         Purpose::Dropout,
+        Purpose::Latent,
     ];
 }
 
