@@ -1,4 +1,4 @@
-//! Data: an IDX reader and writer ([`idx`]), and in-memory datasets ([`Dataset`]) — MNIST,
+//! Data: an IDX reader and writer ([`idx`]), image grids for sample pictures ([`grid`]), and in-memory datasets ([`Dataset`]) — MNIST,
 //! Fashion-MNIST and small synthetic data for tests — with a deterministic validation split and
 //! an allocation-free batch gather.
 //!
@@ -6,6 +6,7 @@
 //! `scripts/fetch-fashion-mnist` installs Fashion-MNIST's in `/usr/share/datasets/fashion-mnist/`.
 
 pub mod dataset;
+pub mod grid;
 pub mod idx;
 pub mod labelled;
 
