@@ -212,8 +212,9 @@ pub fn dcgan_discriminator_builder(cfg: &DcganConfig) -> Result<SequentialBuilde
 /// with Deep Convolutional Generative Adversarial Networks", ICLR 2016, §4: "All weights were
 /// initialized from a zero-centered Normal distribution with standard deviation 0.02"), as
 /// `weights_init` of PyTorch's and Opacus's `dcgan.py`: every Conv2d, ConvTranspose2d and
-/// Linear weight is redrawn from N(0, 0.02²) and its bias (if any) set to 0; GroupNorm keeps
-/// γ = 1, β = 0 (`dcgan.py` redraws only BatchNorm's γ, and neither model here has one).
+/// Linear weight is redrawn from N(0, 0.02²) and its bias (if any) set to 0; GroupNorm is set
+/// to PyTorch's default γ = 1, β = 0 (`dcgan.py` redraws only BatchNorm's γ, and neither model
+/// here has one), so a model from [`SequentialBuilder::build_zeroed`] is fully initialised.
 /// Draws from `rng` in parameter order (give it a [`crate::rng::Purpose::ModelInit`] stream).
 /// Errors on a model that is not on the CPU-visible side of a [`crate::Buffer`] copy (never for
 /// a valid model).
@@ -228,19 +229,23 @@ pub fn dcgan_discriminator_builder(cfg: &DcganConfig) -> Result<SequentialBuilde
 pub fn dcgan_init(model: &mut Sequential, rng: &mut impl RandomBits) -> Result<()> {
     let mut p = model.params().to_vec()?;
     for (i, layer) in model.layers().iter().enumerate() {
-        if !matches!(
+        let conv = matches!(
             layer,
             Layer::Conv2d { .. } | Layer::ConvTranspose2d { .. } | Layer::Linear { .. }
-        ) {
+        );
+        let norm = matches!(layer, Layer::GroupNorm { .. });
+        if !conv && !norm {
             continue;
         }
         let w = format!("{i}.weight");
         let b = format!("{i}.bias");
         for info in model.param_info() {
-            if info.name == w {
+            if info.name == w && conv {
                 for x in &mut p[info.range.clone()] {
                     *x = (0.02 * rng.next_normal_f64()) as f32;
                 }
+            } else if info.name == w {
+                p[info.range.clone()].fill(1.0);
             } else if info.name == b {
                 p[info.range.clone()].fill(0.0);
             }
