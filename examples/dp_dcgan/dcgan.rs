@@ -188,6 +188,10 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Samples in `gen_data.safetensors` at the end of the run (28×28, labelled with the
+    /// target class, for `gan_eval`; 0 or `--all-digits`: none, G is unconditional).
+    #[arg(long, default_value_t = 10_000)]
+    pub gen_samples: usize,
 }
 
 /// What a run ends with.
@@ -481,10 +485,16 @@ impl Gan {
         })
     }
 
-    /// G's output on `z` (`n × nz` values, n ≤ the batch), in [−1, 1].
+    /// G's output on `z` (`n × nz` values), in [−1, 1], in batches of at most B (the last
+    /// batch's activations stay in G's workspace for [`Gan::step`]'s backward).
     pub fn generate(&mut self, z: &[f32]) -> Result<Vec<f32>> {
-        self.g.forward(&mut self.ws_g, z)?;
-        Ok(self.ws_g.output().to_vec())
+        let nz = self.g.input_shape()[0];
+        let mut out = Vec::new();
+        for chunk in z.chunks(self.batch * nz) {
+            self.g.forward(&mut self.ws_g, chunk)?;
+            out.extend_from_slice(self.ws_g.output());
+        }
+        Ok(out)
     }
 
     /// D's update gradient of one step (what Adam is given): with an engine,
@@ -738,6 +748,27 @@ pub fn latents(keys: &RunKeys, stream: u64, n: usize, nz: usize) -> Vec<f32> {
 const FIXED_NOISE_STREAM: u64 = 1 << 62;
 /// Images in a sample grid.
 const GRID: usize = 64;
+
+/// The `Latent` stream of `gen_data`'s samples.
+const GEN_STREAM: u64 = 1 << 61;
+
+/// `n` samples of G (latents from [`GEN_STREAM`]), resized to 28×28 if needed, labelled
+/// `label`, in [`dpsgd::data::labelled`]'s format.
+fn write_gen_data(gan: &mut Gan, keys: &RunKeys, path: &Path, n: usize, label: u32) -> Result<()> {
+    let nz = gan.g.input_shape()[0];
+    let s = gan.g.output_shape()[1];
+    let z = latents(keys, GEN_STREAM, n, nz);
+    let mut images = Vec::with_capacity(n * 784);
+    for img in gan.generate(&z)?.chunks(s * s) {
+        if s == 28 {
+            images.extend_from_slice(img);
+        } else {
+            images.extend(resize_bilinear(img, s, s, 28, 28));
+        }
+    }
+    images.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+    dpsgd::data::save_labelled_images(path, &images, &vec![label; n], [1, 28, 28], 10)
+}
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -1007,6 +1038,15 @@ pub fn run(args: &Args) -> Result<Summary> {
         }
     }
     bar.finish_and_clear();
+    if let (Some(t), true) = (target(args), args.gen_samples > 0 && step == planned) {
+        write_gen_data(
+            &mut gan,
+            &keys,
+            &out.join("gen_data.safetensors"),
+            args.gen_samples,
+            t,
+        )?;
+    }
     let done = step - steps_at_start;
     Ok(Summary {
         steps: step,
