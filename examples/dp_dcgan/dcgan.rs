@@ -205,21 +205,27 @@ pub struct Summary {
     pub delta: f64,
     /// σ.
     pub sigma: Option<f64>,
-    /// Seconds per step in this session.
-    pub seconds_per_step: f64,
+    /// Seconds per step in this session (None when it took no step, e.g. a resume of a
+    /// finished run that only writes `gen_data`).
+    pub seconds_per_step: Option<f64>,
 }
 
 impl Summary {
     /// One line for the terminal.
     pub fn line(&self) -> String {
+        let speed = self
+            .seconds_per_step
+            .map_or("no step in this session".to_string(), |s| {
+                format!("{s:.3} s/step")
+            });
         match (self.epsilon, self.sigma) {
             (Some(e), Some(s)) => format!(
-                "done: {} steps, ε = {e:.3} (δ = {}, σ = {s:.4}, RDP), {:.3} s/step",
-                self.steps, self.delta, self.seconds_per_step
+                "done: {} steps, ε = {e:.3} (δ = {}, σ = {s:.4}, RDP), {speed}",
+                self.steps, self.delta
             ),
             _ => format!(
-                "done: {} steps, no privacy (--disable-dp), {:.3} s/step",
-                self.steps, self.seconds_per_step
+                "done: {} steps, no privacy (--disable-dp), {speed}",
+                self.steps
             ),
         }
     }
@@ -1053,6 +1059,6 @@ pub fn run(args: &Args) -> Result<Summary> {
         epsilon: eps,
         delta: args.delta,
         sigma: engine.as_ref().map(|e| e.noise_multiplier()),
-        seconds_per_step: t0.elapsed().as_secs_f64() / done.max(1) as f64,
+        seconds_per_step: (done > 0).then(|| t0.elapsed().as_secs_f64() / done as f64),
     })
 }
