@@ -51,10 +51,12 @@
 //!    Differential Privacy", CSF 2017, Prop. 1), so the T steps cost what the accountant sums.
 //!
 //! Why this over the original: the privacy cost is the same (same q, σ, T) but the real
-//! examples get the whole clipping budget C instead of sharing it with a public term, and the
-//! fake count no longer follows the realised (private) lot size — in the original it does,
-//! which leaks |L_t| through D's update outside the accounting. The fake half being un-clipped
-//! is safe exactly because of (2); it would not be if fakes were conditioned on real data.
+//! examples get the whole clipping budget C instead of sharing it with a public term. The
+//! original draws as many fakes as the lot has examples; that is sound there because each fake
+//! is clipped together with its real partner (one more example brings one more clipped pair,
+//! still sensitivity C). Un-clipped fakes must not depend on the lot at all, so their count is
+//! the constant B here. The fake half being un-clipped is safe exactly because of (2); it would
+//! not be if the fakes were conditioned on real data.
 //!
 //! # What leaves a private run
 //! - Covered by ε: `netD.safetensors`, `netG.safetensors`, the Adam moments, every
