@@ -60,7 +60,8 @@ pub enum Purpose {
     /// Dropout masks ([`crate::cpu::dropout`]; stream `step << 16 | layer`).
     Dropout = 9,
     /// Latent vectors z fed to a generative model's generator (public randomness: a GAN's
-    /// fake examples and its fixed sample grid; stream = the step, see `examples/dp_dcgan/dcgan.rs`).
+    /// fake examples and its fixed sample grid; stream = the step, see
+    /// `examples/dp_dcgan/dcgan.rs`).
     Latent = 12,
 }
 
