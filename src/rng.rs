@@ -65,11 +65,15 @@ pub enum Purpose {
     /// GS-WGAN's per-row discriminator draws (which partition each generated row's gradient
     /// came from; secret — the accountant's subsampling amplification needs it hidden).
     DiscriminatorChoice = 11,
+    /// Latent vectors z fed to a generative model's generator (public randomness: a GAN's
+    /// fake examples and its fixed sample grid; stream = the step, see
+    /// `examples/dp_dcgan/dcgan.rs`).
+    Latent = 12,
 }
 
 impl Purpose {
     /// Every purpose (tests check that their keys are pairwise distinct).
-    pub const ALL: [Purpose; 11] = [
+    pub const ALL: [Purpose; 12] = [
         Purpose::ModelInit,
         Purpose::Sampling,
         Purpose::GradientNoise,
@@ -81,6 +85,7 @@ impl Purpose {
         Purpose::Dropout,
         Purpose::GeneratorGradientNoise,
         Purpose::DiscriminatorChoice,
+        Purpose::Latent,
     ];
 }
 

@@ -1292,7 +1292,7 @@ fn clipped_sum_errors() {
 
 #[test]
 fn dcgan_models() {
-    for size in [28, 32] {
+    for size in [28, 32, 64] {
         let cfg = models::DcganConfig {
             image_size: size,
             ngf: 8,
@@ -1331,12 +1331,87 @@ fn dcgan_models() {
     assert!(models::dcgan_discriminator(
         &Device::Cpu,
         &models::DcganConfig {
-            image_size: 64,
+            image_size: 48,
             ..Default::default()
         },
         0
     )
     .is_err());
+}
+
+/// DCGAN's N(0, 0.02) initialisation: conv weights redrawn with that spread, GroupNorm left at
+/// (1, 0), the same draws for the same stream, and the 64×64 pair has `dcgan.py`'s indices.
+#[test]
+fn dcgan_init_draws_normal_002() {
+    use dpsgd::rng::{Purpose, RunKeys};
+    let cfg = models::DcganConfig {
+        image_size: 64,
+        ..Default::default()
+    };
+    let key = RunKeys::seeded(3).key(Purpose::ModelInit);
+    // From a zeroed model: GroupNorm's γ must come out 1, not 0.
+    let mut g = models::dcgan_generator_builder(&cfg)
+        .unwrap()
+        .build_zeroed(&Device::Cpu)
+        .unwrap();
+    models::dcgan_init(&mut g, &mut key.rng(0)).unwrap();
+    let p = g.params().to_vec().unwrap();
+    let names: Vec<&str> = g.param_info().iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "0.weight",
+            "1.weight",
+            "1.bias",
+            "3.weight",
+            "4.weight",
+            "4.bias",
+            "6.weight",
+            "7.weight",
+            "7.bias",
+            "9.weight",
+            "10.weight",
+            "10.bias",
+            "12.weight"
+        ]
+    );
+    for info in g.param_info() {
+        let v = &p[info.range.clone()];
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let sd = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        if info.name == "0.weight" || info.name == "3.weight" {
+            // ≥ 130 000 draws: the sample sd is 0.02 within 1%.
+            assert!((sd - 0.02).abs() < 2e-4, "{}: sd {sd}", info.name);
+            assert!(mean.abs() < 2e-4, "{}: mean {mean}", info.name);
+        } else if info.name.ends_with(".bias") {
+            assert!(v.iter().all(|&x| x == 0.0), "{}", info.name);
+        } else if ["1.weight", "4.weight", "7.weight", "10.weight"].contains(&info.name.as_str()) {
+            assert!(v.iter().all(|&x| x == 1.0), "{}", info.name);
+        }
+    }
+    let mut again = models::dcgan_generator(&Device::Cpu, &cfg, 99).unwrap();
+    models::dcgan_init(&mut again, &mut key.rng(0)).unwrap();
+    assert_eq!(again.params().to_vec().unwrap(), p);
+    let mut d = models::dcgan_discriminator(&Device::Cpu, &cfg, 2).unwrap();
+    models::dcgan_init(&mut d, &mut key.rng(1)).unwrap();
+    let names: Vec<&str> = d.param_info().iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "0.weight",
+            "2.weight",
+            "3.weight",
+            "3.bias",
+            "5.weight",
+            "6.weight",
+            "6.bias",
+            "8.weight",
+            "9.weight",
+            "9.bias",
+            "11.weight"
+        ]
+    );
 }
 
 #[test]

@@ -8,8 +8,10 @@
 pub mod dataset;
 pub mod grid;
 pub mod idx;
+pub mod labelled;
 
 pub use dataset::{
     Dataset, DatasetKind, Split, DEFAULT_FASHION_MNIST_DIR, DEFAULT_MNIST_DIR, FASHION_MNIST_MEAN,
     FASHION_MNIST_STD, MNIST_MEAN, MNIST_STD,
 };
+pub use labelled::{load_labelled_images, save_labelled_images, LABELLED_IMAGES_FORMAT};

@@ -10,7 +10,9 @@
 //! # Ok::<(), dpsgd::Error>(())
 //! ```
 
+use super::layer::Layer;
 use super::sequential::{Sequential, SequentialBuilder};
+use crate::rng::RandomBits;
 use crate::{Device, Error, Result};
 
 /// Opacus's MNIST example network `SampleConvNet` (P = 26 010) for `[1, 28, 28]` inputs:
@@ -60,7 +62,8 @@ pub fn sample_conv_net_builder(tanh: bool) -> SequentialBuilder {
 /// GroupNorm where DCGAN has BatchNorm (see [`crate::nn`] for why).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DcganConfig {
-    /// Image side: 28 (MNIST) or 32 (CIFAR-10).
+    /// Image side: 28 (MNIST), 32 (CIFAR-10) or 64 (the DCGAN paper's and Opacus's
+    /// `dcgan.py`'s).
     pub image_size: usize,
     /// Image channels (1 or 3).
     pub channels: usize,
@@ -90,8 +93,12 @@ impl Default for DcganConfig {
 
 impl DcganConfig {
     fn check(&self) -> Result<()> {
-        if self.image_size != 28 && self.image_size != 32 {
-            return Err(Error::invalid("image_size", self.image_size, "28 or 32"));
+        if !matches!(self.image_size, 28 | 32 | 64) {
+            return Err(Error::invalid(
+                "image_size",
+                self.image_size,
+                "28, 32 or 64",
+            ));
         }
         for (n, v) in [
             ("channels", self.channels),
@@ -110,9 +117,12 @@ impl DcganConfig {
 /// DCGAN generator `[nz, 1, 1]` → `[channels, s, s]` in (−1, 1), transposed convolutions
 /// without bias, each hidden one followed by GroupNorm and ReLU, Tanh at the end.
 ///
+/// 64×64 (Opacus's `dcgan.py`): `ConvT(nz,8g,4,1,0)` 4² → `ConvT(8g,4g,4,2,1)` 8² →
+/// `ConvT(4g,2g,4,2,1)` 16² → `ConvT(2g,g,4,2,1)` 32² → `ConvT(g,c,4,2,1)` 64².
 /// 32×32: `ConvT(nz,4g,4,1,0)` 4² → `ConvT(4g,2g,4,2,1)` 8² → `ConvT(2g,g,4,2,1)` 16² →
 /// `ConvT(g,c,4,2,1)` 32². 28×28: `ConvT(nz,4g,7,1,0)` 7² → `ConvT(4g,2g,4,2,1)` 14² →
-/// `ConvT(2g,c,4,2,1)` 28².
+/// `ConvT(2g,c,4,2,1)` 28². The parameter layers sit at the same `nn.Sequential` indices as
+/// in `dcgan.py`'s `Generator.main` (0, 1, 3, 4, …), so its `state_dict` names match there.
 pub fn dcgan_generator(device: &Device, cfg: &DcganConfig, seed: u64) -> Result<Sequential> {
     dcgan_generator_builder(cfg)?.build(device, seed)
 }
@@ -122,7 +132,20 @@ pub fn dcgan_generator_builder(cfg: &DcganConfig) -> Result<SequentialBuilder> {
     cfg.check()?;
     let (g, gr) = (cfg.ngf, cfg.groups);
     let b = Sequential::builder(&[cfg.nz, 1, 1]);
-    let b = if cfg.image_size == 32 {
+    let b = if cfg.image_size == 64 {
+        b.conv_transpose2d(8 * g, 4, 1, 0, false)
+            .group_norm(gr)
+            .relu()
+            .conv_transpose2d(4 * g, 4, 2, 1, false)
+            .group_norm(gr)
+            .relu()
+            .conv_transpose2d(2 * g, 4, 2, 1, false)
+            .group_norm(gr)
+            .relu()
+            .conv_transpose2d(g, 4, 2, 1, false)
+            .group_norm(gr)
+            .relu()
+    } else if cfg.image_size == 32 {
         b.conv_transpose2d(4 * g, 4, 1, 0, false)
             .group_norm(gr)
             .relu()
@@ -147,9 +170,11 @@ pub fn dcgan_generator_builder(cfg: &DcganConfig) -> Result<SequentialBuilder> {
 /// [`super::Loss::BceWithLogits`]): strided convolutions, LeakyReLU(0.2), GroupNorm on the
 /// hidden ones.
 ///
-/// 32×32: `Conv(c,d,4,2,1)` 16² → `Conv(d,2d,4,2,1)` 8² → `Conv(2d,4d,4,2,1)` 4² →
-/// `Conv(4d,1,4,1,0)`. 28×28: `Conv(c,d,4,2,1)` 14² → `Conv(d,2d,4,2,1)` 7² →
-/// `Conv(2d,1,7,1,0)`. Then Flatten.
+/// 64×64 (Opacus's `dcgan.py`, less its final Sigmoid): `Conv(c,d,4,2,1)` 32² →
+/// `Conv(d,2d,4,2,1)` 16² → `Conv(2d,4d,4,2,1)` 8² → `Conv(4d,8d,4,2,1)` 4² →
+/// `Conv(8d,1,4,1,0)`. 32×32: `Conv(c,d,4,2,1)` 16² → `Conv(d,2d,4,2,1)` 8² →
+/// `Conv(2d,4d,4,2,1)` 4² → `Conv(4d,1,4,1,0)`. 28×28: `Conv(c,d,4,2,1)` 14² →
+/// `Conv(d,2d,4,2,1)` 7² → `Conv(2d,1,7,1,0)`. Then Flatten.
 pub fn dcgan_discriminator(device: &Device, cfg: &DcganConfig, seed: u64) -> Result<Sequential> {
     dcgan_discriminator_builder(cfg)?.build(device, seed)
 }
@@ -164,7 +189,15 @@ pub fn dcgan_discriminator_builder(cfg: &DcganConfig) -> Result<SequentialBuilde
         .conv2d(2 * d, 4, 2, 1, false)
         .group_norm(gr)
         .leaky_relu(0.2);
-    let b = if s == 32 {
+    let b = if s == 64 {
+        b.conv2d(4 * d, 4, 2, 1, false)
+            .group_norm(gr)
+            .leaky_relu(0.2)
+            .conv2d(8 * d, 4, 2, 1, false)
+            .group_norm(gr)
+            .leaky_relu(0.2)
+            .conv2d(1, 4, 1, 0, false)
+    } else if s == 32 {
         b.conv2d(4 * d, 4, 2, 1, false)
             .group_norm(gr)
             .leaky_relu(0.2)
@@ -173,6 +206,54 @@ pub fn dcgan_discriminator_builder(cfg: &DcganConfig) -> Result<SequentialBuilde
         b.conv2d(1, 7, 1, 0, false)
     };
     Ok(b.flatten())
+}
+
+/// DCGAN's initialisation (Radford, Metz & Chintala, "Unsupervised Representation Learning
+/// with Deep Convolutional Generative Adversarial Networks", ICLR 2016, §4: "All weights were
+/// initialized from a zero-centered Normal distribution with standard deviation 0.02"), as
+/// `weights_init` of PyTorch's and Opacus's `dcgan.py`: every Conv2d, ConvTranspose2d and
+/// Linear weight is redrawn from N(0, 0.02²) and its bias (if any) set to 0; GroupNorm is set
+/// to PyTorch's default γ = 1, β = 0 (`dcgan.py` redraws only BatchNorm's γ, and neither model
+/// here has one), so a model from [`SequentialBuilder::build_zeroed`] is fully initialised.
+/// Draws from `rng` in parameter order (give it a [`crate::rng::Purpose::ModelInit`] stream).
+/// Errors on a model that is not on the CPU-visible side of a [`crate::Buffer`] copy (never for
+/// a valid model).
+///
+/// ```
+/// use dpsgd::nn::models::{dcgan_generator_builder, dcgan_init, DcganConfig};
+/// use dpsgd::rng::{Purpose, RunKeys};
+/// let mut g = dcgan_generator_builder(&DcganConfig::default())?.build_zeroed(&dpsgd::Device::Cpu)?;
+/// dcgan_init(&mut g, &mut RunKeys::seeded(1).key(Purpose::ModelInit).rng(0))?;
+/// # Ok::<(), dpsgd::Error>(())
+/// ```
+pub fn dcgan_init(model: &mut Sequential, rng: &mut impl RandomBits) -> Result<()> {
+    let mut p = model.params().to_vec()?;
+    for (i, layer) in model.layers().iter().enumerate() {
+        let conv = matches!(
+            layer,
+            Layer::Conv2d { .. } | Layer::ConvTranspose2d { .. } | Layer::Linear { .. }
+        );
+        let norm = matches!(layer, Layer::GroupNorm { .. });
+        if !conv && !norm {
+            continue;
+        }
+        let w = format!("{i}.weight");
+        let b = format!("{i}.bias");
+        for info in model.param_info() {
+            if info.name == w && conv {
+                for x in &mut p[info.range.clone()] {
+                    *x = (0.02 * rng.next_normal_f64()) as f32;
+                }
+            } else if info.name == w {
+                p[info.range.clone()].fill(1.0);
+            } else if info.name == b {
+                p[info.range.clone()].fill(0.0);
+            }
+        }
+    }
+    let device = model.device().clone();
+    *model.params_mut() = crate::Buffer::from_slice(&device, &p)?;
+    Ok(())
 }
 
 /// The network of PyTorch's MNIST example (`pytorch/examples`, `mnist/main.py`, class `Net`;
