@@ -1,12 +1,13 @@
 //! Data: an IDX reader and writer ([`idx`]), and in-memory datasets ([`Dataset`]) — MNIST,
 //! Fashion-MNIST and small synthetic data for tests — with a deterministic validation split and
-//! an allocation-free batch gather.
+//! an allocation-free batch gather; ScatterNet features of a dataset, cached on disk ([`scatter`]).
 //!
 //! `scripts/fetch-mnist` writes MNIST's four IDX files to `data/mnist/`;
 //! `scripts/fetch-fashion-mnist` installs Fashion-MNIST's in `/usr/share/datasets/fashion-mnist/`.
 
 pub mod dataset;
 pub mod idx;
+pub mod scatter;
 
 pub use dataset::{
     Dataset, DatasetKind, Split, DEFAULT_FASHION_MNIST_DIR, DEFAULT_MNIST_DIR, FASHION_MNIST_MEAN,
