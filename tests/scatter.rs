@@ -1,13 +1,19 @@
 //! The scattering front end (src/cpu/scatter.rs, src/data/scatter.rs): its output against
 //! Kymatio 0.3.0's on real images (tests/reference/scatter_kymatio.json, written by
-//! scripts/gen-scatter-reference), and the on-disk feature cache.
+//! scripts/gen-scatter-reference), the on-disk feature cache, and the scattering models.
 
 use std::path::{Path, PathBuf};
 
+use dpsgd::accounting::Method;
 use dpsgd::data::scatter::{
     cache_key, scatter_dataset, scatter_dataset_cached, CacheOutcome, ScatterParams, Scattering2d,
 };
 use dpsgd::data::Dataset;
+use dpsgd::engine::NoiseSpec;
+use dpsgd::train::{
+    load_data, DataSource, LrSchedule, ModelKind, OptimizerKind, TrainConfig, Trainer,
+};
+use dpsgd::Device;
 
 #[derive(serde::Deserialize)]
 struct Case {
@@ -197,4 +203,78 @@ fn wrong_image_size_is_a_shape_error() {
         scatter_dataset(&ds, ScatterParams::MNIST),
         Err(dpsgd::Error::Shape { .. })
     ));
+}
+
+fn scatter_config(model: ModelKind, seed: u64) -> TrainConfig {
+    TrainConfig {
+        data: DataSource::Synthetic {
+            train: 1000,
+            test: 300,
+        },
+        model,
+        noise: Some(NoiseSpec::NoiseMultiplier(1.0)),
+        delta: 1e-5,
+        epochs: 3,
+        batch_size: 100,
+        physical_batch: 64,
+        lr: 2.0,
+        optimizer: OptimizerKind::Sgd { momentum: 0.5 },
+        max_grad_norm: 0.5,
+        accountant: Method::Rdp,
+        seed: Some(seed),
+        validation: 0,
+        lr_schedule: LrSchedule::Constant,
+        ema_decay: None,
+    }
+}
+
+/// Both scattering models build with the paper's shapes and learn generated data privately
+/// (per-sample gradients, fused clipping, noise) from its scattering features.
+#[test]
+fn scatter_models_train_privately_on_features() {
+    let lin = ModelKind::ScatterLinear
+        .builder()
+        .build_zeroed(&Device::Cpu)
+        .unwrap();
+    // GroupNorm's γ, β on 81 channels + Linear(81·49, 10).
+    assert_eq!(lin.num_params(), 2 * 81 + 81 * 49 * 10 + 10);
+    let cnn = ModelKind::ScatterCnn
+        .builder()
+        .build_zeroed(&Device::Cpu)
+        .unwrap();
+    assert_eq!(
+        cnn.num_params(),
+        2 * 81 + (81 * 9 * 16 + 16) + (16 * 9 * 32 + 32) + (512 * 32 + 32) + (32 * 10 + 10)
+    );
+    assert!(ModelKind::ScatterCnn.uses_scattering() && !ModelKind::TanhConvnet.uses_scattering());
+    for kind in [ModelKind::ScatterLinear, ModelKind::ScatterCnn] {
+        let mut t = Trainer::new(scatter_config(kind, 3), &Device::Cpu).unwrap();
+        let (_, acc0) = t.evaluate().unwrap();
+        let mut last = None;
+        for _ in 0..3 {
+            last = Some(t.train_epoch(|_, _| {}).unwrap());
+        }
+        let m = last.unwrap();
+        assert!(
+            m.eval_accuracy > 0.8 && m.eval_accuracy > acc0 + 0.3,
+            "{kind:?}: accuracy {acc0} → {}",
+            m.eval_accuracy
+        );
+        assert!(m.epsilon_rdp.unwrap() > 0.0);
+        assert_eq!(m.steps, 30);
+    }
+}
+
+/// The data a scattering model trains on: the features of the [0, 1] pixels, `[81, 7, 7]`.
+#[test]
+fn load_data_gives_features_for_scatter_models() {
+    let src = DataSource::Synthetic {
+        train: 20,
+        test: 10,
+    };
+    let (tr, te) = load_data(&src, ModelKind::ScatterCnn).unwrap();
+    assert_eq!((tr.len(), te.len()), (20, 10));
+    assert_eq!((tr.channels(), tr.height(), tr.width()), (81, 7, 7));
+    let (px, _) = load_data(&src, ModelKind::TanhConvnet).unwrap();
+    assert_eq!(tr, scatter_dataset(&px, ScatterParams::MNIST).unwrap());
 }
