@@ -278,3 +278,16 @@ fn load_data_gives_features_for_scatter_models() {
     let (px, _) = load_data(&src, ModelKind::TanhConvnet).unwrap();
     assert_eq!(tr, scatter_dataset(&px, ScatterParams::MNIST).unwrap());
 }
+
+/// PATE's teachers train on pixels: a scattering model is refused with a typed error.
+#[test]
+fn pate_refuses_scatter_models() {
+    let keys = dpsgd::rng::RunKeys::from_seed(Some(1)).unwrap();
+    for kind in [ModelKind::ScatterLinear, ModelKind::ScatterCnn] {
+        assert!(matches!(
+            dpsgd::pate::new_model(kind, &keys, 0),
+            Err(dpsgd::Error::InvalidParameter { .. })
+        ));
+    }
+    assert!(dpsgd::pate::new_model(ModelKind::TanhConvnet, &keys, 0).is_ok());
+}
