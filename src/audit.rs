@@ -962,6 +962,11 @@ fn build_model(cfg: &TrainConfig, device: &Device, keys: &RunKeys) -> Result<Seq
     match cfg.model {
         ModelKind::SampleConvnet => models::sample_conv_net(device, seed),
         ModelKind::TanhConvnet => models::sample_conv_net_tanh(device, seed),
+        ModelKind::ScatterLinear | ModelKind::ScatterCnn => Err(crate::Error::invalid(
+            "model",
+            "a scattering model",
+            "sample-convnet or tanh-convnet (the audits train on pixels)",
+        )),
     }
 }
 

@@ -115,6 +115,11 @@ pub fn new_model(kind: ModelKind, keys: &RunKeys, stream: u64) -> Result<Sequent
     match kind {
         ModelKind::SampleConvnet => models::sample_conv_net(&device, seed),
         ModelKind::TanhConvnet => models::sample_conv_net_tanh(&device, seed),
+        ModelKind::ScatterLinear | ModelKind::ScatterCnn => Err(crate::Error::invalid(
+            "model",
+            "a scattering model",
+            "sample-convnet or tanh-convnet (PATE's teachers train on pixels)",
+        )),
     }
 }
 

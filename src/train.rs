@@ -12,6 +12,7 @@
 
 use crate::accounting::Method;
 use crate::cpu::loss::Reduction;
+use crate::data::scatter::{scatter_dataset, scatter_dataset_cached, ScatterParams};
 use crate::data::{Dataset, DatasetKind, Split};
 use crate::engine::{EngineState, NoiseSpec, PrivacyConfig, PrivacyEngine};
 use crate::nn::{models, Grads, Loss, Sequential, Workspace};
@@ -55,6 +56,13 @@ pub enum ModelKind {
     SampleConvnet,
     /// The same with Tanh (tempered sigmoid, Papernot et al. 2021).
     TanhConvnet,
+    /// GroupNorm then one linear layer on ScatterNet features (Tramèr & Boneh 2021,
+    /// `ScatterLinear`): [`models::scatter_linear_builder`]. Trains on the images' scattering
+    /// features ([`crate::data::scatter`]), computed once and cached.
+    ScatterLinear,
+    /// Tramèr & Boneh's small Tanh CNN on ScatterNet features:
+    /// [`models::scatter_cnn_builder`].
+    ScatterCnn,
 }
 
 impl ModelKind {
@@ -62,8 +70,81 @@ impl ModelKind {
     /// `.build_zeroed(device)` to load a trained one into (e.g. the `model.safetensors` a run
     /// saves) without an initialisation seed.
     pub fn builder(&self) -> crate::nn::SequentialBuilder {
-        models::sample_conv_net_builder(matches!(self, ModelKind::TanhConvnet))
+        match self {
+            ModelKind::SampleConvnet | ModelKind::TanhConvnet => {
+                models::sample_conv_net_builder(matches!(self, ModelKind::TanhConvnet))
+            }
+            ModelKind::ScatterLinear => {
+                models::scatter_linear_builder(SCATTER_CHANNELS, SCATTER_GROUPS)
+            }
+            ModelKind::ScatterCnn => models::scatter_cnn_builder(SCATTER_CHANNELS, SCATTER_GROUPS),
+        }
     }
+
+    /// Whether the model trains on ScatterNet features rather than pixels.
+    pub fn uses_scattering(&self) -> bool {
+        matches!(self, ModelKind::ScatterLinear | ModelKind::ScatterCnn)
+    }
+}
+
+/// Channels of the scattering features of a one-channel 28 × 28 image
+/// ([`ScatterParams::MNIST`]: J = 2, L = 8).
+const SCATTER_CHANNELS: usize = 81;
+/// GroupNorm groups on the 81 scattering channels: 27, Tramèr & Boneh's setting for the
+/// GroupNorm variants (`--num_groups=27` in their README).
+const SCATTER_GROUPS: usize = 27;
+
+/// The environment variable naming the folder of the scattering-feature cache
+/// ([`crate::data::scatter::scatter_dataset_cached`]); unset: [`DEFAULT_FEATURE_CACHE`];
+/// `off`: no cache (the features are computed in memory on every run).
+pub const FEATURE_CACHE_ENV: &str = "DPSGD_FEATURE_CACHE";
+/// The default folder of the scattering-feature cache, relative to the working directory.
+pub const DEFAULT_FEATURE_CACHE: &str = ".cache/dpsgd-features";
+
+/// The scattering features of `ds` (pixels in [0, 1]), through the cache when one is set.
+fn scatter_features(ds: &Dataset, cache: bool) -> Result<Dataset> {
+    let params = ScatterParams::MNIST;
+    let dir = std::env::var(FEATURE_CACHE_ENV).unwrap_or_else(|_| DEFAULT_FEATURE_CACHE.into());
+    if !cache || dir == "off" || dir.is_empty() {
+        return scatter_dataset(ds, params);
+    }
+    let (d, _) = scatter_dataset_cached(ds, params, Path::new(&dir))?;
+    Ok(d)
+}
+
+/// Train and test sets of a data source: normalised pixels, or for a scattering model the
+/// ScatterNet features of the [0, 1] pixels (Tramèr & Boneh feed Kymatio torchvision's
+/// `ToTensor()` output, no normalisation).
+pub fn load_data(data: &DataSource, model: ModelKind) -> Result<(Dataset, Dataset)> {
+    let scatter = model.uses_scattering();
+    let (train, test) = match data {
+        DataSource::Idx { kind, dir } => {
+            let dir = dir
+                .clone()
+                .unwrap_or_else(|| kind.default_dir().to_path_buf());
+            let load = if scatter {
+                Dataset::load_unit_range
+            } else {
+                Dataset::load
+            };
+            (
+                load(*kind, &dir, Split::Train)?,
+                load(*kind, &dir, Split::Test)?,
+            )
+        }
+        DataSource::Synthetic { train, test } => (
+            Dataset::synthetic(*train, 1)?,
+            Dataset::synthetic(*test, 2)?,
+        ),
+    };
+    if !scatter {
+        return Ok((train, test));
+    }
+    let cache = matches!(data, DataSource::Idx { .. });
+    Ok((
+        scatter_features(&train, cache)?,
+        scatter_features(&test, cache)?,
+    ))
 }
 
 /// The optimizer.
@@ -293,21 +374,7 @@ impl Trainer {
     /// Loads the data, builds the model and the engine (calibrating σ for a target ε).
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        let (train, test) = match &cfg.data {
-            DataSource::Idx { kind, dir } => {
-                let dir = dir
-                    .clone()
-                    .unwrap_or_else(|| kind.default_dir().to_path_buf());
-                (
-                    Dataset::load(*kind, &dir, Split::Train)?,
-                    Dataset::load(*kind, &dir, Split::Test)?,
-                )
-            }
-            DataSource::Synthetic { train, test } => (
-                Dataset::synthetic(*train, 1)?,
-                Dataset::synthetic(*test, 2)?,
-            ),
-        };
+        let (train, test) = load_data(&cfg.data, cfg.model)?;
         // One master key per run; each purpose (initialisation, sampling, noise) gets its own
         // derived key, so no two share a stream (crate::rng).
         let keys = RunKeys::from_seed(cfg.seed)?;

@@ -222,6 +222,13 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
     let model = match a.model {
         ModelArg::SampleConvnet => ModelKind::SampleConvnet,
         ModelArg::TanhConvnet => ModelKind::TanhConvnet,
+        ModelArg::ScatterLinear | ModelArg::ScatterCnn => {
+            return Err(Error::invalid(
+                "model",
+                "a scattering model",
+                "sample-convnet or tanh-convnet (PATE's teachers train on pixels)",
+            ))
+        }
     };
     let teacher_fit = FitConfig {
         model,

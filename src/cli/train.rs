@@ -30,6 +30,10 @@ pub enum ModelArg {
     SampleConvnet,
     /// SampleConvNet with Tanh (tempered sigmoid).
     TanhConvnet,
+    /// ScatterNet features (Kymatio's J=2, L=8; cached) + GroupNorm + linear (Tramèr & Boneh 2021).
+    ScatterLinear,
+    /// ScatterNet features + GroupNorm + Tramèr & Boneh's small Tanh CNN.
+    ScatterCnn,
 }
 
 /// Optimizers.
@@ -233,6 +237,8 @@ pub(crate) fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
         model: match c.model {
             ModelArg::SampleConvnet => ModelKind::SampleConvnet,
             ModelArg::TanhConvnet => ModelKind::TanhConvnet,
+            ModelArg::ScatterLinear => ModelKind::ScatterLinear,
+            ModelArg::ScatterCnn => ModelKind::ScatterCnn,
         },
         noise,
         delta: c.delta,

@@ -20,6 +20,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+pub mod scatter;
 
 /// Which build of the CPU kernels' hot loops this process runs: `"avx2+fma"` (their AVX2+FMA
 /// clones, picked at run time on a CPU that has both) or `"baseline"` (compiled for the build's

@@ -224,6 +224,16 @@ impl Dataset {
         Self::from_idx(&images_path, &labels_path, 10, mean, std)
     }
 
+    /// Loads a split like [`Dataset::load`] but without normalisation: pixel `p` becomes
+    /// `p/255` in [0, 1] (the input of the scattering front end, [`crate::data::scatter`], as
+    /// Tramèr & Boneh feed it: torchvision's `ToTensor()` only).
+    pub fn load_unit_range(kind: DatasetKind, dir: impl AsRef<Path>, split: Split) -> Result<Self> {
+        let dir = dir.as_ref();
+        let images_path = find_file(kind, dir, &format!("{}-images-idx3-ubyte", split.prefix()))?;
+        let labels_path = find_file(kind, dir, &format!("{}-labels-idx1-ubyte", split.prefix()))?;
+        Self::from_idx(&images_path, &labels_path, 10, 0.0, 1.0)
+    }
+
     /// Loads an image IDX file and a label IDX file as one dataset with `classes` classes;
     /// pixel `p` becomes `(p/255 − mean)/std`.
     pub fn from_idx(

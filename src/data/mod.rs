@@ -1,6 +1,6 @@
 //! Data: an IDX reader and writer ([`idx`]), image grids for sample pictures ([`grid`]), and in-memory datasets ([`Dataset`]) — MNIST,
 //! Fashion-MNIST and small synthetic data for tests — with a deterministic validation split and
-//! an allocation-free batch gather.
+//! an allocation-free batch gather; ScatterNet features of a dataset, cached on disk ([`scatter`]).
 //!
 //! `scripts/fetch-mnist` writes MNIST's four IDX files to `data/mnist/`;
 //! `scripts/fetch-fashion-mnist` installs Fashion-MNIST's in `/usr/share/datasets/fashion-mnist/`.
@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod grid;
 pub mod idx;
 pub mod labelled;
+pub mod scatter;
 
 pub use dataset::{
     Dataset, DatasetKind, Split, DEFAULT_FASHION_MNIST_DIR, DEFAULT_MNIST_DIR, FASHION_MNIST_MEAN,

@@ -1,0 +1,577 @@
+//! The 2-D scattering transform of Mallat ("Group Invariant Scattering", CPAM 2012; Bruna &
+//! Mallat, "Invariant Scattering Convolution Networks", TPAMI 2013) as Kymatio 0.3.0 computes
+//! it (`kymatio.numpy.Scattering2D(J, shape, L, max_order=2)`; Andreux et al., "Kymatio:
+//! Scattering Transforms in Python", JMLR 2020): the fixed ScatterNet front end of Tramèr &
+//! Boneh, "Differentially Private Learning Needs Better Features (or Much More Data)", ICLR
+//! 2021.
+//!
+//! For an `M × N` image `x` (per input channel):
+//! - `S0 = x ⋆ φ_J`, `S1[λ] = |x ⋆ ψ_λ| ⋆ φ_J` for the `J·L` wavelets λ = (j, θ), and
+//!   `S2[λ1, λ2] = ||x ⋆ ψ_λ1| ⋆ ψ_λ2| ⋆ φ_J` for j2 > j1: `1 + J·L + L²·J(J−1)/2` channels
+//!   (81 for J = 2, L = 8), each subsampled by 2^J to `M/2^J × N/2^J` (7 × 7 for 28 × 28).
+//! - As Kymatio: the image is reflect-padded to `M_p × N_p` (the next multiple of 2^J at least
+//!   2^J beyond `M`, 36 × 36 for 28 × 28), every convolution is a product in the Fourier
+//!   domain of the padded size, subsampling is a periodisation in Fourier (Kymatio's
+//!   `subsample_fourier`), and the result is cropped by one coarse pixel on each side
+//!   (`unpad`). The Morlet filters are built as Kymatio's `filter_bank` builds them, with the
+//!   same single-precision roundings of the filter values; the transform itself runs in f64
+//!   and is returned in f32. `tests/scatter.rs` checks it against Kymatio's own output
+//!   (`scripts/gen-scatter-reference`).
+//!
+//! The transform is data-independent and fixed: applying it to private data costs no privacy
+//! (it is part of the model's fixed input pipeline, a per-example map).
+
+use crate::{Error, Result};
+use rayon::prelude::*;
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
+use std::f64::consts::PI;
+use std::sync::Arc;
+
+type C64 = Complex<f64>;
+
+/// The parameters of a [`Scattering2d`] (second order, as Tramèr & Boneh use it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ScatterParams {
+    /// Log2 of the scale: outputs are subsampled by 2^J.
+    pub j: usize,
+    /// Number of wavelet orientations.
+    pub l: usize,
+    /// Image height M.
+    pub height: usize,
+    /// Image width N.
+    pub width: usize,
+}
+
+impl ScatterParams {
+    /// Kymatio's `Scattering2D(J=2, shape=(28, 28), L=8)`, Tramèr & Boneh's MNIST front end.
+    pub const MNIST: ScatterParams = ScatterParams {
+        j: 2,
+        l: 8,
+        height: 28,
+        width: 28,
+    };
+
+    /// Channels per input channel: `1 + J·L + L²·J(J−1)/2`.
+    pub fn channels(&self) -> usize {
+        1 + self.j * self.l + self.l * self.l * self.j * self.j.saturating_sub(1) / 2
+    }
+
+    /// Output spatial size `(M / 2^J, N / 2^J)`.
+    pub fn out_hw(&self) -> (usize, usize) {
+        (self.height >> self.j, self.width >> self.j)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.j == 0 || self.j > 8 {
+            return Err(Error::invalid("J", self.j, "in 1..=8"));
+        }
+        if self.l == 0 || self.l > 64 {
+            return Err(Error::invalid("L", self.l, "in 1..=64"));
+        }
+        let s = 1usize << self.j;
+        if self.height < s || self.width < s {
+            return Err(Error::invalid(
+                "image size",
+                format!("{}×{}", self.height, self.width),
+                format!("at least 2^J = {s} on each side (lower J)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Kymatio's `compute_padding`: `((M + 2^J) / 2^J + 1) · 2^J`.
+    fn padded(&self) -> (usize, usize) {
+        let s = 1usize << self.j;
+        (
+            ((self.height + s) / s + 1) * s,
+            ((self.width + s) / s + 1) * s,
+        )
+    }
+}
+
+/// One wavelet ψ_{j,θ}: its Fourier transform at the resolutions 2^-res it is used at.
+#[derive(Clone, Debug)]
+struct Psi {
+    j: usize,
+    levels: Vec<Vec<f64>>,
+}
+
+/// FFT plans for one resolution (rows of length `n`, columns of length `m`).
+#[derive(Clone)]
+struct Plans {
+    m: usize,
+    n: usize,
+    row_fwd: Arc<dyn Fft<f64>>,
+    row_inv: Arc<dyn Fft<f64>>,
+    col_fwd: Arc<dyn Fft<f64>>,
+    col_inv: Arc<dyn Fft<f64>>,
+}
+
+/// A built scattering transform: the filter bank and the FFT plans (cheap to share between
+/// threads; [`Scattering2d::transform`] runs the batch in parallel with rayon).
+#[derive(Clone)]
+pub struct Scattering2d {
+    params: ScatterParams,
+    mp: usize,
+    np: usize,
+    pad_top: usize,
+    pad_left: usize,
+    psi: Vec<Psi>,
+    phi: Vec<Vec<f64>>,
+    /// plans[res]: sizes (mp >> res, np >> res), res = 0..=J.
+    plans: Vec<Plans>,
+}
+
+impl std::fmt::Debug for Scattering2d {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scattering2d")
+            .field("params", &self.params)
+            .field("padded", &(self.mp, self.np))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Kymatio's `gabor_2d` with its roundings: the rotation in f32, each periodised term added in
+/// f64 and stored in complex64, the normalisation in single precision.
+fn gabor_2d(m: usize, n: usize, sigma: f64, theta: f64, xi: f64, slant: f64) -> Vec<C64> {
+    let (c, s) = ((theta.cos() as f32) as f64, (theta.sin() as f32) as f64);
+    let r = [[c, -s], [s, c]];
+    let r_inv = [[c, s], [-s, c]];
+    let d = [[1.0, 0.0], [0.0, slant * slant]];
+    let mut dr = [[0.0f64; 2]; 2];
+    for i in 0..2 {
+        for k in 0..2 {
+            dr[i][k] = d[i][0] * r_inv[0][k] + d[i][1] * r_inv[1][k];
+        }
+    }
+    let mut curv = [[0.0f64; 2]; 2];
+    for i in 0..2 {
+        for k in 0..2 {
+            curv[i][k] = (r[i][0] * dr[0][k] + r[i][1] * dr[1][k]) / (2.0 * sigma * sigma);
+        }
+    }
+    let (ct, st) = (theta.cos(), theta.sin());
+    let mut gab = vec![Complex::<f32>::new(0.0, 0.0); m * n];
+    for ex in -2i64..=2 {
+        for ey in -2i64..=2 {
+            for a in 0..m {
+                let xx = (a as i64 + ex * m as i64) as f64;
+                for b in 0..n {
+                    let yy = (b as i64 + ey * n as i64) as f64;
+                    let re = -(curv[0][0] * (xx * xx)
+                        + (curv[0][1] + curv[1][0]) * (xx * yy)
+                        + curv[1][1] * (yy * yy));
+                    let im = xx * xi * ct + yy * xi * st;
+                    let t = C64::new(re, im).exp();
+                    let g = &mut gab[a * n + b];
+                    let sum = C64::new(g.re as f64, g.im as f64) + t;
+                    *g = Complex::new(sum.re as f32, sum.im as f32);
+                }
+            }
+        }
+    }
+    // Kymatio's normalisation uses 3.1415, not π: kept, so the filters match.
+    #[allow(clippy::approx_constant)]
+    let kymatio_pi = 3.1415;
+    let norm = (2.0 * kymatio_pi * sigma * sigma / slant) as f32;
+    gab.iter()
+        .map(|g| C64::new((g.re / norm) as f64, (g.im / norm) as f64))
+        .collect()
+}
+
+/// Kymatio's `morlet_2d`: a Gabor minus the multiple of its envelope that gives zero mean.
+fn morlet_2d(m: usize, n: usize, sigma: f64, theta: f64, xi: f64, slant: f64) -> Vec<C64> {
+    let wv = gabor_2d(m, n, sigma, theta, xi, slant);
+    let env = gabor_2d(m, n, sigma, theta, 0.0, slant);
+    let k = wv.iter().sum::<C64>() / env.iter().sum::<C64>();
+    // Kymatio holds K and the filter in complex64.
+    let k = C64::new(k.re as f32 as f64, k.im as f32 as f64);
+    wv.iter()
+        .zip(&env)
+        .map(|(w, e)| {
+            let v = w - k * e;
+            C64::new(v.re as f32 as f64, v.im as f32 as f64)
+        })
+        .collect()
+}
+
+/// The real part of the 2-D DFT of `x` (`np.real(fft2(x))`), rounded to f32 as Kymatio keeps it.
+fn real_fft2(x: &[C64], plans: &Plans) -> Vec<f32> {
+    let mut buf = x.to_vec();
+    fft2(&mut buf, plans, true, &mut Vec::new(), &mut Vec::new());
+    buf.iter().map(|c| c.re as f32).collect()
+}
+
+/// Kymatio's `periodize_filter_fft`: the filter at resolution 2^-res (in f32, as Kymatio).
+fn periodize(x: &[f32], m: usize, n: usize, res: usize) -> Vec<f32> {
+    let p = 1usize << res;
+    let (mm, nn) = (m / p, n / p);
+    let len_x = (m as f64 * (1.0 - 2f64.powi(-(res as i32)))) as usize;
+    let start_x = (m as f64 * 2f64.powi(-(res as i32) - 1)) as usize;
+    let len_y = (n as f64 * (1.0 - 2f64.powi(-(res as i32)))) as usize;
+    let start_y = (n as f64 * 2f64.powi(-(res as i32) - 1)) as usize;
+    let masked = |a: usize, b: usize| -> f32 {
+        if (start_x..start_x + len_x).contains(&a) || (start_y..start_y + len_y).contains(&b) {
+            0.0
+        } else {
+            x[a * n + b]
+        }
+    };
+    let mut crop = vec![0f32; mm * nn];
+    for k in 0..mm {
+        for l in 0..nn {
+            let mut acc = 0f32;
+            for i in 0..p {
+                for j in 0..p {
+                    acc += masked(k + i * mm, l + j * nn);
+                }
+            }
+            crop[k * nn + l] = acc;
+        }
+    }
+    crop
+}
+
+/// In-place 2-D FFT of a row-major `plans.m × plans.n` array (forward, or inverse without the
+/// 1/(mn) factor).
+fn fft2(data: &mut [C64], plans: &Plans, forward: bool, tr: &mut Vec<C64>, scratch: &mut Vec<C64>) {
+    let (m, n) = (plans.m, plans.n);
+    let (row, col) = if forward {
+        (&plans.row_fwd, &plans.col_fwd)
+    } else {
+        (&plans.row_inv, &plans.col_inv)
+    };
+    let need = row
+        .get_inplace_scratch_len()
+        .max(col.get_inplace_scratch_len());
+    if scratch.len() < need {
+        scratch.resize(need, C64::new(0.0, 0.0));
+    }
+    row.process_with_scratch(
+        &mut data[..m * n],
+        &mut scratch[..row.get_inplace_scratch_len()],
+    );
+    tr.resize(m * n, C64::new(0.0, 0.0));
+    for a in 0..m {
+        for b in 0..n {
+            tr[b * m + a] = data[a * n + b];
+        }
+    }
+    col.process_with_scratch(
+        &mut tr[..m * n],
+        &mut scratch[..col.get_inplace_scratch_len()],
+    );
+    for a in 0..m {
+        for b in 0..n {
+            data[a * n + b] = tr[b * m + a];
+        }
+    }
+}
+
+/// Per-thread scratch of [`Scattering2d::transform`].
+#[derive(Default)]
+struct Work {
+    u0: Vec<C64>,
+    u1: Vec<C64>,
+    u2: Vec<C64>,
+    t: Vec<C64>,
+    s: Vec<C64>,
+    tr: Vec<C64>,
+    scratch: Vec<C64>,
+}
+
+/// `out[a, b] = x[a, b] · f[a, b]` (a real filter).
+fn mul_into(out: &mut Vec<C64>, x: &[C64], f: &[f64]) {
+    out.clear();
+    out.extend(x.iter().zip(f).map(|(v, &w)| v * w));
+}
+
+/// Kymatio's `subsample_fourier`: `out[a, b] = mean_{i,j < k} x[a + i·m/k, b + j·n/k]`.
+fn subsample(out: &mut Vec<C64>, x: &[C64], m: usize, n: usize, k: usize) {
+    let (mm, nn) = (m / k, n / k);
+    out.clear();
+    out.resize(mm * nn, C64::new(0.0, 0.0));
+    let inv = 1.0 / (k * k) as f64;
+    for a in 0..mm {
+        for b in 0..nn {
+            let mut acc = C64::new(0.0, 0.0);
+            for i in 0..k {
+                for j in 0..k {
+                    acc += x[(a + i * mm) * n + b + j * nn];
+                }
+            }
+            out[a * nn + b] = acc * inv;
+        }
+    }
+}
+
+impl Scattering2d {
+    /// Builds the filter bank and the FFT plans; [`Error::InvalidParameter`] when J or L is out
+    /// of range or the image is smaller than 2^J.
+    pub fn new(params: ScatterParams) -> Result<Self> {
+        params.check()?;
+        let (mp, np) = params.padded();
+        let (jj, l) = (params.j, params.l);
+        let mut planner = FftPlanner::<f64>::new();
+        let plans: Vec<Plans> = (0..=jj)
+            .map(|res| {
+                let (m, n) = (mp >> res, np >> res);
+                Plans {
+                    m,
+                    n,
+                    row_fwd: planner.plan_fft_forward(n),
+                    row_inv: planner.plan_fft_inverse(n),
+                    col_fwd: planner.plan_fft_forward(m),
+                    col_inv: planner.plan_fft_inverse(m),
+                }
+            })
+            .collect();
+        let to_f64 = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+        let lf = l as f64;
+        let theta0 = (lf - lf / 2.0 - 1.0).trunc();
+        let mut psi = Vec::with_capacity(jj * l);
+        for j in 0..jj {
+            for t in 0..l {
+                let sig = morlet_2d(
+                    mp,
+                    np,
+                    0.8 * 2f64.powi(j as i32),
+                    (theta0 - t as f64) * PI / lf,
+                    3.0 / 4.0 * PI / 2f64.powi(j as i32),
+                    4.0 / lf,
+                );
+                let f = real_fft2(&sig, &plans[0]);
+                let nlev = (j + 1).min((jj.saturating_sub(1)).max(1));
+                let levels = (0..nlev)
+                    .map(|res| to_f64(periodize(&f, mp, np, res)))
+                    .collect();
+                psi.push(Psi { j, levels });
+            }
+        }
+        let phi_sig = gabor_2d(mp, np, 0.8 * 2f64.powi(jj as i32 - 1), 0.0, 0.0, 1.0);
+        let f = real_fft2(&phi_sig, &plans[0]);
+        let phi = (0..jj)
+            .map(|res| to_f64(periodize(&f, mp, np, res)))
+            .collect();
+        Ok(Scattering2d {
+            params,
+            mp,
+            np,
+            pad_top: (mp - params.height) / 2,
+            pad_left: (np - params.width) / 2,
+            psi,
+            phi,
+            plans,
+        })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> ScatterParams {
+        self.params
+    }
+
+    /// Output values per input channel: `channels · (M/2^J) · (N/2^J)`.
+    pub fn out_len(&self) -> usize {
+        let (h, w) = self.params.out_hw();
+        self.params.channels() * h * w
+    }
+
+    /// Reflect padding (numpy's `mode='reflect'`) of one image into `u0`, as complex.
+    fn pad(&self, x: &[f32], u0: &mut Vec<C64>) {
+        let (m, n) = (self.params.height as i64, self.params.width as i64);
+        let refl = |mut s: i64, len: i64| -> usize {
+            if len == 1 {
+                return 0;
+            }
+            let period = 2 * (len - 1);
+            s = s.rem_euclid(period);
+            if s >= len {
+                s = period - s;
+            }
+            s as usize
+        };
+        u0.clear();
+        for a in 0..self.mp {
+            let sa = refl(a as i64 - self.pad_top as i64, m);
+            for b in 0..self.np {
+                let sb = refl(b as i64 - self.pad_left as i64, n);
+                u0.push(C64::new(x[sa * n as usize + sb] as f64, 0.0));
+            }
+        }
+    }
+
+    /// Inverse FFT of a coarse `(mp/2^J) × (np/2^J)` array, real part, `unpad`ded into `out`.
+    fn finish(&self, s: &mut [C64], w: &mut Work, out: &mut [f32]) {
+        let jj = self.params.j;
+        let p = &self.plans[jj];
+        fft2(s, p, false, &mut w.tr, &mut w.scratch);
+        let inv = 1.0 / (p.m * p.n) as f64;
+        let (h, wd) = self.params.out_hw();
+        for a in 0..h {
+            for b in 0..wd {
+                out[a * wd + b] = (s[(a + 1) * p.n + b + 1].re * inv) as f32;
+            }
+        }
+    }
+
+    /// `|ifft2(x)|` then `fft2` again, in place (the modulus non-linearity between layers).
+    fn modulus_in_fourier(&self, x: &mut [C64], res: usize, w: &mut Work) {
+        let p = &self.plans[res];
+        fft2(x, p, false, &mut w.tr, &mut w.scratch);
+        let inv = 1.0 / (p.m * p.n) as f64;
+        for v in x.iter_mut() {
+            *v = C64::new((*v * inv).norm(), 0.0);
+        }
+        fft2(x, p, true, &mut w.tr, &mut w.scratch);
+    }
+
+    /// The transform of one `M × N` image into `out` (`channels × M/2^J × N/2^J`).
+    fn one(&self, x: &[f32], out: &mut [f32], w: &mut Work) {
+        let jj = self.params.j;
+        let l = self.params.l;
+        let (h, wd) = self.params.out_hw();
+        let hw = h * wd;
+        let mut u0 = std::mem::take(&mut w.u0);
+        let mut u1 = std::mem::take(&mut w.u1);
+        let mut u2 = std::mem::take(&mut w.u2);
+        let mut t = std::mem::take(&mut w.t);
+        let mut s = std::mem::take(&mut w.s);
+        self.pad(x, &mut u0);
+        fft2(&mut u0, &self.plans[0], true, &mut w.tr, &mut w.scratch);
+        // S0 = x ⋆ φ_J.
+        mul_into(&mut t, &u0, &self.phi[0]);
+        subsample(&mut s, &t, self.mp, self.np, 1 << jj);
+        self.finish(&mut s, w, &mut out[..hw]);
+        let mut ch2 = 1 + jj * l;
+        for (n1, p1) in self.psi.iter().enumerate() {
+            let j1 = p1.j;
+            // U1 = |x ⋆ ψ_λ1| at resolution 2^-j1, in Fourier.
+            mul_into(&mut t, &u0, &p1.levels[0]);
+            if j1 > 0 {
+                subsample(&mut u1, &t, self.mp, self.np, 1 << j1);
+            } else {
+                std::mem::swap(&mut u1, &mut t);
+            }
+            self.modulus_in_fourier(&mut u1, j1, w);
+            let (m1, n1s) = (self.mp >> j1, self.np >> j1);
+            // S1 = U1 ⋆ φ_J.
+            mul_into(&mut t, &u1, &self.phi[j1]);
+            subsample(&mut s, &t, m1, n1s, 1 << (jj - j1));
+            self.finish(&mut s, w, &mut out[(1 + n1) * hw..(2 + n1) * hw]);
+            // S2 = |U1 ⋆ ψ_λ2| ⋆ φ_J for j2 > j1.
+            for p2 in self.psi.iter().filter(|p2| p2.j > j1) {
+                let j2 = p2.j;
+                mul_into(&mut t, &u1, &p2.levels[j1]);
+                subsample(&mut u2, &t, m1, n1s, 1 << (j2 - j1));
+                self.modulus_in_fourier(&mut u2, j2, w);
+                mul_into(&mut t, &u2, &self.phi[j2]);
+                subsample(&mut s, &t, self.mp >> j2, self.np >> j2, 1 << (jj - j2));
+                self.finish(&mut s, w, &mut out[ch2 * hw..(ch2 + 1) * hw]);
+                ch2 += 1;
+            }
+        }
+        w.u0 = u0;
+        w.u1 = u1;
+        w.u2 = u2;
+        w.t = t;
+        w.s = s;
+    }
+
+    /// The transform of a batch: `images` holds `n` examples of `[c, M, N]`; `out` receives
+    /// `n` examples of `[c · K, M/2^J, N/2^J]` (K = [`ScatterParams::channels`]; input channel
+    /// `ci`'s K channels first, as Kymatio's `(B, c, K, h, w)` viewed as `(B, c·K, h, w)`).
+    /// Parallel over the images with rayon.
+    pub fn transform(&self, images: &[f32], c: usize, out: &mut [f32]) -> Result<()> {
+        let (m, n) = (self.params.height, self.params.width);
+        if c == 0 {
+            return Err(Error::invalid("channels", c, ">= 1"));
+        }
+        let inp = m * n;
+        if images.len() % (c * inp) != 0 {
+            return Err(Error::shape(
+                "Scattering2d::transform",
+                format!(
+                    "{} input values are not a whole number of [{c}, {m}, {n}] images",
+                    images.len()
+                ),
+            ));
+        }
+        let count = images.len() / inp;
+        let ol = self.out_len();
+        if out.len() != count * ol {
+            return Err(Error::shape(
+                "Scattering2d::transform",
+                format!(
+                    "out holds {} values, {} needed ({count} image channels × {ol})",
+                    out.len(),
+                    count * ol
+                ),
+            ));
+        }
+        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "scattering input",
+                detail: format!("value {} at offset {i}", images[i]),
+            });
+        }
+        images
+            .par_chunks(inp)
+            .zip(out.par_chunks_mut(ol))
+            .for_each_init(Work::default, |w, (x, o)| self.one(x, o, w));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_and_channel_count() {
+        let p = ScatterParams::MNIST;
+        assert_eq!(p.channels(), 81);
+        assert_eq!(p.out_hw(), (7, 7));
+        assert_eq!(p.padded(), (36, 36));
+        let s = Scattering2d::new(p).unwrap();
+        assert_eq!(s.out_len(), 81 * 49);
+        assert_eq!(s.psi.len(), 16);
+        assert!(s.psi.iter().all(|p| p.levels.len() == 1));
+        assert_eq!(s.phi.len(), 2);
+        assert_eq!(s.phi[1].len(), 18 * 18);
+    }
+
+    #[test]
+    fn bad_parameters_are_typed_errors() {
+        let mut p = ScatterParams::MNIST;
+        p.height = 3;
+        assert!(matches!(
+            Scattering2d::new(p),
+            Err(Error::InvalidParameter { .. })
+        ));
+        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
+        let mut out = vec![0f32; s.out_len()];
+        assert!(s.transform(&[0.0; 10], 1, &mut out).is_err());
+        let mut x = vec![0f32; 28 * 28];
+        x[5] = f32::NAN;
+        assert!(matches!(
+            s.transform(&x, 1, &mut out),
+            Err(Error::NonFinite { .. })
+        ));
+    }
+
+    #[test]
+    fn a_constant_image_has_only_the_low_pass_channel() {
+        // Morlet wavelets have zero mean, so a constant image gives S1 = S2 = 0 and S0 = the
+        // constant times φ's DC gain.
+        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
+        let x = vec![0.5f32; 28 * 28];
+        let mut out = vec![0f32; s.out_len()];
+        s.transform(&x, 1, &mut out).unwrap();
+        let s0 = out[0];
+        assert!(s0 > 0.1, "S0 = {s0}");
+        assert!(out[..49].iter().all(|v| (v - s0).abs() < 1e-4 * s0));
+        let rest = out[49..].iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert!(rest < 1e-3 * s0, "largest higher-order coefficient {rest}");
+    }
+}
