@@ -7,14 +7,45 @@
 mod gs_wgan;
 
 use clap::Parser;
+use dpsgd::data::idx::write_idx;
 use std::path::Path;
+use std::sync::OnceLock;
+
+/// A tiny MNIST-shaped dataset written once per test binary (a clean clone has no MNIST): 120
+/// training and 20 test images, labels 0–9 in turn.
+fn data_dir() -> &'static str {
+    static DIR: OnceLock<String> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (prefix, n) in [("train", 120usize), ("t10k", 20)] {
+            let px: Vec<u8> = (0..n * 784)
+                .map(|i| ((i * 37 + i / 784 * 11) % 256) as u8)
+                .collect();
+            let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+            write_idx(
+                dir.join(format!("{prefix}-images-idx3-ubyte")),
+                &[n, 28, 28],
+                &px,
+            )
+            .unwrap();
+            write_idx(
+                dir.join(format!("{prefix}-labels-idx1-ubyte")),
+                &[n],
+                &labels,
+            )
+            .unwrap();
+        }
+        dir.display().to_string()
+    })
+}
 
 /// The tiny settings, with `extra` flags (`--flag value`, `--flag=value` or `--flag`) replacing
 /// the defaults of the same name.
 fn args(out: &Path, extra: &[&str]) -> gs_wgan::Args {
     let base = [
         ("--seed", "3"),
-        ("--data-dir", "data/mnist"),
+        ("--data-dir", data_dir()),
         ("--train-subset", "120"),
         ("--discriminators", "60"),
         ("--pretrain-iterations", "1"),
