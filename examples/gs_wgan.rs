@@ -24,7 +24,9 @@
 //! [−1, 1], `labels` [N] **i64**), `metrics.jsonl`, `checkpoint.safetensors` (`--resume`).
 //!
 //! **Not covered by ε, never release:** `checkpoint.safetensors` holds the discriminators (and
-//! their Adam moments), which are functions of the private data without noise; the
+//! their Adam moments), which are functions of the private data without noise, and in a seeded
+//! run the seed (whoever has it can regenerate the noise; a secure run saves no key and a
+//! resumed one draws fresh keys); the
 //! Wasserstein estimate in the log and `metrics.jsonl` is computed from private data. Only the
 //! generator (and its EMA), its samples and `gen_data.safetensors` are covered.
 //!
