@@ -10,6 +10,15 @@ CPU or a GPU; prints both wall times (and test accuracy) so they can be set besi
 Opacus runs with Poisson sampling (`poisson_sampling=True`, its default), flat clipping and
 SGD; its DataLoader is replaced by a tensor-indexing loader so that data loading costs the same
 as dpsgd's in-memory gather. `--step-bench` also times one step at B = 256 (median of 50).
+
+`--model scatter-cnn|scatter-linear` (issue 14's speed comparison): Tramer & Boneh's models on
+Kymatio 0.3.0 scattering features (J = 2, L = 8, 81 x 7 x 7), as dpsgd's `--model scatter-cnn|
+scatter-linear` (GroupNorm(27, 81) with affine parameters, then the paper's CNN or a linear layer).
+The features are computed once with Kymatio's torch frontend (timed and printed separately, not
+part of the epoch) and kept in `--feature-cache` (.npy), as dpsgd keeps its own cache.
+
+    pip install torch opacus==1.6.0 kymatio==0.3.0
+    python benches/python/opacus_epoch.py --model scatter-cnn --batch-size 256 --threads 2
 """
 import argparse
 import gzip
@@ -51,6 +60,34 @@ def model(act):
         nn.Linear(32 * 4 * 4, 32), a(), nn.Linear(32, 10))
 
 
+def scatter_model(kind):
+    if kind == "scatter-linear":
+        return nn.Sequential(nn.GroupNorm(27, 81), nn.Flatten(), nn.Linear(81 * 7 * 7, 10))
+    return nn.Sequential(
+        nn.GroupNorm(27, 81),
+        nn.Conv2d(81, 16, 3, 2, padding=1), nn.Tanh(),
+        nn.Conv2d(16, 32, 3, 1, padding=1), nn.Tanh(), nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 32), nn.Tanh(), nn.Linear(32, 10))
+
+
+def scatter_features(x, cache):
+    """Kymatio's Scattering2D(J=2, L=8) of [N, 1, 28, 28] images -> [N, 81, 7, 7] (cached)."""
+    if cache and os.path.exists(cache):
+        f = np.load(cache)
+        if f.shape[0] == x.shape[0]:
+            print(f"scattering features read from {cache}")
+            return torch.from_numpy(f)
+    from kymatio.torch import Scattering2D
+    s = Scattering2D(J=2, shape=(28, 28), L=8)
+    t = time.perf_counter()
+    out = torch.cat([s(x[i:i + 1000]).reshape(-1, 81, 7, 7) for i in range(0, len(x), 1000)])
+    print(f"kymatio scattering of {len(x)} images: {time.perf_counter() - t:.1f} s")
+    if cache:
+        os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
+        np.save(cache, out.numpy())
+    return out
+
+
 def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -71,6 +108,8 @@ def main():
     ap.add_argument("--data-dir", default="data/mnist")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--act", default="tanh")
+    ap.add_argument("--model", default="convnet", choices=["convnet", "scatter-cnn", "scatter-linear"])
+    ap.add_argument("--feature-cache", default=".cache/opacus-kymatio-mnist-{split}.npy")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--noise-multiplier", type=float, default=1.0)
     ap.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -82,6 +121,15 @@ def main():
     dev = torch.device(a.device)
     xtr, ytr = mnist(a.data_dir, "train")
     xte, yte = mnist(a.data_dir, "test")
+    if a.model == "convnet":
+        make_model = model
+    else:
+        # Kymatio on pixels in [0, 1] (undo the normalisation above).
+        xtr = scatter_features(xtr * 0.3081 + 0.1307, a.feature_cache.format(split="train"))
+        xte = scatter_features(xte * 0.3081 + 0.1307, a.feature_cache.format(split="test"))
+
+        def make_model(act, _kind=a.model):
+            return scatter_model(_kind)
     n = len(xtr)
     q = a.batch_size / n
     steps = round(1 / q)
@@ -91,7 +139,7 @@ def main():
 
     # Non-private PyTorch epoch: shuffled batches of the same size, mean loss, SGD.
     torch.manual_seed(0)
-    m = model(a.act).to(dev)
+    m = make_model(a.act).to(dev)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     sync(dev)
     t = time.perf_counter()
@@ -110,7 +158,7 @@ def main():
     from opacus.optimizers import DPOptimizer
 
     torch.manual_seed(0)
-    m = GradSampleModule(model(a.act).to(dev))
+    m = GradSampleModule(make_model(a.act).to(dev))
     opt = DPOptimizer(torch.optim.SGD(m.parameters(), lr=a.lr), noise_multiplier=a.noise_multiplier,
                       max_grad_norm=a.max_grad_norm, expected_batch_size=a.batch_size)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -134,14 +182,14 @@ def main():
     if a.step_bench:
         x, y = xg[:256], yg[:256]
 
-        def torch_step(mm=model(a.act).to(dev), o=None):
+        def torch_step(mm=make_model(a.act).to(dev), o=None):
             o = o or torch.optim.SGD(mm.parameters(), lr=0.1)
             o.zero_grad(set_to_none=True)
             F.cross_entropy(mm(x), y).backward()
             o.step()
             sync(dev)
 
-        mo = GradSampleModule(model(a.act).to(dev))
+        mo = GradSampleModule(make_model(a.act).to(dev))
         oo = DPOptimizer(torch.optim.SGD(mo.parameters(), lr=0.1), noise_multiplier=1.0,
                          max_grad_norm=1.0, expected_batch_size=256)
 
