@@ -101,3 +101,29 @@ fn labelled_images_round_trip_and_refusals() {
     assert!(e.to_string().contains("images"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn several_sample_files_are_one_set() {
+    let dir = std::env::temp_dir().join(format!("dpsgd-gan-eval-multi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b, c) = (
+        dir.join("c3.safetensors"),
+        dir.join("c7.safetensors"),
+        dir.join("small.safetensors"),
+    );
+    let ia: Vec<f32> = (0..4 * 4).map(|i| i as f32 / 16.0 - 0.5).collect();
+    let ib: Vec<f32> = (0..2 * 4).map(|i| -(i as f32) / 8.0).collect();
+    save_labelled_images(&a, &ia, &[3; 4], [1, 2, 2], 10).unwrap();
+    save_labelled_images(&b, &ib, &[7; 2], [1, 2, 2], 10).unwrap();
+    let ds = eval::load_samples(&[a.clone(), b.clone()]).unwrap();
+    assert_eq!(ds.len(), 6);
+    assert_eq!(ds.labels(), &[3, 3, 3, 3, 7, 7]);
+    assert_eq!(&ds.images()[..16], &ia[..]);
+    assert_eq!(&ds.images()[16..], &ib[..]);
+    // Another image shape is refused, naming the file; so is an empty list.
+    save_labelled_images(&c, &[0.0; 9], &[1], [1, 3, 3], 10).unwrap();
+    let e = eval::load_samples(&[a.clone(), c.clone()]).unwrap_err();
+    assert!(e.to_string().contains("small.safetensors"), "{e}");
+    assert!(eval::load_samples(&[]).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -201,3 +201,38 @@ pub fn accuracy(model: &Sequential, test: &Dataset) -> Result<f64> {
         .count();
     Ok(ok as f64 / test.len().max(1) as f64)
 }
+
+/// The samples of every file, concatenated in order (all must have the same image shape and
+/// class count).
+pub fn load_samples(paths: &[std::path::PathBuf]) -> Result<Dataset> {
+    let mut sets = Vec::with_capacity(paths.len());
+    for p in paths {
+        sets.push(dpsgd::data::load_labelled_images(p)?);
+    }
+    let first = sets.first().ok_or_else(|| {
+        Error::invalid("--samples", "no file", "at least one gen_data.safetensors")
+    })?;
+    let shape = (
+        first.channels(),
+        first.height(),
+        first.width(),
+        first.classes(),
+    );
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for (s, p) in sets.iter().zip(paths) {
+        if (s.channels(), s.height(), s.width(), s.classes()) != shape {
+            return Err(Error::invalid(
+                "--samples",
+                p.display().to_string(),
+                "files of one image shape and class count",
+            ));
+        }
+        images.extend_from_slice(s.images());
+        labels.extend_from_slice(s.labels());
+    }
+    if paths.len() == 1 {
+        return Ok(sets.swap_remove(0));
+    }
+    Dataset::new(images, labels, shape.0, shape.1, shape.2, shape.3)
+}

@@ -11,11 +11,22 @@
 //! is cached in `--classifier` and reused, so every generator is measured with the same one.
 //! It is an evaluation tool: it is trained on the real data outside any privacy accounting
 //! and is never part of a private run's release. Prints one JSON object (also to `--json`).
+//!
+//! # Labelled samples from an unconditional GAN
+//! A one-class DP-DCGAN (`dp_dcgan --target-digit d`) writes samples labelled `d`. Ten of
+//! them, one per class, each trained with DP-SGD on its own class, give a labelled set for
+//! the downstream accuracy: `gan_eval --samples c0/gen_data.safetensors … c9/gen_data.safetensors`.
+//! The ten training sets are disjoint (an example's label decides the one run that can
+//! see it), so by parallel composition (McSherry, "Privacy Integrated Queries", SIGMOD 2009,
+//! Theorem 4; it holds for (ε, δ) and for RDP under add/remove neighbours) the ten models
+//! together are (max ε, max δ)-DP, and their samples are post-processing. The class sizes
+//! N_c set each run's sampling rate, as the dataset size does in any DP-SGD run (treated as
+//! public, as in Opacus).
 
 mod eval;
 
 use clap::{Parser, ValueEnum};
-use dpsgd::data::{load_labelled_images, Dataset, DatasetKind, Split};
+use dpsgd::data::{Dataset, DatasetKind, Split};
 use dpsgd::nn::models;
 use dpsgd::{Device, Error, Result};
 use std::path::PathBuf;
@@ -33,8 +44,10 @@ enum DataArg {
 )]
 struct Args {
     /// The generated samples (safetensors: `images` F32 [N,1,28,28] in [-1,1], `labels` I64 [N]).
-    #[arg(long)]
-    samples: PathBuf,
+    /// Several files (`--samples A B …`) are evaluated as one set, e.g. the `gen_data` of ten
+    /// one-class DP-DCGANs trained on the ten disjoint classes (see the module doc).
+    #[arg(long, required = true, num_args = 1..)]
+    samples: Vec<PathBuf>,
     /// The real dataset they imitate.
     #[arg(long, value_enum, default_value = "mnist")]
     dataset: DataArg,
@@ -80,7 +93,7 @@ fn run(args: &Args) -> Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| kind.default_dir().to_path_buf());
-    let gen = load_labelled_images(&args.samples)?;
+    let gen = eval::load_samples(&args.samples)?;
     if (gen.channels(), gen.height(), gen.width()) != (1, 28, 28) || gen.classes() != 10 {
         return Err(Error::invalid(
             "--samples",
@@ -177,7 +190,7 @@ fn run(args: &Args) -> Result<()> {
         None
     };
     let out = serde_json::json!({
-        "samples": args.samples.display().to_string(),
+        "samples": args.samples.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "n": gen.len(),
         "classes": present,
         "downstream_accuracy": downstream,
