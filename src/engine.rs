@@ -549,7 +549,7 @@ impl PrivacyEngine {
         }
         self.check_model(model)?;
         let ex: usize = model.input_shape().iter().product();
-        let rows_total = if ex == 0 { 0 } else { x.len() / ex };
+        let rows_total = x.len().checked_div(ex).unwrap_or(0);
         if ex == 0 || x.len() % ex != 0 || rows_total % k != 0 || rows_total == 0 {
             return Err(Error::shape(
                 "PrivacyEngine::accumulate_augmented",
