@@ -404,6 +404,13 @@ impl Trainer {
     /// Loads the data, builds the model and the engine (calibrating σ for a target ε).
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self> {
         cfg.validate()?;
+        if cfg.augmult > 1 && device.is_cuda() {
+            return Err(Error::invalid(
+                "augmult",
+                cfg.augmult,
+                "1 on a CUDA device (averaging each example's K copies before clipping runs on the host): use --device cpu, or --augmult 1",
+            ));
+        }
         let (train, test) = load_data(&cfg.data, cfg.model)?;
         // One master key per run; each purpose (initialisation, sampling, noise) gets its own
         // derived key, so no two share a stream (crate::rng).
