@@ -507,6 +507,81 @@ impl PrivacyEngine {
         Ok(l)
     }
 
+    /// One physical batch with augmentation multiplicity K (De, Berrada, Hayes, Smith & Balle
+    /// 2022, §3.1; [`crate::augment`]): `x` holds `b·k` rows, the K augmented copies of each
+    /// of b examples next to each other (rows `i·k .. i·k + k` are example i's, as
+    /// [`crate::augment::Augmentation::fill_copies`] writes them), and `loss` has `b·k`
+    /// targets in the same order. Each example's gradient is the **mean of its K copies'
+    /// gradients, clipped once**, so it adds one vector of norm ≤ C to the lot's sum and the
+    /// lot counts b examples: the sensitivity, the noise and the accounting are those of K = 1.
+    /// Returns the loss summed over the `b·k` rows.
+    ///
+    /// `k = 1` is [`PrivacyEngine::accumulate_batch`] (the same values, bit for bit). For
+    /// K > 1 the per-sample rows are materialised (`[b·k, P]`, in a buffer the engine keeps),
+    /// averaged in groups of K in f32, then clipped with [`PrivacyEngine::accumulate`]; `ws`
+    /// must hold `b·k` examples.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for `k` outside `1..=`[`crate::augment::MAX_AUGMULT`], or
+    /// a CUDA engine with K > 1 (the group averaging runs on the host only: train on the CPU,
+    /// or with K = 1); [`Error::Shape`] when `x` is not `b·k` examples; errors of the model's
+    /// passes. On an error nothing is added to the lot.
+    pub fn accumulate_augmented(
+        &mut self,
+        model: &crate::nn::Sequential,
+        ws: &mut crate::nn::Workspace,
+        x: &[f32],
+        loss: crate::nn::Loss<'_>,
+        k: usize,
+    ) -> Result<f64> {
+        use crate::cpu::loss::Reduction;
+        use crate::nn::Grads;
+        crate::augment::check_augmult(k)?;
+        if k == 1 {
+            return self.accumulate_batch(model, ws, x, loss);
+        }
+        if self.device.is_cuda() {
+            return Err(Error::invalid(
+                "augmult",
+                k,
+                "1 on a CUDA device (averaging each example's K copies before clipping runs on the host): use --device cpu, or --augmult 1",
+            ));
+        }
+        self.check_model(model)?;
+        let ex: usize = model.input_shape().iter().product();
+        let rows_total = x.len().checked_div(ex).unwrap_or(0);
+        if ex == 0 || x.len() % ex != 0 || rows_total % k != 0 || rows_total == 0 {
+            return Err(Error::shape(
+                "PrivacyEngine::accumulate_augmented",
+                format!(
+                    "{} input values are not a whole number of groups of k = {k} examples of {ex} values",
+                    x.len()
+                ),
+            ));
+        }
+        let b = rows_total / k;
+        let p = model.num_params();
+        model.forward_slice(ws, x)?;
+        let l = model.loss(ws, loss, Reduction::Sum)?;
+        let need = rows_total * p;
+        if self.rows_buf.as_ref().is_none_or(|r| r.len() < need) {
+            self.rows_buf = Some(Buffer::zeros(&self.device, need)?);
+        }
+        let mut rows = self.rows_buf.take().expect("allocated above");
+        let r = model
+            .backward(ws, Grads::PerSample(&mut rows), false)
+            .and_then(|()| {
+                let s = rows.as_mut_slice().ok_or_else(|| {
+                    Error::invalid("device", "cuda", "the CPU for augmentation multiplicity")
+                })?;
+                average_row_groups(&mut s[..need], p, k);
+                self.accumulate(&rows, b).map(|_| ())
+            });
+        self.rows_buf = Some(rows);
+        r?;
+        Ok(l)
+    }
+
     /// The lot's sum as the destination of a fused clipping pass.
     fn clipped_sum(&mut self) -> crate::nn::Grads<'_> {
         crate::nn::Grads::ClippedSum {
@@ -728,5 +803,25 @@ impl PrivacyEngine {
         let r = ops::noisy_mean(out, &self.sum, &noisy);
         self.end_step(r)?;
         self.epsilon()
+    }
+}
+
+/// Row `i` of `rows` (`[g·k, p]`, row-major) becomes the mean of rows `i·k .. i·k + k`, for each
+/// of the g groups (in place: group i is read before any row ≥ i·k is written).
+fn average_row_groups(rows: &mut [f32], p: usize, k: usize) {
+    let g = rows.len() / (p * k);
+    let mut acc = vec![0f32; p];
+    let inv = 1.0 / k as f32;
+    for i in 0..g {
+        acc.copy_from_slice(&rows[i * k * p..(i * k + 1) * p]);
+        for j in 1..k {
+            let r = &rows[(i * k + j) * p..(i * k + j + 1) * p];
+            for (a, v) in acc.iter_mut().zip(r) {
+                *a += *v;
+            }
+        }
+        for (d, a) in rows[i * p..(i + 1) * p].iter_mut().zip(&acc) {
+            *d = *a * inv;
+        }
     }
 }

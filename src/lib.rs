@@ -32,6 +32,7 @@
 pub mod accounting;
 mod atomic;
 pub mod audit;
+pub mod augment;
 pub mod buffer;
 mod check;
 pub mod cpu;

@@ -207,6 +207,22 @@ pub struct TrainConfig {
     /// `num_updates`), so early averages are not dominated by the initialisation.
     #[serde(default)]
     pub ema_decay: Option<f32>,
+    /// Augmentation multiplicity K (De, Berrada, Hayes, Smith & Balle 2022, §3.1;
+    /// [`crate::augment`]): each sampled example's gradient is the mean over K randomly
+    /// augmented copies of it ([`crate::augment::Augmentation::for_dataset`]: shifts of up to
+    /// 2 pixels; horizontal flips for Fashion-MNIST only), averaged *before* clipping, so an
+    /// example's influence stays ≤ C and ε is that of K = 1. 1 (the default): no augmentation,
+    /// the plain path. K > 1 costs K forward/backward passes per example, runs on the CPU only,
+    /// and only for the pixel models: a scattering model trains on cached features of the
+    /// unshifted images, and shifting before the scattering transform would mean computing it
+    /// K times per example and step (the cache could hold only a fixed set of shifted copies,
+    /// 25 × 1 GB for MNIST's shifts of ±2; not done).
+    #[serde(default = "one")]
+    pub augmult: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Learning-rate schedule: the rate of step t (0-based) of T planned steps.
@@ -267,6 +283,14 @@ impl TrainConfig {
             if !(b > 0.0 && b < 1.0) {
                 return Err(Error::invalid("ema_decay", b, "in (0, 1)"));
             }
+        }
+        crate::augment::check_augmult(self.augmult)?;
+        if self.augmult > 1 && self.model.uses_scattering() {
+            return Err(Error::invalid(
+                "augmult",
+                self.augmult,
+                "1 for a scattering model (its features are computed once from the unshifted images and cached; augmentation happens on pixels): use --augmult 1, or a pixel model (tanh-convnet, sample-convnet)",
+            ));
         }
         Ok(())
     }
@@ -359,6 +383,12 @@ pub struct Trainer {
     lot: Vec<usize>,
     xb: Vec<f32>,
     yb: Vec<u32>,
+    /// The augmented copies of a physical batch (empty when `augmult` is 1).
+    xa: Vec<f32>,
+    ya: Vec<u32>,
+    augmentation: crate::augment::Augmentation,
+    /// The key of the augmentation draws (stream = the step); secret like every run key.
+    aug_key: crate::rng::StreamKey,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -374,6 +404,13 @@ impl Trainer {
     /// Loads the data, builds the model and the engine (calibrating σ for a target ε).
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self> {
         cfg.validate()?;
+        if cfg.augmult > 1 && device.is_cuda() {
+            return Err(Error::invalid(
+                "augmult",
+                cfg.augmult,
+                "1 on a CUDA device (averaging each example's K copies before clipping runs on the host): use --device cpu, or --augmult 1",
+            ));
+        }
         let (train, test) = load_data(&cfg.data, cfg.model)?;
         // One master key per run; each purpose (initialisation, sampling, noise) gets its own
         // derived key, so no two share a stream (crate::rng).
@@ -396,8 +433,11 @@ impl Trainer {
         let q = cfg.batch_size as f64 / n as f64;
         let model = cfg.model.builder().build(device, seed)?;
         let p = model.num_params();
-        let physical = cfg.physical_batch;
-        let ws = model.workspace(physical)?;
+        // With augmentation multiplicity K a physical batch holds ⌊physical / K⌋ examples (at
+        // least one), K rows each.
+        let k = cfg.augmult;
+        let physical = examples_per_pass(cfg.physical_batch, k);
+        let ws = model.workspace(physical * k)?;
         let sampler = PoissonSampler::with_key(n, q, keys.key(Purpose::Sampling))?;
         let steps_per_epoch = sampler.steps_per_epoch();
         let engine = match cfg.noise {
@@ -431,6 +471,13 @@ impl Trainer {
             0
         };
         let ex = train.example_len();
+        let augmentation = match &cfg.data {
+            DataSource::Idx { kind, .. } => crate::augment::Augmentation::for_dataset(*kind),
+            DataSource::Synthetic { .. } => crate::augment::Augmentation {
+                max_shift: 2,
+                hflip: false,
+            },
+        };
         let ema = match cfg.ema_decay {
             Some(_) => model.params().to_vec()?,
             None => Vec::new(),
@@ -455,6 +502,10 @@ impl Trainer {
             lot: Vec::with_capacity(n),
             xb: vec![0.0; physical * ex],
             yb: vec![0; physical],
+            xa: vec![0.0; if k > 1 { physical * k * ex } else { 0 }],
+            ya: vec![0; if k > 1 { physical * k } else { 0 }],
+            augmentation,
+            aug_key: keys.key(Purpose::Augmentation),
             cfg,
         })
     }
@@ -556,15 +607,40 @@ impl Trainer {
         if self.engine.is_none() {
             self.grad.fill_zero()?;
         }
-        for chunk in lot.chunks(self.cfg.physical_batch) {
+        let k = self.cfg.augmult;
+        let shape = (
+            self.train.channels(),
+            self.train.height(),
+            self.train.width(),
+        );
+        // The augmentation draws of this step: stream = the step's index (resumes exactly).
+        let mut aug_rng = self.aug_key.rng(self.steps_taken);
+        for chunk in lot.chunks(examples_per_pass(self.cfg.physical_batch, k)) {
             let b = chunk.len();
             self.train
                 .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
-            let x = &self.xb[..b * ex];
-            let target = Loss::CrossEntropy(&self.yb[..b]);
+            let (x, y) = if k > 1 {
+                self.augmentation.fill_copies(
+                    &self.xb[..b * ex],
+                    &self.yb[..b],
+                    k,
+                    shape,
+                    &mut aug_rng,
+                    &mut self.xa[..b * k * ex],
+                    &mut self.ya[..b * k],
+                )?;
+                (&self.xa[..b * k * ex], &self.ya[..b * k])
+            } else {
+                (&self.xb[..b * ex], &self.yb[..b])
+            };
+            let target = Loss::CrossEntropy(y);
             // Forward, loss and backward in one pass; per-sample gradients clipped into the
-            // lot's sum as they are computed (on the CPU: no [B, P] matrix).
+            // lot's sum as they are computed (on the CPU: no [B, P] matrix). With K > 1 the
+            // engine averages each example's K copies before clipping.
             let r = match &mut self.engine {
+                Some(engine) if k > 1 => {
+                    engine.accumulate_augmented(&self.model, &mut self.ws, x, target, k)
+                }
                 Some(engine) => engine.accumulate_batch(&self.model, &mut self.ws, x, target),
                 None => self.model.forward_backward(
                     &mut self.ws,
@@ -595,9 +671,10 @@ impl Trainer {
                 *sum += l;
             }
         }
-        self.update(lot.len())?;
+        // Non-private: the mean over the lot's b·K rows.
+        self.update(lot.len() * k)?;
         self.update_ema()?;
-        Ok((loss_sum, lot.len()))
+        Ok((loss_sum.map(|l| l / k as f64), lot.len()))
     }
 
     fn global_step(&self) -> u64 {
@@ -725,7 +802,8 @@ impl Trainer {
         let classes = self.eval.classes();
         let (mut loss, mut correct) = (0f64, 0usize);
         let idx: Vec<usize> = (0..n).collect();
-        for chunk in idx.chunks(self.cfg.physical_batch) {
+        // The batch buffers hold one physical pass of examples (fewer with augmult > 1).
+        for chunk in idx.chunks(examples_per_pass(self.cfg.physical_batch, self.cfg.augmult)) {
             let b = chunk.len();
             self.eval
                 .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
@@ -904,6 +982,11 @@ impl Trainer {
     }
 }
 
+/// Examples per physical pass with augmentation multiplicity `k`: ⌊physical / k⌋, at least 1.
+fn examples_per_pass(physical: usize, k: usize) -> usize {
+    (physical / k.max(1)).max(1)
+}
+
 /// Writes `data` to `path` via a temporary file in the same folder, fsync and a rename, so a
 /// crash leaves either the old file or the new one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
@@ -955,6 +1038,7 @@ mod secret_tests {
             validation: 0,
             lr_schedule: LrSchedule::Constant,
             ema_decay: None,
+            augmult: 1,
         };
         let dir = std::env::temp_dir().join(format!("dpsgd-secret-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -233,6 +233,7 @@ fn train_cfg() -> TrainConfig {
         validation: 0,
         lr_schedule: LrSchedule::Constant,
         ema_decay: None,
+        augmult: 1,
     }
 }
 

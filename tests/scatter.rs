@@ -225,6 +225,7 @@ fn scatter_config(model: ModelKind, seed: u64) -> TrainConfig {
         validation: 0,
         lr_schedule: LrSchedule::Constant,
         ema_decay: None,
+        augmult: 1,
     }
 }
 

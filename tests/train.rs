@@ -251,6 +251,7 @@ fn small_config(seed: u64, epochs: u64) -> TrainConfig {
         validation: 0,
         lr_schedule: dpsgd::train::LrSchedule::Cosine,
         ema_decay: None,
+        augmult: 1,
     }
 }
 

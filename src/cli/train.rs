@@ -110,6 +110,11 @@ pub struct CommonArgs {
     /// (e.g. 0.999); free in privacy (post-processing of the noisy iterates).
     #[arg(long)]
     pub ema_decay: Option<f32>,
+    /// Augmentation multiplicity K (De et al. 2022): each sampled example's gradient is the
+    /// mean over K randomly shifted copies (±2 pixels; plus left-right flips on Fashion-MNIST),
+    /// clipped once, so ε is unchanged. Pixel models on the CPU only; costs K passes per example
+    #[arg(long, default_value_t = 1)]
+    pub augmult: usize,
     /// Train this many independent runs of each setting and report the final accuracy as mean
     /// ± standard deviation (and min/max) over them: seeds s, s+1, … with --seed s, else a
     /// fresh secure key per run. Each run goes to its own `repeat-K/` folder.
@@ -264,6 +269,7 @@ pub(crate) fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
             ScheduleArg::Cosine => LrSchedule::Cosine,
         },
         ema_decay: c.ema_decay,
+        augmult: c.augmult,
     }
 }
 
