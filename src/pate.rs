@@ -100,6 +100,13 @@ impl FitConfig {
         if self.max_shift > 8 {
             return Err(Error::invalid("max_shift", self.max_shift, "<= 8 pixels"));
         }
+        if self.model.uses_scattering() && self.max_shift > 0 {
+            return Err(Error::invalid(
+                "max_shift",
+                self.max_shift,
+                "0 for a scattering model (its inputs are 7×7 feature maps, not pixels: pass --shift 0)",
+            ));
+        }
         Ok(())
     }
 }
@@ -108,18 +115,16 @@ impl FitConfig {
 const PREDICT_BATCH: usize = 256;
 
 /// Builds a fresh model of `kind` whose weights come from stream `stream` of
-/// [`Purpose::ModelInit`].
+/// [`Purpose::ModelInit`]. The scattering models ([`ModelKind::ScatterLinear`],
+/// [`ModelKind::ScatterCnn`]) take `[81, 7, 7]` ScatterNet features
+/// ([`crate::train::load_data`] computes them), the others `[1, 28, 28]` pixels.
 pub fn new_model(kind: ModelKind, keys: &RunKeys, stream: u64) -> Result<Sequential> {
     let seed = keys.key(Purpose::ModelInit).rng(stream).next_u64();
     let device = Device::cpu();
     match kind {
         ModelKind::SampleConvnet => models::sample_conv_net(&device, seed),
         ModelKind::TanhConvnet => models::sample_conv_net_tanh(&device, seed),
-        ModelKind::ScatterLinear | ModelKind::ScatterCnn => Err(crate::Error::invalid(
-            "model",
-            "a scattering model",
-            "sample-convnet or tanh-convnet (PATE's teachers train on pixels)",
-        )),
+        ModelKind::ScatterLinear | ModelKind::ScatterCnn => kind.builder().build(&device, seed),
     }
 }
 

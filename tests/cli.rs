@@ -495,6 +495,46 @@ fn pate_quick_synthetic_writes_every_output() {
     assert!(text.contains("queries 100  answered 100"), "{text}");
 }
 
+/// `dpsgd pate` with ScatterNet teachers and student in tuning mode: the last public images are
+/// the evaluation set (never queried), and the student's test set is not touched.
+#[test]
+fn pate_scatter_models_and_validation_mode() {
+    let out = tmpdir("pate-scatter");
+    let o = dpsgd(&[
+        "pate",
+        "--dataset",
+        "synthetic",
+        "--quick",
+        "--model",
+        "scatter-linear",
+        "--student-model",
+        "scatter-cnn",
+        "--validation",
+        "200",
+        "--self-train",
+        "--self-train-rounds",
+        "1",
+        "--seed",
+        "3",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["teacher_fit"]["model"].as_str(), Some("scatter-linear"));
+    assert_eq!(v["student_fit"]["model"].as_str(), Some("scatter-cnn"));
+    assert_eq!(v["teacher_fit"]["max_shift"].as_u64(), Some(0));
+    assert_eq!(v["public_examples"].as_u64(), Some(700));
+    assert_eq!(v["student_test_examples"].as_u64(), Some(200));
+    assert!(v["evaluation_set"].as_str().unwrap().contains("validation"));
+    // Scattering teachers learn the synthetic data; the answers are mostly right.
+    assert!(v["teacher_accuracy_mean"].as_f64().unwrap() > 0.8, "{v}");
+    assert!(v["label_accuracy"].as_f64().unwrap() > 0.8, "{v}");
+    assert!(v["student_accuracy"].as_f64().unwrap() > 0.5, "{v}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// Bad PATE input fails before anything is trained, naming the flag.
 #[test]
 fn pate_bad_input_is_a_typed_error() {
@@ -505,6 +545,22 @@ fn pate_bad_input_is_a_typed_error() {
         (&["--queries", "901"][..], "queries", 2),
         (&["--teachers", "2001"][..], "teachers", 2),
         (&["--public", "1000"][..], "public", 2),
+        (&["--validation", "900"][..], "validation", 2),
+        (
+            &["--validation", "850", "--queries", "100"][..],
+            "queries",
+            2,
+        ),
+        (
+            &["--model", "scatter-linear", "--shift", "1"][..],
+            "max_shift",
+            2,
+        ),
+        (
+            &["--student-model", "scatter-cnn", "--student-shift", "2"][..],
+            "max_shift",
+            2,
+        ),
         // The quick synthetic run's σ₂ (0.8) fails conditions C5/C6 at order 50: refused up front.
         (&["--release-order", "50"][..], "order", 2),
         (&["--release-sigma", "0"][..], "release_sigma", 2),

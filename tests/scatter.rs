@@ -280,15 +280,40 @@ fn load_data_gives_features_for_scatter_models() {
     assert_eq!(tr, scatter_dataset(&px, ScatterParams::MNIST).unwrap());
 }
 
-/// PATE's teachers train on pixels: a scattering model is refused with a typed error.
+/// PATE's teachers and student may be scattering models: they take `[81, 7, 7]` features, and
+/// image shifts (pixels) are refused for them with a typed error.
 #[test]
-fn pate_refuses_scatter_models() {
+fn pate_builds_scatter_models_without_shifts() {
+    use dpsgd::pate::{fit, new_model, FitConfig};
     let keys = dpsgd::rng::RunKeys::from_seed(Some(1)).unwrap();
     for kind in [ModelKind::ScatterLinear, ModelKind::ScatterCnn] {
+        let m = new_model(kind, &keys, 0).unwrap();
+        assert_eq!(m.input_shape(), &[81, 7, 7]);
+        let cfg = FitConfig {
+            model: kind,
+            epochs: 1,
+            batch_size: 4,
+            lr: 1e-3,
+            max_shift: 1,
+        };
         assert!(matches!(
-            dpsgd::pate::new_model(kind, &keys, 0),
+            cfg.validate(),
             Err(dpsgd::Error::InvalidParameter { .. })
         ));
+        let data =
+            dpsgd::data::Dataset::new(vec![0.5; 8 * 81 * 49], vec![1; 8], 81, 7, 7, 10).unwrap();
+        let mut m = m;
+        assert!(fit(&mut m, &data, &cfg, &keys, 0).is_err());
+        let ok = FitConfig {
+            max_shift: 0,
+            ..cfg
+        };
+        fit(&mut m, &data, &ok, &keys, 0).unwrap();
     }
-    assert!(dpsgd::pate::new_model(ModelKind::TanhConvnet, &keys, 0).is_ok());
+    assert_eq!(
+        new_model(ModelKind::TanhConvnet, &keys, 0)
+            .unwrap()
+            .input_shape(),
+        &[1, 28, 28]
+    );
 }

@@ -6,7 +6,7 @@
 use crate::cli::plot;
 use crate::cli::train::{DatasetArg, ModelArg};
 use clap::{Args, ValueEnum};
-use dpsgd::data::{Dataset, DatasetKind, Split};
+use dpsgd::data::{Dataset, DatasetKind};
 use dpsgd::mechanisms::pate_smooth::SmoothSensitivity;
 use dpsgd::pate::{
     accuracy, aggregate_with_release, confident_pseudo_labels, fit, new_model, partition, predict,
@@ -14,7 +14,7 @@ use dpsgd::pate::{
     STUDENT_STREAM,
 };
 use dpsgd::rng::RunKeys;
-use dpsgd::train::{write_atomic, ModelKind};
+use dpsgd::train::{load_data, write_atomic, DataSource, ModelKind};
 use dpsgd::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -42,9 +42,14 @@ pub struct PateArgs {
     /// Folder of the IDX files (default: data/mnist).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Model of the teachers and the student.
+    /// Model of the teachers (and of the student unless --student-model is given). The
+    /// scattering models train on ScatterNet features of the images (computed once and cached,
+    /// see `DPSGD_FEATURE_CACHE`), with no image shifts.
     #[arg(long, value_enum, default_value = "sample-convnet")]
     pub model: ModelArg,
+    /// Model of the student (default: --model).
+    #[arg(long, value_enum)]
+    pub student_model: Option<ModelArg>,
     /// Teachers K (disjoint partitions of the training set).
     #[arg(long)]
     pub teachers: Option<usize>,
@@ -57,9 +62,14 @@ pub struct PateArgs {
     /// Teachers' Adam learning rate.
     #[arg(long, default_value_t = 2e-3)]
     pub teacher_lr: f32,
-    /// Random image shifts of up to this many pixels (teachers and student; 0: none).
-    #[arg(long, default_value_t = 2)]
-    pub shift: usize,
+    /// Random image shifts of up to this many pixels for the teachers (and the student unless
+    /// --student-shift is given); 0: none. Default: 2 for the pixel models, 0 (required) for the
+    /// scattering models.
+    #[arg(long)]
+    pub shift: Option<usize>,
+    /// The student's random image shifts (default: --shift, or its model's default).
+    #[arg(long)]
+    pub student_shift: Option<usize>,
     /// The aggregator.
     #[arg(long, value_enum, default_value = "confident-gnmax")]
     pub aggregator: AggregatorArg,
@@ -85,6 +95,11 @@ pub struct PateArgs {
     /// Public (student) images: the test set's first N; the rest is the student's test set.
     #[arg(long)]
     pub public: Option<usize>,
+    /// Tuning mode: hold out the last V public images as a validation set. They are never
+    /// queried nor self-labelled; the student and the teachers are evaluated on them instead
+    /// of the student's test set, which is then not touched (0: off, the reported run).
+    #[arg(long, default_value_t = 0)]
+    pub validation: usize,
     /// Student's epochs.
     #[arg(long)]
     pub student_epochs: Option<usize>,
@@ -150,6 +165,9 @@ pub struct PateReport {
     student_fit: FitConfig,
     aggregator: Aggregator,
     public_examples: usize,
+    /// What the student and the teachers were evaluated on: the student's test set, or (with
+    /// --validation) public images held out for tuning.
+    evaluation_set: String,
     student_test_examples: usize,
     /// Each teacher's accuracy on the student's test set. The test images are public, but each
     /// teacher is a function of its private partition: a diagnostic, not covered by ε.
@@ -219,30 +237,28 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
     if !threshold.is_finite() {
         return Err(Error::invalid("threshold", threshold, "finite"));
     }
-    let model = match a.model {
+    let kind_of = |m: ModelArg| match m {
         ModelArg::SampleConvnet => ModelKind::SampleConvnet,
         ModelArg::TanhConvnet => ModelKind::TanhConvnet,
-        ModelArg::ScatterLinear | ModelArg::ScatterCnn => {
-            return Err(Error::invalid(
-                "model",
-                "a scattering model",
-                "sample-convnet or tanh-convnet (PATE's teachers train on pixels)",
-            ))
-        }
+        ModelArg::ScatterLinear => ModelKind::ScatterLinear,
+        ModelArg::ScatterCnn => ModelKind::ScatterCnn,
     };
+    let teacher_model = kind_of(a.model);
+    let model = kind_of(a.student_model.unwrap_or(a.model));
+    let default_shift = |m: ModelKind| if m.uses_scattering() { 0 } else { 2 };
     let teacher_fit = FitConfig {
-        model,
+        model: teacher_model,
         epochs: a.teacher_epochs.unwrap_or(if a.quick { 3 } else { 40 }),
         batch_size: a.teacher_batch,
         lr: a.teacher_lr,
-        max_shift: a.shift,
+        max_shift: a.shift.unwrap_or(default_shift(teacher_model)),
     };
     let student_fit = FitConfig {
         model,
         epochs: a.student_epochs.unwrap_or(if a.quick { 10 } else { 100 }),
         batch_size: a.student_batch,
         lr: a.student_lr,
-        max_shift: a.shift,
+        max_shift: a.student_shift.or(a.shift).unwrap_or(default_shift(model)),
     };
     teacher_fit.validate()?;
     student_fit.validate()?;
@@ -266,11 +282,14 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         return Err(Error::invalid("queries", 0, ">= 1"));
     }
 
-    // Data: missing files are an error that names scripts/fetch-mnist (Dataset::load).
-    let (train, test, name) = match a.dataset {
+    // Data: missing files are an error that names scripts/fetch-mnist (Dataset::load); the
+    // scattering models get the ScatterNet features of the [0, 1] pixels (train::load_data).
+    let (source, name) = match a.dataset {
         DatasetArg::Synthetic => (
-            Dataset::synthetic(2000, 1)?,
-            Dataset::synthetic(1000, 2)?,
+            DataSource::Synthetic {
+                train: 2000,
+                test: 1000,
+            },
             "synthetic",
         ),
         DatasetArg::Mnist | DatasetArg::FashionMnist => {
@@ -279,57 +298,107 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             } else {
                 DatasetKind::FashionMnist
             };
-            let dir = a
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| kind.default_dir().to_path_buf());
             (
-                Dataset::load(kind, &dir, Split::Train)?,
-                Dataset::load(kind, &dir, Split::Test)?,
+                DataSource::Idx {
+                    kind,
+                    dir: Some(
+                        a.data_dir
+                            .clone()
+                            .unwrap_or_else(|| kind.default_dir().to_path_buf()),
+                    ),
+                },
                 kind.name(),
             )
         }
     };
-    let public_n = a.public.unwrap_or(if synthetic { 900 } else { 9000 });
-    if public_n == 0 || public_n >= test.len() {
+    let say = |s: String| eprintln!("{s}");
+    // Pixels first (cheap; the sizes are checked before any features are computed), then the
+    // teachers' and the student's representations.
+    let (train_px, test_px) = load_data(&source, ModelKind::SampleConvnet)?;
+    let public_all = a.public.unwrap_or(if synthetic { 900 } else { 9000 });
+    if public_all == 0 || public_all >= test_px.len() {
         return Err(Error::invalid(
             "public",
-            public_n,
+            public_all,
             format!(
                 "in 1..{} (the rest of the {}-image test set is the student's test set)",
-                test.len(),
-                test.len()
+                test_px.len(),
+                test_px.len()
             ),
         ));
     }
+    if a.validation >= public_all {
+        return Err(Error::invalid(
+            "validation",
+            a.validation,
+            format!(
+                "< the public set's {public_all} images (the rest is queried and self-labelled)"
+            ),
+        ));
+    }
+    // Tuning mode: the last `validation` public images are the evaluation set; the student's
+    // test set is not touched.
+    let public_n = public_all - a.validation;
+    let eval_idx: Vec<usize> = if a.validation > 0 {
+        (public_n..public_all).collect()
+    } else {
+        (public_all..test_px.len()).collect()
+    };
+    let eval_name = if a.validation > 0 {
+        "validation set (public images held out)"
+    } else {
+        "student's test set"
+    };
     if q > public_n {
         return Err(Error::invalid(
             "queries",
             q,
-            format!("<= the public set's {public_n} images"),
+            format!(
+                "<= the public set's {public_n} images{}",
+                if a.validation > 0 {
+                    " (after the validation hold-out)"
+                } else {
+                    ""
+                }
+            ),
         ));
     }
-    if k > train.len() {
+    if k > train_px.len() {
         return Err(Error::invalid(
             "teachers",
             k,
-            format!("<= the {} training examples", train.len()),
+            format!("<= the {} training examples", train_px.len()),
         ));
     }
-    let release = release_config(&a, agg, k, test.classes())?;
+    let release = release_config(&a, agg, k, test_px.classes())?;
+    let features = |m: ModelKind| -> Result<(Dataset, Dataset)> {
+        if m.uses_scattering() {
+            say(format!("ScatterNet features for the {m:?} model (cached)"));
+            load_data(&source, m)
+        } else {
+            Ok((train_px.clone(), test_px.clone()))
+        }
+    };
+    let (train, teacher_test) = features(teacher_model)?;
+    let test = if model.uses_scattering() == teacher_model.uses_scattering() {
+        teacher_test.clone()
+    } else {
+        features(model)?.1
+    };
     let keys = RunKeys::from_seed(a.seed)?;
     let parts = partition(train.len(), k, &keys)?;
     std::fs::create_dir_all(&a.out).map_err(|source| Error::Io {
         path: a.out.clone(),
         source,
     })?;
-    let say = |s: String| eprintln!("{s}");
     say(format!(
-        "pate: {k} teachers on {} {name} training images (~{} each), {} epochs each; {q} queries of {public_n} public images; student tested on the last {}",
+        "pate: {k} {:?} teachers on {} {name} training images (~{} each), {} epochs each; {q} queries of {public_n} public images; {:?} student evaluated on {} images: the {eval_name}",
+        teacher_model,
         train.len(),
         train.len() / k,
         teacher_fit.epochs,
-        test.len() - public_n
+        model,
+        eval_idx.len()
     ));
 
     // Teachers, in parallel (rayon), each predicting the whole test set.
@@ -339,24 +408,23 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         ProgressStyle::with_template("teachers [{bar:30}] {pos}/{len} {elapsed} (eta {eta})")
             .map_err(|e| Error::invalid("progress template", e, "valid"))?,
     );
-    // The teachers predict only what is used: the Q queries and the student's test set.
-    let query_idx: Vec<usize> = (0..q).chain(public_n..test.len()).collect();
-    let query = test.subset(&query_idx)?;
+    // The teachers predict only what is used: the Q queries and the evaluation set.
+    let query_idx: Vec<usize> = (0..q).chain(eval_idx.iter().copied()).collect();
+    let query = teacher_test.subset(&query_idx)?;
     let preds = train_teachers(&train, &parts, &query, &teacher_fit, &keys, &|| bar.inc(1))?;
     bar.finish_and_clear();
     let teacher_seconds = t_teach.elapsed().as_secs_f64();
     let labels = test.labels();
-    let student_test: Vec<usize> = (public_n..test.len()).collect();
-    let test_labels = &labels[public_n..];
+    let test_labels: Vec<u32> = eval_idx.iter().map(|&i| labels[i]).collect();
     let teacher_acc: Vec<f64> = preds
         .iter()
-        .map(|p| accuracy(&p[q..], test_labels))
+        .map(|p| accuracy(&p[q..], &test_labels))
         .collect();
     let mean = teacher_acc.iter().sum::<f64>() / k as f64;
     let tmin = teacher_acc.iter().cloned().fold(f64::MAX, f64::min);
     let tmax = teacher_acc.iter().cloned().fold(f64::MIN, f64::max);
     say(format!(
-        "teachers trained in {teacher_seconds:.0} s; accuracy on the student's test set (teachers are private: not covered by ε): mean {:.2}%, min {:.2}%, max {:.2}%",
+        "teachers trained in {teacher_seconds:.0} s; accuracy on the {eval_name} (teachers are private: not covered by ε): mean {:.2}%, min {:.2}%, max {:.2}%",
         100.0 * mean,
         100.0 * tmin,
         100.0 * tmax
@@ -418,7 +486,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         ));
     }
     let public = test.subset(&(0..public_n).collect::<Vec<_>>())?;
-    let held = test.subset(&student_test)?;
+    let held = test.subset(&eval_idx)?;
     let ex = test.example_len();
     let labelled = |items: &[(usize, u32)]| -> Result<Dataset> {
         let mut img = Vec::with_capacity(items.len() * ex);
@@ -524,6 +592,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         student_fit,
         aggregator: agg,
         public_examples: public_n,
+        evaluation_set: eval_name.to_string(),
         student_test_examples: held.len(),
         teacher_accuracies: teacher_acc.clone(),
         teacher_accuracy_mean: mean,
@@ -627,7 +696,8 @@ fn print_table(r: &PateReport, out: &Path, plotted: bool) {
         r.dataset, r.teachers, r.aggregator
     );
     println!(
-        "  teachers' accuracy (student's test set; teachers are private: not covered by ε): mean {:.2}%  min {:.2}%  max {:.2}%",
+        "  teachers' accuracy ({}; teachers are private: not covered by ε): mean {:.2}%  min {:.2}%  max {:.2}%",
+        r.evaluation_set,
         100.0 * r.teacher_accuracy_mean,
         100.0 * r.teacher_accuracy_min,
         100.0 * r.teacher_accuracy_max
@@ -648,7 +718,8 @@ fn print_table(r: &PateReport, out: &Path, plotted: bool) {
     );
     println!("  student trained on {}", r.student_trained_on);
     println!(
-        "  student test accuracy ({} images): {:.2}%",
+        "  student accuracy on the {} ({} images): {:.2}%",
+        r.evaluation_set,
         r.student_test_examples,
         100.0 * r.student_accuracy
     );
