@@ -19,7 +19,8 @@
 //! `w·h + e_y·h` with per-class bias). Real minibatches are drawn uniformly with replacement
 //! from the discriminator's partition; partition of training example `i` is `i mod K`.
 //!
-//! Outputs in `--out`: `samples_NNNNNN.png` (EMA generator, row = class), at the end
+//! Outputs in `--out`: `samples_NNNNNN.png` (EMA generator, row = class), `samples_raw_NNNNNN.png`
+//! (the generator's own weights), at the end
 //! `class_C.png` (10×10 per class) and `gen_data.safetensors` (`images` [N,1,28,28] f32 in
 //! [−1, 1], `labels` [N] **i64**), `metrics.jsonl`, `checkpoint.safetensors` (`--resume`).
 //!
@@ -27,11 +28,34 @@
 //! their Adam moments), which are functions of the private data without noise, and in a seeded
 //! run the seed (whoever has it can regenerate the noise; a secure run saves no key and a
 //! resumed one draws fresh keys); the
-//! Wasserstein estimate in the log and `metrics.jsonl` is computed from private data. Only the
+//! Wasserstein estimate and the gradient-penalty term in the log and `metrics.jsonl` are
+//! computed from private data. Only the
 //! generator (and its EMA), its samples and `gen_data.safetensors` are covered.
+//!
+//! **`--disable-dp` (no privacy).** A plain conditional WGAN-GP control: the generator's
+//! gradient comes from the discriminator just trained, unclipped and un-noised, and ε = ∞ (the
+//! run says so on stderr; `metrics.jsonl` has `"epsilon": null`). It is how the GAN itself is
+//! checked: with `--discriminators 1 --pretrain-iterations 0` the Wasserstein estimate falls
+//! (≈ 18 → 5 over 7 000 iterations) with the penalty term below 1, and the samples turn from a
+//! flat image into strokes and digit shapes within 2 000–4 000 iterations (BENCHMARKS.md).
+//!
+//! **Why short private runs learn nothing.** A discriminator with few critic steps has input
+//! gradients of norm ≪ 1 (the penalty term `λ·mean(‖∇D‖ − 1)²` stays near its ceiling λ = 10),
+//! so each image's gradient is far below the clip bound `C/B` before noise of per-pixel std
+//! `2(C/B)σ` is added: the generator random-walks at `lr` per step and its samples stay flat
+//! grey. The paper trains every discriminator 2 000 iterations first; with the `1/K`
+//! amplification a valid ε needs `K` in the hundreds, and `K ×` (thousands of critic steps) is
+//! hours to days of CPU, not minutes.
+//!
+//! Samples: `samples_NNNNNN.png` is the weight average (`--ema-decay`, paper 0.999; it starts
+//! as the plain mean of the iterates, so for the first `≈ 1/(1 − β)` iterations it still
+//! holds the untrained start and looks darker and flatter than the generator),
+//! `samples_raw_NNNNNN.png` the generator itself. Both are covered by ε (post-processing).
 //!
 //! ```text
 //! cargo run --release --example gs_wgan -- --preset cpu --out runs/gswgan
+//! cargo run --release --example gs_wgan -- --disable-dp --discriminators 1 \
+//!     --pretrain-iterations 0 --iterations 7000 --out runs/control     # NOT private
 //! ```
 
 use clap::{Parser, ValueEnum};
