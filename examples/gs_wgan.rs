@@ -76,7 +76,9 @@ const IMG: usize = 784;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Preset {
-    /// Small models and few discriminators: under an hour on 2 cores.
+    /// Small models and few discriminators: under an hour on 2 cores (ε 6.5 at δ = 1e-5). It
+    /// shows **no learning**: its discriminators get too few critic steps for their gradients
+    /// to rise above the noise (module docs, BENCHMARKS.md). A smoke test of the private path.
     Cpu,
     /// The paper's setting (K = 1000, 2 000 pretraining iterations each, 20 000 iterations,
     /// model_dim 64). The example runs on the CPU only (the double backward has no CUDA path
