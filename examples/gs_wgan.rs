@@ -19,7 +19,8 @@
 //! `w·h + e_y·h` with per-class bias). Real minibatches are drawn uniformly with replacement
 //! from the discriminator's partition; partition of training example `i` is `i mod K`.
 //!
-//! Outputs in `--out`: `samples_NNNNNN.png` (EMA generator, row = class), at the end
+//! Outputs in `--out`: `samples_NNNNNN.png` (EMA generator, row = class), `samples_raw_NNNNNN.png`
+//! (the generator's own weights), at the end
 //! `class_C.png` (10×10 per class) and `gen_data.safetensors` (`images` [N,1,28,28] f32 in
 //! [−1, 1], `labels` [N] **i64**), `metrics.jsonl`, `checkpoint.safetensors` (`--resume`).
 //!
@@ -27,11 +28,34 @@
 //! their Adam moments), which are functions of the private data without noise, and in a seeded
 //! run the seed (whoever has it can regenerate the noise; a secure run saves no key and a
 //! resumed one draws fresh keys); the
-//! Wasserstein estimate in the log and `metrics.jsonl` is computed from private data. Only the
+//! Wasserstein estimate and the gradient-penalty term in the log and `metrics.jsonl` are
+//! computed from private data. Only the
 //! generator (and its EMA), its samples and `gen_data.safetensors` are covered.
+//!
+//! **`--disable-dp` (no privacy).** A plain conditional WGAN-GP control: the generator's
+//! gradient comes from the discriminator just trained, unclipped and un-noised, and ε = ∞ (the
+//! run says so on stderr; `metrics.jsonl` has `"epsilon": null`). It is how the GAN itself is
+//! checked: with `--discriminators 1 --pretrain-iterations 0` the Wasserstein estimate falls
+//! (≈ 18 → 5 over 7 000 iterations) with the penalty term below 1, and the samples turn from a
+//! flat image into strokes and digit shapes within 2 000–4 000 iterations (BENCHMARKS.md).
+//!
+//! **Why short private runs learn nothing.** A discriminator with few critic steps has input
+//! gradients of norm ≪ 1 (the penalty term `λ·mean(‖∇D‖ − 1)²` stays near its ceiling λ = 10),
+//! so each image's gradient is far below the clip bound `C/B` before noise of per-pixel std
+//! `2(C/B)σ` is added: the generator random-walks at `lr` per step and its samples stay flat
+//! grey. The paper trains every discriminator 2 000 iterations first; with the `1/K`
+//! amplification a valid ε needs `K` in the hundreds, and `K ×` (thousands of critic steps) is
+//! hours to days of CPU, not minutes.
+//!
+//! Samples: `samples_NNNNNN.png` is the weight average (`--ema-decay`, paper 0.999; it starts
+//! as the plain mean of the iterates, so for the first `≈ 1/(1 − β)` iterations it still
+//! holds the untrained start and looks darker and flatter than the generator),
+//! `samples_raw_NNNNNN.png` the generator itself. Both are covered by ε (post-processing).
 //!
 //! ```text
 //! cargo run --release --example gs_wgan -- --preset cpu --out runs/gswgan
+//! cargo run --release --example gs_wgan -- --disable-dp --discriminators 1 \
+//!     --pretrain-iterations 0 --iterations 7000 --out runs/control     # NOT private
 //! ```
 
 use clap::{Parser, ValueEnum};
@@ -52,7 +76,9 @@ const IMG: usize = 784;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Preset {
-    /// Small models and few discriminators: under an hour on 2 cores.
+    /// Small models and few discriminators: under an hour on 2 cores (ε 6.5 at δ = 1e-5). It
+    /// shows **no learning**: its discriminators get too few critic steps for their gradients
+    /// to rise above the noise (module docs, BENCHMARKS.md). A smoke test of the private path.
     Cpu,
     /// The paper's setting (K = 1000, 2 000 pretraining iterations each, 20 000 iterations,
     /// model_dim 64). The example runs on the CPU only (the double backward has no CUDA path
@@ -137,11 +163,22 @@ pub struct Args {
     /// Continue from `out/checkpoint.safetensors`.
     #[arg(long)]
     resume: bool,
+    /// **No privacy**: a plain (non-private) conditional WGAN-GP control. The generator's
+    /// gradient comes from the discriminator just trained, without clipping or noise, and no ε
+    /// is reported (ε = ∞). For checking that the GAN learns; never for private data.
+    #[arg(long)]
+    disable_dp: bool,
+    /// Decay β of the generator's weight average used for sampling (paper 0.999). The average
+    /// starts as the plain mean of the iterates (`min(1 − 1/(t+1), β)`), so it spans about
+    /// `1/(1 − β)` iterations: with β = 0.999 a run of a few thousand iterations samples an
+    /// average that still holds the untrained start. 0 samples the last iterate.
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
 }
 
 /// The resolved configuration.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-struct Config {
+pub struct Config {
     dataset: String,
     n: usize,
     k: usize,
@@ -159,9 +196,20 @@ struct Config {
     lambda_eps: f64,
     lr: f32,
     seed: Option<u64>,
+    /// `--disable-dp`: no clipping, no noise, ε = ∞.
+    #[serde(default)]
+    disable_dp: bool,
+    #[serde(default = "paper_ema")]
+    ema_decay: f64,
 }
 
-fn generator(dev: &Device, z: usize, md: usize, seed: u64) -> Result<Sequential> {
+fn paper_ema() -> f64 {
+    0.999
+}
+
+/// The conditional generator: input `[z + 10, 1, 1]` (latent code, one-hot label), output a
+/// `[1, 28, 28]` image in [0, 1].
+pub fn generator(dev: &Device, z: usize, md: usize, seed: u64) -> Result<Sequential> {
     Sequential::builder(&[z + CLASSES, 1, 1])
         .conv_transpose2d(4 * md, 4, 1, 0, true) // [4md, 4, 4]
         .relu()
@@ -174,7 +222,8 @@ fn generator(dev: &Device, z: usize, md: usize, seed: u64) -> Result<Sequential>
         .build(dev, seed)
 }
 
-fn discriminator(dev: &Device, md: usize, seed: u64) -> Result<Sequential> {
+/// The conditional critic: one output per class, `D(x, y) = out[y]`.
+pub fn discriminator(dev: &Device, md: usize, seed: u64) -> Result<Sequential> {
     Sequential::builder(&[1, 28, 28])
         .conv2d(md, 5, 2, 2, true) // 14
         .relu()
@@ -191,7 +240,8 @@ fn invalid(name: &'static str, v: impl std::fmt::Display, what: &str) -> Error {
     Error::invalid(name, v, what.to_string())
 }
 
-fn resolve(a: &Args, n_total: usize) -> Result<Config> {
+/// The settings `a` resolves to (its preset, overridden by its flags), validated.
+pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
     let (k, pre, it, md) = match a.preset {
         Preset::Cpu => (300, 5, 1000, 16),
         Preset::Paper => (1000, 2000, 20_000, 64),
@@ -216,7 +266,12 @@ fn resolve(a: &Args, n_total: usize) -> Result<Config> {
         lambda_eps: a.lambda_eps,
         lr: a.lr,
         seed: a.seed,
+        disable_dp: a.disable_dp,
+        ema_decay: a.ema_decay,
     };
+    if !(0.0..1.0).contains(&c.ema_decay) {
+        return Err(invalid("ema_decay", c.ema_decay, "in [0, 1)"));
+    }
     if c.k == 0 || c.k > c.n {
         return Err(invalid(
             "discriminators",
@@ -319,9 +374,12 @@ fn adam_step(
     dpsgd::cpu::optim::noisy_adam_step(params, grad, m, v, t, &cfg, &plain)
 }
 
-/// One WGAN-GP critic step of `d` (its weights loaded) on a real batch, against `g`.
+/// One WGAN-GP critic step of `d` (its weights loaded) on a real batch, against `g`: writes
+/// the critic loss's gradient to `grad` and returns (the Wasserstein estimate
+/// `mean D(x, y) − mean D(G(z), y)`, the gradient penalty term, the whole critic loss
+/// `−mean D(x, y) + λ_ε mean D(x, y)² + mean D(G(z), y) + GP`).
 #[allow(clippy::too_many_arguments)]
-fn critic_step(
+pub fn critic_step(
     cfg: &Config,
     d: &Sequential,
     g: &Sequential,
@@ -329,7 +387,7 @@ fn critic_step(
     labels: &[u32],
     rng: &mut impl RandomBits,
     grad: &mut Buffer<f32>,
-) -> Result<f64> {
+) -> Result<(f64, f64, f64)> {
     let b = labels.len();
     let bf = b as f32;
     let mut zin = Vec::new();
@@ -396,12 +454,12 @@ fn critic_step(
     let gp = gradient_penalty(&u, b, cfg.lambda_gp, &mut v)?;
     d.input_grad_param_grad(&xh, &sel, &v, grad, true)?;
     let w: f64 = dr.iter().zip(&df).map(|(r, f)| (r - f) as f64).sum::<f64>() / b as f64;
-    let _ = gp;
-    Ok(w)
+    let sq: f64 = dr.iter().map(|&r| (r as f64) * (r as f64)).sum::<f64>() / b as f64;
+    Ok((w, gp, -w + cfg.lambda_eps * sq + gp))
 }
 
-fn ema_update(ema: &mut [f32], p: &[f32], step: u64) {
-    let a = (1.0 - 1.0 / (step as f64 + 1.0)).min(0.999) as f32;
+fn ema_update(ema: &mut [f32], p: &[f32], step: u64, decay: f64) {
+    let a = (1.0 - 1.0 / (step as f64 + 1.0)).min(decay) as f32;
     for (e, &x) in ema.iter_mut().zip(p) {
         *e = a * *e + (1.0 - a) * x;
     }
@@ -424,11 +482,11 @@ fn train_d(
     data: &Parts,
     rng: &mut impl RandomBits,
     grad: &mut Buffer<f32>,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let p = d.num_params();
     load_d(d, st, k)?;
     let (real, labels) = data.batch(k, cfg.b, rng);
-    let w = critic_step(cfg, d, g, &real, &labels, rng, grad)?;
+    let (w, gp, _) = critic_step(cfg, d, g, &real, &labels, rng, grad)?;
     st.d_steps[k] += 1;
     let mut params = d.params().to_vec()?;
     adam_step(
@@ -440,7 +498,7 @@ fn train_d(
         cfg.lr,
     )?;
     st.d_all[k * p..(k + 1) * p].copy_from_slice(&params);
-    Ok(w)
+    Ok((w, gp))
 }
 
 /// The training set split into K partitions (example i → partition i mod K), pixels in [0, 1].
@@ -662,12 +720,20 @@ pub fn run(a: Args) -> Result<()> {
         k: cfg.k,
         n: cfg.n,
     };
-    eprintln!(
-        "GS-WGAN: {} n={} K={} B={} T={} σ={} C={} → ε = {:.3} at δ = {} (independent per-row draws; \
-         dpsgd::accounting::gs_wgan). [Paper's accounting for the same settings, for comparison only: {:.3}]",
-        cfg.dataset, cfg.n, cfg.k, cfg.b, cfg.iterations, cfg.sigma, cfg.clip, eps_final.epsilon, cfg.delta,
-        paper_epsilon(cfg.k as u64, cfg.sigma, cfg.b as u64, cfg.iterations, cfg.delta)?
-    );
+    if cfg.disable_dp {
+        eprintln!(
+            "!!! --disable-dp: NO PRIVACY. The generator is trained on unclipped, un-noised \
+             gradients of the discriminator just trained (a plain conditional WGAN-GP): ε = ∞. \
+             Nothing this run writes may be released as private. !!!"
+        );
+    } else {
+        eprintln!(
+            "GS-WGAN: {} n={} K={} B={} T={} σ={} C={} → ε = {:.3} at δ = {} (independent per-row draws; \
+             dpsgd::accounting::gs_wgan). [Paper's accounting for the same settings, for comparison only: {:.3}]",
+            cfg.dataset, cfg.n, cfg.k, cfg.b, cfg.iterations, cfg.sigma, cfg.clip, eps_final.epsilon, cfg.delta,
+            paper_epsilon(cfg.k as u64, cfg.sigma, cfg.b as u64, cfg.iterations, cfg.delta)?
+        );
+    }
     let dev = Device::Cpu;
     let init = keys.key(Purpose::ModelInit);
     let mut g = generator(&dev, cfg.z, cfg.md, init.rng(0).next_u64())?;
@@ -707,7 +773,7 @@ pub fn run(a: Args) -> Result<()> {
                     train_d(&cfg, &mut d, &g, &mut st, k, &parts, &mut rng, &mut dgrad)?;
                 }
                 load_d(&mut d, &st, k)?;
-                let gg = generator_grad(&cfg, &mut g, &d, &mut rng, None)?;
+                let (gg, _) = generator_grad(&cfg, &mut g, &d, &mut rng, None)?;
                 let mut p = g.params().to_vec()?;
                 adam_step(&mut p, &gg, &mut m, &mut v, it + 1, cfg.lr)?;
                 g.params_mut().copy_from_slice(&p)?;
@@ -737,44 +803,70 @@ pub fn run(a: Args) -> Result<()> {
         // Critic: a discriminator drawn from ω (independent of the rows' draws below).
         let mut rng = omega.rng(t);
         let j = rng.next_below(cfg.k as u64) as usize;
-        let mut w = 0.0;
+        let (mut w, mut gpen) = (0.0, 0.0);
         for _ in 0..cfg.critic {
-            w = train_d(&cfg, &mut d, &g, &mut st, j, &parts, &mut rng, &mut dgrad)?;
+            (w, gpen) = train_d(&cfg, &mut d, &g, &mut st, j, &parts, &mut rng, &mut dgrad)?;
         }
-        // Generator: every row draws its own discriminator (secret), sanitised gradient.
-        let mut crng = choice.rng(t);
-        let ks: Vec<usize> = (0..cfg.b)
-            .map(|_| crng.next_below(cfg.k as u64) as usize)
-            .collect();
-        let key = NoiseKey::for_step_with(noise, t, 0)?;
-        let gg = generator_grad(&cfg, &mut g, &d, &mut rng, Some((&ks, &st.d_all, key)))?;
+        let gg = if cfg.disable_dp {
+            // No privacy: the discriminator just trained, unclipped, no noise.
+            load_d(&mut d, &st, j)?;
+            generator_grad(&cfg, &mut g, &d, &mut rng, None)?.0
+        } else {
+            // Generator: every row draws its own discriminator (secret), sanitised gradient.
+            let mut crng = choice.rng(t);
+            let ks: Vec<usize> = (0..cfg.b)
+                .map(|_| crng.next_below(cfg.k as u64) as usize)
+                .collect();
+            let key = NoiseKey::for_step_with(noise, t, 0)?;
+            generator_grad(&cfg, &mut g, &d, &mut rng, Some((&ks, &st.d_all, key)))?.0
+        };
         st.g_steps += 1;
         let mut p = g.params().to_vec()?;
         adam_step(&mut p, &gg, &mut st.g_m, &mut st.g_v, st.g_steps, cfg.lr)?;
         g.params_mut().copy_from_slice(&p)?;
-        ema_update(&mut st.g_ema, &p, t);
+        ema_update(&mut st.g_ema, &p, t, cfg.ema_decay);
         st.iteration += 1;
         if st.iteration % a.log_every == 0 || st.iteration == cfg.iterations {
-            let eps = acc.epsilon_charged(st.iteration, cfg.delta, IMG as u64, keys.generator())?;
+            let eps = if cfg.disable_dp {
+                f64::INFINITY
+            } else {
+                acc.epsilon_charged(st.iteration, cfg.delta, IMG as u64, keys.generator())?
+                    .epsilon
+            };
             let secs = t0.elapsed().as_secs_f64() / (st.iteration - start) as f64;
             let line = serde_json::json!({
                 "iteration": st.iteration,
-                "epsilon": eps.epsilon,
+                // JSON has no ∞: null under --disable-dp (no privacy).
+                "epsilon": eps.is_finite().then_some(eps),
+                "no_privacy_disable_dp": cfg.disable_dp,
                 "delta": cfg.delta,
                 "sec_per_iteration": secs,
                 "wasserstein_estimate_not_covered_by_epsilon": w,
+                "gradient_penalty_not_covered_by_epsilon": gpen,
             });
             writeln!(metrics, "{line}").map_err(|source| Error::Io {
                 path: a.out.join("metrics.jsonl"),
                 source,
             })?;
             eprintln!(
-                "iter {:>6}  ε {:.3}  {:.2} s/it  (W estimate {:.3}: not covered by ε)",
-                st.iteration, eps.epsilon, secs, w
+                "iter {:>6}  ε {:.3}  {:.2} s/it  (W estimate {:.3}, GP {:.4}: not covered by ε)",
+                st.iteration, eps, secs, w, gpen
             );
             let (x, _) = sample(&mut g, &st.g_ema.clone(), &cfg, 10, sample_key, 0)?;
             dpsgd::data::grid::save_grid_png(
                 &a.out.join(format!("samples_{:06}.png", st.iteration)),
+                &x,
+                100,
+                1,
+                28,
+                28,
+                10,
+                (0.0, 1.0),
+            )?;
+            // The raw (non-averaged) generator too: the EMA lags the iterates.
+            let (x, _) = sample(&mut g, &p, &cfg, 10, sample_key, 0)?;
+            dpsgd::data::grid::save_grid_png(
+                &a.out.join(format!("samples_raw_{:06}.png", st.iteration)),
                 &x,
                 100,
                 1,
@@ -819,24 +911,34 @@ pub fn run(a: Args) -> Result<()> {
             None,
         )?;
     }
-    let eps = acc.epsilon_charged(st.iteration, cfg.delta, IMG as u64, keys.generator())?;
-    println!(
-        "done: {} iterations, ε = {:.4} at δ = {} (order {})",
-        st.iteration, eps.epsilon, cfg.delta, eps.order
-    );
+    if cfg.disable_dp {
+        println!(
+            "done: {} iterations, ε = ∞ (--disable-dp: NO PRIVACY)",
+            st.iteration
+        );
+    } else {
+        let eps = acc.epsilon_charged(st.iteration, cfg.delta, IMG as u64, keys.generator())?;
+        println!(
+            "done: {} iterations, ε = {:.4} at δ = {} (order {})",
+            st.iteration, eps.epsilon, cfg.delta, eps.order
+        );
+    }
     Ok(())
 }
 
 /// The generator's gradient. Private (`rows` given): each row's image gradient comes from its
 /// own discriminator, and the `[B, 784]` matrix is sanitised (`ops::sanitize_rows`, clip C/B,
-/// noise std 2(C/B)σ) before it enters G. Warm start (`None`): `d` for all rows, no clipping.
-fn generator_grad(
+/// noise std 2(C/B)σ) before it enters G. Warm start and `--disable-dp` (`None`): `d` for all
+/// rows, no clipping. Returns the gradient and, for `None`, the generator loss
+/// `−mean_i D(G(z_i, y_i), y_i)` (NaN for the private path: that value is never computed, it
+/// would not be covered by ε).
+pub fn generator_grad(
     cfg: &Config,
     g: &mut Sequential,
     d: &Sequential,
     rng: &mut impl RandomBits,
     rows: Option<(&[usize], &[f32], NoiseKey)>,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, f64)> {
     let b = cfg.b;
     let labels: Vec<u32> = (0..b)
         .map(|_| rng.next_below(CLASSES as u64) as u32)
@@ -848,10 +950,18 @@ fn generator_grad(
     let fake = gws.output().to_vec();
     let mut u = vec![0f32; b * IMG];
     let sel = |ys: &[u32]| onehot(ys, &vec![-1.0 / b as f32; ys.len()]);
+    let mut loss = f64::NAN;
     match rows {
         None => {
             let mut ws = d.workspace(b)?;
             d.forward(&mut ws, &fake)?;
+            let out = ws.output();
+            loss = -labels
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| out[i * CLASSES + y as usize] as f64)
+                .sum::<f64>()
+                / b as f64;
             d.set_output_grad(&mut ws, &sel(&labels))?;
             d.backward(&mut ws, Grads::None, true)?;
             u.copy_from_slice(ws.input_grad().unwrap_or(&[]));
@@ -884,7 +994,7 @@ fn generator_grad(
         },
         false,
     )?;
-    grad.to_vec()
+    Ok((grad.to_vec()?, loss))
 }
 
 fn main() {

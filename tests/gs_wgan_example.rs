@@ -134,6 +134,8 @@ fn bad_input_is_an_error_before_training() {
         &["--clip", "0"],
         &["--delta", "1"],
         &["--data-dir", "/nonexistent/mnist"],
+        &["--ema-decay", "1"],
+        &["--ema-decay=-0.1"],
     ] {
         let out = dir.join("x");
         let e = gs_wgan::run(args(&out, extra));
@@ -144,4 +146,178 @@ fn bad_input_is_an_error_before_training() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--disable-dp` (the non-private control) trains, writes the raw generator's samples beside
+/// the average's, and claims no ε: `metrics.jsonl` says so and has no number for it.
+#[test]
+fn disable_dp_claims_no_privacy() {
+    let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-nodp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    gs_wgan::run(args(
+        &dir,
+        &[
+            "--disable-dp",
+            "--discriminators",
+            "1",
+            "--iterations",
+            "2",
+            "--gen-samples",
+            "0",
+        ],
+    ))
+    .unwrap();
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert!(last["epsilon"].is_null(), "{last}");
+    assert_eq!(last["no_privacy_disable_dp"].as_bool(), Some(true));
+    assert!(
+        last["gradient_penalty_not_covered_by_epsilon"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
+    assert!(dir.join("samples_raw_000002.png").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Cosine similarity and relative error of `a` against the reference `r`.
+fn compare(a: &[f64], r: &[f64]) -> (f64, f64) {
+    let dot: f64 = a.iter().zip(r).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nr = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let diff = a
+        .iter()
+        .zip(r)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
+    (dot / (na * nr), diff / nr)
+}
+
+/// Central differences of `f` at `p` over the coordinates `idx` (step `h`).
+fn finite_differences(
+    p: &[f32],
+    idx: &[usize],
+    h: f32,
+    mut f: impl FnMut(&[f32]) -> f64,
+) -> Vec<f64> {
+    idx.iter()
+        .map(|&i| {
+            let mut q = p.to_vec();
+            q[i] = p[i] + h;
+            let up = f(&q);
+            q[i] = p[i] - h;
+            let down = f(&q);
+            (up - down) / (2.0 * h as f64)
+        })
+        .collect()
+}
+
+/// The whole generator-through-critic chain (`generator_grad` without privacy: G's forward, the
+/// conditional D's input gradient of `−mean D(G(z), y)`, fed back into G's backward) against
+/// central differences of that loss in G's parameters, on tiny nets.
+#[test]
+fn generator_gradient_through_the_critic_matches_finite_differences() {
+    use dpsgd::rng::{Purpose, RunKeys};
+    use dpsgd::Device;
+    let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-fdg-{}", std::process::id()));
+    let cfg = gs_wgan::resolve(
+        &args(&dir, &["--batch-size", "3", "--latent", "normal"]),
+        120,
+    )
+    .unwrap();
+    let dev = Device::Cpu;
+    let mut g = gs_wgan::generator(&dev, 10, 2, 5).unwrap();
+    let d = gs_wgan::discriminator(&dev, 2, 6).unwrap();
+    let key = RunKeys::from_seed(Some(9)).unwrap().key(Purpose::Sampling);
+    let (grad, loss) = gs_wgan::generator_grad(&cfg, &mut g, &d, &mut key.rng(0), None).unwrap();
+    assert!(loss.is_finite());
+    let p0 = g.params().to_vec().unwrap();
+    let idx: Vec<usize> = (0..p0.len()).step_by(5).collect();
+    let fd = finite_differences(&p0, &idx, 1e-2, |q| {
+        g.params_mut().copy_from_slice(q).unwrap();
+        gs_wgan::generator_grad(&cfg, &mut g, &d, &mut key.rng(0), None)
+            .unwrap()
+            .1
+    });
+    let an: Vec<f64> = idx.iter().map(|&i| grad[i] as f64).collect();
+    let (cos, rel) = compare(&an, &fd);
+    assert!(
+        cos > 0.995 && rel < 0.1,
+        "cosine {cos}, relative error {rel}"
+    );
+}
+
+/// The critic's whole WGAN-GP gradient (`critic_step`: real and fake terms, λ_ε drift, and the
+/// gradient penalty's double backward through the conditional, class-selected D that runs)
+/// against central differences of the critic loss in D's parameters. A ReLU mask that flips
+/// between θ − h and θ + h makes the penalty jump (the input gradient is not continuous in θ
+/// there); those coordinates, found by disagreeing one-sided differences, are skipped, as in
+/// `tests/double_backward.rs`.
+#[test]
+fn critic_gradient_with_penalty_matches_finite_differences() {
+    use dpsgd::rng::{Purpose, RandomBits, RunKeys};
+    use dpsgd::{Buffer, Device};
+    let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-fdd-{}", std::process::id()));
+    let cfg = gs_wgan::resolve(
+        &args(&dir, &["--batch-size", "3", "--lambda-eps", "0.5"]),
+        120,
+    )
+    .unwrap();
+    let dev = Device::Cpu;
+    let g = gs_wgan::generator(&dev, 10, 2, 5).unwrap();
+    let mut d = gs_wgan::discriminator(&dev, 2, 6).unwrap();
+    let key = RunKeys::from_seed(Some(9)).unwrap().key(Purpose::Sampling);
+    let mut r = key.rng(7);
+    let real: Vec<f32> = (0..3 * 784).map(|_| r.next_f64() as f32).collect();
+    let labels = [3u32, 0, 9];
+    let mut grad = Buffer::<f32>::zeros(&dev, d.num_params()).unwrap();
+    let (_, gp, l0) =
+        gs_wgan::critic_step(&cfg, &d, &g, &real, &labels, &mut key.rng(1), &mut grad).unwrap();
+    // The penalty is most of the loss here (an untrained critic's gradients are far from
+    // norm 1), so its double backward is what this checks.
+    assert!(gp > 0.5 * l0.abs(), "gp {gp}, loss {l0}");
+    let grad = grad.to_vec().unwrap();
+    let theta = d.params().to_vec().unwrap();
+    let scale = grad.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+    assert!(scale > 1e-3);
+    let mut scratch = Buffer::<f32>::zeros(&dev, d.num_params()).unwrap();
+    let mut loss = |d: &mut dpsgd::nn::Sequential, t: &[f32]| {
+        d.params_mut().copy_from_slice(t).unwrap();
+        gs_wgan::critic_step(&cfg, d, &g, &real, &labels, &mut key.rng(1), &mut scratch)
+            .unwrap()
+            .2
+    };
+    let h = 1e-3f32;
+    let (mut kinks, mut checked) = (0, 0);
+    for k in 0..theta.len() {
+        let mut t = theta.clone();
+        t[k] = theta[k] + h;
+        let hp = (t[k] - theta[k]) as f64;
+        let up = loss(&mut d, &t);
+        t[k] = theta[k] - h;
+        let hm = (theta[k] - t[k]) as f64;
+        let dn = loss(&mut d, &t);
+        let fd = (up - dn) / (hp + hm);
+        let (fwd, bwd) = ((up - l0) / hp, (l0 - dn) / hm);
+        if (fwd - bwd).abs() > 1e-2 * scale + 1e-2 * fd.abs() {
+            kinks += 1;
+            continue;
+        }
+        checked += 1;
+        let a = grad[k] as f64;
+        // A jump below the kink test's threshold still moves the central difference by up to
+        // 1e-2·scale/2: the tolerance allows for it.
+        assert!(
+            (fd - a).abs() <= 6e-3 * scale + 1e-2 * a.abs(),
+            "param {k}: finite difference {fd} vs critic_step {a} (scale {scale})"
+        );
+    }
+    assert!(
+        kinks * 10 <= theta.len(),
+        "{kinks} kinks of {} parameters",
+        theta.len()
+    );
+    assert!(checked * 2 > theta.len());
 }
