@@ -77,8 +77,10 @@ def scatter_features(x, cache):
         if f.shape[0] == x.shape[0]:
             print(f"scattering features read from {cache}")
             return torch.from_numpy(f)
-    from kymatio.torch import Scattering2D
-    s = Scattering2D(J=2, shape=(28, 28), L=8)
+    # The 2-D frontend alone: `kymatio.torch` also imports the 3-D one, which needs
+    # `scipy.special.sph_harm` (removed in SciPy 1.17).
+    from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+    s = ScatteringTorch2D(J=2, shape=(28, 28), L=8)
     t = time.perf_counter()
     out = torch.cat([s(x[i:i + 1000]).reshape(-1, 81, 7, 7) for i in range(0, len(x), 1000)])
     print(f"kymatio scattering of {len(x)} images: {time.perf_counter() - t:.1f} s")
