@@ -120,6 +120,7 @@ def main():
         "dp": not a.disable_dp,
         "steps": len(times),
         "median_s_per_step": statistics.median(times),
+        "mean_s_per_step": statistics.mean(times),
         "min_s_per_step": min(times),
         "max_s_per_step": max(times),
     }))
