@@ -852,29 +852,20 @@ pub fn run(a: Args) -> Result<()> {
                 "iter {:>6}  ε {:.3}  {:.2} s/it  (W estimate {:.3}, GP {:.4}: not covered by ε)",
                 st.iteration, eps, secs, w, gpen
             );
-            let (x, _) = sample(&mut g, &st.g_ema.clone(), &cfg, 10, sample_key, 0)?;
-            dpsgd::data::grid::save_grid_png(
-                &a.out.join(format!("samples_{:06}.png", st.iteration)),
-                &x,
-                100,
-                1,
-                28,
-                28,
-                10,
-                (0.0, 1.0),
-            )?;
-            // The raw (non-averaged) generator too: the EMA lags the iterates.
-            let (x, _) = sample(&mut g, &p, &cfg, 10, sample_key, 0)?;
-            dpsgd::data::grid::save_grid_png(
-                &a.out.join(format!("samples_raw_{:06}.png", st.iteration)),
-                &x,
-                100,
-                1,
-                28,
-                28,
-                10,
-                (0.0, 1.0),
-            )?;
+            // The averaged generator, and the raw one too: the EMA lags the iterates.
+            for (name, w) in [("samples", &st.g_ema.clone()), ("samples_raw", &p)] {
+                let (x, _) = sample(&mut g, w, &cfg, 10, sample_key, 0)?;
+                dpsgd::data::grid::save_grid_png(
+                    &a.out.join(format!("{name}_{:06}.png", st.iteration)),
+                    &x,
+                    100,
+                    1,
+                    28,
+                    28,
+                    10,
+                    (0.0, 1.0),
+                )?;
+            }
         }
         if st.iteration % a.checkpoint_every.max(1) == 0 {
             save_checkpoint(&ckpt, &cfg, &st, &g)?;

@@ -14,7 +14,6 @@ training images, N = 5 851), C = 1, σ = 0.6543 (the ε = 10 preset's), Adam(2e-
 Prints the median seconds per step over `--steps` steps after `--warmup` steps, as JSON.
 """
 import argparse
-import gzip
 import json
 import os
 import statistics
@@ -24,17 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-
-def read_idx(path):
-    for p in (path, path + ".gz"):
-        if os.path.exists(p):
-            raw = open(p, "rb").read()
-            if raw[:2] == b"\x1f\x8b":
-                raw = gzip.decompress(raw)
-            nd = raw[3]
-            dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
-            return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
-    raise FileNotFoundError(path)
+from opacus_epoch import read_idx  # the same IDX reader (this folder is on sys.path)
 
 
 def generator(nz, g, groups):
