@@ -2,6 +2,7 @@
 //! dataset: outputs, ε, bit-exact resume, bad input refused before training, and D's gradient
 //! (clipped real half + un-clipped fake half) against an f64 reference.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/dp_dcgan/dcgan.rs"]
 mod dcgan;
@@ -9,7 +10,6 @@ mod dcgan;
 use clap::Parser;
 use dcgan::{Args, Gan};
 use dpsgd::accounting::Method;
-use dpsgd::data::idx::write_idx;
 use dpsgd::engine::{NoiseSpec, PrivacyConfig, PrivacyEngine};
 use dpsgd::nn::models::{self, DcganConfig};
 use dpsgd::nn::{Grads, Loss, Reduction};
@@ -27,25 +27,7 @@ fn tmp(name: &str) -> PathBuf {
 
 /// A tiny MNIST-shaped dataset: 48 training and 16 test images, labels 8 and 3 alternating.
 fn synthetic_mnist(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for (prefix, n) in [("train", 48usize), ("t10k", 16)] {
-        let px: Vec<u8> = (0..n * 784)
-            .map(|i| ((i * 37 + i / 784 * 11) % 256) as u8)
-            .collect();
-        let labels: Vec<u8> = (0..n).map(|i| if i % 2 == 0 { 8 } else { 3 }).collect();
-        write_idx(
-            dir.join(format!("{prefix}-images-idx3-ubyte")),
-            &[n, 28, 28],
-            &px,
-        )
-        .unwrap();
-        write_idx(
-            dir.join(format!("{prefix}-labels-idx1-ubyte")),
-            &[n],
-            &labels,
-        )
-        .unwrap();
-    }
+    common::write_synthetic_mnist(dir, 48, 16, |i| if i % 2 == 0 { 8 } else { 3 });
 }
 
 fn args(data: &Path, out: &Path, extra: &[&str]) -> Args {

@@ -2,12 +2,12 @@
 //! outputs exist, ε is reported, `--resume` continues bit-exactly on the CPU, and bad input is
 //! an error before anything is trained.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/gs_wgan.rs"]
 mod gs_wgan;
 
 use clap::Parser;
-use dpsgd::data::idx::write_idx;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -17,25 +17,7 @@ fn data_dir() -> &'static str {
     static DIR: OnceLock<String> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-data-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (prefix, n) in [("train", 120usize), ("t10k", 20)] {
-            let px: Vec<u8> = (0..n * 784)
-                .map(|i| ((i * 37 + i / 784 * 11) % 256) as u8)
-                .collect();
-            let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-            write_idx(
-                dir.join(format!("{prefix}-images-idx3-ubyte")),
-                &[n, 28, 28],
-                &px,
-            )
-            .unwrap();
-            write_idx(
-                dir.join(format!("{prefix}-labels-idx1-ubyte")),
-                &[n],
-                &labels,
-            )
-            .unwrap();
-        }
+        common::write_synthetic_mnist(&dir, 120, 20, |i| (i % 10) as u8);
         dir.display().to_string()
     })
 }

@@ -113,3 +113,34 @@ pub fn laplace_cdf(x: f64) -> f64 {
         1.0 - 0.5 * (-x).exp()
     }
 }
+
+/// Writes a tiny MNIST-shaped dataset into `dir` (the four IDX files under MNIST's names):
+/// `n_train` training and `n_test` test images of deterministic pixel patterns, example `i`
+/// labelled `label(i)`. A clean clone has no MNIST, so the examples' end-to-end tests run on this.
+pub fn write_synthetic_mnist(
+    dir: &std::path::Path,
+    n_train: usize,
+    n_test: usize,
+    label: fn(usize) -> u8,
+) {
+    use dpsgd::data::idx::write_idx;
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
+        let px: Vec<u8> = (0..n * 784)
+            .map(|i| ((i * 37 + i / 784 * 11) % 256) as u8)
+            .collect();
+        let labels: Vec<u8> = (0..n).map(label).collect();
+        write_idx(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            &[n, 28, 28],
+            &px,
+        )
+        .unwrap();
+        write_idx(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            &[n],
+            &labels,
+        )
+        .unwrap();
+    }
+}
