@@ -18,6 +18,7 @@ mod flatten;
 mod group_norm;
 mod linear;
 mod pool;
+mod unflatten;
 
 /// One layer of a [`super::Sequential`] model, with PyTorch's meaning of every field.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -95,6 +96,12 @@ pub enum Layer {
     },
     /// `nn.ReLU()`, `nn.LeakyReLU(slope)`, `nn.Tanh()` or `nn.Sigmoid()`.
     Act(Activation),
+    /// `nn.Unflatten(1, shape)`: an example's first dimension `n` becomes `shape` (whose
+    /// product must be `n`): `[n]` → `shape`, e.g. a Linear's features to `[c, h, w]`.
+    Unflatten {
+        /// The new shape of the first dimension (sizes ≥ 1).
+        shape: Vec<usize>,
+    },
 }
 
 /// The shape of one example's activation: `[c, h, w]` or `[features]`.
@@ -158,6 +165,7 @@ impl Layer {
             Layer::Flatten => Box::new(flatten::Flatten),
             Layer::Dropout { p } => Box::new(dropout::Dropout { p }),
             Layer::Act(a) => Box::new(activation::Act(a)),
+            Layer::Unflatten { ref shape } => Box::new(unflatten::Unflatten(shape.clone())),
         }
     }
 
