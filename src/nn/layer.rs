@@ -3,7 +3,7 @@
 //! shape rule, parameter tensors and initialisation, its CPU forward, backward and per-sample
 //! gradient, its double-backward role, its clipping role (ghost norm) and its CUDA arms. The
 //! schedules in `sequential*.rs` call the layers only through the `LayerKind` trait below;
-//! [`Layer::kind`] is the one place that maps a variant to its file. See "Adding a layer" in the
+//! `Layer::kind` is the one place that maps a variant to its file. See "Adding a layer" in the
 //! [`crate::nn`] module docs.
 
 use crate::cpu::activation::Activation;

@@ -9,7 +9,8 @@
 //! - **Rows**: convolutions, GroupNorm, … write each example's gradient into a compact row
 //!   (only these tensors' columns), whose squared norms are summed as
 //!   [`crate::cpu::clip::per_sample_norms`] sums them, and which are added with their factors.
-//! - **Ghost** (every `Linear` layer, when the layout's segments are whole tensors): the
+//! - **Ghost** (every layer whose `LayerKind::ghost` is `Some`: `Linear`, when the layout's
+//!   segments are whole tensors): the
 //!   per-example weight gradient `dy_i x_iᵀ` is never formed. Its squared Frobenius norm is
 //!   `‖dy_i‖²·‖x_i‖²` (Goodfellow, "Efficient Per-Example Gradient Computations", 2015; the
 //!   "ghost norm" of Li et al., ICLR 2022, and Bu et al.'s mixed ghost clipping, 2022), and the
