@@ -1223,6 +1223,34 @@ fn dcgan_gpu_matches_cpu() {
     }
 }
 
+/// `Layer::Unflatten` (device copies both ways) between a Linear and a Conv2d, the shape of a
+/// generator's first layers.
+#[test]
+fn unflatten_gpu_matches_cpu() {
+    let Some(dev) = gpu("unflatten_gpu_matches_cpu") else {
+        return;
+    };
+    let ce = |out: &[f32]| {
+        let t = (0..out.len() / 3).map(|i| (i % 3) as u32).collect();
+        (Some(t), None)
+    };
+    let build = |d: &Device| {
+        dpsgd::nn::Sequential::builder(&[8])
+            .linear(32, true)
+            .push(dpsgd::nn::Layer::Unflatten {
+                shape: vec![2, 4, 4],
+            })
+            .conv2d(3, 3, 1, 1, true)
+            .relu()
+            .flatten()
+            .linear(3, true)
+            .build(d, 5)
+    };
+    for batch in [1usize, 4] {
+        model_gpu_vs_cpu("Linear-Unflatten-Conv2d", &dev, &build, batch, &ce, 1e-4);
+    }
+}
+
 #[test]
 fn gpu_model_rejects_host_buffers_and_foreign_workspaces() {
     let Some(dev) = gpu("gpu_model_rejects_host_buffers_and_foreign_workspaces") else {

@@ -108,6 +108,40 @@
 //! [`Sequential::load_safetensors_bytes`] and [`Sequential::load_safetensors_view`] load from
 //! memory (bytes, or a parsed [`io::SafeTensors`]); with [`LoadMode::IgnoreUnknown`] they skip
 //! tensors the model has no parameter for and return their names.
+//!
+//! # Adding a layer
+//!
+//! Everything about one layer kind lives in one file, `src/nn/layer/<kind>.rs`; the schedules
+//! in `src/nn/sequential*.rs` (depth-first and layer-major CPU passes, the fused clipping, the
+//! double backward, the CUDA path) hold no per-layer knowledge and reach layers only through
+//! the crate-private `LayerKind` trait (`src/nn/layer.rs`). Opacus's grad-sampler registry and
+//! candle's `Module` are the models. To add a layer:
+//!
+//! 1. Add its variant to [`Layer`] (PyTorch's meaning of every field; it is part of the serde
+//!    format, so never rename existing ones).
+//! 2. Write `src/nn/layer/<kind>.rs`: a struct with the variant's fields and
+//!    `impl LayerKind`, providing
+//!    - `name` (PyTorch's class name) and `out_shape` (the shape rule: a typed
+//!      [`Error`](crate::Error) that says what would fit, never a panic);
+//!    - `param_tensors` (PyTorch's `state_dict` suffixes, shapes and layouts, and fan-in) and,
+//!      for a constant init, `init_const`; parameter-free layers keep the defaults;
+//!    - the CPU `forward` and `backward` (input gradient when asked; parameter gradients into
+//!      the given `ParamGrad`, per sample: each example's own row — never a quantity that
+//!      mixes examples, or DP-SGD's sensitivity bound breaks) and their `scratch_len`; call
+//!      kernels of [`crate::cpu`], each with a GPU twin in `crate::cuda`;
+//!    - `gpu_forward`, `gpu_backward` and `gpu_scratch_len` under `#[cfg(feature = "cuda")]`
+//!      (or `gpu_supported` returning an error that says to run the model on the CPU);
+//!    - optional roles, each with a default that is always safe: `double` (the double backward
+//!      of WGAN-GP: `LinearMap` only for a linear map plus a bias named `bias`, `Diagonal` only
+//!      for a piecewise-linear element-wise activation; default refused), `ghost` (only for a
+//!      layer whose per-example weight gradient is `dy_i x_iᵀ`), `dropout_p` (a layer that
+//!      takes a per-example random mask), `kept_lens`/`forward_kept`/`backward_kept` (an
+//!      intermediate kept between the fused pass's forward and backward).
+//! 3. Register it: `mod <kind>;` and one arm of `Layer::kind` in `src/nn/layer.rs`.
+//! 4. Test it (`tests/unflatten.rs` is a template): shape errors, forward/backward against
+//!    finite differences or an exact identity, per-sample gradients against a batch of one,
+//!    serde and safetensors round trips. [`Layer::Unflatten`] took exactly these two source
+//!    files.
 
 pub mod io;
 pub mod layer;

@@ -1,23 +1,13 @@
 //! [`Sequential`]: a stack of layers that owns its flat parameter vector, and its
 //! [`Workspace`].
 
-use super::layer::{Layer, Shape};
+use super::layer::{Bwd, Fwd, Layer, LayerKind, Shape};
 use crate::buffer::Storage;
-use crate::cpu::activation::{activation_backward, activation_forward, Activation};
-use crate::cpu::conv::{
-    conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward,
-    Conv2dShape, ConvTranspose2dShape,
-};
-use crate::cpu::dropout::{dropout_backward, dropout_forward, dropout_mask};
+use crate::cpu::activation::Activation;
+use crate::cpu::dropout::dropout_mask;
 use crate::cpu::grad::ParamGrad;
-use crate::cpu::linear::{linear_backward, linear_forward, LinearShape};
 use crate::cpu::loss::{bce, bce_with_logits, cross_entropy, Reduction};
-use crate::cpu::norm::{group_norm_backward, group_norm_forward, GroupNormShape};
 use crate::cpu::philox::Philox;
-use crate::cpu::pool::{
-    avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward_with_output, max_pool2d_forward,
-    PoolShape,
-};
 use crate::ops::Clipping;
 use crate::rng::{RandomBits, StreamKey};
 use crate::{Buffer, Device, Error, Layout, Result};
@@ -212,6 +202,9 @@ pub struct Sequential {
     device: Device,
     input: Shape,
     layers: Vec<Layer>,
+    /// Each layer's implementation (`src/nn/layer/*.rs`): all per-layer behaviour goes through
+    /// these.
+    kinds: Vec<Box<dyn LayerKind>>,
     /// `shapes[i]` is the input shape of layer i; `shapes[L]` the output shape.
     shapes: Vec<Shape>,
     /// Column range of each layer's parameters (empty for parameter-free layers).
@@ -256,7 +249,8 @@ impl Sequential {
         let mut infos = Vec::new();
         let mut init = Vec::new();
         let mut rng = seed.map(|s| Philox::new(s, 0));
-        for (i, l) in layers.iter().enumerate() {
+        let kinds: Vec<Box<dyn LayerKind>> = layers.iter().map(Layer::kind).collect();
+        for (i, l) in kinds.iter().enumerate() {
             let s = l.out_shape(&shapes[i]).map_err(|e| {
                 Error::shape(
                     "Sequential",
@@ -268,12 +262,10 @@ impl Sequential {
             for (suffix, shape, fan_in) in l.param_tensors() {
                 let n: usize = shape.iter().product();
                 let from = init.len();
-                match (l, rng.as_mut()) {
+                match (l.init_const(suffix), rng.as_mut()) {
                     (_, None) => init.resize(from + n, 0.0),
-                    (Layer::GroupNorm { .. }, Some(_)) => {
-                        init.resize(from + n, if suffix == "weight" { 1.0 } else { 0.0 })
-                    }
-                    (_, Some(rng)) => {
+                    (Some(c), Some(_)) => init.resize(from + n, c),
+                    (None, Some(rng)) => {
                         let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
                         init.extend((0..n).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32));
                     }
@@ -294,6 +286,7 @@ impl Sequential {
             device: device.clone(),
             input: input.to_vec(),
             layers,
+            kinds,
             shapes,
             ranges,
             infos,
@@ -388,8 +381,8 @@ impl Sequential {
             .collect();
         let maxact = self.shapes.iter().map(numel).max().unwrap_or(0) * max_batch;
         let mut scratch = chunks * self.thread_scratch()?;
-        for (i, l) in self.layers.iter().enumerate() {
-            scratch = scratch.max(self.scratch_for(i, l, chunks)?);
+        for i in 0..self.layers.len() {
+            scratch = scratch.max(self.scratch_for(i, chunks)?);
         }
         let group = cpu::group_size(self.shapes.iter().map(numel).sum());
         let maxper = self.shapes.iter().map(numel).max().unwrap_or(0);
@@ -424,12 +417,12 @@ impl Sequential {
             mean_loss: false,
             dropout: DropoutMode::Eval,
             masks: self
-                .layers
+                .kinds
                 .iter()
                 .enumerate()
-                .map(|(i, l)| match l {
-                    Layer::Dropout { .. } => Vec::with_capacity(max_batch * numel(&self.shapes[i])),
-                    _ => Vec::new(),
+                .map(|(i, l)| match l.dropout_p() {
+                    Some(_) => Vec::with_capacity(max_batch * numel(&self.shapes[i])),
+                    None => Vec::new(),
                 })
                 .collect(),
             #[cfg(feature = "cuda")]
@@ -437,107 +430,21 @@ impl Sequential {
         })
     }
 
-    /// Floats of one example's im2col matrices over the Conv2d layers (kept by the fused pass).
+    /// Floats of one example's kept intermediates over the layers (the Conv2d layers' im2col,
+    /// kept by the fused pass).
     fn im2col_per_example(&self) -> Result<usize> {
         let mut n = 0;
-        for (i, l) in self.layers.iter().enumerate() {
-            if let Op::Conv(s) = self.op(i, l, 1) {
-                n += s.group_lens()?.0;
+        for (i, l) in self.kinds.iter().enumerate() {
+            if let Some((kept, _)) = l.kept_lens(&self.shapes[i], 1)? {
+                n += kept;
             }
         }
         Ok(n)
     }
 
-    fn scratch_for(&self, i: usize, l: &Layer, chunks: usize) -> Result<usize> {
-        Ok(match self.op(i, l, 1) {
-            Op::Conv(s) => s.scratch_len(chunks)?,
-            Op::ConvT(s) => s.scratch_len(chunks)?,
-            Op::Linear(s) => s.scratch_len(chunks),
-            Op::Gn(s) => s.scratch_len(chunks),
-            _ => 0,
-        })
-    }
-
-    fn op(&self, i: usize, l: &Layer, batch: usize) -> Op {
-        let s = &self.shapes[i];
-        let (c, h, w) = match s.as_slice() {
-            [c, h, w] => (*c, *h, *w),
-            _ => (s[0], 1, 1),
-        };
-        match *l {
-            Layer::Conv2d {
-                cin,
-                cout,
-                k,
-                stride,
-                pad,
-                bias,
-            } => Op::Conv(Conv2dShape {
-                batch,
-                cin,
-                h,
-                w,
-                cout,
-                k,
-                stride,
-                pad,
-                bias,
-            }),
-            Layer::ConvTranspose2d {
-                cin,
-                cout,
-                k,
-                stride,
-                pad,
-                bias,
-            } => Op::ConvT(ConvTranspose2dShape {
-                batch,
-                cin,
-                h,
-                w,
-                cout,
-                k,
-                stride,
-                pad,
-                bias,
-            }),
-            Layer::Linear { inf, outf, bias } => Op::Linear(LinearShape {
-                batch,
-                inf,
-                outf,
-                bias,
-            }),
-            Layer::GroupNorm {
-                groups,
-                channels,
-                eps,
-            } => Op::Gn(GroupNormShape {
-                batch,
-                c: channels,
-                spatial: s[1..].iter().product(),
-                groups,
-                eps,
-            }),
-            Layer::MaxPool2d { k, stride } => Op::Max(PoolShape {
-                batch,
-                c,
-                h,
-                w,
-                k,
-                stride,
-            }),
-            Layer::AvgPool2d { k, stride } => Op::Avg(PoolShape {
-                batch,
-                c,
-                h,
-                w,
-                k,
-                stride,
-            }),
-            Layer::Flatten => Op::Flatten,
-            Layer::Dropout { .. } => Op::Dropout,
-            Layer::Act(a) => Op::Act(a),
-        }
+    /// CPU scratch of layer `i` run as `chunks` parallel chunks.
+    fn scratch_for(&self, i: usize, chunks: usize) -> Result<usize> {
+        self.kinds[i].scratch_len(&self.shapes[i], chunks)
     }
 
     /// Forward pass of a batch: `x` holds `batch` examples of [`Sequential::input_shape`]
@@ -575,12 +482,12 @@ impl Sequential {
         if ws.depth_first && self.layers.len() < cpu::MAX_LAYERS {
             self.forward_depth_first(ws, params, batch)?;
         } else {
-            for (i, l) in self.layers.iter().enumerate() {
+            for i in 0..self.layers.len() {
                 let (lo, hi) = ws.acts.split_at_mut(i + 1);
                 let xin = &lo[i][..batch * numel(&self.shapes[i])];
                 let y = &mut hi[0][..batch * numel(&self.shapes[i + 1])];
                 // Exactly `chunks` chunks of scratch: one per thread.
-                let need = self.scratch_for(i, l, ws.chunks)?;
+                let need = self.scratch_for(i, ws.chunks)?;
                 let mask = self.mask_of(&ws.masks, i, 0, batch);
                 self.layer_forward(i, batch, xin, params, y, &mut ws.scratch[..need], mask)?;
             }
@@ -602,21 +509,15 @@ impl Sequential {
         scratch: &mut [f32],
         mask: Option<&[f32]>,
     ) -> Result<()> {
-        let p = &params[self.ranges[i].clone()];
-        match self.op(i, &self.layers[i], batch) {
-            Op::Conv(s) => conv2d_forward(&s, xin, p, y, scratch),
-            Op::ConvT(s) => conv_transpose2d_forward(&s, xin, p, y, scratch),
-            Op::Linear(s) => linear_forward(&s, xin, p, y),
-            Op::Gn(s) => group_norm_forward(&s, xin, p, y),
-            Op::Max(s) => max_pool2d_forward(&s, xin, y),
-            Op::Avg(s) => avg_pool2d_forward(&s, xin, y),
-            Op::Flatten => {
-                y.copy_from_slice(xin);
-                Ok(())
-            }
-            Op::Dropout => dropout_forward(xin, mask, y),
-            Op::Act(a) => activation_forward(a, xin, y),
-        }
+        self.kinds[i].forward(Fwd {
+            shape: &self.shapes[i],
+            batch,
+            x: xin,
+            p: &params[self.ranges[i].clone()],
+            y,
+            scratch,
+            mask,
+        })
     }
 
     /// Layer `i`'s backward on `batch` examples: `x`, `y` its forward input and output, `dy`
@@ -635,35 +536,18 @@ impl Sequential {
         scratch: &mut [f32],
         mask: Option<&[f32]>,
     ) -> Result<()> {
-        let pl = &params[self.ranges[i].clone()];
-        match self.op(i, &self.layers[i], batch) {
-            Op::Conv(s) => conv2d_backward(&s, x, pl, dy, dx, pg, scratch),
-            Op::ConvT(s) => conv_transpose2d_backward(&s, x, pl, dy, dx, pg, scratch),
-            Op::Linear(s) => linear_backward(&s, x, pl, dy, dx, pg, scratch),
-            Op::Gn(s) => group_norm_backward(&s, x, pl, dy, dx, pg, scratch),
-            Op::Max(s) => match dx {
-                Some(dx) => max_pool2d_backward_with_output(&s, x, y, dy, dx),
-                None => Ok(()),
-            },
-            Op::Avg(s) => match dx {
-                Some(dx) => avg_pool2d_backward(&s, dy, dx),
-                None => Ok(()),
-            },
-            Op::Flatten => {
-                if let Some(dx) = dx {
-                    dx.copy_from_slice(dy)
-                }
-                Ok(())
-            }
-            Op::Dropout => match dx {
-                Some(dx) => dropout_backward(dy, mask, dx),
-                None => Ok(()),
-            },
-            Op::Act(a) => match dx {
-                Some(dx) => activation_backward(a, x, y, dy, dx),
-                None => Ok(()),
-            },
-        }
+        self.kinds[i].backward(Bwd {
+            shape: &self.shapes[i],
+            batch,
+            x,
+            y,
+            p: &params[self.ranges[i].clone()],
+            dy,
+            dx,
+            pg,
+            scratch,
+            mask,
+        })
     }
 
     /// [`Grads`] as the CPU kernels take them (validated): the parameter gradients, or the
@@ -794,8 +678,8 @@ impl Sequential {
 
     /// Draws the Dropout layers' masks of a batch (training), or marks them off (eval).
     fn fill_masks(&self, ws: &mut Workspace, batch: usize) -> Result<()> {
-        for (i, l) in self.layers.iter().enumerate() {
-            let Layer::Dropout { p } = *l else { continue };
+        for (i, l) in self.kinds.iter().enumerate() {
+            let Some(p) = l.dropout_p() else { continue };
             let m = &mut ws.masks[i];
             match ws.dropout {
                 DropoutMode::Eval => m.clear(),
@@ -1057,18 +941,6 @@ pub(crate) fn no_cuda(op: &'static str) -> Error {
         op,
         "Device::Cpu: the nn layers have no CUDA backend yet (CPU only for now)",
     )
-}
-
-enum Op {
-    Conv(Conv2dShape),
-    ConvT(ConvTranspose2dShape),
-    Linear(LinearShape),
-    Gn(GroupNormShape),
-    Max(PoolShape),
-    Avg(PoolShape),
-    Flatten,
-    Dropout,
-    Act(Activation),
 }
 
 /// A loss on the model's output, with its targets (one per example for cross-entropy, one per

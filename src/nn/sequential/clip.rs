@@ -9,7 +9,8 @@
 //! - **Rows**: convolutions, GroupNorm, … write each example's gradient into a compact row
 //!   (only these tensors' columns), whose squared norms are summed as
 //!   [`crate::cpu::clip::per_sample_norms`] sums them, and which are added with their factors.
-//! - **Ghost** (every `Linear` layer, when the layout's segments are whole tensors): the
+//! - **Ghost** (every layer whose `LayerKind::ghost` is `Some`: `Linear`, when the layout's
+//!   segments are whole tensors): the
 //!   per-example weight gradient `dy_i x_iᵀ` is never formed. Its squared Frobenius norm is
 //!   `‖dy_i‖²·‖x_i‖²` (Goodfellow, "Efficient Per-Example Gradient Computations", 2015; the
 //!   "ghost norm" of Li et al., ICLR 2022, and Bu et al.'s mixed ghost clipping, 2022), and the
@@ -19,7 +20,7 @@
 //! relative); the sum is added in another order (per thread, then the threads in order).
 
 use super::cpu::{ClipTarget, MAX_LAYERS};
-use super::{Layer, Sequential};
+use super::Sequential;
 use crate::cpu::clip::{axpy, axpy4, segment_sumsq, CLIP_EPS};
 use crate::cpu::gemm::gemm;
 use crate::Error;
@@ -104,19 +105,19 @@ impl<'a> ClipPlan<'a> {
             return Some(plan);
         }
         let mut t = 0;
-        for (l, (layer, r)) in model.layers.iter().zip(&model.ranges).enumerate() {
+        for (l, (kind, r)) in model.kinds.iter().zip(&model.ranges).enumerate() {
             plan.t_first[l] = t;
             if r.is_empty() {
                 continue;
             }
-            if let Layer::Linear { inf, outf, bias } = *layer {
+            if let Some(g) = kind.ghost() {
                 plan.ghost[l] = Some(Ghost {
                     off: plan.g_len,
-                    outf,
-                    inf,
-                    bias,
+                    outf: g.outf,
+                    inf: g.inf,
+                    bias: g.bias,
                 });
-                plan.g_len += outf;
+                plan.g_len += g.outf;
             } else {
                 plan.row_off[l] = plan.p_rows;
                 plan.p_rows += r.len();

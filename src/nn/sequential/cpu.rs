@@ -17,11 +17,11 @@
 //! [`MAX_LAYERS`]` − 1` layers take the depth-first path; longer ones the layer-major one).
 
 use super::clip::ClipPlan;
-use super::{numel, Loss, Op, Sequential, Workspace};
+use super::{numel, Loss, Sequential, Workspace};
 use crate::cpu::clip::{clip_accumulate, clip_factors, per_sample_norms};
-use crate::cpu::conv::{conv2d_backward_group, conv2d_forward_group};
 use crate::cpu::grad::{serial, ParamGrad};
 use crate::cpu::loss::{bce_scaled, bce_with_logits_scaled, cross_entropy_scaled};
+use crate::nn::layer::{Bwd, Fwd};
 use crate::{Layout, Result};
 use std::ops::Range;
 
@@ -125,8 +125,8 @@ impl Sequential {
     /// Scratch one thread needs for any layer (a kernel running as one chunk).
     pub(super) fn thread_scratch(&self) -> Result<usize> {
         let mut need = 0;
-        for (i, l) in self.layers.iter().enumerate() {
-            need = need.max(self.scratch_for(i, l, 1)?);
+        for i in 0..self.layers.len() {
+            need = need.max(self.scratch_for(i, 1)?);
         }
         Ok(need)
     }
@@ -299,13 +299,13 @@ impl Sequential {
                 ws.clip_sq.resize(chunks * lsq, 0.0);
             }
         }
-        // Fused: per chunk, each Conv2d's kept im2col for a group, then the work area.
+        // Fused: per chunk, each kept intermediate (Conv2d's im2col) for a group, then the
+        // work area.
         let mut cache_off = [usize::MAX; MAX_LAYERS];
         let (mut lfused, mut work_len) = (0, 0);
         if fused.is_some() {
-            for (i, l) in self.layers.iter().enumerate() {
-                if let Op::Conv(s) = self.op(i, l, plan.group) {
-                    let (lc, lw) = s.group_lens()?;
+            for (i, l) in self.kinds.iter().enumerate() {
+                if let Some((lc, lw)) = l.kept_lens(&self.shapes[i], plan.group)? {
                     cache_off[i] = lfused;
                     lfused += lc;
                     work_len = work_len.max(lw);
@@ -524,18 +524,19 @@ impl Sequential {
                     let (lo, hi) = acts.split_at_mut(i + 1);
                     let xin = &lo[i][a * pi..b * pi];
                     let y = &mut hi[0][a * po..b * po];
-                    match (self.kept_conv(ctx, i, m)?, fbuf.as_deref_mut()) {
-                        (Some((s, cols, lw)), Some(fb)) => {
+                    match (self.kept(ctx, i, m)?, fbuf.as_deref_mut()) {
+                        (Some((cols, lw)), Some(fb)) => {
                             let (cache, work) = fb.split_at_mut(ctx.work_off);
-                            let pl = &plan.params[self.ranges[i].clone()];
-                            conv2d_forward_group(
-                                &s,
-                                xin,
-                                pl,
+                            let a = Fwd {
+                                shape: &self.shapes[i],
+                                batch: m,
+                                x: xin,
+                                p: &plan.params[self.ranges[i].clone()],
                                 y,
-                                &mut cache[cols],
-                                &mut work[..lw],
-                            )?;
+                                scratch: &mut work[..lw],
+                                mask: None,
+                            };
+                            self.kinds[i].forward_kept(a, &mut cache[cols])?;
                         }
                         _ => {
                             let mask = self.mask_of(ctx.masks, i, g0, m);
@@ -592,11 +593,22 @@ impl Sequential {
                 } else {
                     ParamGrad::None
                 };
-                match (self.kept_conv(ctx, i, m)?, fbuf.as_deref_mut()) {
-                    (Some((s, cols, lw)), Some(fb)) => {
+                match (self.kept(ctx, i, m)?, fbuf.as_deref_mut()) {
+                    (Some((cols, lw)), Some(fb)) => {
                         let (cache, work) = fb.split_at_mut(ctx.work_off);
-                        let pl = &plan.params[self.ranges[i].clone()];
-                        conv2d_backward_group(&s, &cache[cols], pl, dy, dx, pg, &mut work[..lw])?;
+                        let a = Bwd {
+                            shape: &self.shapes[i],
+                            batch: m,
+                            x,
+                            y,
+                            p: &plan.params[self.ranges[i].clone()],
+                            dy,
+                            dx,
+                            pg,
+                            scratch: &mut work[..lw],
+                            mask: None,
+                        };
+                        self.kinds[i].backward_kept(a, &cache[cols])?;
                     }
                     _ => {
                         let mask = self.mask_of(ctx.masks, i, g0, m);
@@ -635,25 +647,16 @@ impl Sequential {
         Ok(loss)
     }
 
-    /// Layer `i` on a group of `m` in a fused pass, when it is a Conv2d whose im2col is kept:
-    /// its shape, the kept matrix's place in the chunk's buffer, and its work area's length.
-    fn kept_conv(
-        &self,
-        ctx: &BwdCtx<'_>,
-        i: usize,
-        m: usize,
-    ) -> Result<Option<(crate::cpu::conv::Conv2dShape, Range<usize>, usize)>> {
+    /// Layer `i` on a group of `m` in a fused pass, when it keeps an intermediate (a Conv2d's
+    /// im2col): the kept matrix's place in the chunk's buffer, and its work area's length.
+    fn kept(&self, ctx: &BwdCtx<'_>, i: usize, m: usize) -> Result<Option<(Range<usize>, usize)>> {
         let off = ctx.cache_off[i];
         if off == usize::MAX {
             return Ok(None);
         }
-        match self.op(i, &self.layers[i], m) {
-            Op::Conv(s) => {
-                let (lc, lw) = s.group_lens()?;
-                Ok(Some((s, off..off + lc, lw)))
-            }
-            _ => Ok(None),
-        }
+        Ok(self.kinds[i]
+            .kept_lens(&self.shapes[i], m)?
+            .map(|(lc, lw)| (off..off + lc, lw)))
     }
 
     /// The layer-major backward into a clipped sum: the `[B, P]` matrix in the workspace, then
@@ -718,7 +721,6 @@ impl Sequential {
         } = ws;
         let (mut dyb, mut dxb): (&mut Vec<f32>, &mut Vec<f32>) = (ga, gb);
         for i in (first..self.layers.len()).rev() {
-            let l = &self.layers[i];
             let r = self.ranges[i].clone();
             let nin = b * numel(&self.shapes[i]);
             let nout = b * numel(&self.shapes[i + 1]);
@@ -745,7 +747,7 @@ impl Sequential {
             };
             let pg = if r.is_empty() { ParamGrad::None } else { pg };
             let dxo = if need_dx { Some(dx) } else { None };
-            let scr = &mut scratch[..self.scratch_for(i, l, chunks)?];
+            let scr = &mut scratch[..self.scratch_for(i, chunks)?];
             let mask = self.mask_of(masks, i, 0, b);
             self.layer_backward(i, b, x, y, params, dy, dxo, pg, scr, mask)?;
             std::mem::swap(&mut dyb, &mut dxb);

@@ -2,8 +2,9 @@
 //! the input gradient, what WGAN-GP's gradient penalty needs (Gulrajani et al., *Improved
 //! Training of Wasserstein GANs*, NeurIPS 2017).
 //!
-//! For a model `f` made of Conv2d, ConvTranspose2d, Linear, AvgPool2d, Flatten, ReLU and
-//! LeakyReLU, on the linear region that contains `x`, `f(x) = W_L M_{L−1} W_{L−1} ⋯ M_1 W_1 x +
+//! For a model `f` made of linear maps plus biases (Conv2d, ConvTranspose2d, Linear,
+//! AvgPool2d, reshapes: each layer file declares its role, `Double::LinearMap`) and
+//! piecewise-linear activations (ReLU, LeakyReLU: `Double::Diagonal`), on the linear region that contains `x`, `f(x) = W_L M_{L−1} W_{L−1} ⋯ M_1 W_1 x +
 //! c`, with `W_l` the layers' linear maps (biases in `c`) and `M_l` the activations' diagonal
 //! derivative masks at `x`. So `⟨v, ∇_x (dy · f(x))⟩ = dy · J v` with
 //! `J v = W_L M_{L−1} ⋯ M_1 W_1 v` — a forward pass of `v` with the biases dropped and every
@@ -15,10 +16,9 @@
 //! (Tanh, Sigmoid), GroupNorm, MaxPool2d and Dropout are refused: their second-order terms are
 //! not zero, or (MaxPool) the tangent is not the forward of the tangent.
 
-use super::Layer;
-use super::{numel, Op, Sequential};
-use crate::cpu::activation::{activation_backward, Activation};
+use super::{numel, Sequential};
 use crate::cpu::grad::ParamGrad;
+use crate::nn::layer::{Bwd, Double, Fwd};
 use crate::{Buffer, Error, Result};
 
 const OP: &str = "Sequential::input_grad_param_grad";
@@ -33,8 +33,9 @@ impl Sequential {
     /// `u` = the input gradient of [`Sequential::backward`] with that `dy`, and `v` =
     /// [`gradient_penalty`]'s `∂P/∂u`.
     ///
-    /// Errors: a layer other than Conv2d, ConvTranspose2d, Linear, AvgPool2d, Flatten, ReLU or
-    /// LeakyReLU; a CUDA model; lengths that do not match.
+    /// Errors: a layer that is not piecewise linear (Tanh, Sigmoid, GroupNorm, MaxPool2d,
+    /// Dropout; each layer says so in its `src/nn/layer/` file); a CUDA model; lengths that do
+    /// not match.
     pub fn input_grad_param_grad(
         &self,
         x: &[f32],
@@ -44,23 +45,14 @@ impl Sequential {
         accumulate: bool,
     ) -> Result<()> {
         let params = self.cpu_params(OP)?;
-        for l in &self.layers {
-            let ok = matches!(
-                l,
-                Layer::Conv2d { .. }
-                    | Layer::ConvTranspose2d { .. }
-                    | Layer::Linear { .. }
-                    | Layer::AvgPool2d { .. }
-                    | Layer::Flatten
-                    | Layer::Act(Activation::Relu)
-                    | Layer::Act(Activation::LeakyRelu(_))
-            );
-            if !ok {
+        for l in &self.kinds {
+            if l.double() == Double::Unsupported {
                 return Err(Error::invalid(
                     "layer",
                     l.name(),
-                    "Conv2d, ConvTranspose2d, Linear, AvgPool2d, Flatten, ReLU or LeakyReLU \
-                     (the double backward assumes a piecewise-linear model)",
+                    "a piecewise-linear layer (a linear map such as Conv2d, ConvTranspose2d, \
+                     Linear, AvgPool2d or a reshape, or ReLU/LeakyReLU): the double backward \
+                     assumes a piecewise-linear model",
                 ));
             }
         }
@@ -103,8 +95,8 @@ impl Sequential {
         let n = self.layers.len();
         let chunks = rayon::current_num_threads().clamp(1, batch);
         let mut scratch = Vec::new();
-        let need_scratch = |i: usize, l: &Layer, s: &mut Vec<f32>| -> Result<()> {
-            let need = self.scratch_for(i, l, chunks)?;
+        let need_scratch = |i: usize, s: &mut Vec<f32>| -> Result<()> {
+            let need = self.scratch_for(i, chunks)?;
             if s.len() < need {
                 s.resize(need, 0.0);
             }
@@ -113,16 +105,35 @@ impl Sequential {
         // Primal activations (for the masks) and tangents.
         let mut acts: Vec<Vec<f32>> = vec![x.to_vec()];
         let mut tans: Vec<Vec<f32>> = vec![v.to_vec()];
-        for (i, l) in self.layers.iter().enumerate() {
+        for (i, l) in self.kinds.iter().enumerate() {
             let len = batch * numel(&self.shapes[i + 1]);
             let mut y = vec![0f32; len];
             let mut t = vec![0f32; len];
-            need_scratch(i, l, &mut scratch)?;
+            need_scratch(i, &mut scratch)?;
             self.layer_forward(i, batch, &acts[i], params, &mut y, &mut scratch, None)?;
-            match self.op(i, l, batch) {
+            match l.double() {
                 // JVP of an element-wise activation: t · σ'(x), what its backward computes.
-                Op::Act(a) => activation_backward(a, &acts[i], &y, &tans[i], &mut t)?,
-                _ => self.layer_forward(i, batch, &tans[i], &p0, &mut t, &mut scratch, None)?,
+                Double::Diagonal => l.backward(Bwd {
+                    shape: &self.shapes[i],
+                    batch,
+                    x: &acts[i],
+                    y: &y,
+                    p: &[],
+                    dy: &tans[i],
+                    dx: Some(&mut t),
+                    pg: ParamGrad::None,
+                    scratch: &mut scratch,
+                    mask: None,
+                })?,
+                _ => l.forward(Fwd {
+                    shape: &self.shapes[i],
+                    batch,
+                    x: &tans[i],
+                    p: &p0[self.ranges[i].clone()],
+                    y: &mut t,
+                    scratch: &mut scratch,
+                    mask: None,
+                })?,
             }
             acts.push(y);
             tans.push(t);
@@ -132,7 +143,7 @@ impl Sequential {
         let mut tmp = vec![0f32; p];
         let mut delta = dy.to_vec();
         for i in (first..n).rev() {
-            let l = &self.layers[i];
+            let l = &self.kinds[i];
             let r = self.ranges[i].clone();
             let mut dx = vec![
                 0f32;
@@ -143,14 +154,22 @@ impl Sequential {
                 }
             ];
             let dxo = if i > first { Some(&mut dx[..]) } else { None };
-            match self.op(i, l, batch) {
-                Op::Act(a) => {
-                    if let Some(dx) = dxo {
-                        activation_backward(a, &acts[i], &acts[i + 1], &delta, dx)?;
-                    }
-                }
+            match l.double() {
+                // The mask at the primal input: the activation's backward on the primal.
+                Double::Diagonal => l.backward(Bwd {
+                    shape: &self.shapes[i],
+                    batch,
+                    x: &acts[i],
+                    y: &acts[i + 1],
+                    p: &[],
+                    dy: &delta,
+                    dx: dxo,
+                    pg: ParamGrad::None,
+                    scratch: &mut scratch,
+                    mask: None,
+                })?,
                 _ => {
-                    need_scratch(i, l, &mut scratch)?;
+                    need_scratch(i, &mut scratch)?;
                     let pg = if r.is_empty() {
                         ParamGrad::None
                     } else {

@@ -41,24 +41,16 @@ pub(super) use imp::GpuWorkspace;
 
 #[cfg(feature = "cuda")]
 mod imp {
-    use super::super::{numel, Grads, Loss, Op, Sequential, Workspace};
+    use super::super::{numel, Grads, Loss, Sequential, Workspace};
     use crate::buffer::Storage;
     use crate::cpu::loss::Reduction;
     use crate::cuda::grad::DeviceGrad;
     use crate::cuda::{self, CudaBackend};
     use crate::device::CudaDevice;
+    use crate::nn::layer::dtod;
     use crate::{Buffer, Error, Result};
     use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
     use std::sync::Arc;
-
-    /// Dropout has no CUDA kernel yet (GPU twin pending: `kernels/dropout.cu`).
-    fn dropout_no_cuda() -> Error {
-        Error::invalid(
-            "layer",
-            "Dropout",
-            "a model without Dropout on Device::Cuda: Dropout's GPU twin is pending (run this model on Device::Cpu)",
-        )
-    }
 
     /// The device buffers of a GPU [`Workspace`].
     pub(crate) struct GpuWorkspace {
@@ -85,19 +77,6 @@ mod imp {
                 self.scratch.len()
             )
         }
-    }
-
-    fn dtod(
-        dev: &CudaBackend,
-        src: &CudaView<'_, f32>,
-        dst: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        if src.is_empty() {
-            return Ok(());
-        }
-        dev.stream
-            .memcpy_dtod(src, dst)
-            .map_err(cuda::drv("memcpy device to device"))
     }
 
     fn mismatch(op: &'static str, what: &str) -> Error {
@@ -147,12 +126,8 @@ mod imp {
             if max_batch == 0 {
                 return Err(Error::invalid("max_batch", 0, ">= 1"));
             }
-            if self
-                .layers
-                .iter()
-                .any(|l| matches!(l, crate::nn::Layer::Dropout { .. }))
-            {
-                return Err(dropout_no_cuda());
+            for l in &self.kinds {
+                l.gpu_supported()?;
             }
             let dev = d.backend().clone();
             let per_example: Vec<usize> = self.shapes.iter().map(|s| numel(s)).collect();
@@ -162,14 +137,8 @@ mod imp {
                 .collect::<Result<Vec<_>>>()?;
             let maxact = per_example.iter().copied().max().unwrap_or(0) * max_batch;
             let mut scratch = 0usize;
-            for (i, l) in self.layers.iter().enumerate() {
-                scratch = scratch.max(match self.op(i, l, max_batch) {
-                    Op::Conv(s) => cuda::conv::conv2d_scratch_len(&s),
-                    Op::ConvT(s) => cuda::conv::conv_transpose2d_scratch_len(&s),
-                    Op::Linear(s) => cuda::linear::linear_scratch_len(&s),
-                    Op::Gn(s) => cuda::norm::group_norm_scratch_len(&s),
-                    _ => 0,
-                });
+            for (l, s) in self.kinds.iter().zip(&self.shapes) {
+                scratch = scratch.max(l.gpu_scratch_len(s, max_batch));
             }
             let nout = max_batch * per_example[per_example.len() - 1];
             let g = GpuWorkspace {
@@ -273,22 +242,12 @@ mod imp {
             let params = self.params_view(OP)?;
             let g = self.gpu_of(OP, ws)?;
             let dev = g.dev.clone();
-            for (i, l) in self.layers.iter().enumerate() {
+            for (i, l) in self.kinds.iter().enumerate() {
                 let (lo, hi) = g.acts.split_at_mut(i + 1);
                 let x = lo[i].slice(..batch * g.per_example[i]);
                 let mut y = hi[0].slice_mut(..batch * g.per_example[i + 1]);
                 let p = params.slice(self.ranges[i].clone());
-                match self.op(i, l, batch) {
-                    Op::Conv(s) => cuda::conv::conv2d_forward(&dev, &s, &x, &p, &mut y)?,
-                    Op::ConvT(s) => cuda::conv::conv_transpose2d_forward(&dev, &s, &x, &p, &mut y)?,
-                    Op::Linear(s) => cuda::linear::linear_forward(&dev, &s, &x, &p, &mut y)?,
-                    Op::Gn(s) => cuda::norm::group_norm_forward(&dev, &s, &x, &p, &mut y)?,
-                    Op::Max(s) => cuda::pool::max_pool2d_forward(&dev, &s, &x, &mut y)?,
-                    Op::Avg(s) => cuda::pool::avg_pool2d_forward(&dev, &s, &x, &mut y)?,
-                    Op::Flatten => dtod(&dev, &x, &mut y)?,
-                    Op::Dropout => return Err(dropout_no_cuda()),
-                    Op::Act(a) => cuda::activation::activation_forward(&dev, a, &x, &mut y)?,
-                }
+                l.gpu_forward(&dev, &self.shapes[i], batch, &x, &p, &mut y)?;
             }
             ws.have_forward = true;
             Ok(())
@@ -480,41 +439,8 @@ mod imp {
                 };
                 let dxo = if need_dx { Some(&mut dx) } else { None };
                 let mut scr = scratch.slice_mut(..);
-                match self.op(i, &self.layers[i], b) {
-                    Op::Conv(s) => {
-                        cuda::conv::conv2d_backward(&dev, &s, &x, &pl, &dy, dxo, pg, &mut scr)?
-                    }
-                    Op::ConvT(s) => cuda::conv::conv_transpose2d_backward(
-                        &dev, &s, &x, &pl, &dy, dxo, pg, &mut scr,
-                    )?,
-                    Op::Linear(s) => {
-                        cuda::linear::linear_backward(&dev, &s, &x, &pl, &dy, dxo, pg, &mut scr)?
-                    }
-                    Op::Gn(s) => {
-                        cuda::norm::group_norm_backward(&dev, &s, &x, &pl, &dy, dxo, pg, &mut scr)?
-                    }
-                    Op::Max(s) => {
-                        if let Some(dx) = dxo {
-                            cuda::pool::max_pool2d_backward(&dev, &s, &x, &dy, dx)?
-                        }
-                    }
-                    Op::Avg(s) => {
-                        if let Some(dx) = dxo {
-                            cuda::pool::avg_pool2d_backward(&dev, &s, &dy, dx)?
-                        }
-                    }
-                    Op::Flatten => {
-                        if let Some(dx) = dxo {
-                            dtod(&dev, &dy, dx)?
-                        }
-                    }
-                    Op::Dropout => return Err(dropout_no_cuda()),
-                    Op::Act(a) => {
-                        if let Some(dx) = dxo {
-                            cuda::activation::activation_backward(&dev, a, &x, &y, &dy, dx)?
-                        }
-                    }
-                }
+                let shape = &self.shapes[i];
+                self.kinds[i].gpu_backward(&dev, shape, b, &x, &y, &pl, &dy, dxo, pg, &mut scr)?;
                 std::mem::swap(&mut dyb, &mut dxb);
             }
             ws.have_output_grad = false;

@@ -1,0 +1,117 @@
+//! `nn.GroupNorm` (affine): shape rule, parameters and their constant init (γ = 1, β = 0), CPU
+//! forward/backward (per-sample gradients) and the CUDA arms. Each example is normalised over
+//! groups of its own channels, so examples stay independent (why not BatchNorm: `crate::nn`).
+
+use super::{Bwd, Fwd, LayerKind, Shape};
+use crate::cpu::norm::{group_norm_backward, group_norm_forward, GroupNormShape};
+use crate::{Error, Result};
+
+/// [`super::Layer::GroupNorm`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GroupNorm {
+    pub groups: usize,
+    pub channels: usize,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    /// The kernels' shape for `batch` examples of input shape `s` (`[channels, …]`).
+    fn at(&self, s: &[usize], batch: usize) -> GroupNormShape {
+        GroupNormShape {
+            batch,
+            c: self.channels,
+            spatial: s[1..].iter().product(),
+            groups: self.groups,
+            eps: self.eps,
+        }
+    }
+}
+
+impl LayerKind for GroupNorm {
+    fn name(&self) -> &'static str {
+        "GroupNorm"
+    }
+
+    fn out_shape(&self, s: &[usize]) -> Result<Shape> {
+        let channels = self.channels;
+        if s.first() != Some(&channels) {
+            return Err(Error::shape(
+                self.name(),
+                format!("expects {channels} channels, got input {s:?}"),
+            ));
+        }
+        let sh = self.at(s, 0);
+        if sh.c == 0 || sh.spatial == 0 {
+            return Err(Error::shape("GroupNorm", "zero channels or spatial size"));
+        }
+        if sh.groups == 0 || sh.c % sh.groups != 0 {
+            return Err(Error::invalid(
+                "groups",
+                sh.groups,
+                format!("a divisor of the channel count {}", sh.c),
+            ));
+        }
+        if !(sh.eps.is_finite() && sh.eps > 0.0) {
+            return Err(Error::invalid("eps", sh.eps, "finite and > 0"));
+        }
+        Ok(s.to_vec())
+    }
+
+    fn param_tensors(&self) -> Vec<(&'static str, Vec<usize>, usize)> {
+        let c = self.channels;
+        vec![("weight", vec![c], 0), ("bias", vec![c], 0)]
+    }
+
+    fn init_const(&self, suffix: &str) -> Option<f32> {
+        Some(if suffix == "weight" { 1.0 } else { 0.0 })
+    }
+
+    fn scratch_len(&self, shape: &[usize], chunks: usize) -> Result<usize> {
+        Ok(self.at(shape, 1).scratch_len(chunks))
+    }
+
+    fn forward(&self, a: Fwd<'_>) -> Result<()> {
+        group_norm_forward(&self.at(a.shape, a.batch), a.x, a.p, a.y)
+    }
+
+    fn backward(&self, a: Bwd<'_>) -> Result<()> {
+        let s = self.at(a.shape, a.batch);
+        group_norm_backward(&s, a.x, a.p, a.dy, a.dx, a.pg, a.scratch)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn gpu_scratch_len(&self, shape: &[usize], batch: usize) -> usize {
+        crate::cuda::norm::group_norm_scratch_len(&self.at(shape, batch))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn gpu_forward(
+        &self,
+        dev: &crate::cuda::CudaBackend,
+        shape: &[usize],
+        batch: usize,
+        x: &cudarc::driver::CudaView<'_, f32>,
+        p: &cudarc::driver::CudaView<'_, f32>,
+        y: &mut cudarc::driver::CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        crate::cuda::norm::group_norm_forward(dev, &self.at(shape, batch), x, p, y)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn gpu_backward(
+        &self,
+        dev: &crate::cuda::CudaBackend,
+        shape: &[usize],
+        batch: usize,
+        x: &cudarc::driver::CudaView<'_, f32>,
+        _y: &cudarc::driver::CudaView<'_, f32>,
+        p: &cudarc::driver::CudaView<'_, f32>,
+        dy: &cudarc::driver::CudaView<'_, f32>,
+        dx: Option<&mut cudarc::driver::CudaViewMut<'_, f32>>,
+        pg: crate::cuda::grad::DeviceGrad<'_>,
+        scratch: &mut cudarc::driver::CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let s = self.at(shape, batch);
+        crate::cuda::norm::group_norm_backward(dev, &s, x, p, dy, dx, pg, scratch)
+    }
+}
