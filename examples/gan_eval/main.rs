@@ -121,6 +121,13 @@ fn run(args: &Args) -> Result<()> {
             args.seed
         ))
     });
+    // Make the cache's folder now, so a bad path fails before minutes of training.
+    if let Some(parent) = cache.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
     let clf = if cache.exists() {
         let mut m = models::sample_conv_net_builder(false).build_zeroed(&dev)?;
         m.load_safetensors(&cache)?;
