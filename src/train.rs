@@ -564,7 +564,8 @@ impl Trainer {
             )?),
             // A non-private reference: the exact (clipped) statistics.
             (InputNorm::Private(fs), None) => {
-                let (a, b) = clipped_channel_sums(train.images(), n, train.channels(), spatial, fs)?;
+                let (a, b) =
+                    clipped_channel_sums(train.images(), n, train.channels(), spatial, fs)?;
                 Some(ChannelStats::from_sums(&a, &b, n))
             }
         };
@@ -930,7 +931,10 @@ impl Trainer {
             self.eval
                 .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
             if let Some(s) = &self.norm {
-                s.standardize(&mut self.xb[..b * ex], self.eval.height() * self.eval.width())?;
+                s.standardize(
+                    &mut self.xb[..b * ex],
+                    self.eval.height() * self.eval.width(),
+                )?;
             }
             self.model.forward_slice(&mut self.ws, &self.xb[..b * ex])?;
             let out = self.ws.output_vec()?;
@@ -982,10 +986,9 @@ impl Trainer {
             meta.insert("secure".to_string(), "true".to_string());
         }
         let ema = Buffer::from_vec(self.ema.clone());
-        let (nm, nv) = self
-            .norm
-            .as_ref()
-            .map_or((Vec::new(), Vec::new()), |s| (s.mean.clone(), s.var.clone()));
+        let (nm, nv) = self.norm.as_ref().map_or((Vec::new(), Vec::new()), |s| {
+            (s.mean.clone(), s.var.clone())
+        });
         let (nm, nv) = (Buffer::from_vec(nm), Buffer::from_vec(nv));
         let tensors = [
             ("params", self.model.params()),

@@ -11,8 +11,8 @@ use dpsgd::mechanisms::feature_stats::{
 };
 use dpsgd::rng::{Purpose, RunKeys};
 use dpsgd::train::{
-    input_norm_path, load_saved_model, DataSource, InputNorm, LrSchedule, ModelKind,
-    OptimizerKind, TrainConfig, Trainer,
+    input_norm_path, load_saved_model, DataSource, InputNorm, LrSchedule, ModelKind, OptimizerKind,
+    TrainConfig, Trainer,
 };
 use dpsgd::{Clipping, Device, Error, Layout};
 
@@ -48,8 +48,8 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
 
 /// Exact per-channel mean and variance over examples and positions, in f64.
 fn exact(x: &[f32], n: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut m = vec![0f64; K];
-    let mut q = vec![0f64; K];
+    let mut m = [0f64; K];
+    let mut q = [0f64; K];
     for (j, &v) in x.iter().enumerate() {
         let k = (j / S) % K;
         m[k] += v as f64;
@@ -75,10 +75,26 @@ fn sensitivity_is_bounded_by_the_clip_bounds() {
     }
     let (a1, b1) = clipped_channel_sums(&x, n, K, S, &c).unwrap();
     let (a0, b0) = clipped_channel_sums(&x[K * S..], n - 1, K, S, &c).unwrap();
-    let da: f64 = a1.iter().zip(&a0).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt();
-    let db: f64 = b1.iter().zip(&b0).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt();
-    assert!((da - 0.2).abs() < 1e-9, "mean part moved by {da}, want the bound 0.2");
-    assert!((db - 0.1).abs() < 1e-9, "square part moved by {db}, want the bound 0.1");
+    let da: f64 = a1
+        .iter()
+        .zip(&a0)
+        .map(|(p, q)| (p - q).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let db: f64 = b1
+        .iter()
+        .zip(&b0)
+        .map(|(p, q)| (p - q).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        (da - 0.2).abs() < 1e-9,
+        "mean part moved by {da}, want the bound 0.2"
+    );
+    assert!(
+        (db - 0.1).abs() < 1e-9,
+        "square part moved by {db}, want the bound 0.1"
+    );
     assert!(((da / 0.2).powi(2) + (db / 0.1).powi(2)).sqrt() <= 2f64.sqrt() + 1e-9);
     // A small example (within both bounds) is not clipped: its contribution is exact.
     let small = vec![0.01f32; K * S];
@@ -212,10 +228,20 @@ fn calibration_takes_the_statistics_out_of_the_target() {
             .unwrap()
             .noise_multiplier();
         let prior = fs.history().unwrap();
-        let e = PrivacyEngine::with_keys_after(pc.clone(), layout.clone(), &Device::Cpu, &keys, &prior, 0.0)
-            .unwrap();
+        let e = PrivacyEngine::with_keys_after(
+            pc.clone(),
+            layout.clone(),
+            &Device::Cpu,
+            &keys,
+            &prior,
+            0.0,
+        )
+        .unwrap();
         let s = e.noise_multiplier();
-        assert!(s > plain, "{method:?}: σ {s} vs {plain} without the statistics");
+        assert!(
+            s > plain,
+            "{method:?}: σ {s} vs {plain} without the statistics"
+        );
         let mut h = prior.clone();
         h.push(HistoryEntry::new(s, q, steps).unwrap());
         let total = epsilon(method, &h, 1e-5).unwrap();
@@ -344,8 +370,7 @@ fn trainer_with_private_statistics_accounts_saves_and_reloads() {
     let (model, st) =
         load_saved_model(&path, ModelKind::ScatterLinear, &norm, &Device::Cpu).unwrap();
     let st = st.unwrap();
-    let (_, test) =
-        dpsgd::train::load_data(&config(norm).data, ModelKind::ScatterLinear).unwrap();
+    let (_, test) = dpsgd::train::load_data(&config(norm).data, ModelKind::ScatterLinear).unwrap();
     let mut x = test.images().to_vec();
     st.standardize(&mut x, 49).unwrap();
     let mut ws = model.workspace(test.len()).unwrap();
@@ -355,14 +380,16 @@ fn trainer_with_private_statistics_accounts_saves_and_reloads() {
         .chunks(10)
         .zip(test.labels())
         .filter(|(row, &y)| {
-            let am = (0..10)
-                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                .unwrap();
+            let am = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
             am as u32 == y
         })
         .count();
     let acc = correct as f64 / test.len() as f64;
-    assert!((acc - mt.eval_accuracy).abs() < 1e-9, "{acc} vs {}", mt.eval_accuracy);
+    assert!(
+        (acc - mt.eval_accuracy).abs() < 1e-9,
+        "{acc} vs {}",
+        mt.eval_accuracy
+    );
     assert!(acc > 0.3, "learned something: {acc}");
     // The checkpoint carries the statistics; a resumed run continues with them.
     t.save_checkpoint(&dir).unwrap();

@@ -70,9 +70,9 @@
 use crate::accounting::HistoryEntry;
 use crate::noise::NoiseKey;
 use crate::rng::{Generator, StreamKey};
-use std::io::Write;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 use std::path::Path;
 
 /// The added constant under the square root of [`ChannelStats::standardize`] (PyTorch's
@@ -175,7 +175,10 @@ fn check_features(x: &[f32], n: usize, channels: usize, spatial: usize) -> Resul
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite {
             what: "features",
-            detail: format!("value {} at index {i}; the statistics need finite features", x[i]),
+            detail: format!(
+                "value {} at index {i}; the statistics need finite features",
+                x[i]
+            ),
         });
     }
     Ok(())
@@ -291,11 +294,7 @@ impl ChannelStats {
                 ),
             ));
         }
-        if self
-            .mean
-            .iter()
-            .chain(&self.var)
-            .any(|v| !v.is_finite())
+        if self.mean.iter().chain(&self.var).any(|v| !v.is_finite())
             || self.var.iter().any(|&v| v < 0.0)
         {
             return Err(Error::invalid(
