@@ -87,7 +87,7 @@ pub fn calibrate_after(
             return Err(Error::invalid(
                 "epsilon",
                 target_epsilon,
-                format!("more than the earlier releases' own ε = {e0:.4} (δ = {delta}): raise the target ε or the earlier releases' noise (e.g. --norm-noise)"),
+                format!("more than the earlier releases' own ε = {e0:.4} (δ = {delta:.3e}): raise the target ε or the earlier releases' noise (e.g. --norm-noise)"),
             ));
         }
     }
