@@ -212,7 +212,36 @@ impl PrivacyEngine {
         device: &Device,
         keys: &RunKeys,
     ) -> Result<Self> {
+        Self::with_keys_after(cfg, layout, device, keys, &[], 0.0)
+    }
+
+    /// [`PrivacyEngine::with_keys`] for a run that follows earlier releases of the same data:
+    /// `prior` (their accounting entries, e.g.
+    /// [`FeatureStatsConfig::history`](crate::mechanisms::feature_stats::FeatureStatsConfig::history))
+    /// starts the accountant, so every ε the engine reports (RDP and PRV, from before the first
+    /// step on) is that of the composition; `prior_truncation_mass` is their noise samplers'
+    /// truncation mass, charged to δ with the steps' own. With a target ε, σ is calibrated for
+    /// the whole composition ([`accounting::calibrate_after`]): the prior's cost comes out of
+    /// the target.
+    pub fn with_keys_after(
+        cfg: PrivacyConfig,
+        layout: Layout,
+        device: &Device,
+        keys: &RunKeys,
+        prior: &[accounting::HistoryEntry],
+        prior_truncation_mass: f64,
+    ) -> Result<Self> {
         cfg.validate()?;
+        prior
+            .iter()
+            .try_for_each(accounting::HistoryEntry::validate)?;
+        if !(prior_truncation_mass.is_finite() && prior_truncation_mass >= 0.0) {
+            return Err(Error::invalid(
+                "prior_truncation_mass",
+                prior_truncation_mass,
+                "finite and >= 0",
+            ));
+        }
         if let Clipping::PerLayer(v) = &cfg.clipping {
             if v.len() != layout.num_segments() {
                 return Err(Error::shape(
@@ -234,7 +263,8 @@ impl PrivacyEngine {
             NoiseSpec::NoiseMultiplier(s) => s,
             NoiseSpec::TargetEpsilon(eps) => {
                 // Plan for the truncation term at the target: ε(δ − (1 + e^ε)·η) ≤ target.
-                let tau = (1.0 + eps.exp()) * per_step * cfg.planned_steps as f64;
+                let tau = (1.0 + eps.exp())
+                    * (per_step * cfg.planned_steps as f64 + prior_truncation_mass);
                 if tau.is_nan() || tau > cfg.delta / 2.0 {
                     return Err(Error::invalid(
                         "delta",
@@ -244,27 +274,33 @@ impl PrivacyEngine {
                         ),
                     ));
                 }
-                accounting::calibrate_noise_multiplier(
+                accounting::calibrate_after(
                     cfg.accountant,
+                    prior,
                     eps,
                     cfg.delta - tau,
                     cfg.sample_rate,
                     cfg.planned_steps,
                     1e-3,
                 )?
+                .noise_multiplier
             }
         };
+        let mut accountant = Accountant::new(cfg.accountant);
+        for e in prior {
+            accountant.step_many(e.noise_multiplier, e.sample_rate, e.steps)?;
+        }
         let ws = ClipWorkspace::new(device, 1, &layout)?;
         let sum = Buffer::zeros(device, layout.num_params())?;
         Ok(PrivacyEngine {
             sigma,
             layout,
             device: device.clone(),
-            accountant: Accountant::new(cfg.accountant),
+            accountant,
             step: 0,
             seed: keys.seed(),
             noise_key,
-            trunc: 0.0,
+            trunc: prior_truncation_mass,
             ws,
             sum,
             rows: 0,
@@ -397,7 +433,8 @@ impl PrivacyEngine {
         &self.accountant
     }
 
-    /// ε spent so far at the configured δ (0 before the first step).
+    /// ε spent so far at the configured δ (0 before the first step, unless the engine was made
+    /// after earlier releases: [`PrivacyEngine::with_keys_after`]).
     ///
     /// The noise samplers' truncation is charged to δ ([`PrivacyEngine::truncation_mass`]):
     /// the value is ε at δ − (1 + e^ε)·η, so the run is (ε, δ)-DP with the samplers as they
@@ -409,7 +446,7 @@ impl PrivacyEngine {
     /// ε so far under `method` (e.g. to report RDP and PRV side by side), truncation charged
     /// as in [`PrivacyEngine::epsilon`].
     pub fn epsilon_with(&self, method: Method) -> Result<f64> {
-        if self.step == 0 {
+        if self.accountant.history().entries().is_empty() {
             return Ok(0.0);
         }
         self.epsilon_of(method, self.accountant.history().entries(), self.trunc)

@@ -69,11 +69,15 @@ pub enum Purpose {
     /// fake examples and its fixed sample grid; stream = the step, see
     /// `examples/dp_dcgan/dcgan.rs`).
     Latent = 12,
+    /// The Gaussian noise of the private per-channel feature statistics
+    /// ([`crate::mechanisms::feature_stats`]; stream 0: the channel means' sum, stream 1: the
+    /// channel mean squares' sum; secret).
+    FeatureStats = 13,
 }
 
 impl Purpose {
     /// Every purpose (tests check that their keys are pairwise distinct).
-    pub const ALL: [Purpose; 12] = [
+    pub const ALL: [Purpose; 13] = [
         Purpose::ModelInit,
         Purpose::Sampling,
         Purpose::GradientNoise,
@@ -86,6 +90,7 @@ impl Purpose {
         Purpose::GeneratorGradientNoise,
         Purpose::DiscriminatorChoice,
         Purpose::Latent,
+        Purpose::FeatureStats,
     ];
 }
 

@@ -15,6 +15,9 @@ use crate::cpu::loss::Reduction;
 use crate::data::scatter::{scatter_dataset, scatter_dataset_cached, ScatterParams};
 use crate::data::{Dataset, DatasetKind, Split};
 use crate::engine::{EngineState, NoiseSpec, PrivacyConfig, PrivacyEngine};
+use crate::mechanisms::feature_stats::{
+    clipped_channel_sums, private_channel_stats, ChannelStats, FeatureStatsConfig,
+};
 use crate::nn::{models, Grads, Loss, Sequential, Workspace};
 use crate::ops::Clipping;
 use crate::optim::{AdamConfig, SgdConfig};
@@ -81,10 +84,71 @@ impl ModelKind {
         }
     }
 
+    /// The model's layers for an input normalisation: with [`InputNorm::Private`] a
+    /// scattering model has no GroupNorm layer (its inputs are standardised with the released
+    /// statistics before it: [`models::scatter_linear_plain_builder`]); otherwise
+    /// [`ModelKind::builder`].
+    pub fn builder_for(&self, norm: &InputNorm) -> crate::nn::SequentialBuilder {
+        match (self, norm) {
+            (ModelKind::ScatterLinear, InputNorm::Private(_)) => {
+                models::scatter_linear_plain_builder(SCATTER_CHANNELS)
+            }
+            (ModelKind::ScatterCnn, InputNorm::Private(_)) => {
+                models::scatter_cnn_plain_builder(SCATTER_CHANNELS)
+            }
+            _ => self.builder(),
+        }
+    }
+
     /// Whether the model trains on ScatterNet features rather than pixels.
     pub fn uses_scattering(&self) -> bool {
         matches!(self, ModelKind::ScatterLinear | ModelKind::ScatterCnn)
     }
+}
+
+/// How a scattering model's input features are normalised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputNorm {
+    /// A GroupNorm layer in the model (per example: no privacy cost). The pixel models ignore
+    /// it (they have their own fixed normalisation).
+    #[default]
+    GroupNorm,
+    /// Per-channel mean and variance of the training features, released privately
+    /// ([`crate::mechanisms::feature_stats`], Tramèr & Boneh 2021's "data normalisation"),
+    /// the features standardised with them, and no GroupNorm layer. Its cost is composed with
+    /// DP-SGD's in the run's accountant (every ε reported includes it) and, with a target ε,
+    /// comes out of the target when σ is calibrated. Scattering models only. The statistics
+    /// are part of the released model: saved beside it ([`input_norm_path`]).
+    Private(FeatureStatsConfig),
+}
+
+/// Where [`Trainer::save_model`] writes a privately normalised model's statistics, beside the
+/// model file: `model.safetensors` → `model.input_norm.safetensors`.
+pub fn input_norm_path(model_path: &Path) -> PathBuf {
+    let stem = model_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    model_path.with_file_name(format!("{stem}.input_norm.safetensors"))
+}
+
+/// Loads a model saved by [`Trainer::save_model`] for inference: its parameters and, for
+/// [`InputNorm::Private`], the released statistics saved beside it (to apply with
+/// [`ChannelStats::standardize`] to the features before [`Sequential::forward_slice`]).
+pub fn load_saved_model(
+    model_path: &Path,
+    model: ModelKind,
+    norm: &InputNorm,
+    device: &Device,
+) -> Result<(Sequential, Option<ChannelStats>)> {
+    let mut m = model.builder_for(norm).build_zeroed(device)?;
+    m.load_safetensors(model_path)?;
+    let stats = match norm {
+        InputNorm::GroupNorm => None,
+        InputNorm::Private(_) => Some(ChannelStats::load(input_norm_path(model_path))?.0),
+    };
+    Ok((m, stats))
 }
 
 /// Channels of the scattering features of a one-channel 28 × 28 image
@@ -219,6 +283,9 @@ pub struct TrainConfig {
     /// 25 × 1 GB for MNIST's shifts of ±2; not done).
     #[serde(default = "one")]
     pub augmult: usize,
+    /// How a scattering model's features are normalised (default: GroupNorm in the model).
+    #[serde(default)]
+    pub input_norm: InputNorm,
 }
 
 fn one() -> usize {
@@ -285,6 +352,16 @@ impl TrainConfig {
             }
         }
         crate::augment::check_augmult(self.augmult)?;
+        if let InputNorm::Private(fs) = &self.input_norm {
+            if !self.model.uses_scattering() {
+                return Err(Error::invalid(
+                    "input_norm",
+                    "private",
+                    "groupnorm for a pixel model (private feature statistics are for the scattering models: scatter-linear, scatter-cnn)",
+                ));
+            }
+            fs.validate()?;
+        }
         if self.augmult > 1 && self.model.uses_scattering() {
             return Err(Error::invalid(
                 "augmult",
@@ -389,6 +466,9 @@ pub struct Trainer {
     augmentation: crate::augment::Augmentation,
     /// The key of the augmentation draws (stream = the step); secret like every run key.
     aug_key: crate::rng::StreamKey,
+    /// The released feature statistics ([`InputNorm::Private`]): every gathered batch is
+    /// standardised with them.
+    norm: Option<ChannelStats>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -431,7 +511,7 @@ impl Trainer {
             ));
         }
         let q = cfg.batch_size as f64 / n as f64;
-        let model = cfg.model.builder().build(device, seed)?;
+        let model = cfg.model.builder_for(&cfg.input_norm).build(device, seed)?;
         let p = model.num_params();
         // With augmentation multiplicity K a physical batch holds ⌊physical / K⌋ examples (at
         // least one), K rows each.
@@ -440,6 +520,15 @@ impl Trainer {
         let ws = model.workspace(physical * k)?;
         let sampler = PoissonSampler::with_key(n, q, keys.key(Purpose::Sampling))?;
         let steps_per_epoch = sampler.steps_per_epoch();
+        // Private feature statistics: their accounting entries start the engine's accountant
+        // (and its calibration) before anything is drawn; the release itself comes after.
+        let (prior, prior_mass) = match (&cfg.input_norm, cfg.noise) {
+            (InputNorm::Private(fs), Some(_)) => (
+                fs.history()?,
+                FeatureStatsConfig::truncation_mass(train.channels(), keys.generator()),
+            ),
+            _ => (Vec::new(), 0.0),
+        };
         let engine = match cfg.noise {
             None => None,
             Some(noise) => {
@@ -452,12 +541,32 @@ impl Trainer {
                     planned_steps: steps_per_epoch * cfg.epochs,
                     accountant: cfg.accountant,
                 };
-                Some(PrivacyEngine::with_keys(
+                Some(PrivacyEngine::with_keys_after(
                     pc,
                     model.layout().clone(),
                     device,
                     &keys,
+                    &prior,
+                    prior_mass,
                 )?)
+            }
+        };
+        let spatial = train.height() * train.width();
+        let norm = match (&cfg.input_norm, cfg.noise) {
+            (InputNorm::GroupNorm, _) => None,
+            (InputNorm::Private(fs), Some(_)) => Some(private_channel_stats(
+                train.images(),
+                n,
+                train.channels(),
+                spatial,
+                fs,
+                keys.key(Purpose::FeatureStats),
+            )?),
+            // A non-private reference: the exact (clipped) statistics.
+            (InputNorm::Private(fs), None) => {
+                let (a, b) =
+                    clipped_channel_sums(train.images(), n, train.channels(), spatial, fs)?;
+                Some(ChannelStats::from_sums(&a, &b, n))
             }
         };
         let m_len = match cfg.optimizer {
@@ -506,6 +615,7 @@ impl Trainer {
             ya: vec![0; if k > 1 { physical * k } else { 0 }],
             augmentation,
             aug_key: keys.key(Purpose::Augmentation),
+            norm,
             cfg,
         })
     }
@@ -619,6 +729,9 @@ impl Trainer {
             let b = chunk.len();
             self.train
                 .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
+            if let Some(s) = &self.norm {
+                s.standardize(&mut self.xb[..b * ex], shape.1 * shape.2)?;
+            }
             let (x, y) = if k > 1 {
                 self.augmentation.fill_copies(
                     &self.xb[..b * ex],
@@ -781,10 +894,20 @@ impl Trainer {
     /// the last iterate, written as safetensors with PyTorch's names (see
     /// [`Sequential::save_safetensors`]).
     pub fn save_model(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        if let (Some(s), InputNorm::Private(fs)) = (&self.norm, &self.cfg.input_norm) {
+            s.save(input_norm_path(path), fs)?;
+        }
         self.swap_ema()?;
         let r = self.model.save_safetensors(path);
         self.swap_ema()?;
         r
+    }
+
+    /// The released feature statistics the inputs are standardised with
+    /// ([`InputNorm::Private`]; `None` otherwise).
+    pub fn input_norm_stats(&self) -> Option<&ChannelStats> {
+        self.norm.as_ref()
     }
 
     /// Mean loss and accuracy on the evaluation set, of the moving average of the parameters
@@ -807,6 +930,12 @@ impl Trainer {
             let b = chunk.len();
             self.eval
                 .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
+            if let Some(s) = &self.norm {
+                s.standardize(
+                    &mut self.xb[..b * ex],
+                    self.eval.height() * self.eval.width(),
+                )?;
+            }
             self.model.forward_slice(&mut self.ws, &self.xb[..b * ex])?;
             let out = self.ws.output_vec()?;
             for (row, &y) in out.chunks(classes).zip(&self.yb[..b]) {
@@ -857,11 +986,17 @@ impl Trainer {
             meta.insert("secure".to_string(), "true".to_string());
         }
         let ema = Buffer::from_vec(self.ema.clone());
+        let (nm, nv) = self.norm.as_ref().map_or((Vec::new(), Vec::new()), |s| {
+            (s.mean.clone(), s.var.clone())
+        });
+        let (nm, nv) = (Buffer::from_vec(nm), Buffer::from_vec(nv));
         let tensors = [
             ("params", self.model.params()),
             ("m1", &self.m1),
             ("m2", &self.m2),
             ("ema", &ema),
+            ("norm_mean", &nm),
+            ("norm_var", &nv),
         ];
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .iter()
@@ -938,6 +1073,20 @@ impl Trainer {
         } else {
             read("ema", self.ema.len())?
         };
+        // The released statistics the checkpointed parameters were trained with (a secure-mode
+        // resume drew fresh ones in `new`; those are never used or released).
+        let norm = match &self.norm {
+            Some(s) => {
+                let c = s.channels();
+                let loaded = ChannelStats {
+                    mean: read("norm_mean", c)?,
+                    var: read("norm_var", c)?,
+                };
+                loaded.validate().map_err(|e| fmt(e.to_string()))?;
+                Some(loaded)
+            }
+            None => None,
+        };
         if p.iter()
             .chain(&m1)
             .chain(&m2)
@@ -955,6 +1104,9 @@ impl Trainer {
         self.m1.copy_from_slice(&m1)?;
         self.m2.copy_from_slice(&m2)?;
         self.ema.copy_from_slice(&ema);
+        if norm.is_some() {
+            self.norm = norm;
+        }
         if meta.get("secure").is_none() {
             self.sampler.seek(state.sampler_position);
         } else {
@@ -1039,6 +1191,7 @@ mod secret_tests {
             lr_schedule: LrSchedule::Constant,
             ema_decay: None,
             augmult: 1,
+            input_norm: InputNorm::GroupNorm,
         };
         let dir = std::env::temp_dir().join(format!("dpsgd-secret-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -230,6 +230,7 @@ fn small_config(seed: u64) -> TrainConfig {
         lr_schedule: dpsgd::train::LrSchedule::Constant,
         ema_decay: None,
         augmult: 1,
+        input_norm: dpsgd::train::InputNorm::GroupNorm,
     }
 }
 

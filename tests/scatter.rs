@@ -226,6 +226,7 @@ fn scatter_config(model: ModelKind, seed: u64) -> TrainConfig {
         lr_schedule: LrSchedule::Constant,
         ema_decay: None,
         augmult: 1,
+        input_norm: dpsgd::train::InputNorm::GroupNorm,
     }
 }
 

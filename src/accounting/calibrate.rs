@@ -41,7 +41,31 @@ pub fn calibrate(
     steps: u64,
     tol: f64,
 ) -> Result<Calibration> {
+    calibrate_after(method, &[], target_epsilon, delta, sample_rate, steps, tol)
+}
+
+/// [`calibrate`] for a run that follows earlier releases `prior` (e.g. private feature
+/// statistics, [`crate::mechanisms::feature_stats`]): the smallest σ with
+/// ε(prior ∘ (σ; q, steps); δ) ≤ `target_epsilon`, the composition computed by `method` over the
+/// whole history. The prior's own cost counts against the target, so the returned σ is larger
+/// than [`calibrate`]'s. Errors as [`calibrate`], and when the prior alone already exceeds the
+/// target (no σ can help).
+///
+/// # Proof Definition
+/// ε of the composed history is non-increasing in the last entry's σ (each accountant composes
+/// the entries' RDP curves / PLDs, and one entry's is monotone in its σ), so the bisection's
+/// invariant ε(σ_hi) ≤ target holds as in [`calibrate`].
+pub fn calibrate_after(
+    method: Method,
+    prior: &[HistoryEntry],
+    target_epsilon: f64,
+    delta: f64,
+    sample_rate: f64,
+    steps: u64,
+    tol: f64,
+) -> Result<Calibration> {
     validate_epsilon(target_epsilon)?;
+    prior.iter().try_for_each(HistoryEntry::validate)?;
     validate_delta(delta)?;
     if !(sample_rate > 0.0 && sample_rate <= 1.0) {
         return Err(Error::invalid("sample_rate", sample_rate, "in (0, 1]"));
@@ -53,8 +77,20 @@ pub fn calibrate(
         return Err(Error::invalid("tol", tol, "finite and > 0"));
     }
     let eps = |s: f64| -> Result<f64> {
-        epsilon(method, &[HistoryEntry::new(s, sample_rate, steps)?], delta)
+        let mut h = prior.to_vec();
+        h.push(HistoryEntry::new(s, sample_rate, steps)?);
+        epsilon(method, &h, delta)
     };
+    if !prior.is_empty() {
+        let e0 = epsilon(method, prior, delta)?;
+        if e0 >= target_epsilon {
+            return Err(Error::invalid(
+                "epsilon",
+                target_epsilon,
+                format!("more than the earlier releases' own ε = {e0:.4} (δ = {delta:.3e}): raise the target ε or the earlier releases' noise (e.g. --norm-noise)"),
+            ));
+        }
+    }
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
     let mut e_hi = eps(hi)?;
     while e_hi > target_epsilon {

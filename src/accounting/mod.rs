@@ -34,7 +34,7 @@ pub mod gs_wgan;
 pub mod pld;
 pub mod rdp;
 
-pub use calibrate::{calibrate, calibrate_noise_multiplier, Calibration};
+pub use calibrate::{calibrate, calibrate_after, calibrate_noise_multiplier, Calibration};
 pub use pld::{epsilon_pld, epsilon_pld_laplace, LaplaceEntry, PldEpsilon, PldOptions};
 pub use rdp::{default_orders, epsilon_rdp};
 

@@ -267,9 +267,12 @@ pub fn plot_sweep(
     non_private: Option<f64>,
     split: &str,
 ) -> Result<()> {
+    // The line joins the points in ε order, whatever order `--epsilons` listed them in.
+    let mut line: Vec<(f64, f64)> = points.iter().map(|p| (p.epsilon, 100.0 * p.mean)).collect();
+    line.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut series = vec![Series {
         label: "DP-SGD",
-        points: points.iter().map(|p| (p.epsilon, 100.0 * p.mean)).collect(),
+        points: line,
         color: BLUE,
     }];
     // Error bars: ± one standard deviation over the repeats (none for a single run).

@@ -9,6 +9,7 @@
 //! | [`discrete_gaussian::DiscreteGaussian`] | integer | ρ-zCDP | **yes** (exact integer arithmetic) |
 //! | [`snapping::Snapping`] | real, bounded | ε′-DP, ε′ slightly above ε | **yes**, under Mironov's assumptions |
 //! | [`randomized_response::RandomizedResponse`], [`randomized_response::TwoCoinResponse`] | one bit (local DP) | ε-LDP | no (Bernoulli(p) from 53 bits; p rounded to 2⁻⁵³) |
+//! | [`feature_stats`] (per-channel mean and variance of features, Tramèr & Boneh 2021) | clipped per-example channel means / mean squares, L2 | RDP α/σ², composed with DP-SGD | **no** (float noise, DP-SGD's sampler) |
 //! | [`pate`] (LNMax, GNMax; moments accountant and RDP analyses) | teacher votes | ε-DP / RDP | **no** (float noise) |
 //!
 //! Floating-point attacks: a textbook Laplace or Gaussian sampler in IEEE doubles produces only
@@ -41,6 +42,7 @@
 
 pub mod discrete_gaussian;
 pub mod discrete_laplace;
+pub mod feature_stats;
 pub mod gaussian;
 pub mod laplace;
 pub mod pate;

@@ -74,6 +74,30 @@ pub fn scatter_linear_builder(channels: usize, groups: usize) -> SequentialBuild
         .linear(10, true)
 }
 
+/// [`scatter_linear_builder`] without the GroupNorm layer, `Flatten–Linear(channels·49, 10)`,
+/// for features standardised before the model (Tramèr & Boneh's `ScatterLinear` with
+/// `input_norm="BN"`: per-channel statistics estimated privately,
+/// [`crate::mechanisms::feature_stats`]).
+pub fn scatter_linear_plain_builder(channels: usize) -> SequentialBuilder {
+    Sequential::builder(&[channels, 7, 7])
+        .flatten()
+        .linear(10, true)
+}
+
+/// [`scatter_cnn_builder`] without the GroupNorm layer, for features standardised before the
+/// model ([`scatter_linear_plain_builder`]).
+pub fn scatter_cnn_plain_builder(channels: usize) -> SequentialBuilder {
+    Sequential::builder(&[channels, 7, 7])
+        .conv2d(16, 3, 2, 1, true)
+        .tanh()
+        .conv2d(32, 3, 1, 1, true)
+        .tanh()
+        .flatten()
+        .linear(32, true)
+        .tanh()
+        .linear(10, true)
+}
+
 /// Tramèr & Boneh's CNN on ScatterNet features (`MNIST_CNN` with `in_channels = 81`, default
 /// size, in `models.py` of github.com/ftramer/Handcrafted-DP) for `[channels, 7, 7]` inputs:
 /// `GroupNorm(groups, channels)–Conv2d(channels,16,3,2,padding=1)–Tanh–Conv2d(16,32,3,1,
