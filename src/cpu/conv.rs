@@ -987,6 +987,12 @@ impl ConvTranspose2dShape {
         mb * (g.cols_len() + self.cin * g.out_positions()) + g.phase_len()
     }
 
+    /// Whether the layer maps a 1×1 input to the whole `k × k` kernel (no padding): DCGAN's
+    /// first generator layer. Its col2im and im2col are the identity, so it is one GEMM.
+    fn is_dense_1x1(&self, g: &ConvGeom) -> bool {
+        self.h == 1 && self.w == 1 && self.pad == 0 && g.h == self.k && g.w == self.k
+    }
+
     fn check(&self, op: &'static str, x: usize, params: usize) -> Result<ConvGeom> {
         let g = self.geom()?;
         check_len(op, "x", x, self.batch * self.cin * self.h * self.w)?;
@@ -1043,9 +1049,26 @@ pub fn conv_transpose2d_forward<T: Real>(
     let chunks = chunks_for(OP, s.batch, scratch.len(), work)?;
     let mb = s.micro_batch(&g);
     let (w, b) = params.split_at(s.weight_len());
+    let direct = s.is_dense_1x1(&g);
     let f =
         |ex: std::ops::Range<usize>, y: Option<&mut [T]>, _: &mut GradOut<'_, T>, scr: &mut [T]| {
             let Some(y) = y else { return };
+            if direct {
+                // col2im is the identity: Y [n × kk] = X [n × cin] · W [cin × kk].
+                let n = ex.len();
+                let xs = &x[ex.start * il..ex.end * il];
+                gemm(n, cin, kk, T::ONE, xs, il, 1, w, kk, 1, T::ZERO, y, ol, 1);
+                if s.bias {
+                    for yi in y.chunks_exact_mut(ol) {
+                        for (c, bc) in b.iter().enumerate() {
+                            for v in &mut yi[c * sp..(c + 1) * sp] {
+                                *v += *bc;
+                            }
+                        }
+                    }
+                }
+                return;
+            }
             let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
             let (xb, ph) = rest.split_at_mut(mb * il);
             let ph = &mut ph[..g.phase_len()];
@@ -1140,10 +1163,31 @@ pub fn conv_transpose2d_backward<T: Real>(
     let work = s.work_len(&g);
     let chunks = chunks_for(OP, s.batch, scratch.len(), work + grad.extra_scratch(np))?;
     let mb = s.micro_batch(&g);
+    let direct = s.is_dense_1x1(&g);
     let f = |ex: std::ops::Range<usize>,
              mut dx: Option<&mut [T]>,
              gout: &mut GradOut<'_, T>,
              scr: &mut [T]| {
+        if direct && (gout.is_sum() || !gout.wanted()) {
+            // im2col of dy is the identity: dW [cin × kk] += Xᵀ · DY, dX [n × cin] = DY · Wᵀ.
+            let n = ex.len();
+            let xs = &x[ex.start * il..ex.end * il];
+            let dys = &dy[ex.start * ol..ex.end * ol];
+            if let Some((region, beta)) = gout.sum_region(np) {
+                let (dw, db) = region.split_at_mut(nw);
+                gemm(cin, n, kk, T::ONE, xs, 1, il, dys, ol, 1, beta, dw, kk, 1);
+                if s.bias {
+                    for (jj, dyi) in dys.chunks_exact(ol).enumerate() {
+                        let bj = if jj == 0 { beta } else { T::ONE };
+                        bias_grad(dyi, sp, db, bj);
+                    }
+                }
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                gemm(n, kk, cin, T::ONE, dys, ol, 1, w, 1, kk, T::ZERO, dx, il, 1);
+            }
+            return;
+        }
         let (dcols, rest) = scr.split_at_mut(mb * g.cols_len());
         let (xb, ph) = rest.split_at_mut(mb * il);
         let ph = &mut ph[..g.phase_len()];
@@ -1361,7 +1405,7 @@ mod tests {
     /// one example at a time: outputs, input gradients, per-sample gradients, and their sum.
     #[test]
     fn conv_transpose_micro_batches_match_single_examples() {
-        let s = ConvTranspose2dShape {
+        let strided = ConvTranspose2dShape {
             batch: 11,
             cin: 6,
             h: 7,
@@ -1372,12 +1416,78 @@ mod tests {
             pad: 1,
             bias: true,
         };
-        let g = s.geom().unwrap();
-        let mb = s.micro_batch(&g);
+        let g = strided.geom().unwrap();
+        let mb = strided.micro_batch(&g);
         assert!(
-            mb > 1 && mb < s.batch,
+            mb > 1 && mb < strided.batch,
             "micro-batch {mb}: pick another shape"
         );
+        // The one-GEMM path: a 1×1 input to the whole k × k kernel.
+        let dense = ConvTranspose2dShape {
+            batch: 5,
+            cin: 3,
+            h: 1,
+            w: 1,
+            cout: 4,
+            k: 3,
+            stride: 1,
+            pad: 0,
+            bias: true,
+        };
+        assert!(dense.is_dense_1x1(&dense.geom().unwrap()));
+        // Against the definition: y[i, r] = Σ_c x[i, c]·W[c, r] + b, dW[c, r] = Σ_i x[i, c]·dy[i, r],
+        // dx[i, c] = Σ_r dy[i, r]·W[c, r] (r = (co, ki, kj)).
+        {
+            let s = dense;
+            let (n, cin, kk) = (s.batch, s.cin, s.cout * s.k * s.k);
+            let v = |len: usize, a: f64| -> Vec<f64> {
+                (0..len).map(|i| (i as f64 * a).cos()).collect()
+            };
+            let (x, p, dy) = (v(n * cin, 0.7), v(s.num_params(), 0.3), v(n * kk, 0.9));
+            let mut scr = vec![0.0; s.scratch_len(2).unwrap()];
+            let mut y = vec![f64::NAN; n * kk];
+            conv_transpose2d_forward(&s, &x, &p, &mut y, &mut scr).unwrap();
+            let mut dx = vec![f64::NAN; n * cin];
+            let mut dp = vec![f64::NAN; s.num_params()];
+            let grad = ParamGrad::Sum {
+                grad: &mut dp,
+                accumulate: false,
+            };
+            conv_transpose2d_backward(&s, &x, &p, &dy, Some(&mut dx), grad, &mut scr).unwrap();
+            let sp = s.k * s.k;
+            for i in 0..n {
+                for r in 0..kk {
+                    let want: f64 = (0..cin)
+                        .map(|c| x[i * cin + c] * p[c * kk + r])
+                        .sum::<f64>()
+                        + p[cin * kk + r / sp];
+                    assert!((y[i * kk + r] - want).abs() < 1e-12, "y");
+                }
+                for c in 0..cin {
+                    let want: f64 = (0..kk).map(|r| dy[i * kk + r] * p[c * kk + r]).sum();
+                    assert!((dx[i * cin + c] - want).abs() < 1e-12, "dx");
+                }
+            }
+            for c in 0..cin {
+                for r in 0..kk {
+                    let want: f64 = (0..n).map(|i| x[i * cin + c] * dy[i * kk + r]).sum();
+                    assert!((dp[c * kk + r] - want).abs() < 1e-12, "dW");
+                }
+            }
+            for co in 0..s.cout {
+                let want: f64 = (0..n)
+                    .map(|i| (0..sp).map(|t| dy[i * kk + co * sp + t]).sum::<f64>())
+                    .sum();
+                assert!((dp[cin * kk + co] - want).abs() < 1e-12, "db");
+            }
+        }
+        for s in [strided, dense] {
+            check_against_single_examples(s);
+        }
+    }
+
+    fn check_against_single_examples(s: ConvTranspose2dShape) {
+        let g = s.geom().unwrap();
         let (il, ol, np) = (s.cin * s.h * s.w, g.in_len(), s.num_params());
         let v = |n: usize, a: f64| -> Vec<f64> { (0..n).map(|i| (i as f64 * a).sin()).collect() };
         let (x, p, dy) = (v(s.batch * il, 0.37), v(np, 0.11), v(s.batch * ol, 0.23));
