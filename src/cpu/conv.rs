@@ -968,7 +968,29 @@ impl ConvTranspose2dShape {
     /// `chunks` chunks of the batch in parallel.
     pub fn scratch_len(&self, chunks: usize) -> Result<usize> {
         let g = self.geom()?;
-        Ok(chunks.max(1) * (g.cols_len() + self.num_params()))
+        Ok(chunks.max(1) * (self.work_len(&g) + self.num_params()))
+    }
+
+    /// Examples per GEMM: a micro-batch's column matrix `[cout·k·k, mb·h·w]` and its inputs
+    /// `[cin, mb·h·w]` take about 1 MiB, so the weight is packed once per micro-batch instead of
+    /// once per example (the first DCGAN layer, 1×1 inputs, is a matrix–vector product per
+    /// example otherwise).
+    fn micro_batch(&self, g: &ConvGeom) -> usize {
+        let per = g.cols_len() + self.cin * g.out_positions();
+        (262_144 / per.max(1)).clamp(1, 32)
+    }
+
+    /// Kernel scratch of one chunk: a micro-batch's columns and inputs (or input gradients),
+    /// and one phase split of an output image (or its gradient).
+    fn work_len(&self, g: &ConvGeom) -> usize {
+        let mb = self.micro_batch(g);
+        mb * (g.cols_len() + self.cin * g.out_positions()) + g.phase_len()
+    }
+
+    /// Whether the layer maps a 1×1 input to the whole `k × k` kernel (no padding): DCGAN's
+    /// first generator layer. Its col2im and im2col are the identity, so it is one GEMM.
+    fn is_dense_1x1(&self, g: &ConvGeom) -> bool {
+        self.h == 1 && self.w == 1 && self.pad == 0 && g.h == self.k && g.w == self.k
     }
 
     fn check(&self, op: &'static str, x: usize, params: usize) -> Result<ConvGeom> {
@@ -979,11 +1001,37 @@ impl ConvTranspose2dShape {
     }
 }
 
+/// `xb[c, j·l + t] = x[j, c, t]`: `n` examples `[cin, l]` side by side as one `[cin, n·l]`
+/// matrix.
+fn gather_examples<T: Real>(x: &[T], n: usize, cin: usize, l: usize, xb: &mut [T]) {
+    let ld = n * l;
+    for j in 0..n {
+        for c in 0..cin {
+            xb[c * ld + j * l..c * ld + (j + 1) * l]
+                .copy_from_slice(&x[(j * cin + c) * l..(j * cin + c + 1) * l]);
+        }
+    }
+}
+
+/// The adjoint of [`gather_examples`]: `x[j, c, t] = xb[c, j·l + t]` (overwritten).
+fn scatter_examples<T: Real>(xb: &[T], n: usize, cin: usize, l: usize, x: &mut [T]) {
+    let ld = n * l;
+    for j in 0..n {
+        for c in 0..cin {
+            x[(j * cin + c) * l..(j * cin + c + 1) * l]
+                .copy_from_slice(&xb[c * ld + j * l..c * ld + (j + 1) * l]);
+        }
+    }
+}
+
 /// `ConvTranspose2d` forward: `y_i = col2im(Wᵀ · x_i) + b`.
 ///
 /// `x`: `[batch, cin, h, w]`; `params`: weight `[cin, cout, k, k]` then bias `[cout]`;
 /// `y`: `[batch, cout, oh, ow]` (overwritten); `scratch`: at least
 /// [`ConvTranspose2dShape::scratch_len`]`(1)`.
+///
+/// Runs a micro-batch of examples as one GEMM (`cols [kk, n·l] = Wᵀ · [x_1 … x_n]`), then the
+/// col2im of each example through the phase split of its output (no strided scatter).
 pub fn conv_transpose2d_forward<T: Real>(
     s: &ConvTranspose2dShape,
     x: &[T],
@@ -996,44 +1044,79 @@ pub fn conv_transpose2d_forward<T: Real>(
     let (kk, lin, ol, cin) = (g.col_rows(), g.out_positions(), g.in_len(), s.cin);
     check_len(OP, "y", y.len(), s.batch * ol)?;
     let sp = g.h * g.w;
-    let work = g.cols_len();
+    let il = cin * lin;
+    let work = s.work_len(&g);
     let chunks = chunks_for(OP, s.batch, scratch.len(), work)?;
+    let mb = s.micro_batch(&g);
     let (w, b) = params.split_at(s.weight_len());
-    let f = |ex: std::ops::Range<usize>,
-             y: Option<&mut [T]>,
-             _: &mut GradOut<'_, T>,
-             cols: &mut [T]| {
-        let Some(y) = y else { return };
-        for (j, i) in ex.enumerate() {
-            // cols [kk × lin] = Wᵀ [kk × cin] · x_i [cin × lin]
-            let xi = &x[i * cin * lin..(i + 1) * cin * lin];
-            gemm(
-                kk,
-                cin,
-                lin,
-                T::ONE,
-                w,
-                1,
-                kk,
-                xi,
-                lin,
-                1,
-                T::ZERO,
-                cols,
-                lin,
-                1,
-            );
-            let yi = &mut y[j * ol..(j + 1) * ol];
-            if s.bias {
-                for (c, bc) in b.iter().enumerate() {
-                    yi[c * sp..(c + 1) * sp].fill(*bc);
+    let direct = s.is_dense_1x1(&g);
+    let f =
+        |ex: std::ops::Range<usize>, y: Option<&mut [T]>, _: &mut GradOut<'_, T>, scr: &mut [T]| {
+            let Some(y) = y else { return };
+            if direct {
+                // col2im is the identity: Y [n × kk] = X [n × cin] · W [cin × kk].
+                let n = ex.len();
+                let xs = &x[ex.start * il..ex.end * il];
+                gemm(n, cin, kk, T::ONE, xs, il, 1, w, kk, 1, T::ZERO, y, ol, 1);
+                if s.bias {
+                    for yi in y.chunks_exact_mut(ol) {
+                        for (c, bc) in b.iter().enumerate() {
+                            for v in &mut yi[c * sp..(c + 1) * sp] {
+                                *v += *bc;
+                            }
+                        }
+                    }
                 }
-            } else {
-                yi.fill(T::ZERO);
+                return;
             }
-            col2im_raw(&g, cols, yi, lin);
-        }
-    };
+            let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
+            let (xb, ph) = rest.split_at_mut(mb * il);
+            let ph = &mut ph[..g.phase_len()];
+            let mut j0 = 0;
+            while j0 < ex.len() {
+                let n = mb.min(ex.len() - j0);
+                let i = ex.start + j0;
+                let ld = n * lin;
+                let xs = &x[i * il..(i + n) * il];
+                let xm: &[T] = if n == 1 {
+                    xs
+                } else {
+                    gather_examples(xs, n, cin, lin, xb);
+                    &xb[..cin * ld]
+                };
+                // cols [kk × n·lin] = Wᵀ [kk × cin] · X [cin × n·lin]
+                gemm(
+                    kk,
+                    cin,
+                    ld,
+                    T::ONE,
+                    w,
+                    1,
+                    kk,
+                    xm,
+                    ld,
+                    1,
+                    T::ZERO,
+                    cols,
+                    ld,
+                    1,
+                );
+                for jj in 0..n {
+                    let yi = &mut y[(j0 + jj) * ol..(j0 + jj + 1) * ol];
+                    ph.fill(T::ZERO);
+                    col2im_phased(&g, &cols[jj * lin..], ld, ph);
+                    phase_merge(&g, ph, yi);
+                    if s.bias {
+                        for (c, bc) in b.iter().enumerate() {
+                            for v in &mut yi[c * sp..(c + 1) * sp] {
+                                *v += *bc;
+                            }
+                        }
+                    }
+                }
+                j0 += n;
+            }
+        };
     run_chunks(
         s.batch,
         chunks,
@@ -1050,6 +1133,10 @@ pub fn conv_transpose2d_forward<T: Real>(
 /// `ConvTranspose2d` backward (shapes as in [`conv_transpose2d_forward`]): the input gradient
 /// into `dx` (`[batch, cin, h, w]`, overwritten) when given; the parameter gradients (weight
 /// `[cin, cout, k, k]` then bias `[cout]`) to `grad`.
+///
+/// A micro-batch at a time: the im2col of the output gradients (through their phase splits)
+/// as one `[kk, n·l]` matrix; a summed weight gradient as one GEMM over it, per-sample ones as
+/// one GEMM per example; the input gradients as one GEMM.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_backward<T: Real>(
     s: &ConvTranspose2dShape,
@@ -1073,59 +1160,152 @@ pub fn conv_transpose2d_backward<T: Real>(
     let sp = g.h * g.w;
     let nw = s.weight_len();
     let w = &params[..nw];
-    let work = g.cols_len();
+    let work = s.work_len(&g);
     let chunks = chunks_for(OP, s.batch, scratch.len(), work + grad.extra_scratch(np))?;
+    let mb = s.micro_batch(&g);
+    let direct = s.is_dense_1x1(&g);
     let f = |ex: std::ops::Range<usize>,
              mut dx: Option<&mut [T]>,
              gout: &mut GradOut<'_, T>,
-             dcols: &mut [T]| {
-        for (j, i) in ex.enumerate() {
-            let dyi = &dy[i * ol..(i + 1) * ol];
-            im2col_raw(&g, dyi, dcols, lin);
-            if let Some((region, beta)) = gout.region(j, np) {
+             scr: &mut [T]| {
+        if direct && (gout.is_sum() || !gout.wanted()) {
+            // im2col of dy is the identity: dW [cin × kk] += Xᵀ · DY, dX [n × cin] = DY · Wᵀ.
+            let n = ex.len();
+            let xs = &x[ex.start * il..ex.end * il];
+            let dys = &dy[ex.start * ol..ex.end * ol];
+            if let Some((region, beta)) = gout.sum_region(np) {
                 let (dw, db) = region.split_at_mut(nw);
-                // dW_i [cin × kk] = x_i [cin × lin] · dcolsᵀ [lin × kk]
-                let xi = &x[i * il..(i + 1) * il];
+                gemm(cin, n, kk, T::ONE, xs, 1, il, dys, ol, 1, beta, dw, kk, 1);
+                if s.bias {
+                    for (jj, dyi) in dys.chunks_exact(ol).enumerate() {
+                        let bj = if jj == 0 { beta } else { T::ONE };
+                        bias_grad(dyi, sp, db, bj);
+                    }
+                }
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                gemm(n, kk, cin, T::ONE, dys, ol, 1, w, 1, kk, T::ZERO, dx, il, 1);
+            }
+            return;
+        }
+        let (dcols, rest) = scr.split_at_mut(mb * g.cols_len());
+        let (xb, ph) = rest.split_at_mut(mb * il);
+        let ph = &mut ph[..g.phase_len()];
+        let mut j0 = 0;
+        while j0 < ex.len() {
+            let n = mb.min(ex.len() - j0);
+            let i = ex.start + j0;
+            let ld = n * lin;
+            if !gout.wanted() && dx.is_none() {
+                break;
+            }
+            for jj in 0..n {
+                let dyi = &dy[(i + jj) * ol..(i + jj + 1) * ol];
+                phase_split(&g, dyi, ph);
+                im2col_phased(&g, ph, &mut dcols[jj * lin..], ld);
+            }
+            let xs = &x[i * il..(i + n) * il];
+            let dys = &dy[i * ol..(i + n) * ol];
+            if let Some((region, beta)) = gout.sum_region(np) {
+                let (dw, db) = region.split_at_mut(nw);
+                let xm: &[T] = if n == 1 {
+                    xs
+                } else {
+                    gather_examples(xs, n, cin, lin, xb);
+                    &xb[..cin * ld]
+                };
+                // dW [cin × kk] += X [cin × n·lin] · dcolsᵀ [n·lin × kk]
                 gemm(
                     cin,
-                    lin,
+                    ld,
                     kk,
                     T::ONE,
-                    xi,
-                    lin,
+                    xm,
+                    ld,
                     1,
                     dcols,
                     1,
-                    lin,
+                    ld,
                     beta,
                     dw,
                     kk,
                     1,
                 );
                 if s.bias {
-                    bias_grad(dyi, sp, db, beta);
+                    for jj in 0..n {
+                        let bj = if jj == 0 { beta } else { T::ONE };
+                        bias_grad(&dys[jj * ol..(jj + 1) * ol], sp, db, bj);
+                    }
+                }
+            } else {
+                for jj in 0..n {
+                    let Some((region, beta)) = gout.region(j0 + jj, np) else {
+                        break;
+                    };
+                    let (dw, db) = region.split_at_mut(nw);
+                    // dW_i [cin × kk] = x_i [cin × lin] · dcols_iᵀ [lin × kk]
+                    gemm(
+                        cin,
+                        lin,
+                        kk,
+                        T::ONE,
+                        &xs[jj * il..(jj + 1) * il],
+                        lin,
+                        1,
+                        &dcols[jj * lin..],
+                        1,
+                        ld,
+                        beta,
+                        dw,
+                        kk,
+                        1,
+                    );
+                    if s.bias {
+                        bias_grad(&dys[jj * ol..(jj + 1) * ol], sp, db, beta);
+                    }
                 }
             }
             if let Some(dx) = dx.as_deref_mut() {
-                // dx_i [cin × lin] = W [cin × kk] · dcols [kk × lin]
-                let dxi = &mut dx[j * il..(j + 1) * il];
-                gemm(
-                    cin,
-                    kk,
-                    lin,
-                    T::ONE,
-                    w,
-                    kk,
-                    1,
-                    dcols,
-                    lin,
-                    1,
-                    T::ZERO,
-                    dxi,
-                    lin,
-                    1,
-                );
+                let dxs = &mut dx[j0 * il..(j0 + n) * il];
+                // dX [cin × n·lin] = W [cin × kk] · dcols [kk × n·lin]
+                if n == 1 {
+                    gemm(
+                        cin,
+                        kk,
+                        lin,
+                        T::ONE,
+                        w,
+                        kk,
+                        1,
+                        dcols,
+                        lin,
+                        1,
+                        T::ZERO,
+                        dxs,
+                        lin,
+                        1,
+                    );
+                } else {
+                    gemm(
+                        cin,
+                        kk,
+                        ld,
+                        T::ONE,
+                        w,
+                        kk,
+                        1,
+                        dcols,
+                        ld,
+                        1,
+                        T::ZERO,
+                        xb,
+                        ld,
+                        1,
+                    );
+                    scatter_examples(xb, n, cin, lin, dxs);
+                }
             }
+            j0 += n;
         }
     };
     let out = dx.map(|d| (d, il));
@@ -1218,6 +1398,148 @@ mod tests {
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-12, "{g:?}: {a} vs {b}");
             }
+        }
+    }
+
+    /// `ConvTranspose2d` over several micro-batches (gathered GEMMs) equals the same layer run
+    /// one example at a time: outputs, input gradients, per-sample gradients, and their sum.
+    #[test]
+    fn conv_transpose_micro_batches_match_single_examples() {
+        let strided = ConvTranspose2dShape {
+            batch: 11,
+            cin: 6,
+            h: 7,
+            w: 7,
+            cout: 64,
+            k: 4,
+            stride: 2,
+            pad: 1,
+            bias: true,
+        };
+        let g = strided.geom().unwrap();
+        let mb = strided.micro_batch(&g);
+        assert!(
+            mb > 1 && mb < strided.batch,
+            "micro-batch {mb}: pick another shape"
+        );
+        // The one-GEMM path: a 1×1 input to the whole k × k kernel.
+        let dense = ConvTranspose2dShape {
+            batch: 5,
+            cin: 3,
+            h: 1,
+            w: 1,
+            cout: 4,
+            k: 3,
+            stride: 1,
+            pad: 0,
+            bias: true,
+        };
+        assert!(dense.is_dense_1x1(&dense.geom().unwrap()));
+        // Against the definition: y[i, r] = Σ_c x[i, c]·W[c, r] + b, dW[c, r] = Σ_i x[i, c]·dy[i, r],
+        // dx[i, c] = Σ_r dy[i, r]·W[c, r] (r = (co, ki, kj)).
+        {
+            let s = dense;
+            let (n, cin, kk) = (s.batch, s.cin, s.cout * s.k * s.k);
+            let v = |len: usize, a: f64| -> Vec<f64> {
+                (0..len).map(|i| (i as f64 * a).cos()).collect()
+            };
+            let (x, p, dy) = (v(n * cin, 0.7), v(s.num_params(), 0.3), v(n * kk, 0.9));
+            let mut scr = vec![0.0; s.scratch_len(2).unwrap()];
+            let mut y = vec![f64::NAN; n * kk];
+            conv_transpose2d_forward(&s, &x, &p, &mut y, &mut scr).unwrap();
+            let mut dx = vec![f64::NAN; n * cin];
+            let mut dp = vec![f64::NAN; s.num_params()];
+            let grad = ParamGrad::Sum {
+                grad: &mut dp,
+                accumulate: false,
+            };
+            conv_transpose2d_backward(&s, &x, &p, &dy, Some(&mut dx), grad, &mut scr).unwrap();
+            let sp = s.k * s.k;
+            for i in 0..n {
+                for r in 0..kk {
+                    let want: f64 = (0..cin)
+                        .map(|c| x[i * cin + c] * p[c * kk + r])
+                        .sum::<f64>()
+                        + p[cin * kk + r / sp];
+                    assert!((y[i * kk + r] - want).abs() < 1e-12, "y");
+                }
+                for c in 0..cin {
+                    let want: f64 = (0..kk).map(|r| dy[i * kk + r] * p[c * kk + r]).sum();
+                    assert!((dx[i * cin + c] - want).abs() < 1e-12, "dx");
+                }
+            }
+            for c in 0..cin {
+                for r in 0..kk {
+                    let want: f64 = (0..n).map(|i| x[i * cin + c] * dy[i * kk + r]).sum();
+                    assert!((dp[c * kk + r] - want).abs() < 1e-12, "dW");
+                }
+            }
+            for co in 0..s.cout {
+                let want: f64 = (0..n)
+                    .map(|i| (0..sp).map(|t| dy[i * kk + co * sp + t]).sum::<f64>())
+                    .sum();
+                assert!((dp[cin * kk + co] - want).abs() < 1e-12, "db");
+            }
+        }
+        for s in [strided, dense] {
+            check_against_single_examples(s);
+        }
+    }
+
+    fn check_against_single_examples(s: ConvTranspose2dShape) {
+        let g = s.geom().unwrap();
+        let (il, ol, np) = (s.cin * s.h * s.w, g.in_len(), s.num_params());
+        let v = |n: usize, a: f64| -> Vec<f64> { (0..n).map(|i| (i as f64 * a).sin()).collect() };
+        let (x, p, dy) = (v(s.batch * il, 0.37), v(np, 0.11), v(s.batch * ol, 0.23));
+        let mut scr = vec![0.0; s.scratch_len(1).unwrap()];
+        let mut y = vec![f64::NAN; s.batch * ol];
+        conv_transpose2d_forward(&s, &x, &p, &mut y, &mut scr).unwrap();
+        let mut dx = vec![f64::NAN; s.batch * il];
+        let mut rows = vec![f64::NAN; s.batch * np];
+        let grad = ParamGrad::PerSample {
+            rows: &mut rows,
+            stride: np,
+            offset: 0,
+        };
+        conv_transpose2d_backward(&s, &x, &p, &dy, Some(&mut dx), grad, &mut scr).unwrap();
+        let mut sum = vec![f64::NAN; np];
+        let grad = ParamGrad::Sum {
+            grad: &mut sum,
+            accumulate: false,
+        };
+        conv_transpose2d_backward(&s, &x, &p, &dy, None, grad, &mut scr).unwrap();
+        let one = ConvTranspose2dShape { batch: 1, ..s };
+        let mut want_sum = vec![0.0; np];
+        for i in 0..s.batch {
+            let xi = &x[i * il..(i + 1) * il];
+            let dyi = &dy[i * ol..(i + 1) * ol];
+            let mut yi = vec![f64::NAN; ol];
+            conv_transpose2d_forward(&one, xi, &p, &mut yi, &mut scr).unwrap();
+            let mut dxi = vec![f64::NAN; il];
+            let mut row = vec![f64::NAN; np];
+            let grad = ParamGrad::PerSample {
+                rows: &mut row,
+                stride: np,
+                offset: 0,
+            };
+            conv_transpose2d_backward(&one, xi, &p, dyi, Some(&mut dxi), grad, &mut scr).unwrap();
+            let close = |a: &[f64], b: &[f64], what: &str| {
+                for (u, w) in a.iter().zip(b) {
+                    assert!(
+                        (u - w).abs() <= 1e-12 * (1.0 + w.abs()),
+                        "{what} {i}: {u} vs {w}"
+                    );
+                }
+            };
+            close(&y[i * ol..(i + 1) * ol], &yi, "y");
+            close(&dx[i * il..(i + 1) * il], &dxi, "dx");
+            close(&rows[i * np..(i + 1) * np], &row, "row");
+            for (t, r) in want_sum.iter_mut().zip(&row) {
+                *t += r;
+            }
+        }
+        for (u, w) in sum.iter().zip(&want_sum) {
+            assert!((u - w).abs() <= 1e-10 * (1.0 + w.abs()), "sum: {u} vs {w}");
         }
     }
 

@@ -318,6 +318,21 @@ pub(crate) fn run_chunks<T, F>(
         Some((o, per_ex)) => (Some(&mut o[..batch * per_ex]), per_ex),
         None => (None, 0),
     };
+    if chunks == 1 {
+        if let ParamGrad::Sum { grad, accumulate } = grad {
+            // One chunk: its sum goes straight into the caller's gradient (β = 1 when
+            // accumulating), without a partial sum to add afterwards.
+            let mut g = GradOut::Acc {
+                acc: &mut grad[..np],
+                started: accumulate,
+            };
+            f(0..batch, out, &mut g, &mut scratch[..work]);
+            if !accumulate && !matches!(g, GradOut::Acc { started: true, .. }) {
+                grad[..np].fill(T::ZERO);
+            }
+            return;
+        }
+    }
     let view = match &mut grad {
         ParamGrad::None => GradOut::None,
         ParamGrad::PerSample {

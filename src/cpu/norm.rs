@@ -57,21 +57,38 @@ impl GroupNormShape {
     }
 }
 
-/// Mean and 1/√(var + ε) of one group, accumulated in f64.
+/// Mean and 1/√(var + ε) of one group, accumulated in f64 (four running sums each, so the
+/// loops pipeline; added pairwise at the end).
 #[inline]
 fn stats<T: Real>(xg: &[T], eps: f64) -> (T, T) {
     let n = xg.len() as f64;
-    let mut s = 0.0;
-    for v in xg {
-        s += v.to_f64();
-    }
-    let mean = s / n;
-    let mut q = 0.0;
-    for v in xg {
-        let d = v.to_f64() - mean;
-        q += d * d;
-    }
+    let mean = sum4(xg.len(), |i| xg[i].to_f64()) / n;
+    let q = sum4(xg.len(), |i| {
+        let d = xg[i].to_f64() - mean;
+        d * d
+    });
     (T::from_f64(mean), T::from_f64(1.0 / (q / n + eps).sqrt()))
+}
+
+/// `Σ_{i < len} f(i)` in four interleaved running sums, `(s0 + s2) + (s1 + s3)`, then the tail.
+#[inline(always)]
+fn sum4(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut a = [0.0f64; 4];
+    let body = len / 4 * 4;
+    let mut i = 0;
+    while i < body {
+        a[0] += f(i);
+        a[1] += f(i + 1);
+        a[2] += f(i + 2);
+        a[3] += f(i + 3);
+        i += 4;
+    }
+    let mut s = (a[0] + a[2]) + (a[1] + a[3]);
+    while i < len {
+        s += f(i);
+        i += 1;
+    }
+    s
 }
 
 fn default_chunks(batch: usize) -> usize {
@@ -171,15 +188,9 @@ pub fn group_norm_backward<T: Real>(
                 let (mut s1, mut s2) = (0.0f64, 0.0f64);
                 for cc in 0..cpg {
                     let c = g * cpg + cc;
-                    let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
-                    for (v, d) in xg[cc * sp..(cc + 1) * sp]
-                        .iter()
-                        .zip(&dyg[cc * sp..(cc + 1) * sp])
-                    {
-                        let xh = ((*v - mean) * rstd).to_f64();
-                        sdy += d.to_f64();
-                        sdyx += d.to_f64() * xh;
-                    }
+                    let (xc, dc) = (&xg[cc * sp..(cc + 1) * sp], &dyg[cc * sp..(cc + 1) * sp]);
+                    let sdy = sum4(sp, |t| dc[t].to_f64());
+                    let sdyx = sum4(sp, |t| dc[t].to_f64() * ((xc[t] - mean) * rstd).to_f64());
                     let gm = gamma[c].to_f64();
                     s1 += gm * sdy;
                     s2 += gm * sdyx;
