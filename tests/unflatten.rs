@@ -1,5 +1,5 @@
 //! `Layer::Unflatten` (`nn.Unflatten(1, shape)`), the layer added through the one-file layer
-//! design (`src/nn/layer/unflatten.rs` + one registration arm in `src/nn/layer.rs`): shape
+//! design (first `src/nn/layer/unflatten.rs` + one registration arm in `src/nn/layer.rs`; since merged with Flatten into `reshape.rs`, as both are copies): shape
 //! rule and errors, forward/backward as an exact copy, per-sample gradients of
 //! Linear → Unflatten → Conv2d against a batch of one, the fused clipped path, the double
 //! backward, serde and safetensors round trips.

@@ -14,11 +14,10 @@ mod activation;
 mod conv2d;
 mod conv_transpose2d;
 mod dropout;
-mod flatten;
 mod group_norm;
 mod linear;
 mod pool;
-mod unflatten;
+mod reshape;
 
 /// One layer of a [`super::Sequential`] model, with PyTorch's meaning of every field.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -162,10 +161,10 @@ impl Layer {
                 k,
                 stride,
             }),
-            Layer::Flatten => Box::new(flatten::Flatten),
+            Layer::Flatten => Box::new(reshape::Reshape::Flatten),
             Layer::Dropout { p } => Box::new(dropout::Dropout { p }),
             Layer::Act(a) => Box::new(activation::Act(a)),
-            Layer::Unflatten { ref shape } => Box::new(unflatten::Unflatten(shape.clone())),
+            Layer::Unflatten { ref shape } => Box::new(reshape::Reshape::Unflatten(shape.clone())),
         }
     }
 

@@ -141,7 +141,8 @@
 //! 4. Test it (`tests/unflatten.rs` is a template): shape errors, forward/backward against
 //!    finite differences or an exact identity, per-sample gradients against a batch of one,
 //!    serde and safetensors round trips. [`Layer::Unflatten`] took exactly these two source
-//!    files.
+//!    files (it was then folded into `reshape.rs` beside Flatten: a layer that only changes the
+//!    shape rule of an existing one can share its file, as MaxPool2d and AvgPool2d do).
 
 pub mod io;
 pub mod layer;
