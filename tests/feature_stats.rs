@@ -402,3 +402,35 @@ fn trainer_with_private_statistics_accounts_saves_and_reloads() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The noise on the released means has the documented scale σ_n·C_mean per channel sum: over 200
+/// keys × K channels, z = (n·μ̂ − Σ clipped means)/(σ_n·C_mean) is N(0, 1), so Σz² is χ²(1000);
+/// both tails are checked at p ≈ 1e-6 (Wilson–Hilferty), so a noise √2 too large or too small
+/// (e.g. the joint sensitivity applied twice, or the clip bound left out) fails.
+#[test]
+fn mean_noise_has_the_documented_scale() {
+    let n = 10;
+    let x = data(n, 5);
+    let c = cfg(2.0, 0.3, 0.15);
+    let (sa, _) = clipped_channel_sums(&x, n, K, S, &c).unwrap();
+    let std = c.noise_multiplier * c.mean_clip;
+    let mut sum_z2 = 0f64;
+    let mut df = 0f64;
+    for seed in 0..200u64 {
+        let key = RunKeys::seeded(1000 + seed).key(Purpose::FeatureStats);
+        let s = private_channel_stats(&x, n, K, S, &c, key).unwrap();
+        for k in 0..K {
+            let z = (s.mean[k] as f64 * n as f64 - sa[k]) / std;
+            sum_z2 += z * z;
+            df += 1.0;
+        }
+    }
+    // χ²(df) quantiles at one-sided p = 1e-6 each way: z = 4.7534243.
+    let a = 2.0 / (9.0 * df);
+    let upper = df * (1.0 - a + 4.753_424_3 * a.sqrt()).powi(3);
+    let lower = df * (1.0 - a - 4.753_424_3 * a.sqrt()).powi(3);
+    assert!(
+        (lower..=upper).contains(&sum_z2),
+        "Σz² = {sum_z2:.1} outside [{lower:.1}, {upper:.1}] for df = {df}"
+    );
+}
