@@ -419,8 +419,8 @@ fn mean_noise_has_the_documented_scale() {
     for seed in 0..200u64 {
         let key = RunKeys::seeded(1000 + seed).key(Purpose::FeatureStats);
         let s = private_channel_stats(&x, n, K, S, &c, key).unwrap();
-        for k in 0..K {
-            let z = (s.mean[k] as f64 * n as f64 - sa[k]) / std;
+        for (&m, &sum) in s.mean.iter().zip(&sa) {
+            let z = (m as f64 * n as f64 - sum) / std;
             sum_z2 += z * z;
             df += 1.0;
         }
