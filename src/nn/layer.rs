@@ -205,6 +205,19 @@ fn chw(op: &'static str, s: &[usize]) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// Checks that `s` is an image input `[cin, h, w]` with the layer's `cin` channels (the
+/// convolutions' common shape rule).
+fn expect_channels(op: &'static str, s: &[usize], cin: usize) -> Result<()> {
+    let (c, _, _) = chw(op, s)?;
+    if c != cin {
+        return Err(Error::shape(
+            op,
+            format!("expects {cin} input channels, got {c}"),
+        ));
+    }
+    Ok(())
+}
+
 /// `(c, h, w)` of a shape already validated by the layer's shape rule (`[c, h, w]`, or
 /// `(s[0], 1, 1)` for any other).
 fn chw_or_flat(s: &[usize]) -> (usize, usize, usize) {

@@ -1,11 +1,11 @@
 //! `nn.Conv2d`: shape rule, parameters, CPU forward/backward (per-sample gradients), the fused
 //! pass's kept im2col, and the CUDA arms.
 
-use super::{chw, chw_or_flat, Bwd, Double, Fwd, LayerKind, Shape};
+use super::{chw_or_flat, expect_channels, Bwd, Double, Fwd, LayerKind, Shape};
 use crate::cpu::conv::{
     conv2d_backward, conv2d_backward_group, conv2d_forward, conv2d_forward_group, Conv2dShape,
 };
-use crate::{Error, Result};
+use crate::Result;
 
 /// [`super::Layer::Conv2d`].
 #[derive(Clone, Copy, Debug)]
@@ -42,14 +42,7 @@ impl LayerKind for Conv2d {
     }
 
     fn out_shape(&self, s: &[usize]) -> Result<Shape> {
-        let op = self.name();
-        let (c, _, _) = chw(op, s)?;
-        if c != self.cin {
-            return Err(Error::shape(
-                op,
-                format!("expects {} input channels, got {c}", self.cin),
-            ));
-        }
+        expect_channels(self.name(), s, self.cin)?;
         let (oh, ow) = self.at(s, 1).out_hw()?;
         Ok(vec![self.cout, oh, ow])
     }

@@ -1,9 +1,9 @@
 //! `nn.ConvTranspose2d`: shape rule, parameters, CPU forward/backward (per-sample gradients)
 //! and the CUDA arms.
 
-use super::{chw, chw_or_flat, Bwd, Double, Fwd, LayerKind, Shape};
+use super::{chw_or_flat, expect_channels, Bwd, Double, Fwd, LayerKind, Shape};
 use crate::cpu::conv::{conv_transpose2d_backward, conv_transpose2d_forward, ConvTranspose2dShape};
-use crate::{Error, Result};
+use crate::Result;
 
 /// [`super::Layer::ConvTranspose2d`].
 #[derive(Clone, Copy, Debug)]
@@ -40,14 +40,7 @@ impl LayerKind for ConvTranspose2d {
     }
 
     fn out_shape(&self, s: &[usize]) -> Result<Shape> {
-        let op = self.name();
-        let (c, _, _) = chw(op, s)?;
-        if c != self.cin {
-            return Err(Error::shape(
-                op,
-                format!("expects {} input channels, got {c}", self.cin),
-            ));
-        }
+        expect_channels(self.name(), s, self.cin)?;
         let (oh, ow) = self.at(s, 1).out_hw()?;
         Ok(vec![self.cout, oh, ow])
     }
