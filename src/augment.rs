@@ -139,6 +139,117 @@ impl Augmentation {
     }
 }
 
+/// A strong random augmentation for digit images, the "strong view" of consistency training
+/// ([`crate::pate::fit_fixmatch`]; Sohn et al., "FixMatch", NeurIPS 2020, use RandAugment and
+/// Cutout for natural images): a random affine map — rotation by a uniform angle in
+/// ±`max_rotation_deg`, isotropic scaling by a uniform factor in 1 ± `max_scale`, translation
+/// by a uniform offset in ±`max_shift` pixels on each axis — resampled bilinearly (the border
+/// filled with the image's top-left value, the background of MNIST-like images), then Cutout
+/// (DeVries & Taylor 2017): a `cutout` × `cutout` square at a uniform position (its centre
+/// anywhere in the image, clipped at the border) set to the background. Every transform keeps
+/// a digit's class at the default sizes (no flips: a mirrored 2 is no digit).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RandomAffine {
+    /// Largest rotation, in degrees (0..=45).
+    pub max_rotation_deg: f32,
+    /// Largest relative change of scale (0..=0.5).
+    pub max_scale: f32,
+    /// Largest translation, in pixels (0..=[`MAX_SHIFT`]).
+    pub max_shift: f32,
+    /// Side of the Cutout square in pixels (0: none).
+    pub cutout: usize,
+}
+
+impl RandomAffine {
+    /// The strong augmentation used for MNIST's consistency training: ±15°, ±10% scale,
+    /// ±3 px, a 10 × 10 Cutout.
+    pub const MNIST_STRONG: RandomAffine = RandomAffine {
+        max_rotation_deg: 15.0,
+        max_scale: 0.1,
+        max_shift: 3.0,
+        cutout: 10,
+    };
+
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<()> {
+        let r = self.max_rotation_deg;
+        if !(r.is_finite() && (0.0..=45.0).contains(&r)) {
+            return Err(Error::invalid("max_rotation_deg", r, "in [0, 45] degrees"));
+        }
+        let s = self.max_scale;
+        if !(s.is_finite() && (0.0..=0.5).contains(&s)) {
+            return Err(Error::invalid("max_scale", s, "in [0, 0.5]"));
+        }
+        let t = self.max_shift;
+        if !(t.is_finite() && (0.0..=MAX_SHIFT as f32).contains(&t)) {
+            return Err(Error::invalid(
+                "max_shift",
+                t,
+                format!("in [0, {MAX_SHIFT}] pixels"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One augmented copy of a `[c, h, w]` image `src` into `dst` (same length), drawing five
+    /// 64-bit words from `rng` (three more with Cutout).
+    pub fn apply(
+        &self,
+        src: &[f32],
+        dst: &mut [f32],
+        (c, h, w): (usize, usize, usize),
+        rng: &mut impl RandomBits,
+    ) {
+        let mut sym = |m: f32| ((2.0 * rng.next_f64() - 1.0) as f32) * m;
+        let angle = sym(self.max_rotation_deg).to_radians();
+        let scale = 1.0 + sym(self.max_scale);
+        let (ty, tx) = (sym(self.max_shift), sym(self.max_shift));
+        let fill = src.first().copied().unwrap_or(0.0);
+        // Output pixel p maps to source point A⁻¹(p − centre − t) + centre, where A rotates by
+        // `angle` and scales by `scale`.
+        let (sin, cos) = angle.sin_cos();
+        let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+        for ch in 0..c {
+            let plane = &src[ch * h * w..(ch + 1) * h * w];
+            for y in 0..h {
+                for x in 0..w {
+                    let (oy, ox) = (y as f32 - cy - ty, x as f32 - cx - tx);
+                    let sy = (cos * oy - sin * ox) / scale + cy;
+                    let sx = (sin * oy + cos * ox) / scale + cx;
+                    dst[ch * h * w + y * w + x] = bilinear(plane, h, w, sy, sx, fill);
+                }
+            }
+        }
+        if self.cutout > 0 {
+            let py = rng.next_below(h as u64) as i64 - (self.cutout / 2) as i64;
+            let px = rng.next_below(w as u64) as i64 - (self.cutout / 2) as i64;
+            for ch in 0..c {
+                for y in py.max(0)..(py + self.cutout as i64).min(h as i64) {
+                    for x in px.max(0)..(px + self.cutout as i64).min(w as i64) {
+                        dst[ch * h * w + y as usize * w + x as usize] = fill;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bilinear sample of an `h × w` plane at (y, x); points outside read `fill`.
+fn bilinear(plane: &[f32], h: usize, w: usize, y: f32, x: f32, fill: f32) -> f32 {
+    let (y0, x0) = (y.floor(), x.floor());
+    let (fy, fx) = (y - y0, x - x0);
+    let at = |yy: f32, xx: f32| {
+        if yy >= 0.0 && xx >= 0.0 && (yy as usize) < h && (xx as usize) < w {
+            plane[yy as usize * w + xx as usize]
+        } else {
+            fill
+        }
+    };
+    let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1.0) * fx;
+    let bottom = at(y0 + 1.0, x0) * (1.0 - fx) + at(y0 + 1.0, x0 + 1.0) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
 /// Checks an augmentation multiplicity K: `1..=MAX_AUGMULT`.
 pub fn check_augmult(k: usize) -> Result<()> {
     if k == 0 || k > MAX_AUGMULT {
@@ -259,5 +370,85 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn random_affine_identity_keeps_the_image_and_cutout_blanks_a_square() {
+        let img: Vec<f32> = (0..64).map(|v| v as f32 - 1.0).collect();
+        let keys = RunKeys::seeded(4);
+        let mut rng = keys.key(Purpose::Augmentation).rng(2);
+        let none = RandomAffine {
+            max_rotation_deg: 0.0,
+            max_scale: 0.0,
+            max_shift: 0.0,
+            cutout: 0,
+        };
+        let mut out = vec![0f32; 64];
+        none.apply(&img, &mut out, (1, 8, 8), &mut rng);
+        for (a, b) in out.iter().zip(&img) {
+            assert!((a - b).abs() < 1e-4, "{a} {b}");
+        }
+        // Cutout alone: between 1 and 9 pixels (3 × 3, clipped at the border) become the
+        // background (-1), the rest is unchanged.
+        let cut = RandomAffine { cutout: 3, ..none };
+        for _ in 0..50 {
+            cut.apply(&img, &mut out, (1, 8, 8), &mut rng);
+            let changed: Vec<usize> = (1..64).filter(|&i| out[i] != img[i]).collect();
+            assert!(!changed.is_empty() && changed.len() <= 9, "{changed:?}");
+            assert!(changed.iter().all(|&i| out[i] == -1.0));
+        }
+    }
+
+    #[test]
+    fn random_affine_moves_mass_by_at_most_the_shift_and_keeps_it() {
+        // A 3 × 3 blob on a 0 background: a translation-only map keeps its total (bilinear
+        // weights sum to one inside the image) and moves its centre by at most max_shift.
+        let mut img = vec![0f32; 28 * 28];
+        for y in 12..15 {
+            for x in 12..15 {
+                img[y * 28 + x] = 1.0;
+            }
+        }
+        let shift = RandomAffine {
+            max_rotation_deg: 0.0,
+            max_scale: 0.0,
+            max_shift: 3.0,
+            cutout: 0,
+        };
+        let keys = RunKeys::seeded(5);
+        let mut rng = keys.key(Purpose::Augmentation).rng(3);
+        let mut out = vec![0f32; 28 * 28];
+        let mut max_dy = 0f32;
+        for _ in 0..200 {
+            shift.apply(&img, &mut out, (1, 28, 28), &mut rng);
+            let total: f32 = out.iter().sum();
+            assert!((total - 9.0).abs() < 1e-3, "{total}");
+            let cy: f32 = out
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i / 28) as f32 * v)
+                .sum::<f32>()
+                / total;
+            assert!((cy - 13.0).abs() <= 3.0 + 1e-3, "{cy}");
+            max_dy = max_dy.max((cy - 13.0).abs());
+        }
+        assert!(max_dy > 2.0, "shifts near the bound are drawn: {max_dy}");
+        // A 90° rotation limit is refused, as is a NaN.
+        for bad in [
+            RandomAffine {
+                max_rotation_deg: 90.0,
+                ..shift
+            },
+            RandomAffine {
+                max_scale: f32::NAN,
+                ..shift
+            },
+        ] {
+            assert!(matches!(
+                bad.validate().unwrap_err(),
+                Error::InvalidParameter { .. }
+            ));
+        }
+        RandomAffine::MNIST_STRONG.validate().unwrap();
     }
 }

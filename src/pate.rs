@@ -667,3 +667,390 @@ pub fn confident_pseudo_labels(pred: &[(u32, f32)], min_confidence: f32) -> Vec<
         .map(|(i, (k, _))| (i, *k))
         .collect()
 }
+
+/// The stream of [`Purpose::Shuffle`] that draws the validation split of the public images
+/// ([`validation_split`]): distinct from the partition (0), the teachers' (`1..=K`) and the
+/// student's ([`STUDENT_STREAM`] and the few after it).
+pub const VALIDATION_STREAM: u64 = 1 << 41;
+
+/// Splits the public images `0..public` into the images the run may use (queried,
+/// self-labelled, unlabelled for consistency training) and a validation set of `validation`
+/// of them, chosen uniformly at random by a shuffle on [`VALIDATION_STREAM`] of
+/// [`Purpose::Shuffle`]; both lists ascending. The public images are public: choosing them
+/// costs no privacy. With `validation` = 0 every public image is usable.
+///
+/// A random split, not the last images: the MNIST test set's blocks of 1 000 differ in
+/// difficulty (its images 8 000–8 999 are much easier than 9 000–9 999, the student's test
+/// set; BENCHMARKS.md), so a contiguous block misleads tuning.
+pub fn validation_split(
+    public: usize,
+    validation: usize,
+    keys: &RunKeys,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    if validation >= public {
+        return Err(Error::invalid(
+            "validation",
+            validation,
+            format!("< the public set's {public} images (the rest is queried and self-labelled)"),
+        ));
+    }
+    let mut idx: Vec<usize> = (0..public).collect();
+    shuffle(
+        &mut idx,
+        &mut keys.key(Purpose::Shuffle).rng(VALIDATION_STREAM),
+    );
+    let mut val = idx[..validation].to_vec();
+    let mut rest = idx[validation..].to_vec();
+    val.sort_unstable();
+    rest.sort_unstable();
+    Ok((rest, val))
+}
+
+const PREDICTIONS_MAGIC: &[u8; 8] = b"DPSGDTP1";
+
+/// Saves teachers' predictions (`[K][n]`, classes < 256) to `path` (atomically): a cache so
+/// that student variants can reuse one seed's teachers. **Private**: the predictions are
+/// functions of the teachers' training data, not covered by any ε — keep the file with the
+/// private data, never publish it.
+pub fn save_teacher_predictions(path: &std::path::Path, preds: &[Vec<u32>]) -> Result<()> {
+    let n = preds.first().map_or(0, Vec::len);
+    let mut out = Vec::with_capacity(24 + preds.len() * n);
+    out.extend_from_slice(PREDICTIONS_MAGIC);
+    out.extend_from_slice(&(preds.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    for p in preds {
+        if p.len() != n {
+            return Err(Error::shape(
+                "pate::save_teacher_predictions",
+                "teachers predicted different numbers of examples",
+            ));
+        }
+        for &c in p {
+            out.push(
+                u8::try_from(c)
+                    .map_err(|_| Error::invalid("prediction", c, "< 256 (one byte per class)"))?,
+            );
+        }
+    }
+    crate::train::write_atomic(path, &out)
+}
+
+/// Loads predictions written by [`save_teacher_predictions`]; `Ok(None)` when `path` does not
+/// exist, an error when it exists but is not `teachers` × `n` predictions (a corrupt or
+/// foreign file: delete it).
+pub fn load_teacher_predictions(
+    path: &std::path::Path,
+    teachers: usize,
+    n: usize,
+) -> Result<Option<Vec<Vec<u32>>>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let bad = |what: String| {
+        Error::invalid(
+            "teacher cache",
+            path.display(),
+            format!("a teacher-prediction file ({what}; delete it to retrain)"),
+        )
+    };
+    if bytes.len() < 24 || &bytes[..8] != PREDICTIONS_MAGIC {
+        return Err(bad("bad header".into()));
+    }
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[i..i + 8]);
+        u64::from_le_bytes(b) as usize
+    };
+    let (k, m) = (word(8), word(16));
+    if k != teachers || m != n || bytes.len() != 24 + k * m {
+        return Err(bad(format!(
+            "holds {k} × {m} predictions in {} bytes, expected {teachers} × {n}",
+            bytes.len()
+        )));
+    }
+    Ok(Some(
+        bytes[24..]
+            .chunks(n.max(1))
+            .take(k)
+            .map(|c| c.iter().map(|&v| u32::from(v)).collect())
+            .collect(),
+    ))
+}
+
+/// Consistency training of the student (FixMatch: Sohn et al., "FixMatch: Simplifying
+/// Semi-Supervised Learning with Consistency and Confidence", NeurIPS 2020, Algorithm 1):
+/// each step takes `batch_size` labelled examples (the aggregator's answers) under the weak
+/// augmentation (random shifts of up to `weak_shift` pixels) and `mu · batch_size` unlabelled
+/// public images; the model labels each unlabelled image's weakly augmented view, and where
+/// its softmax probability is at least `threshold` it learns that label on a strongly
+/// augmented view ([`crate::augment::RandomAffine`]). Loss:
+/// `mean_B CE(labelled) + lambda · (1/(mu·B)) Σ 1[max p ≥ τ] CE(strong view, pseudo-label)`,
+/// minimised with Adam.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FixMatchConfig {
+    /// The model (a pixel model: the augmentations act on images).
+    pub model: ModelKind,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Labelled examples per step (B).
+    pub batch_size: usize,
+    /// Unlabelled images per step, as a multiple of B (μ).
+    pub mu: usize,
+    /// Confidence threshold τ of a pseudo-label, in (0, 1].
+    pub threshold: f32,
+    /// Weight λ of the unlabelled loss (≥ 0).
+    pub lambda: f32,
+    /// Adam's learning rate.
+    pub lr: f32,
+    /// The weak augmentation: shifts of up to this many pixels.
+    pub weak_shift: usize,
+    /// The strong augmentation.
+    pub strong: crate::augment::RandomAffine,
+}
+
+impl FixMatchConfig {
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<()> {
+        if self.model.uses_scattering() {
+            return Err(Error::invalid(
+                "model",
+                format!("{:?}", self.model),
+                "a pixel model (sample-convnet or tanh-convnet): consistency training augments images",
+            ));
+        }
+        if self.steps == 0 {
+            return Err(Error::invalid("steps", 0, ">= 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", 0, ">= 1"));
+        }
+        if self.mu == 0 || self.mu > 64 {
+            return Err(Error::invalid("mu", self.mu, "in 1..=64"));
+        }
+        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
+            return Err(Error::invalid("threshold", self.threshold, "in (0, 1]"));
+        }
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            return Err(Error::invalid("lambda", self.lambda, "finite and >= 0"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid("lr", self.lr, "finite and > 0"));
+        }
+        if self.weak_shift > crate::augment::MAX_SHIFT {
+            return Err(Error::invalid(
+                "weak_shift",
+                self.weak_shift,
+                format!("<= {} pixels", crate::augment::MAX_SHIFT),
+            ));
+        }
+        self.strong.validate()
+    }
+}
+
+/// What [`fit_fixmatch`] did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FixMatchStats {
+    /// Unlabelled images seen (μ·B per step).
+    pub unlabelled_seen: u64,
+    /// Of those, the ones whose pseudo-label passed the threshold (and were trained on).
+    pub pseudo_labelled: u64,
+    /// The share of pseudo-labelled images over the last tenth of the steps.
+    pub mask_rate_final: f64,
+}
+
+/// Trains `model` by consistency training ([`FixMatchConfig`]) on the labelled set
+/// `labelled` and the unlabelled images `unlabelled` (`[n, c·h·w]`, the same image shape).
+/// `stream` selects the [`Purpose::Shuffle`] and [`Purpose::Augmentation`] streams.
+///
+/// # Privacy
+/// In PATE this is post-processing: the labels are the aggregator's answers (covered by ε) and
+/// the images are public; the pseudo-labels are computed by the student from those alone. No
+/// privacy cost beyond the answers'.
+pub fn fit_fixmatch(
+    model: &mut Sequential,
+    labelled: &Dataset,
+    unlabelled: &[f32],
+    cfg: &FixMatchConfig,
+    keys: &RunKeys,
+    stream: u64,
+) -> Result<FixMatchStats> {
+    cfg.validate()?;
+    let ex = labelled.example_len();
+    let (c, h, w) = (labelled.channels(), labelled.height(), labelled.width());
+    let in_len: usize = model.input_shape().iter().product();
+    if labelled.is_empty() || ex != in_len {
+        return Err(Error::invalid(
+            "labelled set",
+            labelled.len(),
+            format!("at least one example of the model's input size {in_len}"),
+        ));
+    }
+    if unlabelled.is_empty() || unlabelled.len() % ex != 0 {
+        return Err(Error::shape(
+            "pate::fit_fixmatch",
+            format!(
+                "{} unlabelled values are not a non-empty whole number of {ex}-value images",
+                unlabelled.len()
+            ),
+        ));
+    }
+    let n_u = unlabelled.len() / ex;
+    let classes: usize = model.output_shape().iter().product();
+    let b = cfg.batch_size.min(labelled.len());
+    let bu = cfg.mu * cfg.batch_size;
+    let mut ws_l = model.workspace(b)?;
+    let mut ws_u = model.workspace(bu)?;
+    let p = model.num_params();
+    let device = model.device().clone();
+    let mut grad = Buffer::zeros(&device, p)?;
+    let mut grad_u = Buffer::zeros(&device, p)?;
+    let mut m1 = Buffer::zeros(&device, p)?;
+    let mut m2 = Buffer::zeros(&device, p)?;
+    let mut shuffle_rng = keys.key(Purpose::Shuffle).rng(stream);
+    let mut aug_rng = keys.key(Purpose::Augmentation).rng(stream);
+    let weak = crate::augment::Augmentation {
+        max_shift: cfg.weak_shift,
+        hflip: false,
+    };
+    let adam = AdamConfig::new(cfg.lr);
+    let mut order_l: Vec<usize> = (0..labelled.len()).collect();
+    let mut order_u: Vec<usize> = (0..n_u).collect();
+    let (mut pos_l, mut pos_u) = (order_l.len(), order_u.len());
+    let take = |order: &mut Vec<usize>, pos: &mut usize, k: usize, rng: &mut Rng| {
+        let mut out = Vec::with_capacity(k);
+        while out.len() < k {
+            if *pos == order.len() {
+                shuffle(order, rng);
+                *pos = 0;
+            }
+            out.push(order[*pos]);
+            *pos += 1;
+        }
+        out
+    };
+    let mut xl = vec![0f32; b * ex];
+    let mut xa = vec![0f32; b * ex];
+    let mut yl = vec![0u32; b];
+    let mut xw = vec![0f32; bu * ex];
+    let mut xs = vec![0f32; bu * ex];
+    let mut ys = Vec::with_capacity(bu);
+    let mut stats = FixMatchStats::default();
+    let tail_from = cfg.steps - cfg.steps.div_ceil(10);
+    let (mut tail_seen, mut tail_kept) = (0u64, 0u64);
+    for t in 1..=cfg.steps as u64 {
+        // Labelled: weak view, mean cross-entropy.
+        let idx = take(&mut order_l, &mut pos_l, b, &mut shuffle_rng);
+        labelled.gather(&idx, &mut xl, &mut yl)?;
+        for (src, dst) in xl.chunks(ex).zip(xa.chunks_mut(ex)) {
+            weak.apply(src, dst, (c, h, w), &mut aug_rng);
+        }
+        let loss = model.forward_backward(
+            &mut ws_l,
+            &xa[..],
+            Loss::CrossEntropy(&yl),
+            Reduction::Sum,
+            Grads::Sum {
+                grad: &mut grad,
+                accumulate: false,
+            },
+            false,
+        )?;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                what: "training loss",
+                detail: format!("labelled loss {loss} at step {t}; lower the learning rate"),
+            });
+        }
+        // Unlabelled: pseudo-labels from the weak views, learnt on the strong views.
+        let idx = take(&mut order_u, &mut pos_u, bu, &mut shuffle_rng);
+        for (&i, dst) in idx.iter().zip(xw.chunks_mut(ex)) {
+            weak.apply(
+                &unlabelled[i * ex..(i + 1) * ex],
+                dst,
+                (c, h, w),
+                &mut aug_rng,
+            );
+        }
+        model.forward_slice(&mut ws_u, &xw)?;
+        let logits = ws_u.output_vec()?;
+        ys.clear();
+        let mut kept = 0usize;
+        for (j, row) in logits.chunks(classes).take(bu).enumerate() {
+            let (k, m) = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |a, (k, &v)| {
+                        if v > a.1 {
+                            (k, v)
+                        } else {
+                            a
+                        }
+                    },
+                );
+            let z: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+            if 1.0 / z >= cfg.threshold {
+                let i = idx[j];
+                cfg.strong.apply(
+                    &unlabelled[i * ex..(i + 1) * ex],
+                    &mut xs[kept * ex..(kept + 1) * ex],
+                    (c, h, w),
+                    &mut aug_rng,
+                );
+                ys.push(k as u32);
+                kept += 1;
+            }
+        }
+        stats.unlabelled_seen += bu as u64;
+        stats.pseudo_labelled += kept as u64;
+        if t as usize > tail_from {
+            tail_seen += bu as u64;
+            tail_kept += kept as u64;
+        }
+        let scale_u = cfg.lambda * b as f32 / bu as f32;
+        if kept > 0 && scale_u > 0.0 {
+            let loss_u = model.forward_backward(
+                &mut ws_u,
+                &xs[..kept * ex],
+                Loss::CrossEntropy(&ys),
+                Reduction::Sum,
+                Grads::Sum {
+                    grad: &mut grad_u,
+                    accumulate: false,
+                },
+                false,
+            )?;
+            if !loss_u.is_finite() {
+                return Err(Error::NonFinite {
+                    what: "training loss",
+                    detail: format!(
+                        "unlabelled loss {loss_u} at step {t}; lower the learning rate"
+                    ),
+                });
+            }
+            // grad = Σ_labelled + λ·(B/(μB))·Σ_unlabelled; the step divides by B.
+            let gu = grad_u.to_vec()?;
+            let mut g = grad.to_vec()?;
+            for (a, u) in g.iter_mut().zip(&gu) {
+                *a += scale_u * u;
+            }
+            grad.copy_from_slice(&g)?;
+        }
+        let step = crate::NoisyStep {
+            noise_std: 0.0,
+            expected_batch_size: b as f64,
+            key: crate::NoiseKey::from_parts(0, 0),
+        };
+        crate::ops::noisy_adam_step(model.params_mut(), &grad, &mut m1, &mut m2, t, &adam, &step)?;
+    }
+    stats.mask_rate_final = tail_kept as f64 / tail_seen.max(1) as f64;
+    Ok(stats)
+}

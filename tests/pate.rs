@@ -2,6 +2,7 @@
 //! (`dpsgd::mechanisms::pate`). Reference values: the authors' `research/pate_2018/core.py`
 //! (tensorflow/privacy, commit 3d038a4), evaluated with scipy 1.17.
 
+use dpsgd::augment::RandomAffine;
 use dpsgd::data::Dataset;
 use dpsgd::mechanisms::pate::{
     confident_gnmax, default_orders, gnmax_log_q, gnmax_rdp_data_dependent, rdp_to_epsilon,
@@ -9,8 +10,9 @@ use dpsgd::mechanisms::pate::{
     ConfidentGnmaxAccountant,
 };
 use dpsgd::pate::{
-    accuracy, aggregate, fit, new_model, partition, predict, train_teachers, vote_histograms,
-    Aggregator, FitConfig,
+    accuracy, aggregate, fit, fit_fixmatch, load_teacher_predictions, new_model, partition,
+    predict, save_teacher_predictions, train_teachers, validation_split, vote_histograms,
+    Aggregator, FitConfig, FixMatchConfig,
 };
 use dpsgd::rng::{Purpose, RunKeys};
 use dpsgd::train::ModelKind;
@@ -343,4 +345,157 @@ fn teachers_learn_synthetic_data() {
         fit(&mut m, &train, &bad, &keys, 1),
         Err(Error::InvalidParameter { .. })
     ));
+}
+
+#[test]
+fn validation_split_is_random_disjoint_and_seeded() {
+    let keys = RunKeys::seeded(1);
+    let (rest, val) = validation_split(9000, 1000, &keys).unwrap();
+    assert_eq!((rest.len(), val.len()), (8000, 1000));
+    assert!(rest.windows(2).all(|w| w[0] < w[1]) && val.windows(2).all(|w| w[0] < w[1]));
+    let mut all: Vec<usize> = rest.iter().chain(&val).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..9000).collect::<Vec<_>>());
+    // Spread over the public set, not the last block: each block of 1 000 holds about 111
+    // (binomial-ish, sd ≈ 10; 60..=170 fails with probability far below 1e-6).
+    for b in 0..9 {
+        let n = val.iter().filter(|&&i| i / 1000 == b).count();
+        assert!((60..=170).contains(&n), "block {b}: {n}");
+    }
+    // The same seed gives the same split, another seed another one; 0 keeps everything.
+    assert_eq!(validation_split(9000, 1000, &keys).unwrap().1, val);
+    assert_ne!(
+        validation_split(9000, 1000, &RunKeys::seeded(2)).unwrap().1,
+        val
+    );
+    let (rest0, val0) = validation_split(10, 0, &keys).unwrap();
+    assert_eq!((rest0, val0.len()), ((0..10).collect::<Vec<_>>(), 0));
+    let e = validation_split(10, 10, &keys).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidParameter {
+                name: "validation",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn teacher_predictions_cache_round_trips_and_rejects_foreign_files() {
+    let dir = std::env::temp_dir().join(format!("dpsgd-pate-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("t.preds");
+    assert_eq!(load_teacher_predictions(&f, 3, 4).unwrap(), None);
+    let preds = vec![vec![0, 1, 2, 9], vec![9, 9, 9, 9], vec![3, 4, 5, 6]];
+    save_teacher_predictions(&f, &preds).unwrap();
+    assert_eq!(load_teacher_predictions(&f, 3, 4).unwrap(), Some(preds));
+    // Other dimensions, a truncated file, a foreign file: typed errors, not a wrong cache hit.
+    assert!(matches!(
+        load_teacher_predictions(&f, 2, 4).unwrap_err(),
+        Error::InvalidParameter { .. }
+    ));
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 1]).unwrap();
+    assert!(load_teacher_predictions(&f, 3, 4).is_err());
+    std::fs::write(&f, b"not a cache file at all, longer than 24 bytes").unwrap();
+    assert!(load_teacher_predictions(&f, 3, 4).is_err());
+    // Classes above 255 do not fit the one-byte format.
+    assert!(save_teacher_predictions(&f, &[vec![256]]).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn fixmatch_cfg(steps: usize, lambda: f32) -> FixMatchConfig {
+    FixMatchConfig {
+        model: ModelKind::SampleConvnet,
+        steps,
+        batch_size: 8,
+        mu: 3,
+        threshold: 0.9,
+        lambda,
+        lr: 2e-3,
+        weak_shift: 1,
+        strong: RandomAffine::MNIST_STRONG,
+    }
+}
+
+#[test]
+fn fixmatch_learns_from_few_labels_and_pseudo_labels_the_rest() {
+    // 30 labelled synthetic images, 400 unlabelled ones, 300 test images.
+    let labelled = Dataset::synthetic(30, 11).unwrap();
+    let unlabelled = Dataset::synthetic(400, 12).unwrap();
+    let test = Dataset::synthetic(300, 13).unwrap();
+    let keys = RunKeys::seeded(8);
+    let run = |cfg: &FixMatchConfig| {
+        let mut m = new_model(ModelKind::SampleConvnet, &keys, 7).unwrap();
+        let stats = fit_fixmatch(&mut m, &labelled, unlabelled.images(), cfg, &keys, 7).unwrap();
+        let p: Vec<u32> = predict(&m, test.images())
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        (
+            accuracy(&p, test.labels()),
+            stats,
+            m.params().to_vec().unwrap(),
+        )
+    };
+    let (acc, stats, params) = run(&fixmatch_cfg(150, 1.0));
+    assert!(acc > 0.9, "FixMatch accuracy {acc}");
+    assert_eq!(stats.unlabelled_seen, 150 * 24);
+    assert!(
+        stats.pseudo_labelled > stats.unlabelled_seen / 4,
+        "{stats:?}"
+    );
+    assert!(stats.pseudo_labelled <= stats.unlabelled_seen);
+    assert!(
+        stats.mask_rate_final > 0.5 && stats.mask_rate_final <= 1.0,
+        "{stats:?}"
+    );
+    // Reproducible: the same keys and stream give the same weights.
+    assert_eq!(run(&fixmatch_cfg(150, 1.0)).2, params);
+    // λ = 0 ignores the unlabelled images' loss: other weights (the pseudo-labels did move
+    // the model above), and the same counts are still reported.
+    let (_, stats0, params0) = run(&fixmatch_cfg(150, 0.0));
+    assert_ne!(params0, params);
+    assert_eq!(stats0.unlabelled_seen, stats.unlabelled_seen);
+    // Bad settings and inputs are typed errors before any training.
+    let mut m = new_model(ModelKind::SampleConvnet, &keys, 7).unwrap();
+    for bad in [
+        FixMatchConfig {
+            steps: 0,
+            ..fixmatch_cfg(1, 1.0)
+        },
+        FixMatchConfig {
+            threshold: 0.0,
+            ..fixmatch_cfg(1, 1.0)
+        },
+        FixMatchConfig {
+            lambda: -1.0,
+            ..fixmatch_cfg(1, 1.0)
+        },
+        FixMatchConfig {
+            mu: 0,
+            ..fixmatch_cfg(1, 1.0)
+        },
+        FixMatchConfig {
+            model: ModelKind::ScatterLinear,
+            ..fixmatch_cfg(1, 1.0)
+        },
+    ] {
+        let e = fit_fixmatch(&mut m, &labelled, unlabelled.images(), &bad, &keys, 7).unwrap_err();
+        assert!(matches!(e, Error::InvalidParameter { .. }), "{e}");
+    }
+    let e = fit_fixmatch(
+        &mut m,
+        &labelled,
+        &[0.0; 5],
+        &fixmatch_cfg(1, 1.0),
+        &keys,
+        7,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
 }

@@ -9,9 +9,10 @@ use clap::{Args, ValueEnum};
 use dpsgd::data::{Dataset, DatasetKind};
 use dpsgd::mechanisms::pate_smooth::SmoothSensitivity;
 use dpsgd::pate::{
-    accuracy, aggregate_with_release, confident_pseudo_labels, fit, new_model, partition, predict,
-    train_teachers, vote_histograms, Aggregator, FitConfig, PrivacyReport, ReleaseConfig,
-    STUDENT_STREAM,
+    accuracy, aggregate_with_release, confident_pseudo_labels, fit, fit_fixmatch,
+    load_teacher_predictions, new_model, partition, predict, save_teacher_predictions,
+    train_teachers, validation_split, vote_histograms, Aggregator, FitConfig, FixMatchConfig,
+    FixMatchStats, PrivacyReport, ReleaseConfig, STUDENT_STREAM,
 };
 use dpsgd::rng::RunKeys;
 use dpsgd::train::{load_data, write_atomic, DataSource, ModelKind};
@@ -95,9 +96,11 @@ pub struct PateArgs {
     /// Public (student) images: the test set's first N; the rest is the student's test set.
     #[arg(long)]
     pub public: Option<usize>,
-    /// Tuning mode: hold out the last V public images as a validation set. They are never
-    /// queried nor self-labelled; the student and the teachers are evaluated on them instead
-    /// of the student's test set, which is then not touched (0: off, the reported run).
+    /// Tuning mode: hold out V public images, a uniformly random choice (its own stream of the
+    /// seed; the images are public, so the choice costs no privacy), as a validation set. They
+    /// are never queried, self-labelled nor used for training; the student and the teachers are
+    /// evaluated on them instead of the student's test set, which is then not touched (0: off,
+    /// the reported run).
     #[arg(long, default_value_t = 0)]
     pub validation: usize,
     /// Student's epochs.
@@ -123,6 +126,44 @@ pub struct PateArgs {
     /// The student's smallest softmax probability for a self-training label.
     #[arg(long, default_value_t = 0.95)]
     pub self_train_confidence: f32,
+    /// Consistency training of the student (FixMatch, Sohn et al. 2020; post-processing: no
+    /// privacy cost): the answered queries as labelled data and every usable public image as
+    /// unlabelled data, pseudo-labelled from a weakly augmented view (shifts of
+    /// --student-shift px) when the student's confidence is >= --fixmatch-threshold and learnt
+    /// on a strongly augmented view (rotation, scaling, translation, Cutout). Needs a pixel
+    /// student model; replaces the answers-only student and --self-train.
+    #[arg(long)]
+    pub fixmatch: bool,
+    /// FixMatch's optimizer steps.
+    #[arg(long, default_value_t = 4000)]
+    pub fixmatch_steps: usize,
+    /// FixMatch's unlabelled batch as a multiple μ of --student-batch.
+    #[arg(long, default_value_t = 3)]
+    pub fixmatch_mu: usize,
+    /// FixMatch's confidence threshold τ.
+    #[arg(long, default_value_t = 0.95)]
+    pub fixmatch_threshold: f32,
+    /// FixMatch's weight λ of the unlabelled loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub fixmatch_lambda: f32,
+    /// Strong augmentation: largest rotation in degrees.
+    #[arg(long, default_value_t = 15.0)]
+    pub strong_rotation: f32,
+    /// Strong augmentation: largest relative scale change.
+    #[arg(long, default_value_t = 0.1)]
+    pub strong_scale: f32,
+    /// Strong augmentation: largest translation in pixels.
+    #[arg(long, default_value_t = 3.0)]
+    pub strong_shift: f32,
+    /// Strong augmentation: side of the Cutout square (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub strong_cutout: usize,
+    /// Cache the teachers' predictions on the test set in this folder, keyed by the dataset,
+    /// the teachers' settings and the seed (seeded runs only), and reuse them: student
+    /// variants then skip the teachers' training. The files are **private** (functions of the
+    /// training data, not covered by ε).
+    #[arg(long)]
+    pub teacher_cache: Option<PathBuf>,
     /// δ.
     #[arg(long, default_value_t = 1e-5)]
     pub delta: f64,
@@ -192,6 +233,10 @@ pub struct PateReport {
     privacy: PrivacyReport,
     dp_statement: String,
     not_covered_by_epsilon: Vec<String>,
+    /// FixMatch's settings and counts, when the student was trained by consistency training.
+    fixmatch: Option<(FixMatchConfig, FixMatchStats)>,
+    /// Whether the teachers' predictions came from --teacher-cache.
+    teachers_from_cache: bool,
     teacher_seconds: f64,
     total_seconds: f64,
 }
@@ -278,6 +323,32 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         },
     };
     agg.validate()?;
+    let fixmatch_cfg = FixMatchConfig {
+        model,
+        steps: a.fixmatch_steps,
+        batch_size: a.student_batch,
+        mu: a.fixmatch_mu,
+        threshold: a.fixmatch_threshold,
+        lambda: a.fixmatch_lambda,
+        lr: a.student_lr,
+        weak_shift: student_fit.max_shift,
+        strong: dpsgd::augment::RandomAffine {
+            max_rotation_deg: a.strong_rotation,
+            max_scale: a.strong_scale,
+            max_shift: a.strong_shift,
+            cutout: a.strong_cutout,
+        },
+    };
+    if a.fixmatch {
+        fixmatch_cfg.validate()?;
+        if a.self_train {
+            return Err(Error::invalid(
+                "self_train",
+                true,
+                "off with --fixmatch (consistency training replaces self-training)",
+            ));
+        }
+    }
     if q == 0 {
         return Err(Error::invalid("queries", 0, ">= 1"));
     }
@@ -327,20 +398,13 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             ),
         ));
     }
-    if a.validation >= public_all {
-        return Err(Error::invalid(
-            "validation",
-            a.validation,
-            format!(
-                "< the public set's {public_all} images (the rest is queried and self-labelled)"
-            ),
-        ));
-    }
-    // Tuning mode: the last `validation` public images are the evaluation set; the student's
-    // test set is not touched.
-    let public_n = public_all - a.validation;
+    let keys = RunKeys::from_seed(a.seed)?;
+    // Tuning mode: a random `validation` of the public images are the evaluation set; the
+    // student's test set is not touched.
+    let (usable, val_idx) = validation_split(public_all, a.validation, &keys)?;
+    let public_n = usable.len();
     let eval_idx: Vec<usize> = if a.validation > 0 {
-        (public_n..public_all).collect()
+        val_idx
     } else {
         (public_all..test_px.len()).collect()
     };
@@ -385,7 +449,6 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
     } else {
         features(model)?.1
     };
-    let keys = RunKeys::from_seed(a.seed)?;
     let parts = partition(train.len(), k, &keys)?;
     std::fs::create_dir_all(&a.out).map_err(|source| Error::Io {
         path: a.out.clone(),
@@ -408,11 +471,63 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         ProgressStyle::with_template("teachers [{bar:30}] {pos}/{len} {elapsed} (eta {eta})")
             .map_err(|e| Error::invalid("progress template", e, "valid"))?,
     );
-    // The teachers predict only what is used: the Q queries and the evaluation set.
-    let query_idx: Vec<usize> = (0..q).chain(eval_idx.iter().copied()).collect();
-    let query = teacher_test.subset(&query_idx)?;
-    let preds = train_teachers(&train, &parts, &query, &teacher_fit, &keys, &|| bar.inc(1))?;
+    // The teachers predict the whole test set (cheap next to their training), so that a cached
+    // run serves every split; only the Q queries and the evaluation set are read.
+    let cache_file = match (&a.teacher_cache, a.seed) {
+        (Some(dir), Some(seed)) => {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            Some(dir.join(format!(
+                "{name}-k{k}-{teacher_model:?}-e{}-b{}-lr{}-s{}-n{}-seed{seed}.preds",
+                teacher_fit.epochs,
+                teacher_fit.batch_size,
+                teacher_fit.lr,
+                teacher_fit.max_shift,
+                train.len()
+            )))
+        }
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "teacher_cache",
+                "set",
+                "used with --seed (a secure run's teachers are never cached)",
+            ))
+        }
+        _ => None,
+    };
+    let cached = match &cache_file {
+        Some(f) => load_teacher_predictions(f, k, teacher_test.len())?,
+        None => None,
+    };
+    let teachers_from_cache = cached.is_some();
+    let all_preds = match cached {
+        Some(p) => {
+            say(format!(
+                "teachers' predictions read from the cache {}",
+                cache_file
+                    .as_ref()
+                    .map_or(String::new(), |f| f.display().to_string())
+            ));
+            p
+        }
+        None => {
+            let p = train_teachers(&train, &parts, &teacher_test, &teacher_fit, &keys, &|| {
+                bar.inc(1)
+            })?;
+            if let Some(f) = &cache_file {
+                save_teacher_predictions(f, &p)?;
+            }
+            p
+        }
+    };
     bar.finish_and_clear();
+    let query_idx: Vec<usize> = usable[..q].iter().chain(eval_idx.iter()).copied().collect();
+    let preds: Vec<Vec<u32>> = all_preds
+        .iter()
+        .map(|p| query_idx.iter().map(|&i| p[i]).collect())
+        .collect();
     let teacher_seconds = t_teach.elapsed().as_secs_f64();
     let labels = test.labels();
     let test_labels: Vec<u32> = eval_idx.iter().map(|&i| labels[i]).collect();
@@ -440,7 +555,11 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         .enumerate()
         .filter_map(|(i, l)| l.map(|l| (i, l)))
         .collect();
-    let label_accuracy = answered.iter().filter(|(i, l)| labels[*i] == *l).count() as f64
+    // Answers and self-labels index `usable` (the public images the run may use).
+    let label_accuracy = answered
+        .iter()
+        .filter(|(i, l)| labels[usable[*i]] == *l)
+        .count() as f64
         / answered.len().max(1) as f64;
     let plurality = |v: &[u64]| {
         v.iter()
@@ -449,7 +568,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
     };
     let plurality_acc = answered
         .iter()
-        .filter(|(i, _)| plurality(&votes[*i]).0 as u32 == labels[*i])
+        .filter(|(i, _)| plurality(&votes[*i]).0 as u32 == labels[usable[*i]])
         .count() as f64
         / answered.len().max(1) as f64;
 
@@ -485,7 +604,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             "answering at least one query (lower --threshold or raise --queries)",
         ));
     }
-    let public = test.subset(&(0..public_n).collect::<Vec<_>>())?;
+    let public = test.subset(&usable)?;
     let held = test.subset(&eval_idx)?;
     let ex = test.example_len();
     let labelled = |items: &[(usize, u32)]| -> Result<Dataset> {
@@ -527,7 +646,35 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         100.0 * acc_answered
     ));
     let mut round_acc = Vec::new();
-    let (student_acc, trained_on, n_self) = if a.self_train {
+    let mut fixmatch_out = None;
+    let (student_acc, trained_on, n_self) = if a.fixmatch {
+        // Warm start from the answers-only student (its pseudo-labels pass the threshold from
+        // the first step); the unlabelled images are every usable public image.
+        let stats = fit_fixmatch(
+            &mut student,
+            &student_data,
+            public.images(),
+            &fixmatch_cfg,
+            &keys,
+            STUDENT_STREAM + 100,
+        )?;
+        let acc = eval(&student)?;
+        say(format!(
+            "FixMatch (post-processing, no privacy cost): {} steps, {} of {} unlabelled views pseudo-labelled (last tenth of the steps: {:.1}%); accuracy on the {eval_name} {:.2}%",
+            fixmatch_cfg.steps,
+            stats.pseudo_labelled,
+            stats.unlabelled_seen,
+            100.0 * stats.mask_rate_final,
+            100.0 * acc
+        ));
+        let trained_on = format!(
+            "{} answered queries + consistency training (FixMatch) on {} unlabelled public images (post-processing)",
+            answered.len(),
+            public.len()
+        );
+        fixmatch_out = Some((fixmatch_cfg, stats));
+        (acc, trained_on, 0)
+    } else if a.self_train {
         let answered_set: std::collections::HashSet<usize> =
             answered.iter().map(|(i, _)| *i).collect();
         let cfg = FitConfig {
@@ -619,6 +766,8 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             "plurality_accuracy_answered and vote_agreement.png (computed from the private votes)".into(),
             "teacher_seconds, total_seconds (timing)".into(),
         ],
+        fixmatch: fixmatch_out,
+        teachers_from_cache,
         teacher_seconds,
         total_seconds: t0.elapsed().as_secs_f64(),
     };
