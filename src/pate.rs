@@ -792,7 +792,8 @@ pub fn load_teacher_predictions(
 /// its softmax probability is at least `threshold` it learns that label on a strongly
 /// augmented view ([`crate::augment::RandomAffine`]). Loss:
 /// `mean_B CE(labelled) + lambda · (1/(mu·B)) Σ 1[max p ≥ τ] CE(strong view, pseudo-label)`,
-/// minimised with Adam.
+/// minimised with Adam, optionally with the paper's cosine learning-rate decay
+/// (lr·cos(7πt/(16T))) and an exponential moving average of the weights as the result.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FixMatchConfig {
     /// The model (a pixel model: the augmentations act on images).
@@ -813,6 +814,12 @@ pub struct FixMatchConfig {
     pub weak_shift: usize,
     /// The strong augmentation.
     pub strong: crate::augment::RandomAffine,
+    /// FixMatch's cosine decay of the learning rate: lr·cos(7πt/(16T)) at step t of T.
+    pub cosine_lr: bool,
+    /// Return the exponential moving average of the weights with this decay β (in (0, 1)),
+    /// updated after every step t with min(β, (1 + t)/(10 + t)) as the trainer's
+    /// `ema_decay`, instead of the last iterate.
+    pub ema_decay: Option<f32>,
 }
 
 impl FixMatchConfig {
@@ -842,6 +849,11 @@ impl FixMatchConfig {
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::invalid("lr", self.lr, "finite and > 0"));
+        }
+        if let Some(d) = self.ema_decay {
+            if !(d > 0.0 && d < 1.0) {
+                return Err(Error::invalid("ema_decay", d, "in (0, 1)"));
+            }
         }
         if self.weak_shift > crate::augment::MAX_SHIFT {
             return Err(Error::invalid(
@@ -919,7 +931,11 @@ pub fn fit_fixmatch(
         max_shift: cfg.weak_shift,
         hflip: false,
     };
-    let adam = AdamConfig::new(cfg.lr);
+    let mut adam = AdamConfig::new(cfg.lr);
+    let mut ema = match cfg.ema_decay {
+        Some(_) => Some(model.params().to_vec()?),
+        None => None,
+    };
     let mut order_l: Vec<usize> = (0..labelled.len()).collect();
     let mut order_u: Vec<usize> = (0..n_u).collect();
     let (mut pos_l, mut pos_u) = (order_l.len(), order_u.len());
@@ -1049,7 +1065,22 @@ pub fn fit_fixmatch(
             expected_batch_size: b as f64,
             key: crate::NoiseKey::from_parts(0, 0),
         };
+        if cfg.cosine_lr {
+            let frac = (t - 1) as f64 / cfg.steps as f64;
+            adam.lr = cfg.lr * (7.0 * std::f64::consts::PI * frac / 16.0).cos() as f32;
+        }
         crate::ops::noisy_adam_step(model.params_mut(), &grad, &mut m1, &mut m2, t, &adam, &step)?;
+        if let (Some(e), Some(d)) = (ema.as_mut(), cfg.ema_decay) {
+            // The warm-up of the trainer's EMA: b = min(β, (1 + t)/(10 + t)).
+            let d = d.min((1.0 + t as f32) / (10.0 + t as f32));
+            let theta = model.params().to_vec()?;
+            for (a, v) in e.iter_mut().zip(&theta) {
+                *a = d * *a + (1.0 - d) * v;
+            }
+        }
+    }
+    if let Some(e) = ema {
+        model.params_mut().copy_from_slice(&e)?;
     }
     stats.mask_rate_final = tail_kept as f64 / tail_seen.max(1) as f64;
     Ok(stats)

@@ -418,6 +418,8 @@ fn fixmatch_cfg(steps: usize, lambda: f32) -> FixMatchConfig {
         lr: 2e-3,
         weak_shift: 1,
         strong: RandomAffine::MNIST_STRONG,
+        cosine_lr: false,
+        ema_decay: None,
     }
 }
 
@@ -461,6 +463,14 @@ fn fixmatch_learns_from_few_labels_and_pseudo_labels_the_rest() {
     let (_, stats0, params0) = run(&fixmatch_cfg(150, 0.0));
     assert_ne!(params0, params);
     assert_eq!(stats0.unlabelled_seen, stats.unlabelled_seen);
+    // Cosine decay and the weights' moving average: still learns, other weights.
+    let (acc_e, _, params_e) = run(&FixMatchConfig {
+        cosine_lr: true,
+        ema_decay: Some(0.99),
+        ..fixmatch_cfg(150, 1.0)
+    });
+    assert!(acc_e > 0.9, "FixMatch + EMA accuracy {acc_e}");
+    assert_ne!(params_e, params);
     // Bad settings and inputs are typed errors before any training.
     let mut m = new_model(ModelKind::SampleConvnet, &keys, 7).unwrap();
     for bad in [
@@ -478,6 +488,10 @@ fn fixmatch_learns_from_few_labels_and_pseudo_labels_the_rest() {
         },
         FixMatchConfig {
             mu: 0,
+            ..fixmatch_cfg(1, 1.0)
+        },
+        FixMatchConfig {
+            ema_decay: Some(1.0),
             ..fixmatch_cfg(1, 1.0)
         },
         FixMatchConfig {

@@ -146,6 +146,13 @@ pub struct PateArgs {
     /// FixMatch's weight λ of the unlabelled loss.
     #[arg(long, default_value_t = 1.0)]
     pub fixmatch_lambda: f32,
+    /// FixMatch's cosine learning-rate decay (lr·cos(7πt/(16T))).
+    #[arg(long)]
+    pub fixmatch_cosine: bool,
+    /// Evaluate and save an exponential moving average of the FixMatch student's weights with
+    /// this decay (e.g. 0.999).
+    #[arg(long)]
+    pub fixmatch_ema: Option<f32>,
     /// Strong augmentation: largest rotation in degrees.
     #[arg(long, default_value_t = 15.0)]
     pub strong_rotation: f32,
@@ -338,6 +345,8 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             max_shift: a.strong_shift,
             cutout: a.strong_cutout,
         },
+        cosine_lr: a.fixmatch_cosine,
+        ema_decay: a.fixmatch_ema,
     };
     if a.fixmatch {
         fixmatch_cfg.validate()?;
