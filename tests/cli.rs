@@ -495,8 +495,8 @@ fn pate_quick_synthetic_writes_every_output() {
     assert!(text.contains("queries 100  answered 100"), "{text}");
 }
 
-/// `dpsgd pate` with ScatterNet teachers and student in tuning mode: the last public images are
-/// the evaluation set (never queried), and the student's test set is not touched.
+/// `dpsgd pate` with ScatterNet teachers and student in tuning mode: a random choice of public
+/// images is the evaluation set (never queried), and the student's test set is not touched.
 #[test]
 fn pate_scatter_models_and_validation_mode() {
     let out = tmpdir("pate-scatter");
@@ -535,6 +535,64 @@ fn pate_scatter_models_and_validation_mode() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `dpsgd pate --fixmatch` with a teacher cache: the second run reads the first one's teachers
+/// (the same votes, answers and ε's) and trains a FixMatch student on the answers and the
+/// unlabelled public images.
+#[test]
+fn pate_fixmatch_student_and_teacher_cache() {
+    let out = tmpdir("pate-fixmatch");
+    let cache = out.join("cache");
+    let run = |name: &str| {
+        let o = dpsgd(&[
+            "pate",
+            "--dataset",
+            "synthetic",
+            "--quick",
+            "--validation",
+            "100",
+            "--fixmatch",
+            "--fixmatch-steps",
+            "40",
+            "--fixmatch-cosine",
+            "--fixmatch-ema",
+            "0.9",
+            "--teacher-cache",
+            cache.to_str().unwrap(),
+            "--seed",
+            "6",
+            "--json",
+            "--out",
+            out.join(name).to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let v1 = run("a");
+    let v2 = run("b");
+    assert_eq!(v1["teachers_from_cache"].as_bool(), Some(false));
+    assert_eq!(v2["teachers_from_cache"].as_bool(), Some(true));
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    for key in [
+        "teacher_accuracies",
+        "answered",
+        "label_accuracy",
+        "privacy",
+    ] {
+        assert_eq!(v1[key], v2[key], "{key}");
+    }
+    assert_eq!(v1["student_accuracy"], v2["student_accuracy"]);
+    let (cfg, stats) = (&v1["fixmatch"][0], &v1["fixmatch"][1]);
+    assert_eq!(cfg["steps"].as_u64(), Some(40));
+    assert_eq!(stats["unlabelled_seen"].as_u64(), Some(40 * 32 * 3));
+    assert!(stats["pseudo_labelled"].as_u64().unwrap() > 0, "{stats}");
+    assert!(v1["student_accuracy"].as_f64().unwrap() > 0.5, "{v1}");
+    assert!(v1["student_trained_on"]
+        .as_str()
+        .unwrap()
+        .contains("FixMatch"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// Bad PATE input fails before anything is trained, naming the flag.
 #[test]
 fn pate_bad_input_is_a_typed_error() {
@@ -564,6 +622,27 @@ fn pate_bad_input_is_a_typed_error() {
         // The quick synthetic run's σ₂ (0.8) fails conditions C5/C6 at order 50: refused up front.
         (&["--release-order", "50"][..], "order", 2),
         (&["--release-sigma", "0"][..], "release_sigma", 2),
+        (&["--fixmatch", "--self-train"][..], "self_train", 2),
+        (
+            &["--fixmatch", "--student-model", "scatter-cnn"][..],
+            "model",
+            2,
+        ),
+        (
+            &["--fixmatch", "--fixmatch-threshold", "0"][..],
+            "threshold",
+            2,
+        ),
+        (
+            &["--fixmatch", "--strong-rotation", "90"][..],
+            "max_rotation_deg",
+            2,
+        ),
+        (
+            &["--teacher-cache", "/tmp/dpsgd-never"][..],
+            "teacher_cache",
+            2,
+        ),
         (
             &["--aggregator", "lnmax", "--release-order", "4"][..],
             "release_order",
