@@ -3,7 +3,11 @@
 //! partition, the teachers' vote histograms on public examples, a noisy aggregator
 //! ([`Aggregator`]: LNMax, GNMax or Confident-GNMax, from [`crate::mechanisms::pate`]) that
 //! labels some of them, and the privacy analysis of the answers ([`PrivacyReport`]). The
-//! student is then trained on the labelled public examples with [`fit`].
+//! student is then trained on the labelled public examples with [`fit`], or semi-supervised on
+//! them and the unlabelled public images with [`fit_fixmatch`] (consistency training, Sohn et
+//! al. 2020) — post-processing of the answers and public data, no privacy cost. Tuning holds
+//! out a random part of the public images ([`validation_split`]); [`save_teacher_predictions`]
+//! caches a seed's (private) teacher predictions for student variants.
 //!
 //! # What the guarantee covers
 //! Each private training example is in exactly one partition ([`partition`]), so changing one
@@ -19,8 +23,9 @@
 //!
 //! All randomness comes from [`RunKeys`]: [`Purpose::Shuffle`] for the partition and the
 //! training order, [`Purpose::ModelInit`] for the weights, [`Purpose::Augmentation`] for the
-//! image shifts, [`Purpose::Mechanism`] for the aggregator's noise (stream 0) and the
-//! smooth-sensitivity release's (stream 1).
+//! image shifts and FixMatch's augmentations, [`Purpose::Mechanism`] for the aggregator's
+//! noise (stream 0) and the smooth-sensitivity release's (stream 1); the validation split is
+//! stream [`VALIDATION_STREAM`] of [`Purpose::Shuffle`].
 
 use crate::cpu::loss::Reduction;
 use crate::data::Dataset;
