@@ -378,39 +378,33 @@ fn col2im_phased<T: Real>(g: &ConvGeom, cols: &[T], ld: usize, dph: &mut [T]) {
     }
 }
 
-/// Column matrices up to this many entries per example go through [`ColTables`] (their
-/// tables take 12 bytes per entry: up to 12 MiB per geometry and thread); larger ones through
-/// the phase split.
+/// Column matrices up to this many entries per example go through [`ColTables`] (4 bytes per
+/// entry: up to 4 MiB per geometry and thread); larger ones through the phase split.
 const TABLE_MAX_COLS: usize = 1 << 20;
 
 /// Output widths up to this go through [`ColTables`]; wider ones through the phase split, whose
 /// contiguous runs of `ow` values then beat one indexed load per value. Measured (CPU time of
-/// forward + backward, batch 64, one thread; BENCHMARKS.md, "stride-2 convolutions"): tables
-/// 35% faster at `ow` = 4 (scatter-cnn), 4% faster to even at 7, 5–6% slower at 14 (DCGAN).
-const TABLE_MAX_OW: usize = 7;
+/// a first version's forward + backward, batch 64, one thread; BENCHMARKS.md, "stride-2
+/// convolutions"): tables 35% faster at `ow` = 4 (scatter-cnn), even at 7, 5–6% slower at 14
+/// (DCGAN); the DCGAN layers (`ow` = 7, 14) keep the phase split.
+const TABLE_MAX_OW: usize = 4;
 
-/// Index tables of the im2col of one geometry: the gather as one indexed load per column
-/// entry, and its adjoint as a gather-sum per image value (no strided loops, no bounds logic,
-/// no zero fill, no scatter conflicts). Built once per geometry and thread (see
-/// [`col_tables`]); what the small stride-2 layers (scatter-cnn's 81 × 7 × 7 → 4 × 4, DCGAN's
-/// 4 × 4 stride-2 layers) spent in loop overhead of runs of 4–7 values.
+/// The index table of the im2col of one geometry: the gather as one indexed load per column
+/// entry, and its adjoint as one indexed add per column entry in the columns' own order (rows
+/// read as streams; no strided loops, no bounds logic, no phase planes). Built once per
+/// geometry and thread (see [`col_tables`]); what the small stride-2 layers (scatter-cnn's
+/// 81 × 7 × 7 → 4 × 4) spent in loop overhead of runs of 4 values.
 #[derive(Debug)]
 struct ColTables {
     /// `gather[r·l + t]`: the offset in the image of column entry `(r, t)` (`l` = `oh·ow`),
     /// or `u32::MAX` where the entry reads the zero padding.
     gather: Vec<u32>,
-    /// For image value `j`, the `m` column entries `(r, t)` that read it at
-    /// `scatter[j·m .. (j + 1)·m]`, in increasing `r`, padded with `[u32::MAX, 0]`.
-    scatter: Vec<[u32; 2]>,
-    /// Most column entries that read one image value (`⌈k/s⌉²` at most).
-    m: usize,
 }
 
 impl ColTables {
     fn new(g: &ConvGeom) -> Self {
-        let (h, w, k, s, p, l) = (g.h, g.w, g.k, g.stride, g.pad, g.out_positions());
+        let (h, w, k, s, p) = (g.h, g.w, g.k, g.stride, g.pad);
         let mut gather = Vec::with_capacity(g.cols_len());
-        let mut count = vec![0usize; g.in_len()];
         for ci in 0..g.c {
             for ki in 0..k {
                 for kj in 0..k {
@@ -420,26 +414,14 @@ impl ColTables {
                             if iy < p || ix < p || iy - p >= h || ix - p >= w {
                                 gather.push(u32::MAX);
                             } else {
-                                let j = (ci * h + iy - p) * w + ix - p;
-                                count[j] += 1;
-                                gather.push(j as u32);
+                                gather.push(((ci * h + iy - p) * w + ix - p) as u32);
                             }
                         }
                     }
                 }
             }
         }
-        let m = count.iter().copied().max().unwrap_or(0);
-        let mut scatter = vec![[u32::MAX, 0]; g.in_len() * m];
-        count.fill(0);
-        for (e, &j) in gather.iter().enumerate() {
-            if j != u32::MAX {
-                let j = j as usize;
-                scatter[j * m + count[j]] = [(e / l) as u32, (e % l) as u32];
-                count[j] += 1;
-            }
-        }
-        ColTables { gather, scatter, m }
+        ColTables { gather }
     }
 }
 
@@ -486,26 +468,20 @@ fn im2col_table<T: Real>(tab: &ColTables, l: usize, x: &[T], cols: &mut [T], ld:
     }
 }
 
-/// col2im through the tables: `x[j] = Σ cols[r·ld + t]` over the entries `(r, t)` that read
-/// `x[j]`, in increasing `r` (overwrites `x`).
+/// col2im through the tables: `x[j] = Σ cols[r·ld + t]` over the entries `(r, t)` whose
+/// table entry is `j`, added in the columns' order (increasing `r`); overwrites `x`.
 #[cfg_attr(
     not(feature = "baseline-cpu"),
     multiversion::multiversion(targets("x86_64+avx2+fma"))
 )]
-fn col2im_table<T: Real>(tab: &ColTables, cols: &[T], ld: usize, x: &mut [T]) {
-    let m = tab.m;
-    if m == 0 {
-        x.fill(T::ZERO);
-        return;
-    }
-    for (d, src) in x.iter_mut().zip(tab.scatter.chunks_exact(m)) {
-        let mut acc = T::ZERO;
-        for &[r, t] in src {
-            if r != u32::MAX {
-                acc += cols[r as usize * ld + t as usize];
+fn col2im_table<T: Real>(tab: &ColTables, l: usize, cols: &[T], ld: usize, x: &mut [T]) {
+    x.fill(T::ZERO);
+    for (row, idx) in cols.chunks(ld).zip(tab.gather.chunks_exact(l)) {
+        for (v, &i) in row[..l].iter().zip(idx) {
+            if let Some(d) = x.get_mut(i as usize) {
+                *d += *v;
             }
         }
-        *d = acc;
     }
 }
 
@@ -539,7 +515,7 @@ fn scatter_cols<T: Real>(
     x: &mut [T],
 ) {
     match tab {
-        Some(t) => col2im_table(t, cols, ld, &mut x[..g.in_len()]),
+        Some(t) => col2im_table(t, g.out_positions(), cols, ld, &mut x[..g.in_len()]),
         None => {
             ph.fill(T::ZERO);
             col2im_phased(g, cols, ld, ph);
@@ -1578,12 +1554,12 @@ mod tests {
     fn table_im2col_matches_direct() {
         for &(c, h, w, k, s, p) in &[
             (81, 7, 7, 3, 2, 1),
-            (32, 14, 14, 4, 2, 1),
-            (2, 5, 7, 3, 1, 1),
-            (1, 6, 6, 4, 2, 3),
+            (32, 8, 8, 4, 2, 1),
+            (2, 5, 4, 3, 1, 1),
+            (1, 4, 4, 4, 2, 3),
             (3, 4, 5, 2, 3, 0),
             (1, 3, 3, 5, 1, 2),
-            (2, 11, 9, 5, 3, 4),
+            (2, 11, 9, 5, 3, 3),
         ] {
             let g = ConvGeom::new("t", c, h, w, k, s, p).unwrap();
             let tab = col_tables(&g).expect("small geometry");
@@ -1609,7 +1585,7 @@ mod tests {
             let mut want = vec![0.0; g.in_len()];
             col2im_raw(&g, &dense, &mut want, l);
             let mut got = vec![f64::NAN; g.in_len()];
-            col2im_table(&tab, &cv[l..], 3 * l, &mut got);
+            col2im_table(&tab, l, &cv[l..], 3 * l, &mut got);
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-12, "{g:?}: {a} vs {b}");
             }

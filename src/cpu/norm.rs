@@ -57,38 +57,17 @@ impl GroupNormShape {
     }
 }
 
-/// Mean and 1/√(var + ε) of one group, accumulated in f64 (eight running sums each, which
-/// vectorise; added pairwise at the end).
-#[cfg_attr(
-    not(feature = "baseline-cpu"),
-    multiversion::multiversion(targets("x86_64+avx2+fma"))
-)]
+/// Mean and 1/√(var + ε) of one group, accumulated in f64 (four running sums each, so the
+/// loops pipeline; added pairwise at the end).
+#[inline]
 fn stats<T: Real>(xg: &[T], eps: f64) -> (T, T) {
     let n = xg.len() as f64;
-    let mean = sum8(xg, |v| v) / n;
-    let q = sum8(xg, |v| {
-        let d = v - mean;
+    let mean = sum4(xg.len(), |i| xg[i].to_f64()) / n;
+    let q = sum4(xg.len(), |i| {
+        let d = xg[i].to_f64() - mean;
         d * d
     });
     (T::from_f64(mean), T::from_f64(1.0 / (q / n + eps).sqrt()))
-}
-
-/// `Σ f(x_i)` in f64, eight interleaved running sums over chunks of eight (lane-wise, so they
-/// vectorise), added pairwise, then the tail.
-#[inline(always)]
-fn sum8<T: Real>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut a = [0.0f64; 8];
-    let mut it = xs.chunks_exact(8);
-    for ch in &mut it {
-        for k in 0..8 {
-            a[k] += f(ch[k].to_f64());
-        }
-    }
-    let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-    for v in it.remainder() {
-        s += f(v.to_f64());
-    }
-    s
 }
 
 /// `Σ_{i < len} f(i)` in four interleaved running sums, `(s0 + s2) + (s1 + s3)`, then the tail.
