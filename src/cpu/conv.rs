@@ -3,7 +3,8 @@
 //! Activations are NCHW, row-major, the batch first. Each function takes the whole batch,
 //! validates every slice length (errors, never panics), and runs chunks of the batch in
 //! parallel with rayon; the caller passes the scratch (see [`Conv2dShape::scratch_len`]), so
-//! nothing is allocated. A CUDA twin takes the same arguments.
+//! nothing is allocated but, once per geometry and thread, the im2col index tables of a small
+//! geometry (kept in a thread-local cache of 16). A CUDA twin takes the same arguments.
 //!
 //! Parameters are one contiguous slice, PyTorch's layout: `Conv2d` weight `[Cout, Cin, k, k]`,
 //! `ConvTranspose2d` weight `[Cin, Cout, k, k]`, then the bias `[Cout]` if any. Parameter
@@ -377,6 +378,152 @@ fn col2im_phased<T: Real>(g: &ConvGeom, cols: &[T], ld: usize, dph: &mut [T]) {
     }
 }
 
+/// Column matrices up to this many entries per example go through [`ColTables`] (4 bytes per
+/// entry: up to 4 MiB per geometry and thread); larger ones through the phase split.
+const TABLE_MAX_COLS: usize = 1 << 20;
+
+/// Output widths up to this go through [`ColTables`]; wider ones through the phase split, whose
+/// contiguous runs of `ow` values then beat one indexed load per value. Measured (CPU time of
+/// a first version's forward + backward, batch 64, one thread; BENCHMARKS.md, "stride-2
+/// convolutions"): tables 35% faster at `ow` = 4 (scatter-cnn), even at 7, 5–6% slower at 14
+/// (DCGAN); the DCGAN layers (`ow` = 7, 14) keep the phase split.
+const TABLE_MAX_OW: usize = 4;
+
+/// The index table of the im2col of one geometry: the gather as one indexed load per column
+/// entry, and its adjoint as one indexed add per column entry in the columns' own order (rows
+/// read as streams; no strided loops, no bounds logic, no phase planes). Built once per
+/// geometry and thread (see [`col_tables`]); what the small stride-2 layers (scatter-cnn's
+/// 81 × 7 × 7 → 4 × 4) spent in loop overhead of runs of 4 values.
+#[derive(Debug)]
+struct ColTables {
+    /// `gather[r·l + t]`: the offset in the image of column entry `(r, t)` (`l` = `oh·ow`),
+    /// or `u32::MAX` where the entry reads the zero padding.
+    gather: Vec<u32>,
+}
+
+impl ColTables {
+    fn new(g: &ConvGeom) -> Self {
+        let (h, w, k, s, p) = (g.h, g.w, g.k, g.stride, g.pad);
+        let mut gather = Vec::with_capacity(g.cols_len());
+        for ci in 0..g.c {
+            for ki in 0..k {
+                for kj in 0..k {
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let (iy, ix) = (oy * s + ki, ox * s + kj);
+                            if iy < p || ix < p || iy - p >= h || ix - p >= w {
+                                gather.push(u32::MAX);
+                            } else {
+                                gather.push(((ci * h + iy - p) * w + ix - p) as u32);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ColTables { gather }
+    }
+}
+
+std::thread_local! {
+    /// The tables of the geometries this thread ran last (a few layers' worth).
+    static COL_TABLES: std::cell::RefCell<Vec<(ConvGeom, std::rc::Rc<ColTables>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The [`ColTables`] of `g`, from this thread's cache (built on first use), or `None` when `g`
+/// is too large for tables (then the phase split runs).
+fn col_tables(g: &ConvGeom) -> Option<std::rc::Rc<ColTables>> {
+    if g.cols_len() > TABLE_MAX_COLS || g.ow > TABLE_MAX_OW {
+        return None;
+    }
+    COL_TABLES.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(pos) = c.iter().position(|(k, _)| k == g) {
+            return Some(c[pos].1.clone());
+        }
+        if c.len() >= 16 {
+            c.remove(0);
+        }
+        let t = std::rc::Rc::new(ColTables::new(g));
+        c.push((*g, t.clone()));
+        Some(t)
+    })
+}
+
+/// im2col through the tables: `cols[r·ld + t] = x[gather[r·l + t]]` (0 for padding), rows of
+/// `l = oh·ow` values with leading dimension `ld`.
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
+fn im2col_table<T: Real>(tab: &ColTables, l: usize, x: &[T], cols: &mut [T], ld: usize) {
+    for (row, idx) in cols.chunks_mut(ld).zip(tab.gather.chunks_exact(l)) {
+        for (o, &i) in row[..l].iter_mut().zip(idx) {
+            *o = match x.get(i as usize) {
+                Some(v) => *v,
+                None => T::ZERO,
+            };
+        }
+    }
+}
+
+/// col2im through the tables: `x[j] = Σ cols[r·ld + t]` over the entries `(r, t)` whose
+/// table entry is `j`, added in the columns' order (increasing `r`); overwrites `x`.
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma"))
+)]
+fn col2im_table<T: Real>(tab: &ColTables, l: usize, cols: &[T], ld: usize, x: &mut [T]) {
+    x.fill(T::ZERO);
+    for (row, idx) in cols.chunks(ld).zip(tab.gather.chunks_exact(l)) {
+        for (v, &i) in row[..l].iter().zip(idx) {
+            if let Some(d) = x.get_mut(i as usize) {
+                *d += *v;
+            }
+        }
+    }
+}
+
+/// im2col of one example `x` into `cols` (leading dimension `ld`): through `tab` when given,
+/// else through the phase split (`ph`: [`ConvGeom::phase_len`] scratch).
+fn gather_cols<T: Real>(
+    g: &ConvGeom,
+    tab: Option<&ColTables>,
+    x: &[T],
+    ph: &mut [T],
+    cols: &mut [T],
+    ld: usize,
+) {
+    match tab {
+        Some(t) => im2col_table(t, g.out_positions(), &x[..g.in_len()], cols, ld),
+        None => {
+            phase_split(g, x, ph);
+            im2col_phased(g, ph, cols, ld);
+        }
+    }
+}
+
+/// col2im of one example's columns `cols` (leading dimension `ld`) into `x` (overwritten):
+/// through `tab` when given, else through the phase split (`ph` as in [`gather_cols`]).
+fn scatter_cols<T: Real>(
+    g: &ConvGeom,
+    tab: Option<&ColTables>,
+    cols: &[T],
+    ld: usize,
+    ph: &mut [T],
+    x: &mut [T],
+) {
+    match tab {
+        Some(t) => col2im_table(t, g.out_positions(), cols, ld, &mut x[..g.in_len()]),
+        None => {
+            ph.fill(T::ZERO);
+            col2im_phased(g, cols, ld, ph);
+            phase_merge(g, ph, x);
+        }
+    }
+}
+
 /// Checks that `g` is what [`ConvGeom::new`] computes from its own fields.
 fn check_geom(op: &'static str, g: &ConvGeom) -> Result<()> {
     let want = ConvGeom::new(op, g.c, g.h, g.w, g.k, g.stride, g.pad)?;
@@ -546,9 +693,10 @@ fn forward_block<T: Real>(
 ) {
     let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
     let ld = n * l;
+    let tab = col_tables(g);
     for jj in 0..n {
-        phase_split(g, &x[jj * il..(jj + 1) * il], ph);
-        im2col_phased(g, ph, &mut cols[jj * l..], ld);
+        let xi = &x[jj * il..(jj + 1) * il];
+        gather_cols(g, tab.as_deref(), xi, ph, &mut cols[jj * l..], ld);
     }
     // Y [cout × n·l] = W [cout × kk] · cols [kk × n·l]
     gemm(
@@ -687,11 +835,10 @@ fn backward_block<T: Real>(
             ld,
             1,
         );
+        let tab = col_tables(g);
         for jj in 0..n {
             let dxi = &mut dx[jj * il..(jj + 1) * il];
-            ph.fill(T::ZERO);
-            col2im_phased(g, &dcols[jj * l..], ld, ph);
-            phase_merge(g, ph, dxi);
+            scatter_cols(g, tab.as_deref(), &dcols[jj * l..], ld, ph, dxi);
         }
     }
 }
@@ -858,10 +1005,10 @@ pub fn conv2d_backward<T: Real>(
             let n = mb.min(ex.len() - j0);
             let first = ex.start + j0;
             if gout.wanted() {
+                let tab = col_tables(&g);
                 for jj in 0..n {
-                    let i = first + jj;
-                    phase_split(&g, &x[i * il..(i + 1) * il], ph);
-                    im2col_phased(&g, ph, &mut cols[jj * l..], n * l);
+                    let xi = &x[(first + jj) * il..(first + jj + 1) * il];
+                    gather_cols(&g, tab.as_deref(), xi, ph, &mut cols[jj * l..], n * l);
                 }
             }
             let dys = &dy[first * cout * l..(first + n) * cout * l];
@@ -1101,11 +1248,10 @@ pub fn conv_transpose2d_forward<T: Real>(
                     ld,
                     1,
                 );
+                let tab = col_tables(&g);
                 for jj in 0..n {
                     let yi = &mut y[(j0 + jj) * ol..(j0 + jj + 1) * ol];
-                    ph.fill(T::ZERO);
-                    col2im_phased(&g, &cols[jj * lin..], ld, ph);
-                    phase_merge(&g, ph, yi);
+                    scatter_cols(&g, tab.as_deref(), &cols[jj * lin..], ld, ph, yi);
                     if s.bias {
                         for (c, bc) in b.iter().enumerate() {
                             for v in &mut yi[c * sp..(c + 1) * sp] {
@@ -1199,10 +1345,10 @@ pub fn conv_transpose2d_backward<T: Real>(
             if !gout.wanted() && dx.is_none() {
                 break;
             }
+            let tab = col_tables(&g);
             for jj in 0..n {
                 let dyi = &dy[(i + jj) * ol..(i + jj + 1) * ol];
-                phase_split(&g, dyi, ph);
-                im2col_phased(&g, ph, &mut dcols[jj * lin..], ld);
+                gather_cols(&g, tab.as_deref(), dyi, ph, &mut dcols[jj * lin..], ld);
             }
             let xs = &x[i * il..(i + n) * il];
             let dys = &dy[i * ol..(i + n) * ol];
@@ -1399,6 +1545,61 @@ mod tests {
                 assert!((a - b).abs() < 1e-12, "{g:?}: {a} vs {b}");
             }
         }
+    }
+
+    /// The table im2col/col2im (small geometries) equal the direct ones, in the middle of a
+    /// micro-batch's columns (leading dimension 3·l, offset l), over strides 1–3, paddings
+    /// larger than the kernel reach, and a stride larger than the kernel (unread pixels).
+    #[test]
+    fn table_im2col_matches_direct() {
+        for &(c, h, w, k, s, p) in &[
+            (81, 7, 7, 3, 2, 1),
+            (32, 8, 8, 4, 2, 1),
+            (2, 5, 4, 3, 1, 1),
+            (1, 4, 4, 4, 2, 3),
+            (3, 4, 5, 2, 3, 0),
+            (1, 3, 3, 5, 1, 2),
+            (2, 11, 9, 5, 3, 3),
+        ] {
+            let g = ConvGeom::new("t", c, h, w, k, s, p).unwrap();
+            let tab = col_tables(&g).expect("small geometry");
+            let x: Vec<f64> = (0..g.in_len()).map(|i| (i as f64 * 0.7).sin()).collect();
+            let l = g.out_positions();
+            let kk = g.col_rows();
+            let mut want = vec![f64::NAN; g.cols_len()];
+            im2col_raw(&g, &x, &mut want, l);
+            let mut wide = vec![f64::NAN; kk * 3 * l];
+            im2col_table(&tab, l, &x, &mut wide[l..], 3 * l);
+            for r in 0..kk {
+                assert_eq!(
+                    &wide[r * 3 * l + l..r * 3 * l + 2 * l],
+                    &want[r * l..(r + 1) * l]
+                );
+                assert!(wide[r * 3 * l..r * 3 * l + l].iter().all(|v| v.is_nan()));
+            }
+            let cv: Vec<f64> = (0..wide.len()).map(|i| (i as f64 * 0.3).cos()).collect();
+            let mut dense = vec![0.0; g.cols_len()];
+            for r in 0..kk {
+                dense[r * l..(r + 1) * l].copy_from_slice(&cv[r * 3 * l + l..r * 3 * l + 2 * l]);
+            }
+            let mut want = vec![0.0; g.in_len()];
+            col2im_raw(&g, &dense, &mut want, l);
+            let mut got = vec![f64::NAN; g.in_len()];
+            col2im_table(&tab, l, &cv[l..], 3 * l, &mut got);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12, "{g:?}: {a} vs {b}");
+            }
+        }
+        let big = ConvGeom::new("t", 8192, 8, 8, 3, 2, 1).unwrap();
+        assert!(
+            col_tables(&big).is_none(),
+            "large geometries take the phase split"
+        );
+        let wide = ConvGeom::new("t", 1, 28, 28, 4, 2, 1).unwrap();
+        assert!(
+            col_tables(&wide).is_none(),
+            "wide outputs take the phase split"
+        );
     }
 
     /// `ConvTranspose2d` over several micro-batches (gathered GEMMs) equals the same layer run
