@@ -2,9 +2,10 @@
 
 use clap::{Args, ValueEnum};
 use dpsgd::accounting::Method;
+use dpsgd::cpu::scatter::ScatterParams;
 use dpsgd::data::DatasetKind;
 use dpsgd::engine::NoiseSpec;
-use dpsgd::mechanisms::feature_stats::FeatureStatsConfig;
+use dpsgd::mechanisms::feature_stats::{scatter_clip_bounds, FeatureStatsConfig};
 use dpsgd::train::{
     write_atomic, DataSource, EpochMetrics, InputNorm, LrSchedule, ModelKind, OptimizerKind,
     TrainConfig, Trainer,
@@ -132,12 +133,13 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 8.0)]
     pub norm_noise: f64,
     /// With --input-norm private: the L2 clip bound of an example's vector of channel means
-    /// (default: 0.3 for MNIST, 0.6 for Fashion-MNIST — about the 99th percentile on the public
-    /// test sets, never the private training data).
+    /// (default: 2.517, the bound that no image with pixels in [0, 1] can exceed, computed from
+    /// the scattering filters — it depends on no data, public or private; fix any other value
+    /// before seeing the data).
     #[arg(long)]
     pub norm_clip_mean: Option<f64>,
     /// With --input-norm private: the L2 clip bound of an example's vector of channel mean
-    /// squares (default: 0.15 for MNIST, 0.45 for Fashion-MNIST; as --norm-clip-mean).
+    /// squares (default: 1.289, data-independent as --norm-clip-mean's).
     #[arg(long)]
     pub norm_clip_sq: Option<f64>,
 }
@@ -252,8 +254,8 @@ pub struct SweepArgs {
     pub out: PathBuf,
 }
 
-pub(crate) fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
-    TrainConfig {
+pub(crate) fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> Result<TrainConfig> {
+    Ok(TrainConfig {
         data: match c.dataset {
             DatasetArg::Mnist => DataSource::Idx {
                 kind: DatasetKind::Mnist,
@@ -302,19 +304,23 @@ pub(crate) fn config(c: &CommonArgs, noise: Option<NoiseSpec>) -> TrainConfig {
         input_norm: match c.input_norm {
             InputNormArg::Groupnorm => InputNorm::GroupNorm,
             InputNormArg::Private => {
-                // Defaults from the public test sets' feature norms (README).
-                let (ca, cb) = match c.dataset {
-                    DatasetArg::FashionMnist => (0.6, 0.45),
-                    _ => (0.3, 0.15),
+                // Default: the bounds no image with pixels in [0, 1] can exceed (data-independent;
+                // README, "Private feature normalisation").
+                let (ca, cb) = match (c.norm_clip_mean, c.norm_clip_sq) {
+                    (Some(a), Some(b)) => (a, b),
+                    (a, b) => {
+                        let (da, db) = scatter_clip_bounds(ScatterParams::MNIST, 1)?;
+                        (a.unwrap_or(da), b.unwrap_or(db))
+                    }
                 };
                 InputNorm::Private(FeatureStatsConfig {
                     noise_multiplier: c.norm_noise,
-                    mean_clip: c.norm_clip_mean.unwrap_or(ca),
-                    sq_clip: c.norm_clip_sq.unwrap_or(cb),
+                    mean_clip: ca,
+                    sq_clip: cb,
                 })
             }
         },
-    }
+    })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -336,7 +342,7 @@ pub fn train(a: TrainArgs) -> Result<Vec<EpochMetrics>> {
             (None, None) => NoiseSpec::TargetEpsilon(3.0),
         })
     };
-    let cfg = config(&a.common, noise);
+    let cfg = config(&a.common, noise)?;
     let out = a.out.clone().unwrap_or_else(|| {
         let data = format!("{:?}", a.common.dataset).to_lowercase();
         PathBuf::from("runs").join(match noise {
@@ -572,7 +578,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         "test"
     };
     for &e in &a.epsilons {
-        let cfg = config(&a.common, Some(NoiseSpec::TargetEpsilon(e)));
+        let cfg = config(&a.common, Some(NoiseSpec::TargetEpsilon(e)))?;
         let (acc, runs) = sweep_point(&cfg, &a.common, &a.out.join(format!("eps-{e}")))?;
         let last = runs
             .last()
@@ -584,7 +590,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     }
     let baseline = if a.non_private {
         let (acc, _) = sweep_point(
-            &config(&a.common, None),
+            &config(&a.common, None)?,
             &a.common,
             &a.out.join("non-private"),
         )?;
