@@ -587,8 +587,8 @@ fn pate_bad_input_is_a_typed_error() {
 }
 
 /// `--input-norm private` clips the statistics at the data-independent bounds by default
-/// (`feature_stats::scatter_clip_bounds`: 2.5166 / 1.2892 for 28 × 28 images), and either flag
-/// overrides its own bound only.
+/// (`feature_stats::scatter_clip_bounds`: 2.5166 / 1.2892 for 28 × 28 images; on every dataset
+/// but MNIST, whose default is a third of them), and either flag overrides its own bound only.
 #[test]
 fn private_input_norm_defaults_to_the_data_independent_bounds() {
     let (ca, cb) = dpsgd::mechanisms::feature_stats::scatter_clip_bounds(
