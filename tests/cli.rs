@@ -664,3 +664,55 @@ fn pate_bad_input_is_a_typed_error() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("fetch-mnist"), "{err}");
 }
+
+/// `--input-norm private` clips the statistics at the data-independent bounds by default
+/// (`feature_stats::scatter_clip_bounds`: 2.5166 / 1.2892 for 28 × 28 images; on every dataset
+/// but MNIST, whose default is a third of them), and either flag overrides its own bound only.
+#[test]
+fn private_input_norm_defaults_to_the_data_independent_bounds() {
+    let (ca, cb) = dpsgd::mechanisms::feature_stats::scatter_clip_bounds(
+        dpsgd::data::scatter::ScatterParams::MNIST,
+        1,
+    )
+    .unwrap();
+    // The second run reads the first one's features from this cache.
+    let cache = tmpdir("private-norm-cache");
+    for (extra, want) in [
+        (&[][..], format!("clip {ca} / {cb})")),
+        (
+            &["--norm-clip-mean", "0.5"][..],
+            format!("clip 0.5 / {cb})"),
+        ),
+    ] {
+        let out = tmpdir("private-norm-default");
+        let mut args = vec![
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "scatter-linear",
+            "--input-norm",
+            "private",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "512",
+            "--seed",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let bin =
+            std::env::var("DPSGD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dpsgd").to_string());
+        let o = Command::new(bin)
+            .args(&args)
+            .env("DPSGD_FEATURE_CACHE", &cache)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(stdout.contains(&want), "want `{want}` in:\n{stdout}");
+        assert!((ca - 2.5166).abs() < 1e-4 && (cb - 1.2892).abs() < 1e-4);
+    }
+}

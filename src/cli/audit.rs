@@ -118,7 +118,7 @@ pub fn audit_cmd(a: AuditArgs) -> Result<()> {
             audit::white_box_null_model(p, privacy, a.common.lr, &cfg, &device, seed)?
         }
         None => {
-            let tc = config(&a.common, Some(noise));
+            let tc = config(&a.common, Some(noise))?;
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template("audit [{bar:30}] {pos}/{len} steps {elapsed}")

@@ -478,6 +478,74 @@ impl Scattering2d {
         w.s = s;
     }
 
+    /// Data-independent bounds on the output: for every channel k, a number `B_k` such that
+    /// `|S[k, s]| ≤ B_k` at every position s, for **every** image whose pixels lie in [0, 1]
+    /// (the range the trainer feeds: `p/255`). Used to fix the clipping bounds of the private
+    /// feature statistics without looking at any data
+    /// ([`crate::mechanisms::feature_stats::scatter_clip_bounds`]).
+    ///
+    /// # Proof
+    /// Follow [`Scattering2d::transform`] step by step (the same filters, resolutions and
+    /// order). Reflect padding copies pixels, so the padded image is in [0, 1]. Each filtering
+    /// is a circular convolution `z(u) = Σ_v g(u − v) y(v)` on its grid, with `g` the filter's
+    /// spatial form (the inverse FFT of its Fourier values). For `y` real with `0 ≤ y ≤ c`,
+    /// `Re z ∈ [−c·N_r, c·P_r]` and `Im z ∈ [−c·N_i, c·P_i]`, where `P_r`, `N_r` are the sums of
+    /// the positive and negative parts of `Re g` (`P_i`, `N_i` of `Im g`), so
+    /// `|z| ≤ c·√(max(P_r, N_r)² + max(P_i, N_i)²)` =: `c·β(g)`. Subsampling by periodisation in
+    /// Fourier (`subsample`) is exactly the spatial subsampling `z(k·u)` (it picks entries), and
+    /// cropping picks entries, so neither raises the bound; the modulus keeps `|z|` and makes it
+    /// real and ≥ 0 again. The output is the real part of the last (low-pass) convolution:
+    /// `|Re z| ≤ c·max(P_r, N_r)` =: `c·ρ(φ)`. Hence `B_0 = ρ(φ at resolution 0)`,
+    /// `B_λ1 = ρ(φ_{j1})·β(ψ_λ1)`, `B_λ1,λ2 = ρ(φ_{j2})·β(ψ_λ2 at resolution j1)·β(ψ_λ1)`.
+    /// Each bound is computed in f64 and enlarged by a relative 10⁻⁶ (far above the f64
+    /// rounding of these sums and the f32 rounding of the features). The bound is for the
+    /// exact transform; it is loose (it lets every channel reach its own worst case at once).
+    /// Privacy never rests on it: the statistics clip every example whatever its norm.
+    pub fn output_bounds(&self) -> Vec<f64> {
+        let spatial = |f: &[f64], res: usize| -> Vec<C64> {
+            let p = &self.plans[res];
+            let mut g: Vec<C64> = f.iter().map(|&v| C64::new(v, 0.0)).collect();
+            fft2(&mut g, p, false, &mut Vec::new(), &mut Vec::new());
+            let inv = 1.0 / (p.m * p.n) as f64;
+            g.iter().map(|v| v * inv).collect()
+        };
+        let pos_neg = |it: &mut dyn Iterator<Item = f64>| -> f64 {
+            let (p, n) = it.fold(
+                (0f64, 0f64),
+                |(p, n), v| {
+                    if v > 0.0 {
+                        (p + v, n)
+                    } else {
+                        (p, n - v)
+                    }
+                },
+            );
+            p.max(n)
+        };
+        let rho = |f: &[f64], res: usize| -> f64 {
+            let g = spatial(f, res);
+            pos_neg(&mut g.iter().map(|v| v.re))
+        };
+        let beta = |f: &[f64], res: usize| -> f64 {
+            let g = spatial(f, res);
+            pos_neg(&mut g.iter().map(|v| v.re)).hypot(pos_neg(&mut g.iter().map(|v| v.im)))
+        };
+        let rho_phi: Vec<f64> = (0..self.phi.len()).map(|r| rho(&self.phi[r], r)).collect();
+        let mut out = Vec::with_capacity(self.params.channels());
+        out.push(rho_phi[0]);
+        let beta1: Vec<f64> = self.psi.iter().map(|p| beta(&p.levels[0], 0)).collect();
+        for (p1, b1) in self.psi.iter().zip(&beta1) {
+            out.push(rho_phi[p1.j] * b1);
+        }
+        for (p1, b1) in self.psi.iter().zip(&beta1) {
+            for p2 in self.psi.iter().filter(|p2| p2.j > p1.j) {
+                out.push(rho_phi[p2.j] * beta(&p2.levels[p1.j], p1.j) * b1);
+            }
+        }
+        debug_assert_eq!(out.len(), self.params.channels());
+        out.into_iter().map(|b| b * (1.0 + 1e-6)).collect()
+    }
+
     /// The transform of a batch: `images` holds `n` examples of `[c, M, N]`; `out` receives
     /// `n` examples of `[c · K, M/2^J, N/2^J]` (K = [`ScatterParams::channels`]; input channel
     /// `ci`'s K channels first, as Kymatio's `(B, c, K, h, w)` viewed as `(B, c·K, h, w)`).
