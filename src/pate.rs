@@ -261,24 +261,28 @@ pub fn predict(model: &Sequential, images: &[f32]) -> Result<Vec<(u32, f32)>> {
         model.forward_slice(&mut ws, chunk)?;
         let logits = ws.output_vec()?;
         for row in logits.chunks(classes).take(chunk.len() / ex) {
-            let (k, m) = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |a, (k, &v)| {
-                        if v > a.1 {
-                            (k, v)
-                        } else {
-                            a
-                        }
-                    },
-                );
-            let z: f32 = row.iter().map(|&v| (v - m).exp()).sum();
-            out.push((k as u32, 1.0 / z));
+            out.push(top_class(row));
         }
     }
     Ok(out)
+}
+
+/// The arg-max class of one row of logits and its softmax probability (the first maximum on
+/// ties).
+fn top_class(row: &[f32]) -> (u32, f32) {
+    let (k, m) =
+        row.iter().enumerate().fold(
+            (0, f32::NEG_INFINITY),
+            |a, (k, &v)| {
+                if v > a.1 {
+                    (k, v)
+                } else {
+                    a
+                }
+            },
+        );
+    let z: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+    (k as u32, 1.0 / z)
 }
 
 /// Accuracy of predicted classes against labels (0 when empty).
@@ -1004,21 +1008,8 @@ pub fn fit_fixmatch(
         ys.clear();
         let mut kept = 0usize;
         for (j, row) in logits.chunks(classes).take(bu).enumerate() {
-            let (k, m) = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |a, (k, &v)| {
-                        if v > a.1 {
-                            (k, v)
-                        } else {
-                            a
-                        }
-                    },
-                );
-            let z: f32 = row.iter().map(|&v| (v - m).exp()).sum();
-            if 1.0 / z >= cfg.threshold {
+            let (k, p) = top_class(row);
+            if p >= cfg.threshold {
                 let i = idx[j];
                 cfg.strong.apply(
                     &unlabelled[i * ex..(i + 1) * ex],
@@ -1026,7 +1017,7 @@ pub fn fit_fixmatch(
                     (c, h, w),
                     &mut aug_rng,
                 );
-                ys.push(k as u32);
+                ys.push(k);
                 kept += 1;
             }
         }
