@@ -831,7 +831,7 @@ fn depth_first_schedule_equals_layer_major() {
 
 /// SampleConvNet (ReLU, Tanh), the DCGAN discriminator and generator, and an MLP with a
 /// bias-free layer (3 classes): the models of the fused-pass tests.
-fn five_nets() -> [Sequential; 5] {
+fn six_nets() -> [Sequential; 6] {
     let cfg = models::DcganConfig {
         image_size: 28,
         ngf: 8,
@@ -856,12 +856,13 @@ fn five_nets() -> [Sequential; 5] {
         models::dcgan_discriminator(&dev, &cfg, 5).unwrap(),
         models::dcgan_generator(&dev, &cfg, 6).unwrap(),
         mlp,
+        models::scatter_cnn_builder(6, 3).build(&dev, 8).unwrap(),
     ]
 }
 
 /// `Grads::ClippedSum` (clipping fused into the backward; ghost norms for `Linear`) and
 /// per-sample rows + `ops::clip_and_accumulate` both equal the clipped sum computed in f64
-/// from the rows, to 1e-5·Σ|terms| + 1e-7 (f32 rounding, each summed in its own order): four models plus an MLP with a bias-free layer; flat clipping over the model's
+/// from the rows, to 1e-5·Σ|terms| + 1e-7 (f32 rounding, each summed in its own order): four models plus an MLP with a bias-free layer and a scatter-cnn (parameter-free first layer); flat clipping over the model's
 /// layout and a one-segment layout, per-layer clipping, and a layout whose segments cut
 /// through tensors (no ghost norms then); both CPU schedules; batches of 1, one group, several
 /// groups per thread. Bounds at about the median norm, so some rows are clipped and some not.
@@ -870,7 +871,7 @@ fn clipped_sum_equals_per_sample_then_clip() {
     use dpsgd::ops::{clip_and_accumulate, per_sample_norms, ClipWorkspace, Clipping};
     use dpsgd::Layout;
     let dev = Device::Cpu;
-    let nets = five_nets();
+    let nets = six_nets();
     for m in &nets {
         let per: usize = m.input_shape().iter().product();
         let out: usize = m.output_shape().iter().product();
@@ -1022,7 +1023,7 @@ fn clipped_sum_equals_per_sample_then_clip() {
 fn forward_backward_equals_three_calls() {
     use dpsgd::ops::Clipping;
     let dev = Device::Cpu;
-    let nets = five_nets();
+    let nets = six_nets();
     for m in &nets {
         let per: usize = m.input_shape().iter().product();
         let out: usize = m.output_shape().iter().product();
@@ -1412,6 +1413,68 @@ fn dcgan_init_draws_normal_002() {
             "11.weight"
         ]
     );
+}
+
+/// `group_norm_plain` (`affine=False`): no parameters; the same forward as an affine GroupNorm
+/// at γ = 1, β = 0, bit for bit; per-sample gradients equal a batch of one; and the layers above
+/// get the same per-sample gradients as in the affine model (the backward stops at the first
+/// layer with parameters, which changes no arithmetic above it). The scatter-cnn uses it.
+#[test]
+fn group_norm_without_affine_parameters() {
+    let dev = Device::Cpu;
+    let tail = |b: dpsgd::nn::SequentialBuilder| {
+        b.conv2d(4, 3, 2, 1, true)
+            .tanh()
+            .flatten()
+            .linear(3, true)
+            .build(&dev, 9)
+            .unwrap()
+    };
+    let plain = tail(Sequential::builder(&[6, 5, 5]).group_norm_plain(3));
+    let mut affine = tail(Sequential::builder(&[6, 5, 5]).group_norm(3));
+    let names: Vec<&str> = plain.param_info().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["1.weight", "1.bias", "4.weight", "4.bias"]);
+    assert_eq!(affine.num_params(), plain.num_params() + 12);
+    assert!(matches!(
+        plain.layers()[0],
+        Layer::GroupNorm { affine: false, .. }
+    ));
+    // The affine model with γ = 1, β = 0 and the plain model's other weights.
+    let mut pa = vec![1.0f32; 6];
+    pa.extend([0.0f32; 6]);
+    pa.extend(plain.params().to_vec().unwrap());
+    affine.params_mut().copy_from_slice(&pa).unwrap();
+    let (batch, per, p) = (5, 150, plain.num_params());
+    let mut rng = Philox::new(21, 0);
+    let x: Vec<f32> = (0..batch * per)
+        .map(|_| rng.next_f64() as f32 * 3.0 - 1.0)
+        .collect();
+    let t: Vec<u32> = vec![0, 2, 1, 1, 0];
+    let mut outs = Vec::new();
+    let mut rows = Vec::new();
+    for m in [&plain, &affine] {
+        let mut ws = m.workspace(batch).unwrap();
+        m.forward_slice(&mut ws, &x).unwrap();
+        outs.push(ws.output().to_vec());
+        m.loss(&mut ws, Loss::CrossEntropy(&t), Reduction::Sum)
+            .unwrap();
+        let mut r = Buffer::zeros(&dev, batch * m.num_params()).unwrap();
+        m.backward(&mut ws, Grads::PerSample(&mut r), false)
+            .unwrap();
+        rows.push(r.to_vec().unwrap());
+    }
+    assert_eq!(outs[0], outs[1]);
+    for i in 0..batch {
+        let a = &rows[0][i * p..(i + 1) * p];
+        let b = &rows[1][i * (p + 12) + 12..(i + 1) * (p + 12)];
+        assert_eq!(a, b, "example {i}");
+        assert!(a.iter().any(|v| *v != 0.0));
+    }
+    let loss = |m: &Sequential, ws: &mut dpsgd::nn::Workspace, i: usize, n: usize| {
+        m.loss(ws, Loss::CrossEntropy(&t[i..i + n]), Reduction::Sum)
+            .unwrap()
+    };
+    model_per_sample_check(&plain, batch, &loss);
 }
 
 #[test]

@@ -13,7 +13,9 @@ as dpsgd's in-memory gather. `--step-bench` also times one step at B = 256 (medi
 
 `--model scatter-cnn|scatter-linear` (issue 14's speed comparison): Tramer & Boneh's models on
 Kymatio 0.3.0 scattering features (J = 2, L = 8, 81 x 7 x 7), as dpsgd's `--model scatter-cnn|
-scatter-linear` (GroupNorm(27, 81) with affine parameters, then the paper's CNN or a linear layer).
+scatter-linear`: GroupNorm(27, 81) then the paper's CNN (GroupNorm without affine parameters, as
+the paper and dpsgd's scatter-cnn) or a linear layer (GroupNorm with affine parameters, as dpsgd's
+scatter-linear).
 The features are computed once with Kymatio's torch frontend (timed and printed separately, not
 part of the epoch) and kept in `--feature-cache` (.npy), as dpsgd keeps its own cache.
 
@@ -64,7 +66,7 @@ def scatter_model(kind):
     if kind == "scatter-linear":
         return nn.Sequential(nn.GroupNorm(27, 81), nn.Flatten(), nn.Linear(81 * 7 * 7, 10))
     return nn.Sequential(
-        nn.GroupNorm(27, 81),
+        nn.GroupNorm(27, 81, affine=False),
         nn.Conv2d(81, 16, 3, 2, padding=1), nn.Tanh(),
         nn.Conv2d(16, 32, 3, 1, padding=1), nn.Tanh(), nn.Flatten(),
         nn.Linear(32 * 4 * 4, 32), nn.Tanh(), nn.Linear(32, 10))

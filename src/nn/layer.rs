@@ -19,6 +19,11 @@ mod linear;
 mod pool;
 mod reshape;
 
+/// The serde default of [`Layer::GroupNorm`]'s `affine` (every GroupNorm had γ, β before it).
+fn affine_default() -> bool {
+    true
+}
+
 /// One layer of a [`super::Sequential`] model, with PyTorch's meaning of every field.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Layer {
@@ -61,7 +66,7 @@ pub enum Layer {
         /// Whether the layer has a bias.
         bias: bool,
     },
-    /// `nn.GroupNorm(groups, channels, eps)` with affine parameters; input `[channels, …]`.
+    /// `nn.GroupNorm(groups, channels, eps, affine)`; input `[channels, …]`.
     GroupNorm {
         /// Number of groups (divides `channels`).
         groups: usize,
@@ -69,6 +74,11 @@ pub enum Layer {
         channels: usize,
         /// ε added to the variance.
         eps: f64,
+        /// Whether the layer has the per-channel affine parameters γ (weight) and β (bias).
+        /// Without them it has no parameters: `y = (x − μ_g) / √(σ²_g + ε)`. Absent from a
+        /// serialised layer list written before this field existed: `true`.
+        #[serde(default = "affine_default")]
+        affine: bool,
     },
     /// `nn.MaxPool2d(k, stride)`.
     MaxPool2d {
@@ -146,10 +156,12 @@ impl Layer {
                 groups,
                 channels,
                 eps,
+                affine,
             } => Box::new(group_norm::GroupNorm {
                 groups,
                 channels,
                 eps,
+                affine,
             }),
             Layer::MaxPool2d { k, stride } => Box::new(pool::Pool {
                 max: true,

@@ -105,13 +105,27 @@ impl SequentialBuilder {
         self.push(Layer::Linear { inf, outf, bias })
     }
 
-    /// `nn.GroupNorm(groups, c)` (ε = 1e-5) with `c` the current channels.
+    /// `nn.GroupNorm(groups, c)` (ε = 1e-5, affine) with `c` the current channels.
     pub fn group_norm(self, groups: usize) -> Self {
         let channels = self.channels();
         self.push(Layer::GroupNorm {
             groups,
             channels,
             eps: 1e-5,
+            affine: true,
+        })
+    }
+
+    /// `nn.GroupNorm(groups, c, affine=False)` (ε = 1e-5) with `c` the current channels: the
+    /// normalisation alone, no parameters. As the first layer of a model it also spares the
+    /// backward pass below the first layer with parameters (no input gradient is needed there).
+    pub fn group_norm_plain(self, groups: usize) -> Self {
+        let channels = self.channels();
+        self.push(Layer::GroupNorm {
+            groups,
+            channels,
+            eps: 1e-5,
+            affine: false,
         })
     }
 

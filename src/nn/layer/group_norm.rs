@@ -1,6 +1,8 @@
-//! `nn.GroupNorm` (affine): shape rule, parameters and their constant init (γ = 1, β = 0), CPU
-//! forward/backward (per-sample gradients) and the CUDA arms. Each example is normalised over
-//! groups of its own channels, so examples stay independent (why not BatchNorm: `crate::nn`).
+//! `nn.GroupNorm` (affine or not): shape rule, parameters and their constant init (γ = 1,
+//! β = 0), CPU forward/backward (per-sample gradients) and the CUDA arms. Each example is
+//! normalised over groups of its own channels, so examples stay independent (why not BatchNorm:
+//! `crate::nn`). Without the affine parameters the kernels run with γ = 1, β = 0 (the same
+//! arithmetic: `1·x̂ + 0` is `x̂` exactly in IEEE arithmetic).
 
 use super::{Bwd, Fwd, LayerKind, Shape};
 use crate::cpu::norm::{group_norm_backward, group_norm_forward, GroupNormShape};
@@ -12,6 +14,7 @@ pub(super) struct GroupNorm {
     pub groups: usize,
     pub channels: usize,
     pub eps: f64,
+    pub affine: bool,
 }
 
 impl GroupNorm {
@@ -25,6 +28,23 @@ impl GroupNorm {
             eps: self.eps,
         }
     }
+
+    /// The kernels' parameter slice: the layer's own (`p`) when affine, else γ = 1, β = 0.
+    fn params<'a>(&self, p: &'a [f32], unit: &'a mut Vec<f32>) -> &'a [f32] {
+        if self.affine {
+            p
+        } else {
+            *unit = unit_params(self.channels);
+            unit
+        }
+    }
+}
+
+/// γ = 1 then β = 0 for `c` channels: the parameters of a GroupNorm without affine ones.
+fn unit_params(c: usize) -> Vec<f32> {
+    let mut v = vec![0.0; 2 * c];
+    v[..c].fill(1.0);
+    v
 }
 
 impl LayerKind for GroupNorm {
@@ -59,6 +79,9 @@ impl LayerKind for GroupNorm {
 
     fn param_tensors(&self) -> Vec<(&'static str, Vec<usize>, usize)> {
         let c = self.channels;
+        if !self.affine {
+            return Vec::new();
+        }
         vec![("weight", vec![c], 0), ("bias", vec![c], 0)]
     }
 
@@ -71,12 +94,20 @@ impl LayerKind for GroupNorm {
     }
 
     fn forward(&self, a: Fwd<'_>) -> Result<()> {
-        group_norm_forward(&self.at(a.shape, a.batch), a.x, a.p, a.y)
+        let mut unit = Vec::new();
+        let p = self.params(a.p, &mut unit);
+        group_norm_forward(&self.at(a.shape, a.batch), a.x, p, a.y)
     }
 
     fn backward(&self, a: Bwd<'_>) -> Result<()> {
         let s = self.at(a.shape, a.batch);
-        group_norm_backward(&s, a.x, a.p, a.dy, a.dx, a.pg, a.scratch)
+        if !self.affine && a.dx.is_none() {
+            // No parameters and no input gradient wanted: nothing to compute.
+            return Ok(());
+        }
+        let mut unit = Vec::new();
+        let p = self.params(a.p, &mut unit);
+        group_norm_backward(&s, a.x, p, a.dy, a.dx, a.pg, a.scratch)
     }
 
     #[cfg(feature = "cuda")]
@@ -94,7 +125,18 @@ impl LayerKind for GroupNorm {
         p: &cudarc::driver::CudaView<'_, f32>,
         y: &mut cudarc::driver::CudaViewMut<'_, f32>,
     ) -> Result<()> {
-        crate::cuda::norm::group_norm_forward(dev, &self.at(shape, batch), x, p, y)
+        if self.affine {
+            crate::cuda::norm::group_norm_forward(dev, &self.at(shape, batch), x, p, y)
+        } else {
+            let unit = dev.htod(&unit_params(self.channels))?;
+            crate::cuda::norm::group_norm_forward(
+                dev,
+                &self.at(shape, batch),
+                x,
+                &unit.as_view(),
+                y,
+            )
+        }
     }
 
     #[cfg(feature = "cuda")]
@@ -112,6 +154,13 @@ impl LayerKind for GroupNorm {
         scratch: &mut cudarc::driver::CudaViewMut<'_, f32>,
     ) -> Result<()> {
         let s = self.at(shape, batch);
-        crate::cuda::norm::group_norm_backward(dev, &s, x, p, dy, dx, pg, scratch)
+        if self.affine {
+            crate::cuda::norm::group_norm_backward(dev, &s, x, p, dy, dx, pg, scratch)
+        } else if dx.is_none() {
+            Ok(())
+        } else {
+            let unit = dev.htod(&unit_params(self.channels))?;
+            crate::cuda::norm::group_norm_backward(dev, &s, x, &unit.as_view(), dy, dx, pg, scratch)
+        }
     }
 }
