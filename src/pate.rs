@@ -75,7 +75,9 @@ fn shuffle(v: &mut [usize], rng: &mut Rng) {
 }
 
 /// Non-private training of one model (teachers and the student): Adam on the mean
-/// cross-entropy of shuffled mini-batches, with optional random shifts of the images.
+/// cross-entropy of shuffled mini-batches, with optional random shifts of the images or a
+/// random affine augmentation ([`crate::augment::RandomAffine`]; free for the teachers, which
+/// train non-privately: each augmented image stays in its own teacher's partition).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FitConfig {
     /// The model.
@@ -88,6 +90,11 @@ pub struct FitConfig {
     pub lr: f32,
     /// Shift each training image by up to this many pixels in each direction (0: off).
     pub max_shift: usize,
+    /// A random affine augmentation of each training image (rotation, scaling, translation,
+    /// Cutout; [`crate::augment::RandomAffine`]) applied instead of the shifts when set: pixel
+    /// models only. `None` (the default): shifts only.
+    #[serde(default)]
+    pub affine: Option<crate::augment::RandomAffine>,
 }
 
 impl FitConfig {
@@ -111,6 +118,16 @@ impl FitConfig {
                 self.max_shift,
                 "0 for a scattering model (its inputs are 7×7 feature maps, not pixels: pass --shift 0)",
             ));
+        }
+        if let Some(a) = &self.affine {
+            a.validate()?;
+            if self.model.uses_scattering() {
+                return Err(Error::invalid(
+                    "affine",
+                    "set",
+                    "off for a scattering model (its inputs are 7×7 feature maps, not pixels): use a pixel model or drop the affine augmentation",
+                ));
+            }
         }
         Ok(())
     }
@@ -192,7 +209,12 @@ pub fn fit(
         for chunk in order.chunks(b_max) {
             let b = chunk.len();
             data.gather(chunk, &mut xb[..b * ex], &mut yb[..b])?;
-            let x = if cfg.max_shift > 0 {
+            let x = if let Some(aff) = &cfg.affine {
+                for (src, dst) in xb[..b * ex].chunks(ex).zip(xs.chunks_mut(ex)) {
+                    aff.apply(src, dst, (c, h, w), &mut aug_rng);
+                }
+                &xs[..b * ex]
+            } else if cfg.max_shift > 0 {
                 let span = 2 * cfg.max_shift as u64 + 1;
                 for (src, dst) in xb[..b * ex].chunks(ex).zip(xs.chunks_mut(ex)) {
                     let dy = aug_rng.next_below(span) as i64 - cfg.max_shift as i64;

@@ -639,6 +639,12 @@ fn pate_bad_input_is_a_typed_error() {
             2,
         ),
         (
+            &["--model", "scatter-linear", "--teacher-rotation", "10"][..],
+            "affine",
+            2,
+        ),
+        (&["--teacher-rotation", "90"][..], "max_rotation_deg", 2),
+        (
             &["--teacher-cache", "/tmp/dpsgd-never"][..],
             "teacher_cache",
             2,

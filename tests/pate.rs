@@ -310,6 +310,7 @@ fn teachers_learn_synthetic_data() {
         batch_size: 16,
         lr: 2e-3,
         max_shift: 1,
+        affine: None,
     };
     let parts = partition(train.len(), 4, &keys).unwrap();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -343,6 +344,69 @@ fn teachers_learn_synthetic_data() {
     let bad = FitConfig { epochs: 0, ..cfg };
     assert!(matches!(
         fit(&mut m, &train, &bad, &keys, 1),
+        Err(Error::InvalidParameter { .. })
+    ));
+}
+
+#[test]
+fn affine_teacher_augmentation_learns_and_is_checked() {
+    let train = Dataset::synthetic(200, 1).unwrap();
+    let query = Dataset::synthetic(200, 2).unwrap();
+    let keys = RunKeys::seeded(6);
+    let aff = RandomAffine {
+        max_rotation_deg: 10.0,
+        max_scale: 0.1,
+        max_shift: 1.0,
+        cutout: 0,
+    };
+    let cfg = FitConfig {
+        model: ModelKind::SampleConvnet,
+        epochs: 8,
+        batch_size: 16,
+        lr: 2e-3,
+        max_shift: 1,
+        affine: Some(aff),
+    };
+    let mut m = new_model(ModelKind::SampleConvnet, &keys, 3).unwrap();
+    fit(&mut m, &train, &cfg, &keys, 3).unwrap();
+    let p: Vec<u32> = predict(&m, query.images())
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let acc = accuracy(&p, query.labels());
+    assert!(acc > 0.8, "affine-augmented teacher accuracy {acc}");
+    // The augmentation draws from the teacher's stream: another stream trains another model,
+    // the same stream the same one.
+    let mut m2 = new_model(ModelKind::SampleConvnet, &keys, 3).unwrap();
+    fit(&mut m2, &train, &cfg, &keys, 3).unwrap();
+    assert_eq!(m.params().to_vec().unwrap(), m2.params().to_vec().unwrap());
+    let no_aff = FitConfig {
+        affine: None,
+        ..cfg
+    };
+    let mut m3 = new_model(ModelKind::SampleConvnet, &keys, 3).unwrap();
+    fit(&mut m3, &train, &no_aff, &keys, 3).unwrap();
+    assert_ne!(m.params().to_vec().unwrap(), m3.params().to_vec().unwrap());
+    // Refused: an affine map of scattering features, and out-of-range augmentation.
+    let scatter = FitConfig {
+        model: ModelKind::ScatterLinear,
+        max_shift: 0,
+        ..cfg
+    };
+    assert!(matches!(
+        scatter.validate(),
+        Err(Error::InvalidParameter { .. })
+    ));
+    let wild = FitConfig {
+        affine: Some(RandomAffine {
+            max_rotation_deg: 90.0,
+            ..aff
+        }),
+        ..cfg
+    };
+    assert!(matches!(
+        fit(&mut m, &train, &wild, &keys, 3),
         Err(Error::InvalidParameter { .. })
     ));
 }

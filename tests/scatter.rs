@@ -296,6 +296,7 @@ fn pate_builds_scatter_models_without_shifts() {
             batch_size: 4,
             lr: 1e-3,
             max_shift: 1,
+            affine: None,
         };
         assert!(matches!(
             cfg.validate(),

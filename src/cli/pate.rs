@@ -68,6 +68,20 @@ pub struct PateArgs {
     /// scattering models.
     #[arg(long)]
     pub shift: Option<usize>,
+    /// The teachers' random affine augmentation (pixel teacher models; free: the teachers train
+    /// non-privately and each augmented image stays in its teacher's partition): largest
+    /// rotation in degrees. Any of --teacher-rotation, --teacher-scale, --teacher-cutout above
+    /// 0 replaces the teachers' shifts by `augment::RandomAffine` (translation: --shift px).
+    #[arg(long, default_value_t = 0.0)]
+    pub teacher_rotation: f32,
+    /// The teachers' affine augmentation: largest relative scale change (see
+    /// --teacher-rotation).
+    #[arg(long, default_value_t = 0.0)]
+    pub teacher_scale: f32,
+    /// The teachers' affine augmentation: side of a Cutout square (0: none; see
+    /// --teacher-rotation).
+    #[arg(long, default_value_t = 0)]
+    pub teacher_cutout: usize,
     /// The student's random image shifts (default: --shift, or its model's default).
     #[arg(long)]
     pub student_shift: Option<usize>,
@@ -298,12 +312,23 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
     let teacher_model = kind_of(a.model);
     let model = kind_of(a.student_model.unwrap_or(a.model));
     let default_shift = |m: ModelKind| if m.uses_scattering() { 0 } else { 2 };
+    let teacher_shift = a.shift.unwrap_or(default_shift(teacher_model));
+    let teacher_affine = (a.teacher_rotation != 0.0
+        || a.teacher_scale != 0.0
+        || a.teacher_cutout != 0)
+        .then_some(dpsgd::augment::RandomAffine {
+            max_rotation_deg: a.teacher_rotation,
+            max_scale: a.teacher_scale,
+            max_shift: teacher_shift as f32,
+            cutout: a.teacher_cutout,
+        });
     let teacher_fit = FitConfig {
         model: teacher_model,
         epochs: a.teacher_epochs.unwrap_or(if a.quick { 3 } else { 40 }),
         batch_size: a.teacher_batch,
         lr: a.teacher_lr,
-        max_shift: a.shift.unwrap_or(default_shift(teacher_model)),
+        max_shift: teacher_shift,
+        affine: teacher_affine,
     };
     let student_fit = FitConfig {
         model,
@@ -311,6 +336,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         batch_size: a.student_batch,
         lr: a.student_lr,
         max_shift: a.student_shift.or(a.shift).unwrap_or(default_shift(model)),
+        affine: None,
     };
     teacher_fit.validate()?;
     student_fit.validate()?;
@@ -488,8 +514,11 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
                 path: dir.clone(),
                 source,
             })?;
+            let affine = teacher_fit.affine.map_or(String::new(), |f| {
+                format!("-r{}-z{}-c{}", f.max_rotation_deg, f.max_scale, f.cutout)
+            });
             Some(dir.join(format!(
-                "{name}-k{k}-{teacher_model:?}-e{}-b{}-lr{}-s{}-n{}-seed{seed}.preds",
+                "{name}-k{k}-{teacher_model:?}-e{}-b{}-lr{}-s{}{affine}-n{}-seed{seed}.preds",
                 teacher_fit.epochs,
                 teacher_fit.batch_size,
                 teacher_fit.lr,
