@@ -86,6 +86,31 @@ enum Preset {
     Paper,
 }
 
+/// The discriminators' architecture (never released: it does not touch privacy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Critic {
+    /// The authors' DCGAN discriminator (conv 5×5 stride 2 ×3, ReLU), without spectral norm.
+    Conv,
+    /// A small MLP: 784 → `--critic-hidden` → LeakyReLU(0.2) → 10 (`D(x, y) = out[y]`),
+    /// ≈ 100 k multiply-adds per image at 128 hidden units: cheap enough to warm-start
+    /// hundreds of discriminators for hundreds of critic steps each on a CPU.
+    Mlp,
+}
+
+/// What a discriminator is warm-started against (each on its own partition, no privacy: the
+/// discriminators are never released).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PretrainFakes {
+    /// As the authors' `pretrain.py`: a throw-away generator per discriminator, trained with
+    /// it (one generator step per `critic_iters` critic steps) and discarded.
+    Own,
+    /// The fixed initial generator (the one the private phase starts from): no generator
+    /// steps, so each warm-start iteration costs only its critic steps; the critic learns to
+    /// tell its partition's digits from the untrained generator's output, whose gradient is
+    /// what the generator needs first.
+    Initial,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Latent {
     Bernoulli,
@@ -132,9 +157,9 @@ pub struct Args {
     z_dim: usize,
     #[arg(long, value_enum, default_value = "bernoulli")]
     latent: Latent,
-    /// Noise multiplier σ: noise std / (2 · clip).
-    #[arg(long, default_value_t = 1.07)]
-    sigma: f64,
+    /// Noise multiplier σ: noise std / (2 · clip) (preset: cpu 1.07·…, paper 1.07).
+    #[arg(long)]
+    sigma: Option<f64>,
     /// Per-image clipping bound C of the generator gradient (clipped to C/B after the mean).
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
@@ -144,8 +169,21 @@ pub struct Args {
     lambda_gp: f64,
     #[arg(long, default_value_t = 0.001)]
     lambda_eps: f64,
+    /// Adam learning rate of the discriminators (and of the generator unless `--lr-g`).
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,
+    /// Adam learning rate of the generator (preset: paper = `--lr`).
+    #[arg(long)]
+    lr_g: Option<f32>,
+    /// The discriminators' architecture (preset: cpu mlp, paper conv).
+    #[arg(long, value_enum)]
+    critic: Option<Critic>,
+    /// Hidden units of the MLP critic.
+    #[arg(long, default_value_t = 128)]
+    critic_hidden: usize,
+    /// What the discriminators are warm-started against (preset: cpu initial, paper own).
+    #[arg(long, value_enum)]
+    pretrain_fakes: Option<PretrainFakes>,
     /// Seeded (reproducible) run; without it, secure mode (ChaCha20, OS entropy).
     #[arg(long)]
     seed: Option<u64>,
@@ -172,8 +210,8 @@ pub struct Args {
     /// starts as the plain mean of the iterates (`min(1 − 1/(t+1), β)`), so it spans about
     /// `1/(1 − β)` iterations: with β = 0.999 a run of a few thousand iterations samples an
     /// average that still holds the untrained start. 0 samples the last iterate.
-    #[arg(long, default_value_t = 0.999)]
-    ema_decay: f64,
+    #[arg(long)]
+    ema_decay: Option<f64>,
 }
 
 /// The resolved configuration.
@@ -201,10 +239,37 @@ pub struct Config {
     disable_dp: bool,
     #[serde(default = "paper_ema")]
     ema_decay: f64,
+    /// The generator's learning rate (absent in older checkpoints: `lr`).
+    #[serde(default)]
+    lr_g: Option<f32>,
+    /// `"conv"` (absent in older checkpoints) or `"mlp"`.
+    #[serde(default = "conv_critic")]
+    critic_arch: String,
+    /// Hidden units of the MLP critic (0 for the conv critic).
+    #[serde(default)]
+    critic_hidden: usize,
+    /// Warm start against a throw-away generator per discriminator (`"own"`, the paper's and
+    /// older checkpoints') or the fixed initial generator (`"initial"`).
+    #[serde(default = "own_fakes")]
+    pretrain_fakes: String,
 }
 
 fn paper_ema() -> f64 {
     0.999
+}
+
+fn conv_critic() -> String {
+    "conv".into()
+}
+
+fn own_fakes() -> String {
+    "own".into()
+}
+
+impl Config {
+    fn g_lr(&self) -> f32 {
+        self.lr_g.unwrap_or(self.lr)
+    }
 }
 
 /// The conditional generator: input `[z + 10, 1, 1]` (latent code, one-hot label), output a
@@ -222,7 +287,29 @@ pub fn generator(dev: &Device, z: usize, md: usize, seed: u64) -> Result<Sequent
         .build(dev, seed)
 }
 
-/// The conditional critic: one output per class, `D(x, y) = out[y]`.
+/// The critic `cfg` asks for (`--critic`), with initial weights from `seed`.
+pub fn critic(dev: &Device, cfg: &Config, seed: u64) -> Result<Sequential> {
+    if cfg.critic_arch == "mlp" {
+        mlp_discriminator(dev, cfg.critic_hidden, seed)
+    } else {
+        discriminator(dev, cfg.md, seed)
+    }
+}
+
+/// The small conditional MLP critic: `[1, 28, 28]` → flatten → Linear(784, `hidden`) →
+/// LeakyReLU(0.2) → Linear(`hidden`, 10), `D(x, y) = out[y]` (the label enters as the
+/// output's class selector, as in the conv critic's projection head). Piecewise linear, so
+/// WGAN-GP's double backward (`Sequential::input_grad_param_grad`) covers it.
+pub fn mlp_discriminator(dev: &Device, hidden: usize, seed: u64) -> Result<Sequential> {
+    Sequential::builder(&[1, 28, 28])
+        .flatten()
+        .linear(hidden, true)
+        .leaky_relu(0.2)
+        .linear(CLASSES, true)
+        .build(dev, seed)
+}
+
+/// The conditional conv critic: one output per class, `D(x, y) = out[y]`.
 pub fn discriminator(dev: &Device, md: usize, seed: u64) -> Result<Sequential> {
     Sequential::builder(&[1, 28, 28])
         .conv2d(md, 5, 2, 2, true) // 14
@@ -240,12 +327,47 @@ fn invalid(name: &'static str, v: impl std::fmt::Display, what: &str) -> Error {
     Error::invalid(name, v, what.to_string())
 }
 
+/// A preset's settings (flags override each).
+struct PresetValues {
+    k: usize,
+    pretrain: u64,
+    iterations: u64,
+    md: usize,
+    sigma: f64,
+    critic: Critic,
+    fakes: PretrainFakes,
+    lr_g: f32,
+    ema: f64,
+}
+
 /// The settings `a` resolves to (its preset, overridden by its flags), validated.
 pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
-    let (k, pre, it, md) = match a.preset {
-        Preset::Cpu => (300, 5, 1000, 16),
-        Preset::Paper => (1000, 2000, 20_000, 64),
+    let p = match a.preset {
+        Preset::Cpu => PresetValues {
+            k: 200,
+            pretrain: 300,
+            iterations: 2000,
+            md: 16,
+            sigma: 1.5,
+            critic: Critic::Mlp,
+            fakes: PretrainFakes::Initial,
+            lr_g: 1e-3,
+            ema: 0.99,
+        },
+        Preset::Paper => PresetValues {
+            k: 1000,
+            pretrain: 2000,
+            iterations: 20_000,
+            md: 64,
+            sigma: 1.07,
+            critic: Critic::Conv,
+            fakes: PretrainFakes::Own,
+            lr_g: a.lr,
+            ema: 0.999,
+        },
     };
+    let (k, pre, it, md) = (p.k, p.pretrain, p.iterations, p.md);
+    let arch = a.critic.unwrap_or(p.critic);
     let n = a.train_subset.unwrap_or(n_total).min(n_total);
     let k = a.discriminators.unwrap_or(k);
     let c = Config {
@@ -259,7 +381,7 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
         critic: a.critic_iters,
         z: a.z_dim,
         bernoulli: a.latent == Latent::Bernoulli,
-        sigma: a.sigma,
+        sigma: a.sigma.unwrap_or(p.sigma),
         clip: a.clip,
         delta: a.delta,
         lambda_gp: a.lambda_gp,
@@ -267,8 +389,28 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
         lr: a.lr,
         seed: a.seed,
         disable_dp: a.disable_dp,
-        ema_decay: a.ema_decay,
+        ema_decay: a.ema_decay.unwrap_or(p.ema),
+        lr_g: Some(a.lr_g.unwrap_or(p.lr_g)),
+        critic_arch: match arch {
+            Critic::Conv => "conv",
+            Critic::Mlp => "mlp",
+        }
+        .into(),
+        critic_hidden: if arch == Critic::Mlp {
+            a.critic_hidden
+        } else {
+            0
+        },
+        pretrain_fakes: match a.pretrain_fakes.unwrap_or(p.fakes) {
+            PretrainFakes::Own => "own",
+            PretrainFakes::Initial => "initial",
+        }
+        .into(),
     };
+    if arch == Critic::Mlp && c.critic_hidden == 0 {
+        return Err(invalid("critic_hidden", 0, ">= 1"));
+    }
+    AdamConfig::new(c.g_lr()).validate()?;
     if !(0.0..1.0).contains(&c.ema_decay) {
         return Err(invalid("ema_decay", c.ema_decay, "in [0, 1)"));
     }
@@ -484,21 +626,98 @@ fn train_d(
     grad: &mut Buffer<f32>,
 ) -> Result<(f64, f64)> {
     let p = d.num_params();
-    load_d(d, st, k)?;
+    let r = k * p..(k + 1) * p;
+    let (w, m, v) = (
+        &mut st.d_all[r.clone()],
+        &mut st.d_m[r.clone()],
+        &mut st.d_v[r],
+    );
+    critic_update(cfg, d, g, (w, m, v), &mut st.d_steps[k], k, data, rng, grad)
+}
+
+/// One critic step of discriminator `k`, whose weights and Adam moments are `wmv` and step
+/// count `steps`: loads it into `d`, steps, stores it back.
+#[allow(clippy::too_many_arguments)]
+fn critic_update(
+    cfg: &Config,
+    d: &mut Sequential,
+    g: &Sequential,
+    wmv: (&mut [f32], &mut [f32], &mut [f32]),
+    steps: &mut u64,
+    k: usize,
+    data: &Parts,
+    rng: &mut impl RandomBits,
+    grad: &mut Buffer<f32>,
+) -> Result<(f64, f64)> {
+    let (w, m, v) = wmv;
+    d.params_mut().copy_from_slice(w)?;
     let (real, labels) = data.batch(k, cfg.b, rng);
-    let (w, gp, _) = critic_step(cfg, d, g, &real, &labels, rng, grad)?;
-    st.d_steps[k] += 1;
+    let (wd, gp, _) = critic_step(cfg, d, g, &real, &labels, rng, grad)?;
+    *steps += 1;
     let mut params = d.params().to_vec()?;
-    adam_step(
-        &mut params,
-        &grad.to_vec()?,
-        &mut st.d_m[k * p..(k + 1) * p],
-        &mut st.d_v[k * p..(k + 1) * p],
-        st.d_steps[k],
-        cfg.lr,
-    )?;
-    st.d_all[k * p..(k + 1) * p].copy_from_slice(&params);
-    Ok((w, gp))
+    adam_step(&mut params, &grad.to_vec()?, m, v, *steps, cfg.lr)?;
+    w.copy_from_slice(&params);
+    Ok((wd, gp))
+}
+
+/// The non-private warm start of all `K` discriminators (in parallel; module docs): each
+/// runs `pretrain × critic_iters` critic steps on its own partition against the generator
+/// with initial weights `g0` — kept fixed (`initial`) or trained alongside with one step per
+/// `critic_iters` critic steps and then discarded (`own`, the authors' `pretrain.py`). Every
+/// discriminator's Adam state is reset afterwards (fresh for the private phase).
+fn warm_start(
+    cfg: &Config,
+    g0: &[f32],
+    st: &mut State,
+    parts: &Parts,
+    omega: StreamKey,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let dev = Device::Cpu;
+    let dp = st.d_all.len() / cfg.k;
+    let own = cfg.pretrain_fakes == "own";
+    st.d_all
+        .par_chunks_mut(dp)
+        .zip(st.d_m.par_chunks_mut(dp))
+        .zip(st.d_v.par_chunks_mut(dp))
+        .enumerate()
+        .try_for_each(|(k, ((w, m), v))| -> Result<()> {
+            let mut g = generator(&dev, cfg.z, cfg.md, 0)?;
+            g.params_mut().copy_from_slice(g0)?;
+            let mut d = critic(&dev, cfg, 0)?;
+            let mut grad = Buffer::<f32>::zeros(&dev, dp)?;
+            let gp = g0.len();
+            let (mut gm, mut gv) = if own {
+                (vec![0f32; gp], vec![0f32; gp])
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let mut steps = 0;
+            let mut rng = omega.rng((1 << 40) | k as u64);
+            for it in 0..cfg.pretrain {
+                for _ in 0..cfg.critic {
+                    critic_update(
+                        cfg,
+                        &mut d,
+                        &g,
+                        (&mut *w, &mut *m, &mut *v),
+                        &mut steps,
+                        k,
+                        parts,
+                        &mut rng,
+                        &mut grad,
+                    )?;
+                }
+                if own {
+                    d.params_mut().copy_from_slice(w)?;
+                    let (gg, _) = generator_grad(cfg, &mut g, &d, &mut rng, None)?;
+                    let mut p = g.params().to_vec()?;
+                    adam_step(&mut p, &gg, &mut gm, &mut gv, it + 1, cfg.g_lr())?;
+                    g.params_mut().copy_from_slice(&p)?;
+                }
+            }
+            Ok(())
+        })
 }
 
 /// The training set split into K partitions (example i → partition i mod K), pixels in [0, 1].
@@ -737,7 +956,7 @@ pub fn run(a: Args) -> Result<()> {
     let dev = Device::Cpu;
     let init = keys.key(Purpose::ModelInit);
     let mut g = generator(&dev, cfg.z, cfg.md, init.rng(0).next_u64())?;
-    let mut d = discriminator(&dev, cfg.md, init.rng(1).next_u64())?;
+    let mut d = critic(&dev, &cfg, init.rng(1).next_u64())?;
     let (gp, dp) = (g.num_params(), d.num_params());
     let mut st = State {
         g_ema: g.params().to_vec()?,
@@ -751,7 +970,7 @@ pub fn run(a: Args) -> Result<()> {
         iteration: 0,
     };
     for k in 0..cfg.k {
-        let dk = discriminator(&dev, cfg.md, init.rng(2 + k as u64).next_u64())?;
+        let dk = critic(&dev, &cfg, init.rng(2 + k as u64).next_u64())?;
         st.d_all[k * dp..(k + 1) * dp].copy_from_slice(&dk.params().to_vec()?);
     }
     let ckpt = a.out.join("checkpoint.safetensors");
@@ -761,25 +980,24 @@ pub fn run(a: Args) -> Result<()> {
         load_checkpoint(&ckpt, &cfg, &mut st, &mut g)?;
         eprintln!("resumed at iteration {}", st.iteration);
     } else {
-        // Non-private warm start: discriminator k with a throw-away generator on partition k
-        // only (never released; a function of partition k and data-independent randomness).
+        // Non-private warm start: discriminator k on partition k only, against a throw-away
+        // generator (`own`) or the fixed initial one (`initial`); never released, a function of
+        // partition k and data-independent randomness. The discriminators are independent, so
+        // they train in parallel (rayon), each with its own models and random stream: the
+        // result does not depend on the number of threads.
         let g0 = g.params().to_vec()?;
-        for k in 0..cfg.k {
-            g.params_mut().copy_from_slice(&g0)?;
-            let (mut m, mut v) = (vec![0f32; gp], vec![0f32; gp]);
-            let mut rng = omega.rng((1 << 40) | k as u64);
-            for it in 0..cfg.pretrain {
-                for _ in 0..cfg.critic {
-                    train_d(&cfg, &mut d, &g, &mut st, k, &parts, &mut rng, &mut dgrad)?;
-                }
-                load_d(&mut d, &st, k)?;
-                let (gg, _) = generator_grad(&cfg, &mut g, &d, &mut rng, None)?;
-                let mut p = g.params().to_vec()?;
-                adam_step(&mut p, &gg, &mut m, &mut v, it + 1, cfg.lr)?;
-                g.params_mut().copy_from_slice(&p)?;
-            }
+        let tw = std::time::Instant::now();
+        warm_start(&cfg, &g0, &mut st, &parts, omega)?;
+        if cfg.pretrain > 0 {
+            eprintln!(
+                "warm start: {} discriminators × {} critic steps ({} critic, fakes from the {} generator) in {:.0} s",
+                cfg.k,
+                cfg.pretrain * cfg.critic as u64,
+                cfg.critic_arch,
+                if cfg.pretrain_fakes == "own" { "throw-away" } else { "initial" },
+                tw.elapsed().as_secs_f64()
+            );
         }
-        g.params_mut().copy_from_slice(&g0)?;
         // Fresh Adam state for the private phase.
         st.d_steps.iter_mut().for_each(|s| *s = 0);
         st.d_m.iter_mut().for_each(|x| *x = 0.0);
@@ -822,7 +1040,14 @@ pub fn run(a: Args) -> Result<()> {
         };
         st.g_steps += 1;
         let mut p = g.params().to_vec()?;
-        adam_step(&mut p, &gg, &mut st.g_m, &mut st.g_v, st.g_steps, cfg.lr)?;
+        adam_step(
+            &mut p,
+            &gg,
+            &mut st.g_m,
+            &mut st.g_v,
+            st.g_steps,
+            cfg.g_lr(),
+        )?;
         g.params_mut().copy_from_slice(&p)?;
         ema_update(&mut st.g_ema, &p, t, cfg.ema_decay);
         st.iteration += 1;
@@ -959,7 +1184,7 @@ pub fn generator_grad(
         }
         Some((ks, d_all, key)) => {
             let dp = d.num_params();
-            let mut dk = discriminator(&Device::Cpu, cfg.md, 0)?;
+            let mut dk = critic(&Device::Cpu, cfg, 0)?;
             let mut ws = dk.workspace(1)?;
             for (i, &k) in ks.iter().enumerate() {
                 dk.params_mut()
