@@ -97,6 +97,16 @@ enum Critic {
     Mlp,
 }
 
+/// The generator's architecture (released, but public: it does not touch privacy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Gen {
+    /// DCGAN-like ConvTranspose2d stack (`--model-dim` channels), as the example had.
+    Conv,
+    /// An MLP: `z + 10` → 256 → ReLU → 512 → ReLU → 784 → Sigmoid (≈ 0.54 M multiply-adds
+    /// per image against the conv stack's ≈ 1.3 M at model_dim 16).
+    Mlp,
+}
+
 /// What a discriminator is warm-started against (each on its own partition, no privacy: the
 /// discriminators are never released).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -153,6 +163,10 @@ pub struct Args {
     batch_size: usize,
     #[arg(long, default_value_t = 5)]
     critic_iters: usize,
+    /// Discriminators trained per generator iteration (each `critic_iters` steps; drawn from
+    /// the data-independent critic stream; preset: cpu 2, paper 1).
+    #[arg(long)]
+    critics_per_iteration: Option<usize>,
     #[arg(long, default_value_t = 10)]
     z_dim: usize,
     #[arg(long, value_enum, default_value = "bernoulli")]
@@ -178,6 +192,9 @@ pub struct Args {
     /// The discriminators' architecture (preset: cpu mlp, paper conv).
     #[arg(long, value_enum)]
     critic: Option<Critic>,
+    /// The generator's architecture (preset: cpu mlp, paper conv).
+    #[arg(long, value_enum)]
+    generator: Option<Gen>,
     /// Hidden units of the MLP critic.
     #[arg(long, default_value_t = 128)]
     critic_hidden: usize,
@@ -252,6 +269,16 @@ pub struct Config {
     /// older checkpoints') or the fixed initial generator (`"initial"`).
     #[serde(default = "own_fakes")]
     pretrain_fakes: String,
+    /// `"conv"` (absent in older checkpoints) or `"mlp"`.
+    #[serde(default = "conv_critic")]
+    gen_arch: String,
+    /// Discriminators trained per iteration (absent in older checkpoints: 1).
+    #[serde(default = "one")]
+    critics_per_iteration: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn paper_ema() -> f64 {
@@ -283,6 +310,28 @@ pub fn generator(dev: &Device, z: usize, md: usize, seed: u64) -> Result<Sequent
         .conv_transpose2d(md, 5, 1, 0, true) // [md, 11, 11]
         .relu()
         .conv_transpose2d(1, 8, 2, 0, true) // [1, 28, 28]
+        .sigmoid()
+        .build(dev, seed)
+}
+
+/// The generator `cfg` asks for (`--generator`), with initial weights from `seed`.
+pub fn gen_model(dev: &Device, cfg: &Config, seed: u64) -> Result<Sequential> {
+    if cfg.gen_arch == "mlp" {
+        mlp_generator(dev, cfg.z, seed)
+    } else {
+        generator(dev, cfg.z, cfg.md, seed)
+    }
+}
+
+/// The conditional MLP generator: input `[z + 10]` (latent code, one-hot label) → 256 → ReLU →
+/// 512 → ReLU → 784 → Sigmoid, an image in [0, 1] (row-major 28×28).
+pub fn mlp_generator(dev: &Device, z: usize, seed: u64) -> Result<Sequential> {
+    Sequential::builder(&[z + CLASSES])
+        .linear(256, true)
+        .relu()
+        .linear(512, true)
+        .relu()
+        .linear(IMG, true)
         .sigmoid()
         .build(dev, seed)
 }
@@ -335,7 +384,9 @@ struct PresetValues {
     md: usize,
     sigma: f64,
     critic: Critic,
+    gen: Gen,
     fakes: PretrainFakes,
+    critics: usize,
     lr_g: f32,
     ema: f64,
 }
@@ -344,15 +395,17 @@ struct PresetValues {
 pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
     let p = match a.preset {
         Preset::Cpu => PresetValues {
-            k: 200,
-            pretrain: 300,
-            iterations: 2000,
+            k: 1000,
+            pretrain: 20,
+            iterations: 8000,
             md: 16,
-            sigma: 1.5,
+            sigma: 0.8,
             critic: Critic::Mlp,
+            gen: Gen::Conv,
             fakes: PretrainFakes::Initial,
-            lr_g: 1e-3,
-            ema: 0.99,
+            critics: 2,
+            lr_g: 2e-4,
+            ema: 0.999,
         },
         Preset::Paper => PresetValues {
             k: 1000,
@@ -361,7 +414,9 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             md: 64,
             sigma: 1.07,
             critic: Critic::Conv,
+            gen: Gen::Conv,
             fakes: PretrainFakes::Own,
+            critics: 1,
             lr_g: a.lr,
             ema: 0.999,
         },
@@ -401,6 +456,12 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
         } else {
             0
         },
+        critics_per_iteration: a.critics_per_iteration.unwrap_or(p.critics),
+        gen_arch: match a.generator.unwrap_or(p.gen) {
+            Gen::Conv => "conv",
+            Gen::Mlp => "mlp",
+        }
+        .into(),
         pretrain_fakes: match a.pretrain_fakes.unwrap_or(p.fakes) {
             PretrainFakes::Own => "own",
             PretrainFakes::Initial => "initial",
@@ -421,7 +482,7 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             "in 1..=training examples (each needs a non-empty partition)",
         ));
     }
-    if c.md == 0 || c.b == 0 || c.critic == 0 || c.z == 0 {
+    if c.md == 0 || c.b == 0 || c.critic == 0 || c.z == 0 || c.critics_per_iteration == 0 {
         return Err(invalid(
             "model_dim/batch_size/critic_iters/z_dim",
             "0",
@@ -531,12 +592,26 @@ pub fn critic_step(
     grad: &mut Buffer<f32>,
 ) -> Result<(f64, f64, f64)> {
     let b = labels.len();
-    let bf = b as f32;
     let mut zin = Vec::new();
     latent(rng, cfg, labels, &mut zin);
     let mut gws = g.workspace(b)?;
     g.forward(&mut gws, &zin)?;
     let fake = gws.output().to_vec();
+    critic_step_on(cfg, d, &fake, real, labels, rng, grad)
+}
+
+/// [`critic_step`] against given fake images `fake` (`[B, 784]`, generated with `labels`).
+pub fn critic_step_on(
+    cfg: &Config,
+    d: &Sequential,
+    fake: &[f32],
+    real: &[f32],
+    labels: &[u32],
+    rng: &mut impl RandomBits,
+    grad: &mut Buffer<f32>,
+) -> Result<(f64, f64, f64)> {
+    let b = labels.len();
+    let bf = b as f32;
     let mut ws = d.workspace(b)?;
     // Real: −mean D(x, y) + λ_ε · mean D(x, y)².
     d.forward(&mut ws, real)?;
@@ -560,7 +635,7 @@ pub fn critic_step(
         false,
     )?;
     // Fake: + mean D(G(z), y).
-    d.forward(&mut ws, &fake)?;
+    d.forward(&mut ws, fake)?;
     let out = ws.output();
     let df: Vec<f32> = labels
         .iter()
@@ -632,7 +707,27 @@ fn train_d(
         &mut st.d_m[r.clone()],
         &mut st.d_v[r],
     );
-    critic_update(cfg, d, g, (w, m, v), &mut st.d_steps[k], k, data, rng, grad)
+    critic_update(
+        cfg,
+        d,
+        &Fakes::Generator(g),
+        (w, m, v),
+        &mut st.d_steps[k],
+        k,
+        data,
+        rng,
+        grad,
+    )
+}
+
+/// Where a critic step's fake images come from.
+enum Fakes<'a> {
+    /// Fresh samples of this generator.
+    Generator(&'a Sequential),
+    /// A pool of the fixed initial generator's samples, `per_class` per class (class-major
+    /// rows), drawn uniformly within the batch label's class: the warm start's `initial`
+    /// mode, which so skips a generator forward per critic step.
+    Pool { images: &'a [f32], per_class: usize },
 }
 
 /// One critic step of discriminator `k`, whose weights and Adam moments are `wmv` and step
@@ -641,7 +736,7 @@ fn train_d(
 fn critic_update(
     cfg: &Config,
     d: &mut Sequential,
-    g: &Sequential,
+    fakes: &Fakes<'_>,
     wmv: (&mut [f32], &mut [f32], &mut [f32]),
     steps: &mut u64,
     k: usize,
@@ -652,7 +747,17 @@ fn critic_update(
     let (w, m, v) = wmv;
     d.params_mut().copy_from_slice(w)?;
     let (real, labels) = data.batch(k, cfg.b, rng);
-    let (wd, gp, _) = critic_step(cfg, d, g, &real, &labels, rng, grad)?;
+    let (wd, gp, _) = match fakes {
+        Fakes::Generator(g) => critic_step(cfg, d, g, &real, &labels, rng, grad)?,
+        Fakes::Pool { images, per_class } => {
+            let mut fake = Vec::with_capacity(labels.len() * IMG);
+            for &y in &labels {
+                let i = y as usize * per_class + rng.next_below(*per_class as u64) as usize;
+                fake.extend_from_slice(&images[i * IMG..(i + 1) * IMG]);
+            }
+            critic_step_on(cfg, d, &fake, &real, &labels, rng, grad)?
+        }
+    };
     *steps += 1;
     let mut params = d.params().to_vec()?;
     adam_step(&mut params, &grad.to_vec()?, m, v, *steps, cfg.lr)?;
@@ -676,13 +781,22 @@ fn warm_start(
     let dev = Device::Cpu;
     let dp = st.d_all.len() / cfg.k;
     let own = cfg.pretrain_fakes == "own";
+    // `initial`: one pool of the fixed initial generator's samples for all discriminators
+    // (data-independent; its own stream).
+    let per_class = 256;
+    let pool = if own || cfg.pretrain == 0 {
+        Vec::new()
+    } else {
+        let mut g = gen_model(&dev, cfg, 0)?;
+        sample(&mut g, g0, cfg, per_class, omega, 1 << 41)?.0
+    };
     st.d_all
         .par_chunks_mut(dp)
         .zip(st.d_m.par_chunks_mut(dp))
         .zip(st.d_v.par_chunks_mut(dp))
         .enumerate()
         .try_for_each(|(k, ((w, m), v))| -> Result<()> {
-            let mut g = generator(&dev, cfg.z, cfg.md, 0)?;
+            let mut g = gen_model(&dev, cfg, 0)?;
             g.params_mut().copy_from_slice(g0)?;
             let mut d = critic(&dev, cfg, 0)?;
             let mut grad = Buffer::<f32>::zeros(&dev, dp)?;
@@ -696,10 +810,18 @@ fn warm_start(
             let mut rng = omega.rng((1 << 40) | k as u64);
             for it in 0..cfg.pretrain {
                 for _ in 0..cfg.critic {
+                    let fakes = if own {
+                        Fakes::Generator(&g)
+                    } else {
+                        Fakes::Pool {
+                            images: &pool,
+                            per_class,
+                        }
+                    };
                     critic_update(
                         cfg,
                         &mut d,
-                        &g,
+                        &fakes,
                         (&mut *w, &mut *m, &mut *v),
                         &mut steps,
                         k,
@@ -955,7 +1077,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let dev = Device::Cpu;
     let init = keys.key(Purpose::ModelInit);
-    let mut g = generator(&dev, cfg.z, cfg.md, init.rng(0).next_u64())?;
+    let mut g = gen_model(&dev, &cfg, init.rng(0).next_u64())?;
     let mut d = critic(&dev, &cfg, init.rng(1).next_u64())?;
     let (gp, dp) = (g.num_params(), d.num_params());
     let mut st = State {
@@ -1020,10 +1142,13 @@ pub fn run(a: Args) -> Result<()> {
         let t = st.iteration;
         // Critic: a discriminator drawn from ω (independent of the rows' draws below).
         let mut rng = omega.rng(t);
-        let j = rng.next_below(cfg.k as u64) as usize;
         let (mut w, mut gpen) = (0.0, 0.0);
-        for _ in 0..cfg.critic {
-            (w, gpen) = train_d(&cfg, &mut d, &g, &mut st, j, &parts, &mut rng, &mut dgrad)?;
+        let mut j = 0;
+        for _ in 0..cfg.critics_per_iteration {
+            j = rng.next_below(cfg.k as u64) as usize;
+            for _ in 0..cfg.critic {
+                (w, gpen) = train_d(&cfg, &mut d, &g, &mut st, j, &parts, &mut rng, &mut dgrad)?;
+            }
         }
         let gg = if cfg.disable_dp {
             // No privacy: the discriminator just trained, unclipped, no noise.
