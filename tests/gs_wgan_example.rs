@@ -36,6 +36,7 @@ fn args(out: &Path, extra: &[&str]) -> gs_wgan::Args {
         ("--critic-iters", "2"),
         ("--log-every", "2"),
         ("--gen-samples", "20"),
+        ("--iterations", "2"),
     ];
     let given = |f: &str| {
         extra
@@ -118,6 +119,9 @@ fn bad_input_is_an_error_before_training() {
         &["--data-dir", "/nonexistent/mnist"],
         &["--ema-decay", "1"],
         &["--ema-decay=-0.1"],
+        &["--critics-per-iteration", "0"],
+        &["--critic", "mlp", "--critic-hidden", "0"],
+        &["--lr-g=-1"],
     ] {
         let out = dir.join("x");
         let e = gs_wgan::run(args(&out, extra));
@@ -165,13 +169,21 @@ fn disable_dp_claims_no_privacy() {
 
 /// The warm start trains the discriminators in parallel: its result (and so the whole run)
 /// does not depend on the number of threads, for both warm-start modes (`initial`, the CPU
-/// preset's, and `own`, the paper's throw-away generators, here with the conv critic).
+/// preset's, here with the MLP generator, and `own`, the paper's throw-away generators, here
+/// with the conv critic).
 #[test]
 fn warm_start_does_not_depend_on_the_thread_count() {
     let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-threads-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     for mode in [
-        &["--critic", "mlp", "--pretrain-fakes", "initial"][..],
+        &[
+            "--critic",
+            "mlp",
+            "--pretrain-fakes",
+            "initial",
+            "--generator",
+            "mlp",
+        ][..],
         &["--critic", "conv", "--pretrain-fakes", "own"],
     ] {
         let mut outs = Vec::new();
