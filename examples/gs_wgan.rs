@@ -39,13 +39,32 @@
 //! (≈ 18 → 5 over 7 000 iterations) with the penalty term below 1, and the samples turn from a
 //! flat image into strokes and digit shapes within 2 000–4 000 iterations (BENCHMARKS.md).
 //!
-//! **Why short private runs learn nothing.** A discriminator with few critic steps has input
-//! gradients of norm ≪ 1 (the penalty term `λ·mean(‖∇D‖ − 1)²` stays near its ceiling λ = 10),
-//! so each image's gradient is far below the clip bound `C/B` before noise of per-pixel std
-//! `2(C/B)σ` is added: the generator random-walks at `lr` per step and its samples stay flat
-//! grey. The paper trains every discriminator 2 000 iterations first; with the `1/K`
-//! amplification a valid ε needs `K` in the hundreds, and `K ×` (thousands of critic steps) is
-//! hours to days of CPU, not minutes.
+//! **Cheap discriminators (`--preset cpu`).** A discriminator with few critic steps has input
+//! gradients of norm ≪ 1, far below the clip bound `C/B`, and the noise (per-pixel std
+//! `2(C/B)σ`) swamps them; the paper trains every discriminator 2 000 iterations first, and
+//! with the `1/K` amplification a valid ε needs `K` in the hundreds: with the conv critic
+//! that is days of CPU. The CPU preset therefore uses a small MLP critic (`--critic mlp`,
+//! ≈ 0.1 M multiply-adds per image; the discriminators are never released, so their
+//! architecture does not touch privacy), warm-starts all `K = 1000` of them in parallel
+//! against a fixed pool of the initial generator's samples (`--pretrain-fakes`, no
+//! generator forward per critic step), and trains two discriminators per iteration
+//! (`--critics-per-iteration`, drawn from the data-independent critic stream). Warm-starting
+//! against the initial generator's grey samples alone (`initial`) teaches every critic
+//! "darker is more real": the generator turns black within a few hundred iterations, even
+//! without noise, and the stale critics never pull it back; dimming each pool sample by a
+//! random factor (`initial-dimmed`, fakes from black to grey, still data-independent) gives
+//! critics that push the generator toward digit-shaped mass instead (without noise, K = 50).
+//!
+//! **Why the private CPU preset still learns nothing.** The MLP critic is a good critic: the
+//! non-private control (`--disable-dp --discriminators 1 --pretrain-iterations 0`) draws
+//! class-conditional digits within 2 000 iterations (≈ 2 minutes). With `K = 1000` each
+//! critic gets only `2 · 5 · T/K` = 30 steps in the whole private phase, so the generator is
+//! steered by critics that have only seen the warm start's fakes; it leaves that region
+//! (turning black, centre first) within 1 000–1 500 iterations and they never pull it back.
+//! The paper avoids this by warm-starting each critic 2 000 iterations with its own
+//! throw-away generator (`--pretrain-fakes own`), so that every critic has seen a generator
+//! go from noise to digits: ≈ 100 s per critic here even with the MLP critic, ≈ a day for
+//! `K = 1000`. BENCHMARKS.md, "GS-WGAN, private CPU preset", has the runs.
 //!
 //! Samples: `samples_NNNNNN.png` is the weight average (`--ema-decay`, paper 0.999; it starts
 //! as the plain mean of the iterates, so for the first `≈ 1/(1 − β)` iterations it still
@@ -76,9 +95,11 @@ const IMG: usize = 784;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Preset {
-    /// Small models and few discriminators: under an hour on 2 cores (ε 6.5 at δ = 1e-5). It
-    /// shows **no learning**: its discriminators get too few critic steps for their gradients
-    /// to rise above the noise (module docs, BENCHMARKS.md). A smoke test of the private path.
+    /// Cheap discriminators for 2 CPU cores: K = 1000 MLP critics warm-started 100 critic steps
+    /// each against dimmed samples of the initial generator, two trained per iteration; the
+    /// conv generator (model_dim 16); T = 3 000, σ = 0.6, lr_g 2e-4, EMA 0.995: ε = 9.83 at
+    /// δ = 1e-5, ≈ 10–15 minutes here. It still shows **no learning** (the generator turns
+    /// black: its critics are stale; module docs, BENCHMARKS.md "GS-WGAN, private CPU preset").
     Cpu,
     /// The paper's setting (K = 1000, 2 000 pretraining iterations each, 20 000 iterations,
     /// model_dim 64). The example runs on the CPU only (the double backward has no CUDA path
@@ -119,6 +140,9 @@ enum PretrainFakes {
     /// tell its partition's digits from the untrained generator's output, whose gradient is
     /// what the generator needs first.
     Initial,
+    /// As `initial`, each sample dimmed by a factor drawn uniformly from [0, 1] (fakes from
+    /// black to the initial generator's grey: data-independent).
+    InitialDimmed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -397,15 +421,15 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
         Preset::Cpu => PresetValues {
             k: 1000,
             pretrain: 20,
-            iterations: 8000,
+            iterations: 3000,
             md: 16,
-            sigma: 0.8,
+            sigma: 0.6,
             critic: Critic::Mlp,
             gen: Gen::Conv,
-            fakes: PretrainFakes::Initial,
+            fakes: PretrainFakes::InitialDimmed,
             critics: 2,
             lr_g: 2e-4,
-            ema: 0.999,
+            ema: 0.995,
         },
         Preset::Paper => PresetValues {
             k: 1000,
@@ -465,6 +489,7 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
         pretrain_fakes: match a.pretrain_fakes.unwrap_or(p.fakes) {
             PretrainFakes::Own => "own",
             PretrainFakes::Initial => "initial",
+            PretrainFakes::InitialDimmed => "initial-dimmed",
         }
         .into(),
     };
@@ -788,7 +813,17 @@ fn warm_start(
         Vec::new()
     } else {
         let mut g = gen_model(&dev, cfg, 0)?;
-        sample(&mut g, g0, cfg, per_class, omega, 1 << 41)?.0
+        let mut pool = sample(&mut g, g0, cfg, per_class, omega, 1 << 41)?.0;
+        if cfg.pretrain_fakes == "initial-dimmed" {
+            // Each sample times a factor drawn uniformly from [0, 1]: fakes from black to the
+            // initial generator's grey, the range a generator crosses first (data-independent).
+            let mut r = omega.rng((1 << 41) + 1);
+            for img in pool.chunks_exact_mut(IMG) {
+                let f = r.next_f64() as f32;
+                img.iter_mut().for_each(|x| *x *= f);
+            }
+        }
+        pool
     };
     st.d_all
         .par_chunks_mut(dp)
@@ -1112,11 +1147,15 @@ pub fn run(a: Args) -> Result<()> {
         warm_start(&cfg, &g0, &mut st, &parts, omega)?;
         if cfg.pretrain > 0 {
             eprintln!(
-                "warm start: {} discriminators × {} critic steps ({} critic, fakes from the {} generator) in {:.0} s",
+                "warm start: {} discriminators × {} critic steps ({} critic, fakes: {}) in {:.0} s",
                 cfg.k,
                 cfg.pretrain * cfg.critic as u64,
                 cfg.critic_arch,
-                if cfg.pretrain_fakes == "own" { "throw-away" } else { "initial" },
+                match cfg.pretrain_fakes.as_str() {
+                    "own" => "a throw-away generator each",
+                    "initial" => "the initial generator's samples",
+                    _ => "the initial generator's samples, dimmed",
+                },
                 tw.elapsed().as_secs_f64()
             );
         }

@@ -168,9 +168,9 @@ fn disable_dp_claims_no_privacy() {
 }
 
 /// The warm start trains the discriminators in parallel: its result (and so the whole run)
-/// does not depend on the number of threads, for both warm-start modes (`initial`, the CPU
-/// preset's, here with the MLP generator, and `own`, the paper's throw-away generators, here
-/// with the conv critic).
+/// does not depend on the number of threads, for the pool warm start (`initial-dimmed`, the
+/// CPU preset's, here with the MLP generator) and `own` (the paper's throw-away generators,
+/// here with the conv critic).
 #[test]
 fn warm_start_does_not_depend_on_the_thread_count() {
     let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-threads-{}", std::process::id()));
@@ -180,7 +180,7 @@ fn warm_start_does_not_depend_on_the_thread_count() {
             "--critic",
             "mlp",
             "--pretrain-fakes",
-            "initial",
+            "initial-dimmed",
             "--generator",
             "mlp",
         ][..],
