@@ -98,7 +98,7 @@ enum Preset {
     /// Cheap discriminators for 2 CPU cores: K = 1000 MLP critics warm-started 100 critic steps
     /// each against dimmed samples of the initial generator, two trained per iteration; the
     /// conv generator (model_dim 16); T = 3 000, σ = 0.6, lr_g 2e-4, EMA 0.995: ε = 9.83 at
-    /// δ = 1e-5, ≈ 10–15 minutes here. It still shows **no learning** (the generator turns
+    /// δ = 1e-5, ≈ 20 minutes here (loaded). It still shows **no learning** (the generator turns
     /// black: its critics are stale; module docs, BENCHMARKS.md "GS-WGAN, private CPU preset").
     Cpu,
     /// The paper's setting (K = 1000, 2 000 pretraining iterations each, 20 000 iterations,
