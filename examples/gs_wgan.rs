@@ -39,13 +39,32 @@
 //! (≈ 18 → 5 over 7 000 iterations) with the penalty term below 1, and the samples turn from a
 //! flat image into strokes and digit shapes within 2 000–4 000 iterations (BENCHMARKS.md).
 //!
-//! **Why short private runs learn nothing.** A discriminator with few critic steps has input
-//! gradients of norm ≪ 1 (the penalty term `λ·mean(‖∇D‖ − 1)²` stays near its ceiling λ = 10),
-//! so each image's gradient is far below the clip bound `C/B` before noise of per-pixel std
-//! `2(C/B)σ` is added: the generator random-walks at `lr` per step and its samples stay flat
-//! grey. The paper trains every discriminator 2 000 iterations first; with the `1/K`
-//! amplification a valid ε needs `K` in the hundreds, and `K ×` (thousands of critic steps) is
-//! hours to days of CPU, not minutes.
+//! **Cheap discriminators (`--preset cpu`).** A discriminator with few critic steps has input
+//! gradients of norm ≪ 1, far below the clip bound `C/B`, and the noise (per-pixel std
+//! `2(C/B)σ`) swamps them; the paper trains every discriminator 2 000 iterations first, and
+//! with the `1/K` amplification a valid ε needs `K` in the hundreds: with the conv critic
+//! that is days of CPU. The CPU preset therefore uses a small MLP critic (`--critic mlp`,
+//! ≈ 0.1 M multiply-adds per image; the discriminators are never released, so their
+//! architecture does not touch privacy), warm-starts all `K = 1000` of them in parallel
+//! against a fixed pool of the initial generator's samples (`--pretrain-fakes`, no
+//! generator forward per critic step), and trains two discriminators per iteration
+//! (`--critics-per-iteration`, drawn from the data-independent critic stream). Warm-starting
+//! against the initial generator's grey samples alone (`initial`) teaches every critic
+//! "darker is more real": the generator turns black within a few hundred iterations, even
+//! without noise, and the stale critics never pull it back; dimming each pool sample by a
+//! random factor (`initial-dimmed`, fakes from black to grey, still data-independent) gives
+//! critics that push the generator toward digit-shaped mass instead (without noise, K = 50).
+//!
+//! **Why the private CPU preset still learns nothing.** The MLP critic is a good critic: the
+//! non-private control (`--disable-dp --discriminators 1 --pretrain-iterations 0`) draws
+//! class-conditional digits within 2 000 iterations (≈ 2 minutes). With `K = 1000` each
+//! critic gets only `2 · 5 · T/K` = 30 steps in the whole private phase, so the generator is
+//! steered by critics that have only seen the warm start's fakes; it leaves that region
+//! (turning black, centre first) within 1 000–1 500 iterations and they never pull it back.
+//! The paper avoids this by warm-starting each critic 2 000 iterations with its own
+//! throw-away generator (`--pretrain-fakes own`), so that every critic has seen a generator
+//! go from noise to digits: ≈ 100 s per critic here even with the MLP critic, ≈ a day for
+//! `K = 1000`. BENCHMARKS.md, "GS-WGAN, private CPU preset", has the runs.
 //!
 //! Samples: `samples_NNNNNN.png` is the weight average (`--ema-decay`, paper 0.999; it starts
 //! as the plain mean of the iterates, so for the first `≈ 1/(1 − β)` iterations it still
@@ -76,14 +95,54 @@ const IMG: usize = 784;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Preset {
-    /// Small models and few discriminators: under an hour on 2 cores (ε 6.5 at δ = 1e-5). It
-    /// shows **no learning**: its discriminators get too few critic steps for their gradients
-    /// to rise above the noise (module docs, BENCHMARKS.md). A smoke test of the private path.
+    /// Cheap discriminators for 2 CPU cores: K = 1000 MLP critics warm-started 100 critic steps
+    /// each against dimmed samples of the initial generator, two trained per iteration; the
+    /// conv generator (model_dim 16); T = 3 000, σ = 0.6, lr_g 2e-4, EMA 0.995: ε = 9.83 at
+    /// δ = 1e-5, ≈ 20 minutes here (loaded). It still shows **no learning** (the generator turns
+    /// black: its critics are stale; module docs, BENCHMARKS.md "GS-WGAN, private CPU preset").
     Cpu,
     /// The paper's setting (K = 1000, 2 000 pretraining iterations each, 20 000 iterations,
     /// model_dim 64). The example runs on the CPU only (the double backward has no CUDA path
     /// yet): this preset is days of CPU time.
     Paper,
+}
+
+/// The discriminators' architecture (never released: it does not touch privacy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Critic {
+    /// The authors' DCGAN discriminator (conv 5×5 stride 2 ×3, ReLU), without spectral norm.
+    Conv,
+    /// A small MLP: 784 → `--critic-hidden` → LeakyReLU(0.2) → 10 (`D(x, y) = out[y]`),
+    /// ≈ 100 k multiply-adds per image at 128 hidden units: cheap enough to warm-start
+    /// hundreds of discriminators for hundreds of critic steps each on a CPU.
+    Mlp,
+}
+
+/// The generator's architecture (released, but public: it does not touch privacy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Gen {
+    /// DCGAN-like ConvTranspose2d stack (`--model-dim` channels), as the example had.
+    Conv,
+    /// An MLP: `z + 10` → 256 → ReLU → 512 → ReLU → 784 → Sigmoid (≈ 0.54 M multiply-adds
+    /// per image against the conv stack's ≈ 1.3 M at model_dim 16).
+    Mlp,
+}
+
+/// What a discriminator is warm-started against (each on its own partition, no privacy: the
+/// discriminators are never released).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PretrainFakes {
+    /// As the authors' `pretrain.py`: a throw-away generator per discriminator, trained with
+    /// it (one generator step per `critic_iters` critic steps) and discarded.
+    Own,
+    /// The fixed initial generator (the one the private phase starts from): no generator
+    /// steps, so each warm-start iteration costs only its critic steps; the critic learns to
+    /// tell its partition's digits from the untrained generator's output, whose gradient is
+    /// what the generator needs first.
+    Initial,
+    /// As `initial`, each sample dimmed by a factor drawn uniformly from [0, 1] (fakes from
+    /// black to the initial generator's grey: data-independent).
+    InitialDimmed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -128,13 +187,17 @@ pub struct Args {
     batch_size: usize,
     #[arg(long, default_value_t = 5)]
     critic_iters: usize,
+    /// Discriminators trained per generator iteration (each `critic_iters` steps; drawn from
+    /// the data-independent critic stream; preset: cpu 2, paper 1).
+    #[arg(long)]
+    critics_per_iteration: Option<usize>,
     #[arg(long, default_value_t = 10)]
     z_dim: usize,
     #[arg(long, value_enum, default_value = "bernoulli")]
     latent: Latent,
-    /// Noise multiplier σ: noise std / (2 · clip).
-    #[arg(long, default_value_t = 1.07)]
-    sigma: f64,
+    /// Noise multiplier σ: noise std / (2 · clip) (preset: cpu 1.07·…, paper 1.07).
+    #[arg(long)]
+    sigma: Option<f64>,
     /// Per-image clipping bound C of the generator gradient (clipped to C/B after the mean).
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
@@ -144,8 +207,24 @@ pub struct Args {
     lambda_gp: f64,
     #[arg(long, default_value_t = 0.001)]
     lambda_eps: f64,
+    /// Adam learning rate of the discriminators (and of the generator unless `--lr-g`).
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,
+    /// Adam learning rate of the generator (preset: paper = `--lr`).
+    #[arg(long)]
+    lr_g: Option<f32>,
+    /// The discriminators' architecture (preset: cpu mlp, paper conv).
+    #[arg(long, value_enum)]
+    critic: Option<Critic>,
+    /// The generator's architecture (preset: cpu mlp, paper conv).
+    #[arg(long, value_enum)]
+    generator: Option<Gen>,
+    /// Hidden units of the MLP critic.
+    #[arg(long, default_value_t = 128)]
+    critic_hidden: usize,
+    /// What the discriminators are warm-started against (preset: cpu initial, paper own).
+    #[arg(long, value_enum)]
+    pretrain_fakes: Option<PretrainFakes>,
     /// Seeded (reproducible) run; without it, secure mode (ChaCha20, OS entropy).
     #[arg(long)]
     seed: Option<u64>,
@@ -172,8 +251,8 @@ pub struct Args {
     /// starts as the plain mean of the iterates (`min(1 − 1/(t+1), β)`), so it spans about
     /// `1/(1 − β)` iterations: with β = 0.999 a run of a few thousand iterations samples an
     /// average that still holds the untrained start. 0 samples the last iterate.
-    #[arg(long, default_value_t = 0.999)]
-    ema_decay: f64,
+    #[arg(long)]
+    ema_decay: Option<f64>,
 }
 
 /// The resolved configuration.
@@ -201,10 +280,47 @@ pub struct Config {
     disable_dp: bool,
     #[serde(default = "paper_ema")]
     ema_decay: f64,
+    /// The generator's learning rate (absent in older checkpoints: `lr`).
+    #[serde(default)]
+    lr_g: Option<f32>,
+    /// `"conv"` (absent in older checkpoints) or `"mlp"`.
+    #[serde(default = "conv_critic")]
+    critic_arch: String,
+    /// Hidden units of the MLP critic (0 for the conv critic).
+    #[serde(default)]
+    critic_hidden: usize,
+    /// Warm start against a throw-away generator per discriminator (`"own"`, the paper's and
+    /// older checkpoints') or the fixed initial generator (`"initial"`).
+    #[serde(default = "own_fakes")]
+    pretrain_fakes: String,
+    /// `"conv"` (absent in older checkpoints) or `"mlp"`.
+    #[serde(default = "conv_critic")]
+    gen_arch: String,
+    /// Discriminators trained per iteration (absent in older checkpoints: 1).
+    #[serde(default = "one")]
+    critics_per_iteration: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn paper_ema() -> f64 {
     0.999
+}
+
+fn conv_critic() -> String {
+    "conv".into()
+}
+
+fn own_fakes() -> String {
+    "own".into()
+}
+
+impl Config {
+    fn g_lr(&self) -> f32 {
+        self.lr_g.unwrap_or(self.lr)
+    }
 }
 
 /// The conditional generator: input `[z + 10, 1, 1]` (latent code, one-hot label), output a
@@ -222,7 +338,51 @@ pub fn generator(dev: &Device, z: usize, md: usize, seed: u64) -> Result<Sequent
         .build(dev, seed)
 }
 
-/// The conditional critic: one output per class, `D(x, y) = out[y]`.
+/// The generator `cfg` asks for (`--generator`), with initial weights from `seed`.
+pub fn gen_model(dev: &Device, cfg: &Config, seed: u64) -> Result<Sequential> {
+    if cfg.gen_arch == "mlp" {
+        mlp_generator(dev, cfg.z, seed)
+    } else {
+        generator(dev, cfg.z, cfg.md, seed)
+    }
+}
+
+/// The conditional MLP generator: input `[z + 10]` (latent code, one-hot label) → 256 → ReLU →
+/// 512 → ReLU → 784 → Sigmoid, an image in [0, 1] (row-major 28×28).
+pub fn mlp_generator(dev: &Device, z: usize, seed: u64) -> Result<Sequential> {
+    Sequential::builder(&[z + CLASSES])
+        .linear(256, true)
+        .relu()
+        .linear(512, true)
+        .relu()
+        .linear(IMG, true)
+        .sigmoid()
+        .build(dev, seed)
+}
+
+/// The critic `cfg` asks for (`--critic`), with initial weights from `seed`.
+pub fn critic(dev: &Device, cfg: &Config, seed: u64) -> Result<Sequential> {
+    if cfg.critic_arch == "mlp" {
+        mlp_discriminator(dev, cfg.critic_hidden, seed)
+    } else {
+        discriminator(dev, cfg.md, seed)
+    }
+}
+
+/// The small conditional MLP critic: `[1, 28, 28]` → flatten → Linear(784, `hidden`) →
+/// LeakyReLU(0.2) → Linear(`hidden`, 10), `D(x, y) = out[y]` (the label enters as the
+/// output's class selector, as in the conv critic's projection head). Piecewise linear, so
+/// WGAN-GP's double backward (`Sequential::input_grad_param_grad`) covers it.
+pub fn mlp_discriminator(dev: &Device, hidden: usize, seed: u64) -> Result<Sequential> {
+    Sequential::builder(&[1, 28, 28])
+        .flatten()
+        .linear(hidden, true)
+        .leaky_relu(0.2)
+        .linear(CLASSES, true)
+        .build(dev, seed)
+}
+
+/// The conditional conv critic: one output per class, `D(x, y) = out[y]`.
 pub fn discriminator(dev: &Device, md: usize, seed: u64) -> Result<Sequential> {
     Sequential::builder(&[1, 28, 28])
         .conv2d(md, 5, 2, 2, true) // 14
@@ -240,12 +400,53 @@ fn invalid(name: &'static str, v: impl std::fmt::Display, what: &str) -> Error {
     Error::invalid(name, v, what.to_string())
 }
 
+/// A preset's settings (flags override each).
+struct PresetValues {
+    k: usize,
+    pretrain: u64,
+    iterations: u64,
+    md: usize,
+    sigma: f64,
+    critic: Critic,
+    gen: Gen,
+    fakes: PretrainFakes,
+    critics: usize,
+    lr_g: f32,
+    ema: f64,
+}
+
 /// The settings `a` resolves to (its preset, overridden by its flags), validated.
 pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
-    let (k, pre, it, md) = match a.preset {
-        Preset::Cpu => (300, 5, 1000, 16),
-        Preset::Paper => (1000, 2000, 20_000, 64),
+    let p = match a.preset {
+        Preset::Cpu => PresetValues {
+            k: 1000,
+            pretrain: 20,
+            iterations: 3000,
+            md: 16,
+            sigma: 0.6,
+            critic: Critic::Mlp,
+            gen: Gen::Conv,
+            fakes: PretrainFakes::InitialDimmed,
+            critics: 2,
+            lr_g: 2e-4,
+            ema: 0.995,
+        },
+        Preset::Paper => PresetValues {
+            k: 1000,
+            pretrain: 2000,
+            iterations: 20_000,
+            md: 64,
+            sigma: 1.07,
+            critic: Critic::Conv,
+            gen: Gen::Conv,
+            fakes: PretrainFakes::Own,
+            critics: 1,
+            lr_g: a.lr,
+            ema: 0.999,
+        },
     };
+    let (k, pre, it, md) = (p.k, p.pretrain, p.iterations, p.md);
+    let arch = a.critic.unwrap_or(p.critic);
     let n = a.train_subset.unwrap_or(n_total).min(n_total);
     let k = a.discriminators.unwrap_or(k);
     let c = Config {
@@ -259,7 +460,7 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
         critic: a.critic_iters,
         z: a.z_dim,
         bernoulli: a.latent == Latent::Bernoulli,
-        sigma: a.sigma,
+        sigma: a.sigma.unwrap_or(p.sigma),
         clip: a.clip,
         delta: a.delta,
         lambda_gp: a.lambda_gp,
@@ -267,8 +468,35 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
         lr: a.lr,
         seed: a.seed,
         disable_dp: a.disable_dp,
-        ema_decay: a.ema_decay,
+        ema_decay: a.ema_decay.unwrap_or(p.ema),
+        lr_g: Some(a.lr_g.unwrap_or(p.lr_g)),
+        critic_arch: match arch {
+            Critic::Conv => "conv",
+            Critic::Mlp => "mlp",
+        }
+        .into(),
+        critic_hidden: if arch == Critic::Mlp {
+            a.critic_hidden
+        } else {
+            0
+        },
+        critics_per_iteration: a.critics_per_iteration.unwrap_or(p.critics),
+        gen_arch: match a.generator.unwrap_or(p.gen) {
+            Gen::Conv => "conv",
+            Gen::Mlp => "mlp",
+        }
+        .into(),
+        pretrain_fakes: match a.pretrain_fakes.unwrap_or(p.fakes) {
+            PretrainFakes::Own => "own",
+            PretrainFakes::Initial => "initial",
+            PretrainFakes::InitialDimmed => "initial-dimmed",
+        }
+        .into(),
     };
+    if arch == Critic::Mlp && c.critic_hidden == 0 {
+        return Err(invalid("critic_hidden", 0, ">= 1"));
+    }
+    AdamConfig::new(c.g_lr()).validate()?;
     if !(0.0..1.0).contains(&c.ema_decay) {
         return Err(invalid("ema_decay", c.ema_decay, "in [0, 1)"));
     }
@@ -279,7 +507,7 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             "in 1..=training examples (each needs a non-empty partition)",
         ));
     }
-    if c.md == 0 || c.b == 0 || c.critic == 0 || c.z == 0 {
+    if c.md == 0 || c.b == 0 || c.critic == 0 || c.z == 0 || c.critics_per_iteration == 0 {
         return Err(invalid(
             "model_dim/batch_size/critic_iters/z_dim",
             "0",
@@ -389,12 +617,26 @@ pub fn critic_step(
     grad: &mut Buffer<f32>,
 ) -> Result<(f64, f64, f64)> {
     let b = labels.len();
-    let bf = b as f32;
     let mut zin = Vec::new();
     latent(rng, cfg, labels, &mut zin);
     let mut gws = g.workspace(b)?;
     g.forward(&mut gws, &zin)?;
     let fake = gws.output().to_vec();
+    critic_step_on(cfg, d, &fake, real, labels, rng, grad)
+}
+
+/// [`critic_step`] against given fake images `fake` (`[B, 784]`, generated with `labels`).
+pub fn critic_step_on(
+    cfg: &Config,
+    d: &Sequential,
+    fake: &[f32],
+    real: &[f32],
+    labels: &[u32],
+    rng: &mut impl RandomBits,
+    grad: &mut Buffer<f32>,
+) -> Result<(f64, f64, f64)> {
+    let b = labels.len();
+    let bf = b as f32;
     let mut ws = d.workspace(b)?;
     // Real: −mean D(x, y) + λ_ε · mean D(x, y)².
     d.forward(&mut ws, real)?;
@@ -418,7 +660,7 @@ pub fn critic_step(
         false,
     )?;
     // Fake: + mean D(G(z), y).
-    d.forward(&mut ws, &fake)?;
+    d.forward(&mut ws, fake)?;
     let out = ws.output();
     let df: Vec<f32> = labels
         .iter()
@@ -484,21 +726,155 @@ fn train_d(
     grad: &mut Buffer<f32>,
 ) -> Result<(f64, f64)> {
     let p = d.num_params();
-    load_d(d, st, k)?;
+    let r = k * p..(k + 1) * p;
+    let (w, m, v) = (
+        &mut st.d_all[r.clone()],
+        &mut st.d_m[r.clone()],
+        &mut st.d_v[r],
+    );
+    critic_update(
+        cfg,
+        d,
+        &Fakes::Generator(g),
+        (w, m, v),
+        &mut st.d_steps[k],
+        k,
+        data,
+        rng,
+        grad,
+    )
+}
+
+/// Where a critic step's fake images come from.
+enum Fakes<'a> {
+    /// Fresh samples of this generator.
+    Generator(&'a Sequential),
+    /// A pool of the fixed initial generator's samples, `per_class` per class (class-major
+    /// rows), drawn uniformly within the batch label's class: the warm start's `initial`
+    /// mode, which so skips a generator forward per critic step.
+    Pool { images: &'a [f32], per_class: usize },
+}
+
+/// One critic step of discriminator `k`, whose weights and Adam moments are `wmv` and step
+/// count `steps`: loads it into `d`, steps, stores it back.
+#[allow(clippy::too_many_arguments)]
+fn critic_update(
+    cfg: &Config,
+    d: &mut Sequential,
+    fakes: &Fakes<'_>,
+    wmv: (&mut [f32], &mut [f32], &mut [f32]),
+    steps: &mut u64,
+    k: usize,
+    data: &Parts,
+    rng: &mut impl RandomBits,
+    grad: &mut Buffer<f32>,
+) -> Result<(f64, f64)> {
+    let (w, m, v) = wmv;
+    d.params_mut().copy_from_slice(w)?;
     let (real, labels) = data.batch(k, cfg.b, rng);
-    let (w, gp, _) = critic_step(cfg, d, g, &real, &labels, rng, grad)?;
-    st.d_steps[k] += 1;
+    let (wd, gp, _) = match fakes {
+        Fakes::Generator(g) => critic_step(cfg, d, g, &real, &labels, rng, grad)?,
+        Fakes::Pool { images, per_class } => {
+            let mut fake = Vec::with_capacity(labels.len() * IMG);
+            for &y in &labels {
+                let i = y as usize * per_class + rng.next_below(*per_class as u64) as usize;
+                fake.extend_from_slice(&images[i * IMG..(i + 1) * IMG]);
+            }
+            critic_step_on(cfg, d, &fake, &real, &labels, rng, grad)?
+        }
+    };
+    *steps += 1;
     let mut params = d.params().to_vec()?;
-    adam_step(
-        &mut params,
-        &grad.to_vec()?,
-        &mut st.d_m[k * p..(k + 1) * p],
-        &mut st.d_v[k * p..(k + 1) * p],
-        st.d_steps[k],
-        cfg.lr,
-    )?;
-    st.d_all[k * p..(k + 1) * p].copy_from_slice(&params);
-    Ok((w, gp))
+    adam_step(&mut params, &grad.to_vec()?, m, v, *steps, cfg.lr)?;
+    w.copy_from_slice(&params);
+    Ok((wd, gp))
+}
+
+/// The non-private warm start of all `K` discriminators (in parallel; module docs): each
+/// runs `pretrain × critic_iters` critic steps on its own partition against the generator
+/// with initial weights `g0` — kept fixed (`initial`) or trained alongside with one step per
+/// `critic_iters` critic steps and then discarded (`own`, the authors' `pretrain.py`). Every
+/// discriminator's Adam state is reset afterwards (fresh for the private phase).
+fn warm_start(
+    cfg: &Config,
+    g0: &[f32],
+    st: &mut State,
+    parts: &Parts,
+    omega: StreamKey,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let dev = Device::Cpu;
+    let dp = st.d_all.len() / cfg.k;
+    let own = cfg.pretrain_fakes == "own";
+    // `initial`: one pool of the fixed initial generator's samples for all discriminators
+    // (data-independent; its own stream).
+    let per_class = 256;
+    let pool = if own || cfg.pretrain == 0 {
+        Vec::new()
+    } else {
+        let mut g = gen_model(&dev, cfg, 0)?;
+        let mut pool = sample(&mut g, g0, cfg, per_class, omega, 1 << 41)?.0;
+        if cfg.pretrain_fakes == "initial-dimmed" {
+            // Each sample times a factor drawn uniformly from [0, 1]: fakes from black to the
+            // initial generator's grey, the range a generator crosses first (data-independent).
+            let mut r = omega.rng((1 << 41) + 1);
+            for img in pool.chunks_exact_mut(IMG) {
+                let f = r.next_f64() as f32;
+                img.iter_mut().for_each(|x| *x *= f);
+            }
+        }
+        pool
+    };
+    st.d_all
+        .par_chunks_mut(dp)
+        .zip(st.d_m.par_chunks_mut(dp))
+        .zip(st.d_v.par_chunks_mut(dp))
+        .enumerate()
+        .try_for_each(|(k, ((w, m), v))| -> Result<()> {
+            let mut g = gen_model(&dev, cfg, 0)?;
+            g.params_mut().copy_from_slice(g0)?;
+            let mut d = critic(&dev, cfg, 0)?;
+            let mut grad = Buffer::<f32>::zeros(&dev, dp)?;
+            let gp = g0.len();
+            let (mut gm, mut gv) = if own {
+                (vec![0f32; gp], vec![0f32; gp])
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let mut steps = 0;
+            let mut rng = omega.rng((1 << 40) | k as u64);
+            for it in 0..cfg.pretrain {
+                for _ in 0..cfg.critic {
+                    let fakes = if own {
+                        Fakes::Generator(&g)
+                    } else {
+                        Fakes::Pool {
+                            images: &pool,
+                            per_class,
+                        }
+                    };
+                    critic_update(
+                        cfg,
+                        &mut d,
+                        &fakes,
+                        (&mut *w, &mut *m, &mut *v),
+                        &mut steps,
+                        k,
+                        parts,
+                        &mut rng,
+                        &mut grad,
+                    )?;
+                }
+                if own {
+                    d.params_mut().copy_from_slice(w)?;
+                    let (gg, _) = generator_grad(cfg, &mut g, &d, &mut rng, None)?;
+                    let mut p = g.params().to_vec()?;
+                    adam_step(&mut p, &gg, &mut gm, &mut gv, it + 1, cfg.g_lr())?;
+                    g.params_mut().copy_from_slice(&p)?;
+                }
+            }
+            Ok(())
+        })
 }
 
 /// The training set split into K partitions (example i → partition i mod K), pixels in [0, 1].
@@ -736,8 +1112,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let dev = Device::Cpu;
     let init = keys.key(Purpose::ModelInit);
-    let mut g = generator(&dev, cfg.z, cfg.md, init.rng(0).next_u64())?;
-    let mut d = discriminator(&dev, cfg.md, init.rng(1).next_u64())?;
+    let mut g = gen_model(&dev, &cfg, init.rng(0).next_u64())?;
+    let mut d = critic(&dev, &cfg, init.rng(1).next_u64())?;
     let (gp, dp) = (g.num_params(), d.num_params());
     let mut st = State {
         g_ema: g.params().to_vec()?,
@@ -751,7 +1127,7 @@ pub fn run(a: Args) -> Result<()> {
         iteration: 0,
     };
     for k in 0..cfg.k {
-        let dk = discriminator(&dev, cfg.md, init.rng(2 + k as u64).next_u64())?;
+        let dk = critic(&dev, &cfg, init.rng(2 + k as u64).next_u64())?;
         st.d_all[k * dp..(k + 1) * dp].copy_from_slice(&dk.params().to_vec()?);
     }
     let ckpt = a.out.join("checkpoint.safetensors");
@@ -761,25 +1137,28 @@ pub fn run(a: Args) -> Result<()> {
         load_checkpoint(&ckpt, &cfg, &mut st, &mut g)?;
         eprintln!("resumed at iteration {}", st.iteration);
     } else {
-        // Non-private warm start: discriminator k with a throw-away generator on partition k
-        // only (never released; a function of partition k and data-independent randomness).
+        // Non-private warm start: discriminator k on partition k only, against a throw-away
+        // generator (`own`) or the fixed initial one (`initial`); never released, a function of
+        // partition k and data-independent randomness. The discriminators are independent, so
+        // they train in parallel (rayon), each with its own models and random stream: the
+        // result does not depend on the number of threads.
         let g0 = g.params().to_vec()?;
-        for k in 0..cfg.k {
-            g.params_mut().copy_from_slice(&g0)?;
-            let (mut m, mut v) = (vec![0f32; gp], vec![0f32; gp]);
-            let mut rng = omega.rng((1 << 40) | k as u64);
-            for it in 0..cfg.pretrain {
-                for _ in 0..cfg.critic {
-                    train_d(&cfg, &mut d, &g, &mut st, k, &parts, &mut rng, &mut dgrad)?;
-                }
-                load_d(&mut d, &st, k)?;
-                let (gg, _) = generator_grad(&cfg, &mut g, &d, &mut rng, None)?;
-                let mut p = g.params().to_vec()?;
-                adam_step(&mut p, &gg, &mut m, &mut v, it + 1, cfg.lr)?;
-                g.params_mut().copy_from_slice(&p)?;
-            }
+        let tw = std::time::Instant::now();
+        warm_start(&cfg, &g0, &mut st, &parts, omega)?;
+        if cfg.pretrain > 0 {
+            eprintln!(
+                "warm start: {} discriminators × {} critic steps ({} critic, fakes: {}) in {:.0} s",
+                cfg.k,
+                cfg.pretrain * cfg.critic as u64,
+                cfg.critic_arch,
+                match cfg.pretrain_fakes.as_str() {
+                    "own" => "a throw-away generator each",
+                    "initial" => "the initial generator's samples",
+                    _ => "the initial generator's samples, dimmed",
+                },
+                tw.elapsed().as_secs_f64()
+            );
         }
-        g.params_mut().copy_from_slice(&g0)?;
         // Fresh Adam state for the private phase.
         st.d_steps.iter_mut().for_each(|s| *s = 0);
         st.d_m.iter_mut().for_each(|x| *x = 0.0);
@@ -802,10 +1181,13 @@ pub fn run(a: Args) -> Result<()> {
         let t = st.iteration;
         // Critic: a discriminator drawn from ω (independent of the rows' draws below).
         let mut rng = omega.rng(t);
-        let j = rng.next_below(cfg.k as u64) as usize;
         let (mut w, mut gpen) = (0.0, 0.0);
-        for _ in 0..cfg.critic {
-            (w, gpen) = train_d(&cfg, &mut d, &g, &mut st, j, &parts, &mut rng, &mut dgrad)?;
+        let mut j = 0;
+        for _ in 0..cfg.critics_per_iteration {
+            j = rng.next_below(cfg.k as u64) as usize;
+            for _ in 0..cfg.critic {
+                (w, gpen) = train_d(&cfg, &mut d, &g, &mut st, j, &parts, &mut rng, &mut dgrad)?;
+            }
         }
         let gg = if cfg.disable_dp {
             // No privacy: the discriminator just trained, unclipped, no noise.
@@ -822,7 +1204,14 @@ pub fn run(a: Args) -> Result<()> {
         };
         st.g_steps += 1;
         let mut p = g.params().to_vec()?;
-        adam_step(&mut p, &gg, &mut st.g_m, &mut st.g_v, st.g_steps, cfg.lr)?;
+        adam_step(
+            &mut p,
+            &gg,
+            &mut st.g_m,
+            &mut st.g_v,
+            st.g_steps,
+            cfg.g_lr(),
+        )?;
         g.params_mut().copy_from_slice(&p)?;
         ema_update(&mut st.g_ema, &p, t, cfg.ema_decay);
         st.iteration += 1;
@@ -959,7 +1348,7 @@ pub fn generator_grad(
         }
         Some((ks, d_all, key)) => {
             let dp = d.num_params();
-            let mut dk = discriminator(&Device::Cpu, cfg.md, 0)?;
+            let mut dk = critic(&Device::Cpu, cfg, 0)?;
             let mut ws = dk.workspace(1)?;
             for (i, &k) in ks.iter().enumerate() {
                 dk.params_mut()

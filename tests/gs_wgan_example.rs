@@ -36,6 +36,7 @@ fn args(out: &Path, extra: &[&str]) -> gs_wgan::Args {
         ("--critic-iters", "2"),
         ("--log-every", "2"),
         ("--gen-samples", "20"),
+        ("--iterations", "2"),
     ];
     let given = |f: &str| {
         extra
@@ -118,6 +119,9 @@ fn bad_input_is_an_error_before_training() {
         &["--data-dir", "/nonexistent/mnist"],
         &["--ema-decay", "1"],
         &["--ema-decay=-0.1"],
+        &["--critics-per-iteration", "0"],
+        &["--critic", "mlp", "--critic-hidden", "0"],
+        &["--lr-g=-1"],
     ] {
         let out = dir.join("x");
         let e = gs_wgan::run(args(&out, extra));
@@ -163,6 +167,65 @@ fn disable_dp_claims_no_privacy() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The warm start trains the discriminators in parallel: its result (and so the whole run)
+/// does not depend on the number of threads, for the pool warm start (`initial-dimmed`, the
+/// CPU preset's, here with the MLP generator) and `own` (the paper's throw-away generators,
+/// here with the conv critic).
+#[test]
+fn warm_start_does_not_depend_on_the_thread_count() {
+    let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-threads-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for mode in [
+        &[
+            "--critic",
+            "mlp",
+            "--pretrain-fakes",
+            "initial-dimmed",
+            "--generator",
+            "mlp",
+        ][..],
+        &["--critic", "conv", "--pretrain-fakes", "own"],
+    ] {
+        let mut outs = Vec::new();
+        for threads in [1, 3] {
+            let out = dir.join(format!("{}-{threads}", mode[1]));
+            let mut extra = mode.to_vec();
+            extra.extend(["--iterations", "2", "--pretrain-iterations", "2"]);
+            extra.extend(["--gen-samples", "0", "--discriminators", "12"]);
+            let a = args(&out, &extra);
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| gs_wgan::run(a))
+                .unwrap();
+            let f32s = |b: &Vec<u8>| -> Vec<f32> {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            };
+            let t = tensors(&out.join("checkpoint.safetensors"), &["d_all", "g"]);
+            outs.push((f32s(&t[0]), f32s(&t[1])));
+        }
+        // The library's kernels split batches by thread count, so sums may differ in the last
+        // bits; a discriminator trained on another's stream or partition would differ by the
+        // weights' own scale (≈ 0.05), and one left untrained by its Adam steps (≈ 1e-4 each).
+        let max_diff = |a: &[f32], b: &[f32]| {
+            assert_eq!(a.len(), b.len());
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        let (dd, dg) = (
+            max_diff(&outs[0].0, &outs[1].0),
+            max_diff(&outs[0].1, &outs[1].1),
+        );
+        assert!(dd < 2e-5 && dg < 2e-5, "{mode:?}: d {dd}, g {dg}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Cosine similarity and relative error of `a` against the reference `r`.
 fn compare(a: &[f64], r: &[f64]) -> (f64, f64) {
     let dot: f64 = a.iter().zip(r).map(|(x, y)| x * y).sum();
@@ -201,6 +264,18 @@ fn finite_differences(
 /// central differences of that loss in G's parameters, on tiny nets.
 #[test]
 fn generator_gradient_through_the_critic_matches_finite_differences() {
+    let d = gs_wgan::discriminator(&dpsgd::Device::Cpu, 2, 6).unwrap();
+    check_generator_gradient(&d);
+}
+
+/// The same chain through the MLP critic (its input gradient at the class-selected output).
+#[test]
+fn generator_gradient_through_the_mlp_critic_matches_finite_differences() {
+    let d = gs_wgan::mlp_discriminator(&dpsgd::Device::Cpu, 16, 6).unwrap();
+    check_generator_gradient(&d);
+}
+
+fn check_generator_gradient(d: &dpsgd::nn::Sequential) {
     use dpsgd::rng::{Purpose, RunKeys};
     use dpsgd::Device;
     let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-fdg-{}", std::process::id()));
@@ -211,15 +286,14 @@ fn generator_gradient_through_the_critic_matches_finite_differences() {
     .unwrap();
     let dev = Device::Cpu;
     let mut g = gs_wgan::generator(&dev, 10, 2, 5).unwrap();
-    let d = gs_wgan::discriminator(&dev, 2, 6).unwrap();
     let key = RunKeys::from_seed(Some(9)).unwrap().key(Purpose::Sampling);
-    let (grad, loss) = gs_wgan::generator_grad(&cfg, &mut g, &d, &mut key.rng(0), None).unwrap();
+    let (grad, loss) = gs_wgan::generator_grad(&cfg, &mut g, d, &mut key.rng(0), None).unwrap();
     assert!(loss.is_finite());
     let p0 = g.params().to_vec().unwrap();
     let idx: Vec<usize> = (0..p0.len()).step_by(5).collect();
     let fd = finite_differences(&p0, &idx, 1e-2, |q| {
         g.params_mut().copy_from_slice(q).unwrap();
-        gs_wgan::generator_grad(&cfg, &mut g, &d, &mut key.rng(0), None)
+        gs_wgan::generator_grad(&cfg, &mut g, d, &mut key.rng(0), None)
             .unwrap()
             .1
     });
@@ -239,17 +313,43 @@ fn generator_gradient_through_the_critic_matches_finite_differences() {
 /// `tests/double_backward.rs`.
 #[test]
 fn critic_gradient_with_penalty_matches_finite_differences() {
+    let d = gs_wgan::discriminator(&dpsgd::Device::Cpu, 2, 6).unwrap();
+    check_critic_gradient(d, "conv");
+}
+
+/// The same check for the small MLP critic of `--preset cpu` (Linear → LeakyReLU(0.2) →
+/// Linear with a class-selected output): the label enters through the output selector, so the
+/// real, fake and penalty terms each differ per class, and a wrong class selection in any of
+/// them fails this.
+#[test]
+fn mlp_critic_gradient_with_penalty_matches_finite_differences() {
+    let d = gs_wgan::mlp_discriminator(&dpsgd::Device::Cpu, 6, 6).unwrap();
+    check_critic_gradient(d, "mlp");
+}
+
+fn check_critic_gradient(mut d: dpsgd::nn::Sequential, arch: &str) {
     use dpsgd::rng::{Purpose, RandomBits, RunKeys};
     use dpsgd::{Buffer, Device};
     let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-fdd-{}", std::process::id()));
     let cfg = gs_wgan::resolve(
-        &args(&dir, &["--batch-size", "3", "--lambda-eps", "0.5"]),
+        &args(
+            &dir,
+            &[
+                "--batch-size",
+                "3",
+                "--lambda-eps",
+                "0.5",
+                "--critic",
+                arch,
+                "--critic-hidden",
+                "6",
+            ],
+        ),
         120,
     )
     .unwrap();
     let dev = Device::Cpu;
     let g = gs_wgan::generator(&dev, 10, 2, 5).unwrap();
-    let mut d = gs_wgan::discriminator(&dev, 2, 6).unwrap();
     let key = RunKeys::from_seed(Some(9)).unwrap().key(Purpose::Sampling);
     let mut r = key.rng(7);
     let real: Vec<f32> = (0..3 * 784).map(|_| r.next_f64() as f32).collect();
