@@ -554,9 +554,14 @@ impl PrivacyEngine {
     /// Returns the loss summed over the `b·k` rows.
     ///
     /// `k = 1` is [`PrivacyEngine::accumulate_batch`] (the same values, bit for bit). For
-    /// K > 1 the per-sample rows are materialised (`[b·k, P]`, in a buffer the engine keeps),
-    /// averaged in groups of K in f32, then clipped with [`PrivacyEngine::accumulate`]; `ws`
-    /// must hold `b·k` examples.
+    /// K > 1 on the CPU's depth-first schedule (the default) it is the fused clipped pass of
+    /// [`PrivacyEngine::accumulate_batch`] with groups of K rows: each small group of examples'
+    /// per-sample gradients (K rows each) are summed before the norm while in cache — for a
+    /// `Linear` layer by the ghost norm, ‖(1/K) Σ_j dy_j x_jᵀ‖² = (1/K²) Σ_{j,j'} (dy_j·dy_j')
+    /// (x_j·x_j'), no per-sample matrix at all — and each row is added with its example's factor
+    /// over K; no `[b·k, P]` matrix. On the layer-major schedule the per-sample rows are
+    /// materialised (`[b·k, P]`, in a buffer the engine keeps), averaged in groups of K in f32,
+    /// then clipped with [`PrivacyEngine::accumulate`]. `ws` must hold `b·k` examples.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for `k` outside `1..=`[`crate::augment::MAX_AUGMULT`], or
@@ -597,6 +602,14 @@ impl PrivacyEngine {
             ));
         }
         let b = rows_total / k;
+        if ws.is_depth_first() {
+            ws.set_clip_views(k);
+            let r = model.forward_backward(ws, x, loss, Reduction::Sum, self.clipped_sum(), false);
+            ws.set_clip_views(1);
+            let l = r?;
+            self.rows += b;
+            return Ok(l);
+        }
         let p = model.num_params();
         model.forward_slice(ws, x)?;
         let l = model.loss(ws, loss, Reduction::Sum)?;

@@ -73,11 +73,16 @@ pub enum Purpose {
     /// ([`crate::mechanisms::feature_stats`]; stream 0: the channel means' sum, stream 1: the
     /// channel mean squares' sum; secret).
     FeatureStats = 13,
+    /// The fixed augmented views of the scattering-feature cache
+    /// ([`crate::data::scatter::ViewSpec`]; stream = the image's index). **Public**
+    /// randomness: derived from a fixed view seed, not the run's key, so that one cache serves
+    /// every run; it chooses only which views exist, not which examples are used.
+    AugmentationViews = 14,
 }
 
 impl Purpose {
     /// Every purpose (tests check that their keys are pairwise distinct).
-    pub const ALL: [Purpose; 13] = [
+    pub const ALL: [Purpose; 14] = [
         Purpose::ModelInit,
         Purpose::Sampling,
         Purpose::GradientNoise,
@@ -91,6 +96,7 @@ impl Purpose {
         Purpose::DiscriminatorChoice,
         Purpose::Latent,
         Purpose::FeatureStats,
+        Purpose::AugmentationViews,
     ];
 }
 

@@ -276,13 +276,20 @@ pub struct TrainConfig {
     /// augmented copies of it ([`crate::augment::Augmentation::for_dataset`]: shifts of up to
     /// 2 pixels; horizontal flips for Fashion-MNIST only), averaged *before* clipping, so an
     /// example's influence stays ≤ C and ε is that of K = 1. 1 (the default): no augmentation,
-    /// the plain path. K > 1 costs K forward/backward passes per example, runs on the CPU only,
-    /// and only for the pixel models: a scattering model trains on cached features of the
-    /// unshifted images, and shifting before the scattering transform would mean computing it
-    /// K times per example and step (the cache could hold only a fixed set of shifted copies,
-    /// 25 × 1 GB for MNIST's shifts of ±2; not done).
+    /// the plain path. K > 1 costs K forward/backward passes per example and runs on the CPU
+    /// only. A pixel model shifts its copies on the fly; a scattering model draws its K copies
+    /// among the `augmult_views` precomputed views of each image (below).
     #[serde(default = "one")]
     pub augmult: usize,
+    /// Scattering models: V, the augmented views per training image whose features are
+    /// computed once and cached ([`crate::data::scatter::ViewSpec`]: view 0 the image itself,
+    /// views 1 .. V − 1 shifted by up to 2 pixels — and, on Fashion-MNIST, flipped — drawn
+    /// from a public fixed stream). Each step then averages every sampled example's gradient
+    /// over K = `augmult` of its V views, drawn without replacement from the run's
+    /// [`Purpose::Augmentation`] stream, before clipping. 0 (the default): no views (the plain
+    /// features). Needs V ≥ K; memory: V × 0.95 GB for MNIST's training set.
+    #[serde(default)]
+    pub augmult_views: usize,
     /// How a scattering model's features are normalised (default: GroupNorm in the model).
     #[serde(default)]
     pub input_norm: InputNorm,
@@ -290,6 +297,58 @@ pub struct TrainConfig {
 
 fn one() -> usize {
     1
+}
+
+/// The seed of the public stream of the scattering views ([`TrainConfig::augmult_views`]):
+/// fixed, so that one cache serves every run.
+pub const VIEW_SEED: u64 = 0x7669_6577;
+
+/// The scattering views of the training images of `data` ([`TrainConfig::augmult_views`]):
+/// `n · V` rows, row `i·V + v` view v of training image i (before any validation split).
+fn load_views(data: &DataSource, views: usize) -> Result<Dataset> {
+    let (pixels, kind, cache) = match data {
+        DataSource::Idx { kind, dir } => {
+            let dir = dir
+                .clone()
+                .unwrap_or_else(|| kind.default_dir().to_path_buf());
+            (
+                Dataset::load_unit_range(*kind, &dir, Split::Train)?,
+                Some(*kind),
+                true,
+            )
+        }
+        DataSource::Synthetic { train, .. } => (Dataset::synthetic(*train, 1)?, None, false),
+    };
+    let spec = crate::data::scatter::ViewSpec {
+        views,
+        augmentation: match kind {
+            Some(k) => crate::augment::Augmentation::for_dataset(k),
+            None => crate::augment::Augmentation {
+                max_shift: 2,
+                hflip: false,
+            },
+        },
+        seed: VIEW_SEED,
+    };
+    let params = ScatterParams::MNIST;
+    let dir = std::env::var(FEATURE_CACHE_ENV).unwrap_or_else(|_| DEFAULT_FEATURE_CACHE.into());
+    if !cache || dir == "off" || dir.is_empty() {
+        return crate::data::scatter::scatter_views(&pixels, params, spec);
+    }
+    let (d, _) =
+        crate::data::scatter::scatter_views_cached(&pixels, params, spec, Path::new(&dir))?;
+    Ok(d)
+}
+
+/// A scattering model's precomputed views ([`TrainConfig::augmult_views`]).
+struct Views {
+    /// `n_all · V` rows (every training image, before the validation split).
+    bank: Dataset,
+    v: usize,
+    /// The original index of each training example (after the split).
+    orig: Vec<usize>,
+    /// Scratch: the bank rows of one physical batch.
+    idx: Vec<usize>,
 }
 
 /// Learning-rate schedule: the rate of step t (0-based) of T planned steps.
@@ -362,11 +421,32 @@ impl TrainConfig {
             }
             fs.validate()?;
         }
-        if self.augmult > 1 && self.model.uses_scattering() {
+        if self.model.uses_scattering() {
+            if self.augmult > 1 && self.augmult_views < self.augmult {
+                return Err(Error::invalid(
+                    "augmult_views",
+                    self.augmult_views,
+                    format!(
+                        ">= augmult ({}) for a scattering model: its K copies are drawn among V precomputed views per image (--augmult-views V)",
+                        self.augmult
+                    ),
+                ));
+            }
+            if self.augmult_views > 0 {
+                crate::data::scatter::ViewSpec {
+                    views: self.augmult_views,
+                    augmentation: crate::augment::Augmentation::for_dataset(
+                        crate::data::DatasetKind::Mnist,
+                    ),
+                    seed: VIEW_SEED,
+                }
+                .validate()?;
+            }
+        } else if self.augmult_views > 0 {
             return Err(Error::invalid(
-                "augmult",
-                self.augmult,
-                "1 for a scattering model (its features are computed once from the unshifted images and cached; augmentation happens on pixels): use --augmult 1, or a pixel model (tanh-convnet, sample-convnet)",
+                "augmult_views",
+                self.augmult_views,
+                "0 for a pixel model (its copies are shifted on the fly; precomputed views are for the scattering models)",
             ));
         }
         Ok(())
@@ -469,6 +549,8 @@ pub struct Trainer {
     /// The released feature statistics ([`InputNorm::Private`]): every gathered batch is
     /// standardised with them.
     norm: Option<ChannelStats>,
+    /// A scattering model's precomputed views (`augmult_views` > 0).
+    views: Option<Views>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -496,6 +578,22 @@ impl Trainer {
         // derived key, so no two share a stream (crate::rng).
         let keys = RunKeys::from_seed(cfg.seed)?;
         let seed = keys.key(Purpose::ModelInit).derive_u64();
+        let views = if cfg.augmult_views > 0 {
+            let bank = load_views(&cfg.data, cfg.augmult_views)?;
+            let orig = if cfg.validation > 0 {
+                train.split_validation_indices(cfg.validation, 0x5eed)?.0
+            } else {
+                (0..train.len()).collect()
+            };
+            Some(Views {
+                bank,
+                v: cfg.augmult_views,
+                orig,
+                idx: Vec::new(),
+            })
+        } else {
+            None
+        };
         let (train, eval, eval_split) = if cfg.validation > 0 {
             let (tr, va) = train.split_validation(cfg.validation, 0x5eed)?;
             (tr, va, "validation")
@@ -611,8 +709,23 @@ impl Trainer {
             lot: Vec::with_capacity(n),
             xb: vec![0.0; physical * ex],
             yb: vec![0; physical],
-            xa: vec![0.0; if k > 1 { physical * k * ex } else { 0 }],
-            ya: vec![0; if k > 1 { physical * k } else { 0 }],
+            xa: vec![
+                0.0;
+                if k > 1 || views.is_some() {
+                    physical * k * ex
+                } else {
+                    0
+                }
+            ],
+            ya: vec![
+                0;
+                if k > 1 || views.is_some() {
+                    physical * k
+                } else {
+                    0
+                }
+            ],
+            views,
             augmentation,
             aug_key: keys.key(Purpose::Augmentation),
             norm,
@@ -727,12 +840,37 @@ impl Trainer {
         let mut aug_rng = self.aug_key.rng(self.steps_taken);
         for chunk in lot.chunks(examples_per_pass(self.cfg.physical_batch, k)) {
             let b = chunk.len();
-            self.train
-                .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
-            if let Some(s) = &self.norm {
-                s.standardize(&mut self.xb[..b * ex], shape.1 * shape.2)?;
+            if self.views.is_none() {
+                self.train
+                    .gather(chunk, &mut self.xb[..b * ex], &mut self.yb[..b])?;
+                if let Some(s) = &self.norm {
+                    s.standardize(&mut self.xb[..b * ex], shape.1 * shape.2)?;
+                }
             }
-            let (x, y) = if k > 1 {
+            let (x, y) = if let Some(vw) = &mut self.views {
+                // K of the example's V views, drawn without replacement (partial
+                // Fisher–Yates on the run's augmentation stream), example-major.
+                vw.idx.clear();
+                let mut pick = [0usize; crate::data::scatter::MAX_VIEWS];
+                for &i in chunk {
+                    for (u, p) in pick[..vw.v].iter_mut().enumerate() {
+                        *p = u;
+                    }
+                    for j in 0..k {
+                        let r =
+                            j + crate::rng::RandomBits::next_below(&mut aug_rng, (vw.v - j) as u64)
+                                as usize;
+                        pick.swap(j, r);
+                        vw.idx.push(vw.orig[i] * vw.v + pick[j]);
+                    }
+                }
+                vw.bank
+                    .gather(&vw.idx, &mut self.xa[..b * k * ex], &mut self.ya[..b * k])?;
+                if let Some(s) = &self.norm {
+                    s.standardize(&mut self.xa[..b * k * ex], shape.1 * shape.2)?;
+                }
+                (&self.xa[..b * k * ex], &self.ya[..b * k])
+            } else if k > 1 {
                 self.augmentation.fill_copies(
                     &self.xb[..b * ex],
                     &self.yb[..b],
@@ -751,7 +889,7 @@ impl Trainer {
             // lot's sum as they are computed (on the CPU: no [B, P] matrix). With K > 1 the
             // engine averages each example's K copies before clipping.
             let r = match &mut self.engine {
-                Some(engine) if k > 1 => {
+                Some(engine) if k > 1 || self.views.is_some() => {
                     engine.accumulate_augmented(&self.model, &mut self.ws, x, target, k)
                 }
                 Some(engine) => engine.accumulate_batch(&self.model, &mut self.ws, x, target),
@@ -1191,6 +1329,7 @@ mod secret_tests {
             lr_schedule: LrSchedule::Constant,
             ema_decay: None,
             augmult: 1,
+            augmult_views: 0,
             input_norm: InputNorm::GroupNorm,
         };
         let dir = std::env::temp_dir().join(format!("dpsgd-secret-{}", std::process::id()));

@@ -234,6 +234,7 @@ fn train_cfg() -> TrainConfig {
         lr_schedule: LrSchedule::Constant,
         ema_decay: None,
         augmult: 1,
+        augmult_views: 0,
         input_norm: dpsgd::train::InputNorm::GroupNorm,
     }
 }

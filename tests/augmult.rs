@@ -184,28 +184,126 @@ fn bad_k_and_batches_are_typed_errors() {
     assert_eq!(e.lot_size(), 0);
     assert!(e.lot_sum().to_vec().unwrap().iter().all(|&v| v == 0.0));
 
-    for (model, k) in [
-        (ModelKind::TanhConvnet, 0),
-        (ModelKind::TanhConvnet, MAX_AUGMULT + 1),
-        (ModelKind::ScatterLinear, 2),
-        (ModelKind::ScatterCnn, 4),
+    // A scattering model draws its K copies among V ≥ K precomputed views; a pixel model has
+    // no precomputed views; V is bounded.
+    for (model, k, v, field) in [
+        (ModelKind::TanhConvnet, 0, 0, "augmult"),
+        (ModelKind::TanhConvnet, MAX_AUGMULT + 1, 0, "augmult"),
+        (ModelKind::ScatterLinear, 2, 0, "augmult_views"),
+        (ModelKind::ScatterCnn, 4, 3, "augmult_views"),
+        (ModelKind::ScatterLinear, 2, 17, "augmult_views"),
+        (ModelKind::TanhConvnet, 2, 4, "augmult_views"),
     ] {
         let cfg = TrainConfig {
             model,
             augmult: k,
+            augmult_views: v,
             ..small_config(1)
         };
         let r = cfg.validate();
         assert!(
-            matches!(
-                r,
-                Err(Error::InvalidParameter {
-                    name: "augmult",
-                    ..
-                })
-            ),
-            "{model:?} K = {k}: {r:?}"
+            matches!(r, Err(Error::InvalidParameter { name, .. }) if name == field),
+            "{model:?} K = {k}, V = {v}: {r:?}"
         );
+    }
+    for (model, k, v) in [
+        (ModelKind::ScatterLinear, 2, 2),
+        (ModelKind::ScatterCnn, 1, 4),
+        (ModelKind::ScatterLinear, 4, 16),
+    ] {
+        let cfg = TrainConfig {
+            model,
+            augmult: k,
+            augmult_views: v,
+            ..small_config(1)
+        };
+        cfg.validate().unwrap();
+    }
+}
+
+/// `b` random `[81, 7, 7]` inputs (scattering-feature sized), large enough that every
+/// per-sample gradient is far above the bounds used below.
+fn features(b: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let x = (0..b * 3969)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        })
+        .collect();
+    (x, (0..b as u32).map(|i| (i * 7 + 3) % 10).collect())
+}
+
+/// The fused path of augmentation multiplicity (depth-first schedule: each example's K rows
+/// summed before the norm — the ghost norm for `Linear`, summed compact rows for GroupNorm and
+/// convolutions) against the materialised one (layer-major schedule: `[b·K, P]` rows, averaged
+/// in groups of K, clipped): the same clipped sum for K = 1, 2, 3, 5 on the scattering models
+/// and the SampleConvNet; and one example's contribution has norm ≤ C for every K, exactly C
+/// here (its mean gradient is far above C), so the sensitivity is C whatever K.
+#[test]
+fn fused_views_match_the_materialised_mean_and_one_example_adds_at_most_c() {
+    let dev = Device::Cpu;
+    let c = 1e-3f32;
+    let nets = [
+        (
+            "scatter-linear plain",
+            models::scatter_linear_plain_builder(81),
+        ),
+        (
+            "scatter-linear GroupNorm",
+            models::scatter_linear_builder(81, 27),
+        ),
+        ("scatter-cnn GroupNorm", models::scatter_cnn_builder(81, 27)),
+    ];
+    for (name, builder) in nets {
+        let model = builder.build(&dev, 5).unwrap();
+        let p = model.num_params();
+        for k in [1usize, 2, 3, 5] {
+            let b = 3;
+            let (x, y) = features(b * k, k as u64);
+            let y: Vec<u32> = (0..b * k).map(|r| y[r / k]).collect();
+            let mut sums = Vec::new();
+            for depth_first in [true, false] {
+                let mut ws = model.workspace(b * k).unwrap();
+                ws.set_depth_first(depth_first);
+                let mut e =
+                    PrivacyEngine::new(config(c), model.layout().clone(), &dev, Some(1)).unwrap();
+                e.accumulate_augmented(&model, &mut ws, &x, Loss::CrossEntropy(&y), k)
+                    .unwrap();
+                assert_eq!(e.lot_size(), b, "{name}, K = {k}");
+                sums.push(e.lot_sum().to_vec().unwrap());
+                // Example 0 alone: one clipped vector, norm C.
+                let mut e =
+                    PrivacyEngine::new(config(c), model.layout().clone(), &dev, Some(1)).unwrap();
+                e.accumulate_augmented(
+                    &model,
+                    &mut ws,
+                    &x[..k * 3969],
+                    Loss::CrossEntropy(&y[..k]),
+                    k,
+                )
+                .unwrap();
+                let n = l2(&e.lot_sum().to_vec().unwrap());
+                assert!(
+                    n <= c as f64 * (1.0 + 1e-5) && n > c as f64 * (1.0 - 1e-3),
+                    "{name}, K = {k}, depth-first {depth_first}: ‖one example‖ = {n}, C = {c}"
+                );
+            }
+            assert_eq!(sums[0].len(), p);
+            let diff: f64 = sums[0]
+                .iter()
+                .zip(&sums[1])
+                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                diff <= 1e-4 * c as f64,
+                "{name}, K = {k}: fused vs materialised differ by {diff}"
+            );
+            assert!(l2(&sums[0]) <= b as f64 * c as f64 * (1.0 + 1e-5));
+        }
     }
 }
 
@@ -230,6 +328,7 @@ fn small_config(seed: u64) -> TrainConfig {
         lr_schedule: dpsgd::train::LrSchedule::Constant,
         ema_decay: None,
         augmult: 1,
+        augmult_views: 0,
         input_norm: dpsgd::train::InputNorm::GroupNorm,
     }
 }

@@ -329,6 +329,7 @@ fn config(norm: InputNorm) -> TrainConfig {
         lr_schedule: LrSchedule::Constant,
         ema_decay: None,
         augmult: 1,
+        augmult_views: 0,
         input_norm: norm,
     }
 }

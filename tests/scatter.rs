@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use dpsgd::accounting::Method;
 use dpsgd::data::scatter::{
-    cache_key, scatter_dataset, scatter_dataset_cached, CacheOutcome, ScatterParams, Scattering2d,
+    cache_key, scatter_dataset, scatter_dataset_cached, scatter_views, scatter_views_cached,
+    views_cache_key, CacheOutcome, ScatterParams, Scattering2d, ViewSpec,
 };
 use dpsgd::data::Dataset;
 use dpsgd::engine::NoiseSpec;
@@ -226,6 +227,7 @@ fn scatter_config(model: ModelKind, seed: u64) -> TrainConfig {
         lr_schedule: LrSchedule::Constant,
         ema_decay: None,
         augmult: 1,
+        augmult_views: 0,
         input_norm: dpsgd::train::InputNorm::GroupNorm,
     }
 }
@@ -405,4 +407,153 @@ fn output_bounds_hold_for_every_image_in_the_unit_range() {
     assert!(clip_bounds_from_feature_bounds(&[]).is_err());
     assert!(clip_bounds_from_feature_bounds(&[1.0, f64::NAN]).is_err());
     assert!(clip_bounds_from_feature_bounds(&[1.0, 0.0]).is_err());
+}
+
+fn view_spec(views: usize) -> ViewSpec {
+    ViewSpec {
+        views,
+        augmentation: dpsgd::augment::Augmentation {
+            max_shift: 2,
+            hflip: false,
+        },
+        seed: 7,
+    }
+}
+
+/// The augmented views of the scattering cache: view 0 of each image is its plain features,
+/// the other views are the features of shifted copies (all different here), labels repeat V
+/// times example-major; the cache file reads back equal, is keyed by V, the shift and the
+/// view seed, and a corrupt one is recomputed, never used; a bad V is a typed error.
+#[test]
+fn views_are_the_identity_then_shifted_copies_and_cache_like_the_features() {
+    let ds = small_dataset(4);
+    let n = ds.len();
+    let plain = scatter_dataset(&ds, ScatterParams::MNIST).unwrap();
+    let v = 3;
+    let views = scatter_views(&ds, ScatterParams::MNIST, view_spec(v)).unwrap();
+    assert_eq!(views.len(), n * v);
+    let ex = plain.example_len();
+    // A shift of (0, 0) is one of the 25 draws, so a view may equal the image: most do not.
+    let mut differ = 0;
+    for i in 0..n {
+        let row = |u: usize| &views.images()[(i * v + u) * ex..(i * v + u + 1) * ex];
+        assert!(
+            row(0) == &plain.images()[i * ex..(i + 1) * ex],
+            "view 0 of image {i} is not the image's features"
+        );
+        differ += (1..v).filter(|&u| row(u) != row(0)).count();
+        for u in 0..v {
+            assert_eq!(views.labels()[i * v + u], ds.labels()[i]);
+        }
+    }
+    assert!(
+        differ >= n * (v - 1) - 2,
+        "{differ} of {} views shifted",
+        n * (v - 1)
+    );
+    let dir = scratch("views");
+    let (a, o) = scatter_views_cached(&ds, ScatterParams::MNIST, view_spec(v), &dir).unwrap();
+    let CacheOutcome::Computed(path) = o else {
+        panic!("{o:?}")
+    };
+    assert!(a == views, "the cached views differ from the computed ones");
+    let (b, o) = scatter_views_cached(&ds, ScatterParams::MNIST, view_spec(v), &dir).unwrap();
+    assert!(matches!(o, CacheOutcome::Hit(_)), "{o:?}");
+    assert!(b == views, "the views read back differ");
+    let key = views_cache_key(&ds, ScatterParams::MNIST, view_spec(v));
+    assert_ne!(
+        key,
+        views_cache_key(&ds, ScatterParams::MNIST, view_spec(2))
+    );
+    assert_ne!(
+        key,
+        views_cache_key(
+            &ds,
+            ScatterParams::MNIST,
+            ViewSpec {
+                seed: 8,
+                ..view_spec(v)
+            }
+        )
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let (c, o) = scatter_views_cached(&ds, ScatterParams::MNIST, view_spec(v), &dir).unwrap();
+    match &o {
+        CacheOutcome::Recomputed(_, why) => assert!(why.contains("checksum"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(c == views, "the recomputed views differ");
+    for bad in [0, dpsgd::data::scatter::MAX_VIEWS + 1] {
+        assert!(matches!(
+            scatter_views(&ds, ScatterParams::MNIST, view_spec(bad)),
+            Err(dpsgd::Error::InvalidParameter { .. })
+        ));
+    }
+}
+
+/// A trainer on precomputed views: one view (the identity) and K = 1 trains bit for bit as
+/// the plain features do (also with a validation split, whose index mapping the views follow);
+/// K = 2 of V = 3 views takes the same steps at the same σ and ε (the sensitivity is C),
+/// trains another model, and still learns.
+#[test]
+fn trainer_on_views_k1_identity_is_the_plain_run_and_k2_keeps_epsilon() {
+    let dev = Device::Cpu;
+    let base = |validation| TrainConfig {
+        data: DataSource::Synthetic {
+            train: 400,
+            test: 100,
+        },
+        epochs: 2,
+        batch_size: 50,
+        validation,
+        ..scatter_config(ModelKind::ScatterLinear, 6)
+    };
+    for validation in [0, 60] {
+        let mut params = Vec::new();
+        for views in [0, 1] {
+            let mut t = Trainer::new(
+                TrainConfig {
+                    augmult_views: views,
+                    ..base(validation)
+                },
+                &dev,
+            )
+            .unwrap();
+            for _ in 0..2 {
+                t.train_epoch(|_, _| {}).unwrap();
+            }
+            params.push(t.model().params().to_vec().unwrap());
+        }
+        assert!(
+            params[0] == params[1],
+            "validation {validation}: one identity view does not reproduce the plain run"
+        );
+    }
+    let mut plain = Trainer::new(base(0), &dev).unwrap();
+    let mut aug = Trainer::new(
+        TrainConfig {
+            augmult: 2,
+            augmult_views: 3,
+            ..base(0)
+        },
+        &dev,
+    )
+    .unwrap();
+    let (_, acc0) = aug.evaluate().unwrap();
+    for _ in 0..2 {
+        let a = plain.train_epoch(|_, _| {}).unwrap();
+        let b = aug.train_epoch(|_, _| {}).unwrap();
+        assert_eq!(a.steps, b.steps);
+        assert_eq!(a.epsilon_rdp, b.epsilon_rdp);
+        assert_eq!(a.epsilon_prv, b.epsilon_prv);
+        assert_eq!(a.noise_multiplier, b.noise_multiplier);
+        assert!(b.eval_accuracy > acc0 + 0.2, "{acc0} → {}", b.eval_accuracy);
+    }
+    assert_ne!(
+        plain.model().params().to_vec().unwrap(),
+        aug.model().params().to_vec().unwrap()
+    );
 }

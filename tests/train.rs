@@ -252,6 +252,7 @@ fn small_config(seed: u64, epochs: u64) -> TrainConfig {
         lr_schedule: dpsgd::train::LrSchedule::Cosine,
         ema_decay: None,
         augmult: 1,
+        augmult_views: 0,
         input_norm: dpsgd::train::InputNorm::GroupNorm,
     }
 }

@@ -375,6 +375,17 @@ impl Dataset {
     /// hyperparameters on the validation part and report test accuracy once, so the test set
     /// stays honest. `n_val` must be in `1..n`.
     pub fn split_validation(&self, n_val: usize, seed: u64) -> Result<(Dataset, Dataset)> {
+        let (train, val) = self.split_validation_indices(n_val, seed)?;
+        Ok((self.subset(&train)?, self.subset(&val)?))
+    }
+
+    /// The indices (ascending) of the training and validation parts of
+    /// [`Dataset::split_validation`] with the same arguments.
+    pub fn split_validation_indices(
+        &self,
+        n_val: usize,
+        seed: u64,
+    ) -> Result<(Vec<usize>, Vec<usize>)> {
         if n_val == 0 || n_val >= self.n {
             return Err(Error::invalid(
                 "n_val",
@@ -395,7 +406,7 @@ impl Dataset {
         }
         let val: Vec<usize> = (0..self.n).filter(|&i| is_val[i]).collect();
         let train: Vec<usize> = (0..self.n).filter(|&i| !is_val[i]).collect();
-        Ok((self.subset(&train)?, self.subset(&val)?))
+        Ok((train, val))
     }
 
     /// Copies the examples at `indices` into caller-owned buffers, without allocating:

@@ -421,6 +421,7 @@ impl Sequential {
             clip_aux: Vec::new(),
             clip_sq: Vec::new(),
             record_norms: false,
+            clip_views: 1,
             clip_norms: Vec::new(),
             norms_len: None,
             fused: Vec::new(),
@@ -644,6 +645,7 @@ impl Sequential {
                     layout,
                     bounds,
                     sum,
+                    views: 1,
                 });
                 ParamGrad::None
             }
@@ -894,6 +896,8 @@ impl Sequential {
             Reduction::Sum => 1.0,
         };
         let (grads, clip) = self.cpu_grads(OP, batch, grads)?;
+        let views = ws.clip_views;
+        let clip = clip.map(|c| cpu::ClipTarget { views, ..c });
         let first = self.first_layer(input_grad);
         let fused = cpu::FusedLoss { loss, scale };
         let l =
@@ -931,10 +935,19 @@ impl Sequential {
         }
         let params = self.cpu_params(OP)?;
         let (grads, clip) = self.cpu_grads(OP, ws.batch, grads)?;
+        let views = ws.clip_views;
+        let clip = clip.map(|c| cpu::ClipTarget { views, ..c });
         let first = self.first_layer(input_grad);
         if ws.depth_first && self.layers.len() < cpu::MAX_LAYERS {
             self.backward_depth_first(ws, params, grads, clip, first, input_grad, None)?;
         } else if let Some(clip) = clip {
+            if clip.views > 1 {
+                return Err(Error::invalid(
+                    "schedule",
+                    "layer-major",
+                    "the depth-first schedule for augmentation multiplicity (Workspace::set_depth_first(true))",
+                ));
+            }
             self.backward_layer_major_clipped(ws, params, clip, first, input_grad)?;
         } else {
             self.backward_layer_major(ws, params, grads, first, input_grad)?;
@@ -1109,6 +1122,10 @@ pub struct Workspace {
     /// clipping's number of bounds) when `record_norms` is on; `norms_len` is the length of
     /// what `clip_norms` holds for it.
     record_norms: bool,
+    /// Rows per example of a clipped backward (augmentation multiplicity K; 1 normally): each
+    /// run of K consecutive rows is one example, whose K gradients are averaged before the
+    /// norm ([`crate::engine::PrivacyEngine::accumulate_augmented`] sets it around one call).
+    clip_views: usize,
     clip_norms: Vec<f32>,
     norms_len: Option<usize>,
     /// [`Sequential::forward_backward`]'s per-thread buffers (each Conv2d's kept im2col for a
@@ -1190,6 +1207,17 @@ impl Workspace {
         if !on {
             self.norms_len = None;
         }
+    }
+
+    /// Sets the rows per example of the following clipped backward passes (K ≥ 1; see the
+    /// field). Only the engine's augmentation-multiplicity path uses it, and resets it to 1.
+    pub(crate) fn set_clip_views(&mut self, k: usize) {
+        self.clip_views = k.max(1);
+    }
+
+    /// Whether the CPU depth-first schedule is on.
+    pub(crate) fn is_depth_first(&self) -> bool {
+        self.depth_first
     }
 
     /// The per-sample norms the last [`Grads::ClippedSum`] backward clipped by, row-major

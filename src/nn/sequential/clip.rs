@@ -59,6 +59,8 @@ pub(super) struct ClipPlan<'a> {
     t_row: [Option<usize>; MAX_TENSORS],
     /// Per tensor: its layout segment.
     t_seg: [usize; MAX_TENSORS],
+    /// Rows per example (augmentation multiplicity K; 1 normally).
+    views: usize,
 }
 
 impl<'a> ClipPlan<'a> {
@@ -78,6 +80,7 @@ impl<'a> ClipPlan<'a> {
             t_range: [(0, 0); MAX_TENSORS],
             t_row: [None; MAX_TENSORS],
             t_seg: [0; MAX_TENSORS],
+            views: target.views.max(1),
         };
         let infos = model.param_info();
         let offsets = layout.offsets();
@@ -136,6 +139,11 @@ impl<'a> ClipPlan<'a> {
         Some(plan)
     }
 
+    /// Rows per example (K).
+    pub(super) fn views(&self) -> usize {
+        self.views
+    }
+
     /// Factors per example (1: flat clipping; S: per layer).
     pub(super) fn nf(&self) -> usize {
         self.bounds.len()
@@ -170,6 +178,49 @@ impl<'a> ClipPlan<'a> {
     ) {
         let Some(g) = self.ghost[l] else { return };
         let t = self.t_first[l];
+        let kv = self.views;
+        if kv > 1 {
+            // Example e's averaged weight gradient is (1/K) Σ_j dy_j x_jᵀ over its K rows:
+            // ‖·‖² = (1/K²) Σ_{j,j'} (dy_j · dy_j')(x_j · x_j'); its bias gradient's is
+            // ‖Σ_j dy_j‖² / K². Written at example e's row of `tsq`.
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter().zip(b).map(|(&u, &v)| u as f64 * v as f64).sum()
+            };
+            let kk = (kv * kv) as f64;
+            for e in 0..m / kv {
+                let mut w2 = 0f64;
+                for j in 0..kv {
+                    let r = e * kv + j;
+                    let (dj, xj) = (
+                        &dy[r * g.outf..(r + 1) * g.outf],
+                        &x[r * g.inf..(r + 1) * g.inf],
+                    );
+                    w2 += dot(dj, dj) * dot(xj, xj);
+                    for jj in j + 1..kv {
+                        let s = e * kv + jj;
+                        let dd = dot(dj, &dy[s * g.outf..(s + 1) * g.outf]);
+                        w2 += 2.0 * dd * dot(xj, &x[s * g.inf..(s + 1) * g.inf]);
+                    }
+                }
+                let row = &mut tsq[e * self.n_t..];
+                row[t] = w2.max(0.0) / kk;
+                if g.bias {
+                    row[t + 1] = (0..g.outf)
+                        .map(|o| {
+                            let s: f64 =
+                                (0..kv).map(|j| dy[(e * kv + j) * g.outf + o] as f64).sum();
+                            s * s
+                        })
+                        .sum::<f64>()
+                        / kk;
+                }
+            }
+            for j in 0..m {
+                let d = &dy[j * g.outf..(j + 1) * g.outf];
+                gdy[j * self.g_len + g.off..][..g.outf].copy_from_slice(d);
+            }
+            return;
+        }
         for j in 0..m {
             let d = &dy[j * g.outf..(j + 1) * g.outf];
             gdy[j * self.g_len + g.off..][..g.outf].copy_from_slice(d);
@@ -207,13 +258,28 @@ impl<'a> ClipPlan<'a> {
     ) -> crate::Result<()> {
         let nf = self.bounds.len();
         let (pr, nt) = (self.p_rows, self.n_t);
-        for j in 0..m {
-            let row = &rows[j * pr..(j + 1) * pr];
+        let kv = self.views;
+        // With K rows per example, `j` below is an example (rows j·K .. j·K + K) whose
+        // gradient is its rows' mean; with K = 1, a row.
+        for j in 0..m / kv {
             let sq = &mut tsq[j * nt..(j + 1) * nt];
             for (t, q) in sq.iter_mut().enumerate() {
                 if let Some(c) = self.t_row[t] {
                     let (a, b) = self.t_range[t];
-                    *q = segment_sumsq(&row[c..c + (b - a)]);
+                    *q = if kv == 1 {
+                        segment_sumsq(&rows[j * pr + c..j * pr + c + (b - a)])
+                    } else {
+                        let kk = (kv * kv) as f64;
+                        (0..b - a)
+                            .map(|i| {
+                                let s: f64 = (0..kv)
+                                    .map(|u| rows[(j * kv + u) * pr + c + i] as f64)
+                                    .sum();
+                                s * s
+                            })
+                            .sum::<f64>()
+                            / kk
+                    };
                 }
             }
             let mut seg = [0f64; MAX_TENSORS];
@@ -228,12 +294,14 @@ impl<'a> ClipPlan<'a> {
                     what: "per-sample gradients",
                     detail: format!(
                         "row {} has L2 norm {norm} (a NaN/Inf entry, or values too large for f32)",
-                        first_row + j
+                        first_row + j * kv
                     ),
                 });
             }
             let f = &mut factors[j * nf..(j + 1) * nf];
-            let mut out = norms.as_deref_mut().map(|v| &mut v[j * nf..(j + 1) * nf]);
+            let mut out = norms
+                .as_deref_mut()
+                .map(|v| &mut v[j * kv * nf..(j * kv + 1) * nf]);
             if nf == 1 {
                 f[0] = (self.bounds[0] / (norm + CLIP_EPS)).min(1.0);
                 if let Some(o) = out.as_deref_mut() {
@@ -249,7 +317,22 @@ impl<'a> ClipPlan<'a> {
                 }
             }
         }
-        let fac = |j: usize, t: usize| factors[j * nf + if nf == 1 { 0 } else { self.t_seg[t] }];
+        if kv > 1 {
+            // Each of an example's K rows carries its norm (the norms are per row).
+            if let Some(v) = norms {
+                for j in 0..m / kv {
+                    for u in 1..kv {
+                        v.copy_within(j * kv * nf..(j * kv + 1) * nf, (j * kv + u) * nf);
+                    }
+                }
+            }
+        }
+        // Row j's factor: its example's, over K (the mean of the K rows is what is clipped;
+        // K = 1: the factor itself, `x / 1.0` is exact).
+        let inv = 1.0 / kv as f32;
+        let fac = |j: usize, t: usize| {
+            factors[(j / kv) * nf + if nf == 1 { 0 } else { self.t_seg[t] }] * inv
+        };
         // Row tensors: four rows per pass over the accumulator.
         for t in 0..nt {
             let Some(c) = self.t_row[t] else { continue };

@@ -45,6 +45,10 @@ pub(super) struct ClipTarget<'a> {
     pub(super) bounds: &'a [f32],
     /// P values, added to.
     pub(super) sum: &'a mut [f32],
+    /// Rows per example (augmentation multiplicity K, 1 normally): each run of K consecutive
+    /// rows is one example, clipped once by the norm of its K rows' *mean* gradient (De et al.
+    /// 2022, §3.1), its rows added with factor f/K. Depth-first schedule only.
+    pub(super) views: usize,
 }
 
 /// Bytes of activations and kept im2col matrices one group may take in the fused
@@ -255,10 +259,26 @@ impl Sequential {
         input_grad: bool,
         fused: Option<&FusedLoss<'_>>,
     ) -> Result<f64> {
+        let kv = clip.as_ref().map_or(1, |c| c.views.max(1));
+        if kv > 1 && ws.batch % kv != 0 {
+            return Err(crate::Error::shape(
+                "Sequential::backward",
+                format!(
+                    "a batch of {} rows is not a whole number of examples of {kv} views",
+                    ws.batch
+                ),
+            ));
+        }
         let cplan = match &clip {
             None => None,
             Some(c) => match ClipPlan::new(self, c) {
                 Some(cp) => Some(cp),
+                None if kv > 1 => {
+                    return Err(crate::Error::shape(
+                        "Sequential::backward",
+                        "augmentation multiplicity needs the depth-first clipped schedule, which this clipping layout does not fit (too many segments)",
+                    ))
+                }
                 None if fused.is_none() => {
                     let clip = clip.expect("matched Some");
                     self.backward_layer_major_clipped(ws, params, clip, first, input_grad)?;
@@ -274,6 +294,8 @@ impl Sequential {
         };
         let batch = ws.batch;
         let mut plan = self.plan(ws, params, batch)?;
+        // Whole examples per chunk (K rows each).
+        plan.per = plan.per.div_ceil(kv) * kv;
         let chunks = batch.div_ceil(plan.per);
         let p = self.num_params();
         if fused.is_some() {
@@ -290,6 +312,8 @@ impl Sequential {
             plan.group = plan
                 .group
                 .min((CLIP_ROW_BYTES / 4 / cp.p_rows.max(1)).max(1));
+            // Whole examples per group (K rows each).
+            plan.group = (plan.group / kv).max(1) * kv;
             lrow = plan.group * cp.p_rows;
             laux = plan.group * (c.bounds.len() + cp.g_len);
             lsq = plan.group * cp.n_tensors();
@@ -314,6 +338,7 @@ impl Sequential {
             lfused += work_len;
             grow(&mut ws.fused, chunks * lfused);
         }
+        grow(&mut ws.ping, chunks * 2 * plan.group * plan.maxper);
         let Workspace {
             acts,
             ga,
@@ -512,8 +537,11 @@ impl Sequential {
         let mut loss = 0f64;
         let mut a = 0;
         let n = ex.len();
-        // Groups of (nearly) equal size, at most `plan.group`.
-        let group = n.div_ceil(n.div_ceil(plan.group).max(1)).max(1);
+        // Groups of (nearly) equal size, at most `plan.group`, of whole examples (K rows each
+        // with augmentation multiplicity; `n` and `plan.group` are multiples of K then).
+        let kv = ctx.clip.map_or(1, |cp| cp.views());
+        let (ne, ge) = (n / kv, (plan.group / kv).max(1));
+        let group = ne.div_ceil(ne.div_ceil(ge).max(1)).max(1) * kv;
         while a < n {
             let b = (a + group).min(n);
             let m = b - a;

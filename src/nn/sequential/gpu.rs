@@ -170,6 +170,7 @@ mod imp {
                 clip_aux: Vec::new(),
                 clip_sq: Vec::new(),
                 record_norms: false,
+                clip_views: 1,
                 clip_norms: Vec::new(),
                 norms_len: None,
                 fused: Vec::new(),
