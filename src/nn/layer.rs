@@ -157,12 +157,7 @@ impl Layer {
                 channels,
                 eps,
                 affine,
-            } => Box::new(group_norm::GroupNorm {
-                groups,
-                channels,
-                eps,
-                affine,
-            }),
+            } => Box::new(group_norm::GroupNorm::new(groups, channels, eps, affine)),
             Layer::MaxPool2d { k, stride } => Box::new(pool::Pool {
                 max: true,
                 k,

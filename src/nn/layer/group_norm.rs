@@ -9,15 +9,32 @@ use crate::cpu::norm::{group_norm_backward, group_norm_forward, GroupNormShape};
 use crate::{Error, Result};
 
 /// [`super::Layer::GroupNorm`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct GroupNorm {
     pub groups: usize,
     pub channels: usize,
     pub eps: f64,
     pub affine: bool,
+    /// γ = 1, β = 0 for the kernels when not affine (built once, not per call); empty otherwise.
+    unit: Vec<f32>,
 }
 
 impl GroupNorm {
+    pub fn new(groups: usize, channels: usize, eps: f64, affine: bool) -> Self {
+        let unit = if affine {
+            Vec::new()
+        } else {
+            unit_params(channels)
+        };
+        GroupNorm {
+            groups,
+            channels,
+            eps,
+            affine,
+            unit,
+        }
+    }
+
     /// The kernels' shape for `batch` examples of input shape `s` (`[channels, …]`).
     fn at(&self, s: &[usize], batch: usize) -> GroupNormShape {
         GroupNormShape {
@@ -30,12 +47,11 @@ impl GroupNorm {
     }
 
     /// The kernels' parameter slice: the layer's own (`p`) when affine, else γ = 1, β = 0.
-    fn params<'a>(&self, p: &'a [f32], unit: &'a mut Vec<f32>) -> &'a [f32] {
+    fn params<'a>(&'a self, p: &'a [f32]) -> &'a [f32] {
         if self.affine {
             p
         } else {
-            *unit = unit_params(self.channels);
-            unit
+            &self.unit
         }
     }
 }
@@ -94,8 +110,7 @@ impl LayerKind for GroupNorm {
     }
 
     fn forward(&self, a: Fwd<'_>) -> Result<()> {
-        let mut unit = Vec::new();
-        let p = self.params(a.p, &mut unit);
+        let p = self.params(a.p);
         group_norm_forward(&self.at(a.shape, a.batch), a.x, p, a.y)
     }
 
@@ -105,8 +120,7 @@ impl LayerKind for GroupNorm {
             // No parameters and no input gradient wanted: nothing to compute.
             return Ok(());
         }
-        let mut unit = Vec::new();
-        let p = self.params(a.p, &mut unit);
+        let p = self.params(a.p);
         group_norm_backward(&s, a.x, p, a.dy, a.dx, a.pg, a.scratch)
     }
 
@@ -128,7 +142,7 @@ impl LayerKind for GroupNorm {
         if self.affine {
             crate::cuda::norm::group_norm_forward(dev, &self.at(shape, batch), x, p, y)
         } else {
-            let unit = dev.htod(&unit_params(self.channels))?;
+            let unit = dev.htod(&self.unit)?;
             crate::cuda::norm::group_norm_forward(
                 dev,
                 &self.at(shape, batch),
@@ -159,7 +173,7 @@ impl LayerKind for GroupNorm {
         } else if dx.is_none() {
             Ok(())
         } else {
-            let unit = dev.htod(&unit_params(self.channels))?;
+            let unit = dev.htod(&self.unit)?;
             crate::cuda::norm::group_norm_backward(dev, &s, x, &unit.as_view(), dy, dx, pg, scratch)
         }
     }
