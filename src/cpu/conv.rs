@@ -582,6 +582,16 @@ fn bias_grad<T: Real>(dy: &[T], l: usize, db: &mut [T], beta: T) {
     }
 }
 
+/// Column-matrix elements of one `Conv2d` micro-batch (1 MiB of f32; see
+/// [`Conv2dShape::micro_batch`]).
+const CONV_MICRO_BATCH_ELEMS: usize = 1 << 18;
+
+/// Column-matrix and input elements of one `ConvTranspose2d` micro-batch (2 MiB of f32).
+const CONV_T_MICRO_BATCH_ELEMS: usize = 1 << 19;
+
+/// Most examples in one micro-batch.
+const MAX_MICRO_BATCH: usize = 64;
+
 /// Shape of a `Conv2d` call: `batch` images `[cin, h, w]`, `cout` filters of `k × k`,
 /// `stride`, zero padding `pad` on every side, optional bias. Output `[batch, cout, oh, ow]`
 /// with `oh = (h + 2·pad − k) / stride + 1` (PyTorch's `nn.Conv2d(cin, cout, k, stride, pad)`).
@@ -648,11 +658,18 @@ impl Conv2dShape {
         Ok(chunks.max(1) * (self.work_len(&g) + self.num_params()))
     }
 
-    /// Examples per GEMM: the im2col matrices of a micro-batch, `[cin·k·k, mb·oh·ow]`, take
-    /// about 256 KiB (L2-resident), and the forward and input-gradient products run on a whole
-    /// micro-batch at once. Per-sample weight gradients stay one product per example.
+    /// Examples per GEMM: the im2col matrix of a micro-batch, `[cin·k·k, mb·oh·ow]`, takes
+    /// about 1 MiB (up to 64 examples), and the forward, summed-weight-gradient and
+    /// input-gradient products run on a whole micro-batch at once (the weight packed once per
+    /// micro-batch). Per-sample weight gradients stay one product per example.
+    ///
+    /// Measured (BENCHMARKS.md, "DP-DCGAN step, issue 12, sixth round"): DCGAN's
+    /// `Conv2d(32, 64, 4, 2, 1)` on 14 × 14, batch 64, one thread — micro-batches of 2 (the
+    /// earlier 256 KiB budget) against 10: forward −15%, summed dW + dx −6%, dx −8%; the
+    /// GEMMs' wider products outweigh the columns' leaving L2 (20 per micro-batch gained
+    /// 1–2% more, left for a quiet two-thread check).
     pub fn micro_batch(&self, g: &ConvGeom) -> usize {
-        (65536 / g.cols_len().max(1)).clamp(1, 16)
+        (CONV_MICRO_BATCH_ELEMS / g.cols_len().max(1)).clamp(1, MAX_MICRO_BATCH)
     }
 
     /// Kernel scratch of one chunk: im2col and its gradient for a micro-batch, the
@@ -1119,12 +1136,17 @@ impl ConvTranspose2dShape {
     }
 
     /// Examples per GEMM: a micro-batch's column matrix `[cout·k·k, mb·h·w]` and its inputs
-    /// `[cin, mb·h·w]` take about 1 MiB, so the weight is packed once per micro-batch instead of
-    /// once per example (the first DCGAN layer, 1×1 inputs, is a matrix–vector product per
-    /// example otherwise).
+    /// `[cin, mb·h·w]` take about 2 MiB (up to 64 examples), so the weight is packed once per
+    /// micro-batch instead of once per example (the first DCGAN layer, 1×1 inputs, is a
+    /// matrix–vector product per example otherwise).
+    ///
+    /// Measured (BENCHMARKS.md, "DP-DCGAN step, issue 12, sixth round"): DCGAN's
+    /// `ConvTranspose2d(128, 64, 4, 2, 1)` on 7 × 7, batch 64, one thread — micro-batches of 4
+    /// (the earlier 1 MiB budget) against 9: forward −6%, summed dW + dx −5% (18 gained 2–3%
+    /// more, left for a quiet two-thread check).
     fn micro_batch(&self, g: &ConvGeom) -> usize {
         let per = g.cols_len() + self.cin * g.out_positions();
-        (262_144 / per.max(1)).clamp(1, 32)
+        (CONV_T_MICRO_BATCH_ELEMS / per.max(1)).clamp(1, MAX_MICRO_BATCH)
     }
 
     /// Kernel scratch of one chunk: a micro-batch's columns and inputs (or input gradients),
@@ -1607,7 +1629,7 @@ mod tests {
     #[test]
     fn conv_transpose_micro_batches_match_single_examples() {
         let strided = ConvTranspose2dShape {
-            batch: 11,
+            batch: 45,
             cin: 6,
             h: 7,
             w: 7,
@@ -1741,6 +1763,114 @@ mod tests {
         }
         for (u, w) in sum.iter().zip(&want_sum) {
             assert!((u - w).abs() <= 1e-10 * (1.0 + w.abs()), "sum: {u} vs {w}");
+        }
+    }
+
+    /// `Conv2d` over several micro-batches (one GEMM each for the forward, the summed weight
+    /// gradient and the input gradient) equals the same layer run one example at a time:
+    /// outputs, input gradients, per-sample gradients (f64, to 1e-12) and their sum (1e-10);
+    /// in f32 the outputs and input gradients are bit-identical (the same dot products in
+    /// the same order: only the product's width changes), the summed gradient within 1e-5.
+    #[test]
+    fn conv2d_micro_batches_match_single_examples() {
+        // A stride-2 4 × 4 layer (DCGAN's discriminator geometry) whose column matrix
+        // (131 072 values per example) makes micro-batches of 2: batch 9 runs 2 + 2 + 2 + 2 + 1.
+        let s = Conv2dShape {
+            batch: 9,
+            cin: 8,
+            h: 64,
+            w: 64,
+            cout: 5,
+            k: 4,
+            stride: 2,
+            pad: 1,
+            bias: true,
+        };
+        let g = s.geom().unwrap();
+        let mb = s.micro_batch(&g);
+        assert!(
+            mb > 1 && mb < s.batch,
+            "micro-batch {mb}: pick another shape"
+        );
+        conv2d_check_against_single_examples::<f64>(s, 1e-12, 1e-10, false);
+        conv2d_check_against_single_examples::<f32>(s, 1e-6, 1e-5, true);
+    }
+
+    /// `tol`: relative tolerance of the per-sample rows (and of `y`, `dx` unless `exact`, which
+    /// asks them bit-identical); `sum_tol`: of the summed gradient.
+    fn conv2d_check_against_single_examples<T: Real>(
+        s: Conv2dShape,
+        tol: f64,
+        sum_tol: f64,
+        exact: bool,
+    ) {
+        let g = s.geom().unwrap();
+        let (il, ol, np) = (g.in_len(), s.cout * g.out_positions(), s.num_params());
+        let v = |n: usize, a: f64| -> Vec<T> {
+            (0..n).map(|i| T::from_f64((i as f64 * a).sin())).collect()
+        };
+        let (x, p, dy) = (v(s.batch * il, 0.37), v(np, 0.11), v(s.batch * ol, 0.23));
+        let nan = T::from_f64(f64::NAN);
+        let mut scr = vec![T::ZERO; s.scratch_len(1).unwrap()];
+        let mut y = vec![nan; s.batch * ol];
+        conv2d_forward(&s, &x, &p, &mut y, &mut scr).unwrap();
+        let mut dx = vec![nan; s.batch * il];
+        let mut rows = vec![nan; s.batch * np];
+        let grad = ParamGrad::PerSample {
+            rows: &mut rows,
+            stride: np,
+            offset: 0,
+        };
+        conv2d_backward(&s, &x, &p, &dy, Some(&mut dx), grad, &mut scr).unwrap();
+        let mut sum = vec![nan; np];
+        let mut dx2 = vec![nan; s.batch * il];
+        let grad = ParamGrad::Sum {
+            grad: &mut sum,
+            accumulate: false,
+        };
+        conv2d_backward(&s, &x, &p, &dy, Some(&mut dx2), grad, &mut scr).unwrap();
+        assert_eq!(dx, dx2, "dx with a summed gradient");
+        let one = Conv2dShape { batch: 1, ..s };
+        let mut want_sum = vec![0.0f64; np];
+        let close = |a: &[T], b: &[T], what: &str, i: usize| {
+            for (u, w) in a.iter().zip(b) {
+                let (u, w) = (u.to_f64(), w.to_f64());
+                if exact && what != "row" {
+                    assert_eq!(u.to_bits(), w.to_bits(), "{what} {i}: {u} vs {w}");
+                } else {
+                    assert!(
+                        (u - w).abs() <= tol * (1.0 + w.abs()),
+                        "{what} {i}: {u} vs {w}"
+                    );
+                }
+            }
+        };
+        for i in 0..s.batch {
+            let xi = &x[i * il..(i + 1) * il];
+            let dyi = &dy[i * ol..(i + 1) * ol];
+            let mut yi = vec![nan; ol];
+            conv2d_forward(&one, xi, &p, &mut yi, &mut scr).unwrap();
+            let mut dxi = vec![nan; il];
+            let mut row = vec![nan; np];
+            let grad = ParamGrad::PerSample {
+                rows: &mut row,
+                stride: np,
+                offset: 0,
+            };
+            conv2d_backward(&one, xi, &p, dyi, Some(&mut dxi), grad, &mut scr).unwrap();
+            close(&y[i * ol..(i + 1) * ol], &yi, "y", i);
+            close(&dx[i * il..(i + 1) * il], &dxi, "dx", i);
+            close(&rows[i * np..(i + 1) * np], &row, "row", i);
+            for (t, r) in want_sum.iter_mut().zip(&row) {
+                *t += r.to_f64();
+            }
+        }
+        for (u, w) in sum.iter().zip(&want_sum) {
+            let u = u.to_f64();
+            assert!(
+                (u - w).abs() <= sum_tol * (1.0 + w.abs()),
+                "sum: {u} vs {w}"
+            );
         }
     }
 
