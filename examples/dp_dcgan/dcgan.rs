@@ -454,6 +454,11 @@ pub struct Gan {
     v_g: Buffer<f32>,
     m_d: Buffer<f32>,
     v_d: Buffer<f32>,
+    /// Per-step gradients, kept between steps (no allocation per step): D's update, its fake
+    /// half, G's.
+    grad_d: Buffer<f32>,
+    fake_sum: Buffer<f32>,
+    grad_g: Buffer<f32>,
     /// Adam steps taken by G and by D (equal: one each per step).
     pub t: u64,
     adam: AdamConfig,
@@ -461,6 +466,12 @@ pub struct Gan {
     pub batch: usize,
     /// Largest physical batch of real examples.
     phys: usize,
+}
+
+/// The values of a CPU buffer (this example runs on the CPU).
+fn cpu_mut(b: &mut Buffer<f32>) -> Result<&mut [f32]> {
+    b.as_mut_slice()
+        .ok_or_else(|| Error::shape("dp_dcgan", "gradients on the CPU"))
 }
 
 /// Real examples per physical batch (a lot larger than this is split).
@@ -494,6 +505,9 @@ impl Gan {
             v_g: Buffer::zeros(&dev, g.num_params())?,
             m_d: Buffer::zeros(&dev, d.num_params())?,
             v_d: Buffer::zeros(&dev, d.num_params())?,
+            grad_d: Buffer::zeros(&dev, d.num_params())?,
+            fake_sum: Buffer::zeros(&dev, d.num_params())?,
+            grad_g: Buffer::zeros(&dev, g.num_params())?,
             t: 0,
             adam,
             batch,
@@ -550,11 +564,10 @@ impl Gan {
             .map(|&o| sigmoid(o))
             .sum::<f64>()
             / nf as f64;
-        let mut fake_sum = Buffer::zeros(&Device::Cpu, self.d.num_params())?;
         self.d.backward(
             &mut self.ws_fake,
             Grads::Sum {
-                grad: &mut fake_sum,
+                grad: &mut self.fake_sum,
                 accumulate: false,
             },
             false,
@@ -606,10 +619,10 @@ impl Gan {
                         .map(|&o| sigmoid(o))
                         .sum::<f64>();
                 }
-                let mut v = out.to_vec()?;
                 let inv = 1.0 / self.batch as f64;
-                v.iter_mut().for_each(|x| *x = (*x as f64 * inv) as f32);
-                *out = Buffer::from_slice(&Device::Cpu, &v)?;
+                cpu_mut(out)?
+                    .iter_mut()
+                    .for_each(|x| *x = (*x as f64 * inv) as f32);
                 (self.batch as f64, None)
             }
         };
@@ -617,12 +630,13 @@ impl Gan {
             st.loss_d_real = if nr > 0 { real_loss / nr as f64 } else { 0.0 };
             st.d_x = if nr > 0 { d_x / nr as f64 } else { 0.0 };
         }
-        let mut g = out.to_vec()?;
-        let f = fake_sum.to_vec()?;
-        for (gi, fi) in g.iter_mut().zip(&f) {
+        let f = self
+            .fake_sum
+            .as_slice()
+            .ok_or_else(|| Error::shape("dp_dcgan", "gradients on the CPU"))?;
+        for (gi, fi) in cpu_mut(out)?.iter_mut().zip(f) {
             *gi = (*gi as f64 + *fi as f64 / divisor) as f32;
         }
-        *out = Buffer::from_slice(&Device::Cpu, &g)?;
         Ok((st, eps))
     }
 
@@ -636,8 +650,12 @@ impl Gan {
         private_stats: bool,
     ) -> Result<(StepStats, Option<f64>)> {
         let fake = self.generate(z)?;
-        let mut grad_d = Buffer::zeros(&Device::Cpu, self.d.num_params())?;
-        let (mut st, eps) = self.d_gradient(engine, real, &fake, private_stats, &mut grad_d)?;
+        // Every value of `grad_d` is overwritten (by the engine's noisy gradient, or zeroed
+        // first without one).
+        let mut grad_d = std::mem::replace(&mut self.grad_d, Buffer::from_vec(Vec::new()));
+        let res = self.d_gradient(engine, real, &fake, private_stats, &mut grad_d);
+        self.grad_d = grad_d;
+        let (mut st, eps) = res?;
         self.t += 1;
         // A plain Adam step on a gradient already formed: the fused kernel with no noise and
         // divisor 1 (the key is never read when the noise is 0).
@@ -648,7 +666,7 @@ impl Gan {
         };
         dpsgd::ops::noisy_adam_step(
             self.d.params_mut(),
-            &grad_d,
+            &self.grad_d,
             &mut self.m_d,
             &mut self.v_d,
             self.t,
@@ -675,21 +693,19 @@ impl Gan {
         let dy = self
             .ws_fake
             .input_grad()
-            .ok_or_else(|| Error::shape("dp_dcgan", "no input gradient"))?
-            .to_vec();
-        self.g.set_output_grad(&mut self.ws_g, &dy)?;
-        let mut grad_g = Buffer::zeros(&Device::Cpu, self.g.num_params())?;
+            .ok_or_else(|| Error::shape("dp_dcgan", "no input gradient"))?;
+        self.g.set_output_grad(&mut self.ws_g, dy)?;
         self.g.backward(
             &mut self.ws_g,
             Grads::Sum {
-                grad: &mut grad_g,
+                grad: &mut self.grad_g,
                 accumulate: false,
             },
             false,
         )?;
         dpsgd::ops::noisy_adam_step(
             self.g.params_mut(),
-            &grad_g,
+            &self.grad_g,
             &mut self.m_g,
             &mut self.v_g,
             self.t,
