@@ -664,7 +664,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             None,
         )
     } else {
-        if answered.is_empty() && !a.aggregate_only {
+        if answered.is_empty() {
             return Err(Error::invalid(
                 "aggregator",
                 format!("{agg:?}"),
