@@ -593,6 +593,67 @@ fn pate_fixmatch_student_and_teacher_cache() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `dpsgd pate --aggregate-only` stops after the aggregator: the same teachers, answers and ε's
+/// as a full run of the same seed, and no student (no accuracy, no student.safetensors).
+#[test]
+fn pate_aggregate_only_trains_no_student() {
+    let out = tmpdir("pate-aggregate-only");
+    let run = |name: &str, extra: &[&str]| {
+        let dir = out.join(name);
+        let mut args = vec![
+            "pate",
+            "--dataset",
+            "synthetic",
+            "--quick",
+            "--seed",
+            "5",
+            "--json",
+            "--out",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = dpsgd(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v, dir)
+    };
+    let (full, full_dir) = run("full", &[]);
+    let (agg, agg_dir) = run("agg", &["--aggregate-only"]);
+    for key in [
+        "teacher_accuracies",
+        "queries",
+        "answered",
+        "label_accuracy",
+        "plurality_accuracy_answered",
+        "privacy",
+    ] {
+        assert_eq!(full[key], agg[key], "{key}");
+    }
+    assert!(full["student_accuracy"].as_f64().unwrap() > 0.5, "{full}");
+    assert!(agg["student_accuracy"].is_null(), "{agg}");
+    assert!(agg["student_accuracy_answered_only"].is_null(), "{agg}");
+    assert!(full_dir.join("student.safetensors").exists());
+    assert!(!agg_dir.join("student.safetensors").exists());
+    assert!(agg_dir.join("metrics.json").exists());
+    // The table names no student accuracy, and still gives the DP statement.
+    let o = dpsgd(&[
+        "pate",
+        "--dataset",
+        "synthetic",
+        "--quick",
+        "--seed",
+        "5",
+        "--aggregate-only",
+        "--out",
+        agg_dir.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("the DP statement"), "{text}");
+    assert!(!text.contains("student accuracy"), "{text}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// Bad PATE input fails before anything is trained, naming the flag.
 #[test]
 fn pate_bad_input_is_a_typed_error() {
@@ -623,6 +684,12 @@ fn pate_bad_input_is_a_typed_error() {
         (&["--release-order", "50"][..], "order", 2),
         (&["--release-sigma", "0"][..], "release_sigma", 2),
         (&["--fixmatch", "--self-train"][..], "self_train", 2),
+        (&["--aggregate-only", "--fixmatch"][..], "aggregate_only", 2),
+        (
+            &["--aggregate-only", "--self-train"][..],
+            "aggregate_only",
+            2,
+        ),
         (
             &["--fixmatch", "--student-model", "scatter-cnn"][..],
             "model",

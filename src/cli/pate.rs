@@ -140,6 +140,11 @@ pub struct PateArgs {
     /// The student's smallest softmax probability for a self-training label.
     #[arg(long, default_value_t = 0.95)]
     pub self_train_confidence: f32,
+    /// Stop after the aggregator: print the teachers' accuracy, the answered queries, their
+    /// label accuracy and the ε's, and train no student (seconds with --teacher-cache: for
+    /// scanning the aggregator's settings). Not with --fixmatch or --self-train.
+    #[arg(long)]
+    pub aggregate_only: bool,
     /// Consistency training of the student (FixMatch, Sohn et al. 2020; post-processing: no
     /// privacy cost): the answered queries as labelled data and every usable public image as
     /// unlabelled data, pseudo-labelled from a weakly augmented view (shifts of
@@ -210,7 +215,8 @@ pub struct PateArgs {
     /// queries, 10 student epochs (each unless given explicitly).
     #[arg(long)]
     pub quick: bool,
-    /// Output folder (metrics.json, student.safetensors, vote_agreement.png).
+    /// Output folder (metrics.json, student.safetensors unless --aggregate-only,
+    /// vote_agreement.png).
     #[arg(long, default_value = "runs/pate")]
     pub out: PathBuf,
     /// Print the figures as JSON on stdout (progress and notes go to stderr).
@@ -249,8 +255,10 @@ pub struct PateReport {
     self_training_labels: usize,
     /// The student's test accuracy after each self-training round.
     self_training_accuracies: Vec<f64>,
-    student_accuracy_answered_only: f64,
-    student_accuracy: f64,
+    /// None with --aggregate-only.
+    student_accuracy_answered_only: Option<f64>,
+    /// None with --aggregate-only.
+    student_accuracy: Option<f64>,
     privacy: PrivacyReport,
     dp_statement: String,
     not_covered_by_epsilon: Vec<String>,
@@ -383,6 +391,13 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
                 "off with --fixmatch (consistency training replaces self-training)",
             ));
         }
+    }
+    if a.aggregate_only && (a.fixmatch || a.self_train) {
+        return Err(Error::invalid(
+            "aggregate_only",
+            true,
+            "off with --fixmatch and --self-train (it trains no student)",
+        ));
     }
     if q == 0 {
         return Err(Error::invalid("queries", 0, ">= 1"));
@@ -634,70 +649,84 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         say(format!("warning: no plot: {e}"));
     }
 
-    // The student: answered queries (public images, aggregator's labels).
-    if answered.is_empty() {
-        return Err(Error::invalid(
-            "aggregator",
-            format!("{agg:?}"),
-            "answering at least one query (lower --threshold or raise --queries)",
-        ));
-    }
-    let public = test.subset(&usable)?;
-    let held = test.subset(&eval_idx)?;
-    let ex = test.example_len();
-    let labelled = |items: &[(usize, u32)]| -> Result<Dataset> {
-        let mut img = Vec::with_capacity(items.len() * ex);
-        let mut lab = Vec::with_capacity(items.len());
-        for &(i, l) in items {
-            img.extend_from_slice(&public.images()[i * ex..(i + 1) * ex]);
-            lab.push(l);
-        }
-        Dataset::new(
-            img,
-            lab,
-            test.channels(),
-            test.height(),
-            test.width(),
-            test.classes(),
+    // The student: answered queries (public images, aggregator's labels); none with
+    // --aggregate-only (the aggregator's figures and the ε's only).
+    let (acc_answered, student_acc, trained_on, n_self, round_acc, fixmatch_out) = if a
+        .aggregate_only
+    {
+        say("--aggregate-only: no student trained".to_string());
+        (
+            None,
+            None,
+            "nothing: --aggregate-only (no student)".to_string(),
+            0,
+            Vec::new(),
+            None,
         )
-    };
-    let student_data = labelled(&answered)?;
-    let mut student = new_model(model, &keys, STUDENT_STREAM)?;
-    fit(
-        &mut student,
-        &student_data,
-        &student_fit,
-        &keys,
-        STUDENT_STREAM,
-    )?;
-    let eval = |m: &dpsgd::nn::Sequential| -> Result<f64> {
-        let p: Vec<u32> = predict(m, held.images())?
-            .into_iter()
-            .map(|(c, _)| c)
-            .collect();
-        Ok(accuracy(&p, held.labels()))
-    };
-    let acc_answered = eval(&student)?;
-    say(format!(
-        "student on {} answered queries: test accuracy {:.2}%",
-        answered.len(),
-        100.0 * acc_answered
-    ));
-    let mut round_acc = Vec::new();
-    let mut fixmatch_out = None;
-    let (student_acc, trained_on, n_self) = if a.fixmatch {
-        // Warm start from the answers-only student (its pseudo-labels pass the threshold from
-        // the first step); the unlabelled images are every usable public image.
-        let stats = fit_fixmatch(
+    } else {
+        if answered.is_empty() {
+            return Err(Error::invalid(
+                "aggregator",
+                format!("{agg:?}"),
+                "answering at least one query (lower --threshold or raise --queries)",
+            ));
+        }
+        let public = test.subset(&usable)?;
+        let held = test.subset(&eval_idx)?;
+        let ex = test.example_len();
+        let labelled = |items: &[(usize, u32)]| -> Result<Dataset> {
+            let mut img = Vec::with_capacity(items.len() * ex);
+            let mut lab = Vec::with_capacity(items.len());
+            for &(i, l) in items {
+                img.extend_from_slice(&public.images()[i * ex..(i + 1) * ex]);
+                lab.push(l);
+            }
+            Dataset::new(
+                img,
+                lab,
+                test.channels(),
+                test.height(),
+                test.width(),
+                test.classes(),
+            )
+        };
+        let student_data = labelled(&answered)?;
+        let mut student = new_model(model, &keys, STUDENT_STREAM)?;
+        fit(
             &mut student,
             &student_data,
-            public.images(),
-            &fixmatch_cfg,
+            &student_fit,
             &keys,
-            STUDENT_STREAM + 100,
+            STUDENT_STREAM,
         )?;
-        let acc = eval(&student)?;
+        let eval = |m: &dpsgd::nn::Sequential| -> Result<f64> {
+            let p: Vec<u32> = predict(m, held.images())?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
+            Ok(accuracy(&p, held.labels()))
+        };
+        let acc_answered = eval(&student)?;
         say(format!(
+            "student on {} answered queries: test accuracy {:.2}%",
+            answered.len(),
+            100.0 * acc_answered
+        ));
+        let mut round_acc = Vec::new();
+        let mut fixmatch_out = None;
+        let (student_acc, trained_on, n_self) = if a.fixmatch {
+            // Warm start from the answers-only student (its pseudo-labels pass the threshold from
+            // the first step); the unlabelled images are every usable public image.
+            let stats = fit_fixmatch(
+                &mut student,
+                &student_data,
+                public.images(),
+                &fixmatch_cfg,
+                &keys,
+                STUDENT_STREAM + 100,
+            )?;
+            let acc = eval(&student)?;
+            say(format!(
             "FixMatch (post-processing, no privacy cost): {} steps, {} of {} unlabelled views pseudo-labelled (last tenth of the steps: {:.1}%); accuracy on the {eval_name} {:.2}%",
             fixmatch_cfg.steps,
             stats.pseudo_labelled,
@@ -705,49 +734,49 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             100.0 * stats.mask_rate_final,
             100.0 * acc
         ));
-        let trained_on = format!(
+            let trained_on = format!(
             "{} answered queries + consistency training (FixMatch) on {} unlabelled public images (post-processing)",
             answered.len(),
             public.len()
         );
-        fixmatch_out = Some((fixmatch_cfg, stats));
-        (acc, trained_on, 0)
-    } else if a.self_train {
-        let answered_set: std::collections::HashSet<usize> =
-            answered.iter().map(|(i, _)| *i).collect();
-        let cfg = FitConfig {
-            epochs: a.self_train_epochs,
-            ..student_fit
-        };
-        let mut n_self = 0;
-        let mut acc = acc_answered;
-        for r in 0..a.self_train_rounds {
-            // The current student labels the public images it is confident about; a fresh
-            // student learns those and the answered queries.
-            let p = predict(&student, public.images())?;
-            let mut items = answered.clone();
-            n_self = 0;
-            for (i, c) in confident_pseudo_labels(&p, a.self_train_confidence) {
-                if !answered_set.contains(&i) {
-                    items.push((i, c));
-                    n_self += 1;
+            fixmatch_out = Some((fixmatch_cfg, stats));
+            (acc, trained_on, 0)
+        } else if a.self_train {
+            let answered_set: std::collections::HashSet<usize> =
+                answered.iter().map(|(i, _)| *i).collect();
+            let cfg = FitConfig {
+                epochs: a.self_train_epochs,
+                ..student_fit
+            };
+            let mut n_self = 0;
+            let mut acc = acc_answered;
+            for r in 0..a.self_train_rounds {
+                // The current student labels the public images it is confident about; a fresh
+                // student learns those and the answered queries.
+                let p = predict(&student, public.images())?;
+                let mut items = answered.clone();
+                n_self = 0;
+                for (i, c) in confident_pseudo_labels(&p, a.self_train_confidence) {
+                    if !answered_set.contains(&i) {
+                        items.push((i, c));
+                        n_self += 1;
+                    }
                 }
-            }
-            let data = labelled(&items)?;
-            let stream = STUDENT_STREAM + 1 + r as u64;
-            let mut next = new_model(model, &keys, stream)?;
-            fit(&mut next, &data, &cfg, &keys, stream)?;
-            acc = eval(&next)?;
-            round_acc.push(acc);
-            student = next;
-            say(format!(
+                let data = labelled(&items)?;
+                let stream = STUDENT_STREAM + 1 + r as u64;
+                let mut next = new_model(model, &keys, stream)?;
+                fit(&mut next, &data, &cfg, &keys, stream)?;
+                acc = eval(&next)?;
+                round_acc.push(acc);
+                student = next;
+                say(format!(
                 "self-training round {} (post-processing, no privacy cost): +{n_self} public images labelled by the student (confidence >= {}); test accuracy {:.2}%",
                 r + 1,
                 a.self_train_confidence,
                 100.0 * acc
             ));
-        }
-        (
+            }
+            (
             acc,
             format!(
                 "{} answered queries + {n_self} public images self-labelled by the student (confidence >= {}, {} rounds; post-processing)",
@@ -757,17 +786,26 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             ),
             n_self,
         )
-    } else {
+        } else {
+            (
+                acc_answered,
+                format!(
+                    "{} answered queries only (no self-training)",
+                    answered.len()
+                ),
+                0,
+            )
+        };
+        student.save_safetensors(a.out.join("student.safetensors"))?;
         (
-            acc_answered,
-            format!(
-                "{} answered queries only (no self-training)",
-                answered.len()
-            ),
-            0,
+            Some(acc_answered),
+            Some(student_acc),
+            trained_on,
+            n_self,
+            round_acc,
+            fixmatch_out,
         )
     };
-    student.save_safetensors(a.out.join("student.safetensors"))?;
 
     let p = &agg_out.privacy;
     let report = PateReport {
@@ -778,7 +816,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         aggregator: agg,
         public_examples: public_n,
         evaluation_set: eval_name.to_string(),
-        student_test_examples: held.len(),
+        student_test_examples: eval_idx.len(),
         teacher_accuracies: teacher_acc.clone(),
         teacher_accuracy_mean: mean,
         teacher_accuracy_min: tmin,
@@ -787,7 +825,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         answered: p.answered,
         label_accuracy,
         plurality_accuracy_answered: plurality_acc,
-        student_trained_on: trained_on.clone(),
+        student_trained_on: trained_on,
         self_training: a.self_train,
         self_training_labels: n_self,
         self_training_accuracies: round_acc,
@@ -904,12 +942,14 @@ fn print_table(r: &PateReport, out: &Path, plotted: bool) {
         100.0 * r.label_accuracy
     );
     println!("  student trained on {}", r.student_trained_on);
-    println!(
-        "  student accuracy on the {} ({} images): {:.2}%",
-        r.evaluation_set,
-        r.student_test_examples,
-        100.0 * r.student_accuracy
-    );
+    if let Some(acc) = r.student_accuracy {
+        println!(
+            "  student accuracy on the {} ({} images): {:.2}%",
+            r.evaluation_set,
+            r.student_test_examples,
+            100.0 * acc
+        );
+    }
     println!(
         "  ε data-independent = {:.3} at δ = {:e}   <- the DP statement ({})",
         p.epsilon_data_independent, p.delta, p.data_independent_method
@@ -926,12 +966,17 @@ fn print_table(r: &PateReport, out: &Path, plotted: bool) {
         None => println!("  (no smooth-sensitivity release: --no-release or LNMax)"),
     }
     println!(
-        "  wrote {}{}",
+        "  wrote {}{}{}",
         out.join("metrics.json").display(),
-        if plotted {
-            ", student.safetensors, vote_agreement.png (the vote histogram is private: not covered by ε)"
-        } else {
+        if r.student_accuracy.is_some() {
             ", student.safetensors"
+        } else {
+            ""
+        },
+        if plotted {
+            ", vote_agreement.png (the vote histogram is private: not covered by ε)"
+        } else {
+            ""
         }
     );
 }
