@@ -154,4 +154,30 @@ typedef struct DpsgdPoolArgs {
     unsigned int ow;
 } DpsgdPoolArgs;
 
+/* ---- The scattering transform (kernels/scatter.cu; CPU twin src/cpu/scatter.rs) ---- */
+
+/* Complex f64 work planes of M_p x N_p per block of dpsgd_scatter (U0, U1, U2, S, W):
+   src/cpu/scatter.rs's SCRATCH_PLANES. */
+#define DPSGD_SCATTER_PLANES 5
+
+/* Arguments of dpsgd_scatter: `count` image planes of m x n floats, each into out_len =
+   K * oh * ow floats; padded size mp x np (reflect padding pad_top rows above, pad_left columns
+   left); J, L; the tables' layout is src/cpu/scatter.rs's KernelTables. Block z works in
+   scratch planes [z * DPSGD_SCATTER_PLANES, (z + 1) * DPSGD_SCATTER_PLANES) of mp * np
+   double2 each. */
+typedef struct DpsgdScatterArgs {
+    unsigned long long count;
+    unsigned long long out_len;
+    unsigned int m;
+    unsigned int n;
+    unsigned int mp;
+    unsigned int np;
+    unsigned int pad_top;
+    unsigned int pad_left;
+    unsigned int j;
+    unsigned int l;
+    unsigned int oh;
+    unsigned int ow;
+} DpsgdScatterArgs;
+
 #endif /* DPSGD_H */

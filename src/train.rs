@@ -12,7 +12,7 @@
 
 use crate::accounting::Method;
 use crate::cpu::loss::Reduction;
-use crate::data::scatter::{scatter_dataset, scatter_dataset_cached, ScatterParams};
+use crate::data::scatter::{scatter_dataset_cached_on, scatter_dataset_on, ScatterParams};
 use crate::data::{Dataset, DatasetKind, Split};
 use crate::engine::{EngineState, NoiseSpec, PrivacyConfig, PrivacyEngine};
 use crate::mechanisms::feature_stats::{
@@ -165,14 +165,15 @@ pub const FEATURE_CACHE_ENV: &str = "DPSGD_FEATURE_CACHE";
 /// The default folder of the scattering-feature cache, relative to the working directory.
 pub const DEFAULT_FEATURE_CACHE: &str = ".cache/dpsgd-features";
 
-/// The scattering features of `ds` (pixels in [0, 1]), through the cache when one is set.
-fn scatter_features(ds: &Dataset, cache: bool) -> Result<Dataset> {
+/// The scattering features of `ds` (pixels in [0, 1]), through the cache when one is set,
+/// computed on `device` on a miss (the CUDA kernel on a GPU).
+fn scatter_features(ds: &Dataset, cache: bool, device: &Device) -> Result<Dataset> {
     let params = ScatterParams::MNIST;
     let dir = std::env::var(FEATURE_CACHE_ENV).unwrap_or_else(|_| DEFAULT_FEATURE_CACHE.into());
     if !cache || dir == "off" || dir.is_empty() {
-        return scatter_dataset(ds, params);
+        return scatter_dataset_on(ds, params, device);
     }
-    let (d, _) = scatter_dataset_cached(ds, params, Path::new(&dir))?;
+    let (d, _) = scatter_dataset_cached_on(ds, params, Path::new(&dir), device)?;
     Ok(d)
 }
 
@@ -180,6 +181,17 @@ fn scatter_features(ds: &Dataset, cache: bool) -> Result<Dataset> {
 /// ScatterNet features of the [0, 1] pixels (Tramèr & Boneh feed Kymatio torchvision's
 /// `ToTensor()` output, no normalisation).
 pub fn load_data(data: &DataSource, model: ModelKind) -> Result<(Dataset, Dataset)> {
+    load_data_on(data, model, &Device::Cpu)
+}
+
+/// [`load_data`] with the scattering features (when not cached) computed on `device`: the CPU,
+/// or the CUDA scattering kernel on a GPU (a typed error if it fails, never a fallback). The
+/// trainer passes its own device.
+pub fn load_data_on(
+    data: &DataSource,
+    model: ModelKind,
+    device: &Device,
+) -> Result<(Dataset, Dataset)> {
     let scatter = model.uses_scattering();
     let (train, test) = match data {
         DataSource::Idx { kind, dir } => {
@@ -206,8 +218,8 @@ pub fn load_data(data: &DataSource, model: ModelKind) -> Result<(Dataset, Datase
     }
     let cache = matches!(data, DataSource::Idx { .. });
     Ok((
-        scatter_features(&train, cache)?,
-        scatter_features(&test, cache)?,
+        scatter_features(&train, cache, device)?,
+        scatter_features(&test, cache, device)?,
     ))
 }
 
@@ -304,8 +316,9 @@ fn one() -> usize {
 pub const VIEW_SEED: u64 = 0x7669_6577;
 
 /// The scattering views of the training images of `data` ([`TrainConfig::augmult_views`]):
-/// `n · V` rows, row `i·V + v` view v of training image i (before any validation split).
-fn load_views(data: &DataSource, views: usize) -> Result<Dataset> {
+/// `n · V` rows, row `i·V + v` view v of training image i (before any validation split),
+/// computed on `device` when not cached.
+fn load_views(data: &DataSource, views: usize, device: &Device) -> Result<Dataset> {
     let (pixels, kind, cache) = match data {
         DataSource::Idx { kind, dir } => {
             let dir = dir
@@ -333,10 +346,15 @@ fn load_views(data: &DataSource, views: usize) -> Result<Dataset> {
     let params = ScatterParams::MNIST;
     let dir = std::env::var(FEATURE_CACHE_ENV).unwrap_or_else(|_| DEFAULT_FEATURE_CACHE.into());
     if !cache || dir == "off" || dir.is_empty() {
-        return crate::data::scatter::scatter_views(&pixels, params, spec);
+        return crate::data::scatter::scatter_views_on(&pixels, params, spec, device);
     }
-    let (d, _) =
-        crate::data::scatter::scatter_views_cached(&pixels, params, spec, Path::new(&dir))?;
+    let (d, _) = crate::data::scatter::scatter_views_cached_on(
+        &pixels,
+        params,
+        spec,
+        Path::new(&dir),
+        device,
+    )?;
     Ok(d)
 }
 
@@ -573,13 +591,14 @@ impl Trainer {
                 "1 on a CUDA device (averaging each example's K copies before clipping runs on the host): use --device cpu, or --augmult 1",
             ));
         }
-        let (train, test) = load_data(&cfg.data, cfg.model)?;
+        // Scattering features are computed on the run's device (the CUDA kernel on a GPU).
+        let (train, test) = load_data_on(&cfg.data, cfg.model, device)?;
         // One master key per run; each purpose (initialisation, sampling, noise) gets its own
         // derived key, so no two share a stream (crate::rng).
         let keys = RunKeys::from_seed(cfg.seed)?;
         let seed = keys.key(Purpose::ModelInit).derive_u64();
         let views = if cfg.augmult_views > 0 {
-            let bank = load_views(&cfg.data, cfg.augmult_views)?;
+            let bank = load_views(&cfg.data, cfg.augmult_views, device)?;
             let orig = if cfg.validation > 0 {
                 train.split_validation_indices(cfg.validation, 0x5eed)?.0
             } else {

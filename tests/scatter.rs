@@ -1,6 +1,11 @@
 //! The scattering front end (src/cpu/scatter.rs, src/data/scatter.rs): its output against
 //! Kymatio 0.3.0's on real images (tests/reference/scatter_kymatio.json, written by
-//! scripts/gen-scatter-reference), the on-disk feature cache, and the scattering models.
+//! scripts/gen-scatter-reference), the on-disk feature cache, and the scattering models; the
+//! CUDA kernel's algorithm run on the host (`Scattering2d::transform_by_tables`) against the
+//! rustfft transform; and, on a GPU (feature `cuda`), the kernel (kernels/scatter.cu,
+//! src/cuda/scatter.rs) against both — those tests skip without a GPU and fail when
+//! `DPSGD_REQUIRE_GPU=1`:
+//! `DPSGD_REQUIRE_GPU=1 cargo test --release --features cuda --test scatter gpu_`.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +20,8 @@ use dpsgd::train::{
     load_data, DataSource, LrSchedule, ModelKind, OptimizerKind, TrainConfig, Trainer,
 };
 use dpsgd::Device;
+
+mod common;
 
 #[derive(serde::Deserialize)]
 struct Case {
@@ -557,4 +564,436 @@ fn trainer_on_views_k1_identity_is_the_plain_run_and_k2_keeps_epsilon() {
         plain.model().params().to_vec().unwrap(),
         aug.model().params().to_vec().unwrap()
     );
+}
+
+/// `count` image planes of `h × w` uniform in [0, 1) (the trainer's pixel range).
+fn unit_images(count: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
+    common::uniform(count * h * w, 0.5, seed)
+        .into_iter()
+        .map(|v| v + 0.5)
+        .collect()
+}
+
+/// The sizes of the GPU-vs-CPU checks: MNIST's 28 × 28 (padded 36 × 36) and 32 × 32 (CIFAR's
+/// size, padded 40 × 40), J = 2, L = 8.
+const SIZES: [usize; 2] = [28, 32];
+
+/// (examples B, input channels C) of the GPU-vs-CPU checks.
+const BATCHES: [(usize, usize); 5] = [(1, 1), (1, 3), (5, 1), (3, 3), (17, 1)];
+
+/// Asserts `got ≈ want` (features of `[.., K, h, w]` planes): each value within `rel` of
+/// itself or of the largest |value| of its channel (`hw` consecutive values); returns the worst
+/// error over the channel scale and the share of values that are bit-identical.
+fn assert_features_close(what: &str, got: &[f32], want: &[f32], hw: usize, rel: f32) -> (f32, f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let mut worst = 0f32;
+    let mut same = 0usize;
+    for (ch, (g, w)) in got.chunks(hw).zip(want.chunks(hw)).enumerate() {
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        for (i, (&a, &b)) in g.iter().zip(w).enumerate() {
+            same += (a.to_bits() == b.to_bits()) as usize;
+            worst = worst.max((a - b).abs() / scale);
+            assert!(
+                approx::relative_eq!(a, b, epsilon = rel * scale, max_relative = rel),
+                "{what}: channel {ch} [{i}]: got {a}, want {b} (channel max {scale}, tol {rel})"
+            );
+        }
+    }
+    (worst, same as f64 / got.len().max(1) as f64)
+}
+
+/// The CUDA kernel's algorithm on the host (dense DFTs by twiddle tables, periodisation and
+/// crop exactly as kernels/scatter.cu runs them) gives the rustfft transform's f32 features
+/// on random batches of every shape the GPU test uses: within 1e-6 of the value or of its
+/// channel's largest value (the f64 results agree to ~1e-15 of the channel maximum, see
+/// src/cpu/scatter.rs's tests, so the f32 values differ at most by a rounding flip).
+#[test]
+fn kernel_algorithm_on_the_host_matches_the_transform() {
+    for (si, &hw) in SIZES.iter().enumerate() {
+        let p = ScatterParams {
+            height: hw,
+            width: hw,
+            ..ScatterParams::MNIST
+        };
+        let s = Scattering2d::new(p).unwrap();
+        let (oh, ow) = p.out_hw();
+        for (bi, &(b, c)) in BATCHES.iter().enumerate() {
+            let x = unit_images(b * c, hw, hw, 1000 + 10 * si as u64 + bi as u64);
+            let mut want = vec![0f32; b * c * s.out_len()];
+            s.transform(&x, c, &mut want).unwrap();
+            let mut got = vec![f32::NAN; want.len()];
+            s.transform_by_tables(&x, c, &mut got).unwrap();
+            let (worst, same) = assert_features_close(
+                &format!("{hw}×{hw}, B = {b}, C = {c}"),
+                &got,
+                &want,
+                oh * ow,
+                1e-6,
+            );
+            eprintln!(
+                "{hw}×{hw} B = {b} C = {c}: worst {worst:.1e} of the channel max, {:.3}% bit-identical",
+                100.0 * same
+            );
+        }
+    }
+}
+
+/// `transform_by_tables` has `transform`'s checks: typed errors, no panic, `out` untouched.
+#[test]
+fn kernel_algorithm_on_the_host_rejects_bad_input() {
+    let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
+    let mut out = vec![7f32; s.out_len()];
+    let x = vec![0.5f32; 784];
+    assert!(matches!(
+        s.transform_by_tables(&x, 0, &mut out),
+        Err(dpsgd::Error::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        s.transform_by_tables(&x[..700], 1, &mut out),
+        Err(dpsgd::Error::Shape { .. })
+    ));
+    assert!(matches!(
+        s.transform_by_tables(&x, 1, &mut out[..10]),
+        Err(dpsgd::Error::Shape { .. })
+    ));
+    let mut bad = x.clone();
+    bad[300] = f32::INFINITY;
+    match s.transform_by_tables(&bad, 1, &mut out) {
+        Err(dpsgd::Error::NonFinite { detail, .. }) => assert!(detail.contains("offset 300")),
+        other => panic!("{other:?}"),
+    }
+    assert!(out.iter().all(|&v| v == 7.0));
+}
+
+/// A measurement, not a CI test (it needs data/mnist, so it is ignored): the f32 features of
+/// the first N MNIST test images (`DPSGD_SCATTER_CHECK_N`, default 1000) by the kernel's
+/// algorithm on the host against the rustfft transform — how many differ and by how much
+/// (the argument for sharing the feature cache between devices, src/data/scatter.rs).
+/// `cargo test --release --test scatter -- --ignored --nocapture mnist_features_`.
+#[test]
+#[ignore = "needs data/mnist; a measurement for BENCHMARKS.md"]
+fn mnist_features_kernel_algorithm_vs_transform() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
+    let ds = Dataset::load_unit_range(
+        dpsgd::data::DatasetKind::Mnist,
+        &dir,
+        dpsgd::data::Split::Test,
+    )
+    .expect("data/mnist (scripts/fetch-mnist)");
+    let n: usize = std::env::var("DPSGD_SCATTER_CHECK_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(ds.len());
+    let x = &ds.images()[..n * 784];
+    let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
+    let mut a = vec![0f32; n * s.out_len()];
+    let mut b = vec![0f32; a.len()];
+    let t0 = std::time::Instant::now();
+    s.transform(x, 1, &mut a).unwrap();
+    let t_fft = t0.elapsed().as_secs_f64();
+    let t0 = std::time::Instant::now();
+    s.transform_by_tables(x, 1, &mut b).unwrap();
+    let t_tab = t0.elapsed().as_secs_f64();
+    let differ = a
+        .iter()
+        .zip(&b)
+        .filter(|(p, q)| p.to_bits() != q.to_bits())
+        .count();
+    // Largest difference over its channel's largest |value| (near-zero features of the
+    // background differ by many ulps of themselves but not of their channel), and the largest
+    // in ulps among features at least 1e-3 of their channel's maximum.
+    let (mut worst, mut max_ulp) = (0f64, 0u64);
+    for (p, q) in a.chunks(49).zip(b.chunks(49)) {
+        let scale = p.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30) as f64;
+        for (&u, &v) in p.iter().zip(q) {
+            worst = worst.max((u as f64 - v as f64).abs() / scale);
+            if u.abs() as f64 >= 1e-3 * scale {
+                max_ulp = max_ulp.max((u.to_bits() as i64 - v.to_bits() as i64).unsigned_abs());
+            }
+        }
+    }
+    eprintln!(
+        "MNIST test images 0..{n}: {differ} of {} f32 features differ; largest difference {worst:.1e} of the channel max, {max_ulp} ulp among features >= 1e-3 of it; rustfft transform {t_fft:.2} s, kernel algorithm on the host {t_tab:.2} s",
+        a.len()
+    );
+    assert!(worst <= 1e-6, "{worst:e}");
+}
+
+/// The `_on` variants on the CPU are the plain functions.
+#[test]
+fn scatter_on_the_cpu_device_is_the_plain_transform() {
+    use dpsgd::data::scatter::{scatter_dataset_on, scatter_views_on};
+    let ds = small_dataset(9);
+    assert_eq!(
+        scatter_dataset_on(&ds, ScatterParams::MNIST, &Device::Cpu).unwrap(),
+        scatter_dataset(&ds, ScatterParams::MNIST).unwrap()
+    );
+    let spec = ViewSpec {
+        views: 2,
+        augmentation: dpsgd::augment::Augmentation {
+            max_shift: 2,
+            hflip: false,
+        },
+        seed: 3,
+    };
+    assert_eq!(
+        scatter_views_on(&ds, ScatterParams::MNIST, spec, &Device::Cpu).unwrap(),
+        scatter_views(&ds, ScatterParams::MNIST, spec).unwrap()
+    );
+}
+
+/// GPU tests (feature `cuda`): kernels/scatter.cu through src/cuda/scatter.rs against the CPU.
+///
+/// Tolerance: the GPU computes the CPU's transform in f64 from the same filters, with DFTs
+/// by twiddle tables instead of rustfft (~1e-15 of each channel's maximum apart in f64), and
+/// rounds once to f32; so every feature must be within 1e-6 (`approx::relative_eq!`,
+/// `max_relative`) of the CPU's value or within 1e-6 of its channel's largest |value|
+/// (`epsilon`) — about eight f32 ulps, while a wrong index or filter gives errors of order 1.
+/// Against the host emulation of the kernel (`transform_by_tables`, same operations in the
+/// same order, each separately rounded) the features must be bit-identical.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+    use dpsgd::cuda::scatter::CudaScattering2d;
+    use dpsgd::cuda::CudaBackend;
+    use std::sync::Arc;
+
+    fn backend(dev: &Device) -> Arc<CudaBackend> {
+        match dev {
+            Device::Cuda(d) => Arc::clone(d.backend()),
+            Device::Cpu => panic!("not a GPU"),
+        }
+    }
+
+    /// The GPU transform of host images through device buffers (`transform`, not the chunked
+    /// host helper).
+    fn on_gpu(g: &CudaScattering2d, be: &CudaBackend, x: &[f32], c: usize) -> Vec<f32> {
+        let n = x.len() / (g.params().height * g.params().width) * g.out_len();
+        let dx = be.htod(x).unwrap();
+        let mut dy = be.alloc_zeros::<f32>(n).unwrap();
+        g.transform(&dx.slice(..x.len()), c, &mut dy.slice_mut(..n))
+            .unwrap();
+        be.dtoh(&dy.slice(..n)).unwrap()
+    }
+
+    #[test]
+    fn gpu_matches_cpu_on_random_batches() {
+        let Some(dev) = common::gpu("gpu_matches_cpu_on_random_batches") else {
+            return;
+        };
+        let be = backend(&dev);
+        for (si, &hw) in SIZES.iter().enumerate() {
+            let p = ScatterParams {
+                height: hw,
+                width: hw,
+                ..ScatterParams::MNIST
+            };
+            let s = Scattering2d::new(p).unwrap();
+            let g = CudaScattering2d::new(&be, &s).unwrap();
+            let (oh, ow) = p.out_hw();
+            for (bi, &(b, c)) in BATCHES.iter().enumerate() {
+                let x = unit_images(b * c, hw, hw, 2000 + 10 * si as u64 + bi as u64);
+                let got = on_gpu(&g, &be, &x, c);
+                let mut want = vec![0f32; got.len()];
+                s.transform(&x, c, &mut want).unwrap();
+                let (worst, same) = assert_features_close(
+                    &format!("GPU {hw}×{hw}, B = {b}, C = {c}"),
+                    &got,
+                    &want,
+                    oh * ow,
+                    1e-6,
+                );
+                eprintln!(
+                    "GPU vs CPU {hw}×{hw} B = {b} C = {c}: worst {worst:.1e} of the channel max, {:.3}% bit-identical",
+                    100.0 * same
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gpu_equals_the_host_emulation_bit_for_bit() {
+        let Some(dev) = common::gpu("gpu_equals_the_host_emulation_bit_for_bit") else {
+            return;
+        };
+        let be = backend(&dev);
+        for &hw in &SIZES {
+            let p = ScatterParams {
+                height: hw,
+                width: hw,
+                ..ScatterParams::MNIST
+            };
+            let s = Scattering2d::new(p).unwrap();
+            let g = CudaScattering2d::new(&be, &s).unwrap();
+            let x = unit_images(6, hw, hw, 3000 + hw as u64);
+            let got = on_gpu(&g, &be, &x, 3);
+            let mut want = vec![0f32; got.len()];
+            s.transform_by_tables(&x, 3, &mut want).unwrap();
+            let diff = got
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                diff,
+                0,
+                "{hw}×{hw}: {diff} of {} features differ",
+                got.len()
+            );
+        }
+    }
+
+    /// Kymatio's reference images through the GPU: the tolerances of
+    /// `matches_kymatio_on_mnist_fashion_and_random_images`.
+    #[test]
+    fn gpu_matches_kymatio() {
+        let Some(dev) = common::gpu("gpu_matches_kymatio") else {
+            return;
+        };
+        let be = backend(&dev);
+        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
+        let g = CudaScattering2d::new(&be, &s).unwrap();
+        for c in &reference().cases {
+            let x: Vec<f32> = c.input.iter().map(|&v| v as f32).collect();
+            let out = on_gpu(&g, &be, &x, 1);
+            for ch in 0..81 {
+                let want = &c.output[ch * 49..(ch + 1) * 49];
+                let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+                for (i, (&gv, &w)) in out[ch * 49..(ch + 1) * 49].iter().zip(want).enumerate() {
+                    let err = (gv as f64 - w).abs();
+                    assert!(err <= 1e-5 * scale, "{} ch {ch} [{i}]: {gv} vs {w}", c.name);
+                    if w.abs() >= 1e-2 * scale {
+                        assert!(
+                            err <= 1e-4 * w.abs(),
+                            "{} ch {ch} [{i}]: {gv} vs {w}",
+                            c.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bad input: typed errors before any launch (c = 0, lengths), a non-finite value found
+    /// by the check kernel and reported with its offset, `out` untouched in every case.
+    #[test]
+    fn gpu_bad_inputs_are_typed_errors() {
+        let Some(dev) = common::gpu("gpu_bad_inputs_are_typed_errors") else {
+            return;
+        };
+        let be = backend(&dev);
+        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
+        let g = CudaScattering2d::new(&be, &s).unwrap();
+        let x = unit_images(2, 28, 28, 5);
+        let dx = be.htod(&x).unwrap();
+        let n = 2 * s.out_len();
+        let mut dy = be.htod(&vec![7f32; n]).unwrap();
+        assert!(matches!(
+            g.transform(&dx.slice(..), 0, &mut dy.slice_mut(..)),
+            Err(dpsgd::Error::InvalidParameter { .. })
+        ));
+        assert!(matches!(
+            g.transform(&dx.slice(..1000), 1, &mut dy.slice_mut(..)),
+            Err(dpsgd::Error::Shape { .. })
+        ));
+        assert!(matches!(
+            g.transform(&dx.slice(..), 1, &mut dy.slice_mut(..n - 1)),
+            Err(dpsgd::Error::Shape { .. })
+        ));
+        // Two planes as one example of 2 channels or two of 1: both valid; 3 channels: not.
+        assert!(matches!(
+            g.transform(&dx.slice(..), 3, &mut dy.slice_mut(..)),
+            Err(dpsgd::Error::Shape { .. })
+        ));
+        let mut bad = x.clone();
+        bad[1000] = f32::NAN;
+        bad[1200] = f32::INFINITY;
+        let dbad = be.htod(&bad).unwrap();
+        match g.transform(&dbad.slice(..), 1, &mut dy.slice_mut(..)) {
+            Err(dpsgd::Error::NonFinite { detail, .. }) => {
+                assert!(detail.contains("offset 1000"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(be.dtoh(&dy.slice(..)).unwrap().iter().all(|&v| v == 7.0));
+        let mut host_out = vec![7f32; n];
+        assert!(matches!(
+            g.transform_host(&bad, 1, &mut host_out),
+            Err(dpsgd::Error::NonFinite { .. })
+        ));
+        assert!(matches!(
+            g.transform_host(&x[..700], 1, &mut host_out),
+            Err(dpsgd::Error::Shape { .. })
+        ));
+        assert!(host_out.iter().all(|&v| v == 7.0));
+        // Empty batch: nothing to do.
+        g.transform_host(&[], 1, &mut []).unwrap();
+    }
+
+    /// The chunked host path (8192 planes per upload) across a chunk boundary with 3 channels
+    /// (chunks of whole examples), against the CPU.
+    #[test]
+    fn gpu_host_path_across_chunks() {
+        let Some(dev) = common::gpu("gpu_host_path_across_chunks") else {
+            return;
+        };
+        let be = backend(&dev);
+        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
+        let g = CudaScattering2d::new(&be, &s).unwrap();
+        let b = 2731; // 8193 planes: two chunks
+        let x = unit_images(3 * b, 28, 28, 77);
+        let mut got = vec![0f32; 3 * b * s.out_len()];
+        g.transform_host(&x, 3, &mut got).unwrap();
+        let mut want = vec![0f32; got.len()];
+        s.transform(&x, 3, &mut want).unwrap();
+        assert_features_close("chunked", &got, &want, 49, 1e-6);
+    }
+
+    /// The dataset pipeline and the trainer's data loading on a GPU: features and augmented
+    /// views computed by the kernel match the CPU's.
+    #[test]
+    fn gpu_dataset_features_views_and_load_data() {
+        use dpsgd::data::scatter::{scatter_dataset_on, scatter_views_on};
+        let Some(dev) = common::gpu("gpu_dataset_features_views_and_load_data") else {
+            return;
+        };
+        let ds = small_dataset(4);
+        let a = scatter_dataset_on(&ds, ScatterParams::MNIST, &dev).unwrap();
+        let b = scatter_dataset(&ds, ScatterParams::MNIST).unwrap();
+        assert_eq!(a.labels(), b.labels());
+        assert_eq!((a.channels(), a.height(), a.width()), (81, 7, 7));
+        assert_features_close("dataset", a.images(), b.images(), 49, 1e-6);
+        let spec = ViewSpec {
+            views: 3,
+            augmentation: dpsgd::augment::Augmentation {
+                max_shift: 2,
+                hflip: true,
+            },
+            seed: 11,
+        };
+        let a = scatter_views_on(&ds, ScatterParams::MNIST, spec, &dev).unwrap();
+        let b = scatter_views(&ds, ScatterParams::MNIST, spec).unwrap();
+        assert_eq!(a.labels(), b.labels());
+        assert_features_close("views", a.images(), b.images(), 49, 1e-6);
+        let src = DataSource::Synthetic {
+            train: 40,
+            test: 20,
+        };
+        let (tr_g, te_g) = dpsgd::train::load_data_on(&src, ModelKind::ScatterCnn, &dev).unwrap();
+        let (tr_c, te_c) = load_data(&src, ModelKind::ScatterCnn).unwrap();
+        assert_features_close("load_data train", tr_g.images(), tr_c.images(), 49, 1e-6);
+        assert_features_close("load_data test", te_g.images(), te_c.images(), 49, 1e-6);
+    }
+}
+
+/// Without the `cuda` feature, asking for the features on a GPU is a typed error.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn gpu_features_without_the_cuda_feature_are_an_error() {
+    assert!(matches!(
+        Device::cuda(0),
+        Err(dpsgd::Error::CudaNotCompiled)
+    ));
+    eprintln!("gpu_*: skipped, built without the `cuda` feature");
 }

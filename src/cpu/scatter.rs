@@ -277,6 +277,7 @@ struct Work {
     u2: Vec<C64>,
     t: Vec<C64>,
     s: Vec<C64>,
+    out: Vec<f64>,
     tr: Vec<C64>,
     scratch: Vec<C64>,
 }
@@ -402,7 +403,7 @@ impl Scattering2d {
     }
 
     /// Inverse FFT of a coarse `(mp/2^J) × (np/2^J)` array, real part, `unpad`ded into `out`.
-    fn finish(&self, s: &mut [C64], w: &mut Work, out: &mut [f32]) {
+    fn finish(&self, s: &mut [C64], w: &mut Work, out: &mut [f64]) {
         let jj = self.params.j;
         let p = &self.plans[jj];
         fft2(s, p, false, &mut w.tr, &mut w.scratch);
@@ -410,7 +411,7 @@ impl Scattering2d {
         let (h, wd) = self.params.out_hw();
         for a in 0..h {
             for b in 0..wd {
-                out[a * wd + b] = (s[(a + 1) * p.n + b + 1].re * inv) as f32;
+                out[a * wd + b] = s[(a + 1) * p.n + b + 1].re * inv;
             }
         }
     }
@@ -427,7 +428,8 @@ impl Scattering2d {
     }
 
     /// The transform of one `M × N` image into `out` (`channels × M/2^J × N/2^J`).
-    fn one(&self, x: &[f32], out: &mut [f32], w: &mut Work) {
+    /// (In f64; [`Scattering2d::transform`] rounds to f32.)
+    fn one(&self, x: &[f32], out: &mut [f64], w: &mut Work) {
         let jj = self.params.j;
         let l = self.params.l;
         let (h, wd) = self.params.out_hw();
@@ -546,48 +548,435 @@ impl Scattering2d {
         out.into_iter().map(|b| b * (1.0 + 1e-6)).collect()
     }
 
-    /// The transform of a batch: `images` holds `n` examples of `[c, M, N]`; `out` receives
-    /// `n` examples of `[c · K, M/2^J, N/2^J]` (K = [`ScatterParams::channels`]; input channel
-    /// `ci`'s K channels first, as Kymatio's `(B, c, K, h, w)` viewed as `(B, c·K, h, w)`).
-    /// Parallel over the images with rayon.
-    pub fn transform(&self, images: &[f32], c: usize, out: &mut [f32]) -> Result<()> {
+    /// Checks a batch's lengths for [`Scattering2d::transform`] and its twins (`op` names the
+    /// caller): `c ≥ 1`, `images` a whole number of `[c, M, N]` images, `out` exactly their
+    /// features. Returns the number of image planes (examples × `c`).
+    pub fn check_batch(
+        &self,
+        op: &'static str,
+        images: usize,
+        c: usize,
+        out: usize,
+    ) -> Result<usize> {
         let (m, n) = (self.params.height, self.params.width);
         if c == 0 {
             return Err(Error::invalid("channels", c, ">= 1"));
         }
         let inp = m * n;
-        if images.len() % (c * inp) != 0 {
+        if images % (c * inp) != 0 {
             return Err(Error::shape(
-                "Scattering2d::transform",
-                format!(
-                    "{} input values are not a whole number of [{c}, {m}, {n}] images",
-                    images.len()
-                ),
+                op,
+                format!("{images} input values are not a whole number of [{c}, {m}, {n}] images"),
             ));
         }
-        let count = images.len() / inp;
+        let count = images / inp;
         let ol = self.out_len();
-        if out.len() != count * ol {
+        if out != count * ol {
             return Err(Error::shape(
-                "Scattering2d::transform",
+                op,
                 format!(
-                    "out holds {} values, {} needed ({count} image channels × {ol})",
-                    out.len(),
+                    "out holds {out} values, {} needed ({count} image channels × {ol})",
                     count * ol
                 ),
             ));
         }
-        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                what: "scattering input",
-                detail: format!("value {} at offset {i}", images[i]),
-            });
-        }
+        Ok(count)
+    }
+
+    /// The transform of a batch: `images` holds `n` examples of `[c, M, N]`; `out` receives
+    /// `n` examples of `[c · K, M/2^J, N/2^J]` (K = [`ScatterParams::channels`]; input channel
+    /// `ci`'s K channels first, as Kymatio's `(B, c, K, h, w)` viewed as `(B, c·K, h, w)`).
+    /// Parallel over the images with rayon.
+    ///
+    /// The GPU twin is `dpsgd::cuda::scatter::CudaScattering2d::transform` (feature `cuda`),
+    /// whose algorithm [`Scattering2d::transform_by_tables`] runs on the host.
+    pub fn transform(&self, images: &[f32], c: usize, out: &mut [f32]) -> Result<()> {
+        self.check_batch("Scattering2d::transform", images.len(), c, out.len())?;
+        check_finite(images)?;
+        let inp = self.params.height * self.params.width;
+        let ol = self.out_len();
         images
             .par_chunks(inp)
             .zip(out.par_chunks_mut(ol))
-            .for_each_init(Work::default, |w, (x, o)| self.one(x, o, w));
+            .for_each_init(Work::default, |w, (x, o)| {
+                let mut o64 = std::mem::take(&mut w.out);
+                o64.resize(ol, 0.0);
+                self.one(x, &mut o64, w);
+                for (d, v) in o.iter_mut().zip(&o64) {
+                    *d = *v as f32;
+                }
+                w.out = o64;
+            });
         Ok(())
+    }
+
+    /// [`Scattering2d::transform`] of one-channel images without the final f32 rounding (for
+    /// the tests of the kernel's algorithm).
+    #[cfg(test)]
+    fn transform_f64(&self, images: &[f32]) -> Vec<f64> {
+        let inp = self.params.height * self.params.width;
+        let ol = self.out_len();
+        let mut out = vec![0f64; images.len() / inp * ol];
+        let mut w = Work::default();
+        for (x, o) in images.chunks(inp).zip(out.chunks_mut(ol)) {
+            self.one(x, o, &mut w);
+        }
+        out
+    }
+
+    /// [`Scattering2d::transform_by_tables`] without the final f32 rounding.
+    #[cfg(test)]
+    fn transform_by_tables_f64(&self, images: &[f32]) -> Vec<f64> {
+        let t = self.kernel_tables();
+        let inp = self.params.height * self.params.width;
+        let ol = self.out_len();
+        let mut out = vec![0f64; images.len() / inp * ol];
+        let mut scratch = vec![[0f64; 2]; SCRATCH_PLANES * self.mp * self.np];
+        for (x, o) in images.chunks(inp).zip(out.chunks_mut(ol)) {
+            emu_scatter_one(&t, self.params, x, o, &mut scratch);
+        }
+        out
+    }
+
+    /// The tables the CUDA kernel (`kernels/scatter.cu`) reads: this transform's filters, the
+    /// DFT twiddles and the offsets into both (see [`KernelTables`]).
+    pub fn kernel_tables(&self) -> KernelTables {
+        let (jj, l) = (self.params.j, self.params.l);
+        debug_assert!(self.psi.iter().enumerate().all(|(i, p)| p.j == i / l));
+        let mut offsets = vec![0u64; KernelTables::offsets_len(jj, l)];
+        let mut filters = Vec::new();
+        for (r, f) in self.phi.iter().enumerate() {
+            offsets[r] = filters.len() as u64;
+            filters.extend_from_slice(f);
+        }
+        for (lam, p) in self.psi.iter().enumerate() {
+            for (r, f) in p.levels.iter().enumerate() {
+                offsets[jj + lam * jj + r] = filters.len() as u64;
+                filters.extend_from_slice(f);
+            }
+        }
+        let mut twiddles = Vec::new();
+        let base = jj + jj * l * jj;
+        for r in 0..=jj {
+            for (slot, len) in [(base + r, self.np >> r), (base + jj + 1 + r, self.mp >> r)] {
+                offsets[slot] = twiddles.len() as u64;
+                for k in 0..len {
+                    let t = 2.0 * PI * k as f64 / len as f64;
+                    twiddles.push(t.cos());
+                    twiddles.push(t.sin());
+                }
+            }
+        }
+        KernelTables {
+            j: jj,
+            l,
+            mp: self.mp,
+            np: self.np,
+            pad_top: self.pad_top,
+            pad_left: self.pad_left,
+            filters,
+            twiddles,
+            offsets,
+        }
+    }
+
+    /// **The CUDA kernel's algorithm on the host**: the transform exactly as
+    /// `kernels/scatter.cu` (`dpsgd_scatter`) computes it — the same [`KernelTables`], the same
+    /// loops in the same order, each output element of a step summed by one thread in the
+    /// order written here, every f64 operation a separately rounded `+`, `−`, `×` or `√` (the
+    /// kernel uses `__dadd_rn`/`__dsub_rn`/`__dmul_rn`/`__dsqrt_rn`, so nvcc fuses nothing):
+    /// the GPU is meant to give these very f32 values, bit for bit. Same signature, checks and
+    /// output as [`Scattering2d::transform`] (which uses rustfft); the two agree in f64 to
+    /// ~1e-15 of each channel's largest coefficient (the tests below allow 1e-12), so their f32
+    /// outputs are almost all bit-identical (see [`crate::data::scatter`]'s Device section).
+    /// DFTs are dense products with twiddle tables (the padded sizes, e.g. 36, are not
+    /// powers of two), so this is several times slower than [`Scattering2d::transform`]; it
+    /// exists to test the kernel's index arithmetic where no GPU is present.
+    ///
+    /// Keep it in lock-step with `kernels/scatter.cu`: each `emu_*` function below is the
+    /// device function of the same name without the prefix.
+    pub fn transform_by_tables(&self, images: &[f32], c: usize, out: &mut [f32]) -> Result<()> {
+        self.check_batch(
+            "Scattering2d::transform_by_tables",
+            images.len(),
+            c,
+            out.len(),
+        )?;
+        check_finite(images)?;
+        let t = self.kernel_tables();
+        let inp = self.params.height * self.params.width;
+        let ol = self.out_len();
+        let plane = self.mp * self.np;
+        images
+            .par_chunks(inp)
+            .zip(out.par_chunks_mut(ol))
+            .for_each_init(
+                || (vec![[0f64; 2]; SCRATCH_PLANES * plane], vec![0f64; ol]),
+                |(scratch, o64), (x, o)| {
+                    emu_scatter_one(&t, self.params, x, o64, scratch);
+                    // The kernel rounds each output to f32 as it writes it.
+                    for (d, v) in o.iter_mut().zip(o64.iter()) {
+                        *d = *v as f32;
+                    }
+                },
+            );
+        Ok(())
+    }
+}
+
+/// Error for the first non-finite input value.
+fn check_finite(images: &[f32]) -> Result<()> {
+    if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "scattering input",
+            detail: format!("value {} at offset {i}", images[i]),
+        });
+    }
+    Ok(())
+}
+
+/// Complex work planes per image of the kernel (`DPSGD_SCATTER_PLANES` in `kernels/dpsgd.h`),
+/// each of `M_p · N_p` complex f64: U0, U1, U2, S and the DFT's work plane W.
+pub const SCRATCH_PLANES: usize = 5;
+
+/// What `kernels/scatter.cu` reads besides the images (built by
+/// [`Scattering2d::kernel_tables`], uploaded once): all in f64, computed on the host.
+///
+/// - `filters`: φ at resolutions 0..J, then every wavelet ψ_λ (λ = j·L + θ, in
+///   [`Scattering2d`]'s order) at each of its resolutions; real Fourier-domain values, row
+///   major, `(M_p/2^r) × (N_p/2^r)` each.
+/// - `twiddles`: for each resolution r = 0..=J, `(cos 2πk/n, sin 2πk/n)` for k < n, first
+///   n = N_p/2^r (rows), then n = M_p/2^r (columns).
+/// - `offsets` (in f64 elements): `[r]` φ at resolution r (r < J); `[J + λ·J + r]` ψ_λ at
+///   resolution r; `[J + J·L·J + r]` the row table of resolution r; `[J + J·L·J + J + 1 + r]`
+///   its column table (r ≤ J).
+#[derive(Clone, Debug)]
+pub struct KernelTables {
+    /// J.
+    pub j: usize,
+    /// L.
+    pub l: usize,
+    /// Padded height M_p.
+    pub mp: usize,
+    /// Padded width N_p.
+    pub np: usize,
+    /// Rows of reflect padding above the image.
+    pub pad_top: usize,
+    /// Columns of reflect padding left of the image.
+    pub pad_left: usize,
+    /// The filters (see the type's docs).
+    pub filters: Vec<f64>,
+    /// The twiddle tables.
+    pub twiddles: Vec<f64>,
+    /// The offsets into both.
+    pub offsets: Vec<u64>,
+}
+
+impl KernelTables {
+    /// Length of `offsets` for (J, L).
+    pub fn offsets_len(j: usize, l: usize) -> usize {
+        j + j * l * j + 2 * (j + 1)
+    }
+    fn phi(&self, r: usize) -> &[f64] {
+        &self.filters[self.offsets[r] as usize..]
+    }
+    fn psi(&self, lam: usize, r: usize) -> &[f64] {
+        &self.filters[self.offsets[self.j + lam * self.j + r] as usize..]
+    }
+    fn tw_row(&self, r: usize) -> &[f64] {
+        let base = self.j + self.j * self.l * self.j;
+        &self.twiddles[self.offsets[base + r] as usize..]
+    }
+    fn tw_col(&self, r: usize) -> &[f64] {
+        let base = self.j + self.j * self.l * self.j + self.j + 1;
+        &self.twiddles[self.offsets[base + r] as usize..]
+    }
+}
+
+// ---- The kernel's algorithm on the host (kernels/scatter.cu, loop for loop) ----
+// The loops run over element indices `e` as the kernel's threads do (`e = threadIdx.x; e <
+// total; e += blockDim.x`), hence `needless_range_loop` is allowed on them.
+
+/// A complex f64 as the kernel's `double2`: `[re, im]`.
+type Cx = [f64; 2];
+
+/// kernels/scatter.cu `pad`: numpy's reflect padding of the `m × n` image into `u0`.
+fn emu_pad(t: &KernelTables, m: usize, n: usize, x: &[f32], u0: &mut [Cx]) {
+    for (e, u) in u0[..t.mp * t.np].iter_mut().enumerate() {
+        let (a, b) = (e / t.np, e % t.np);
+        let sa = emu_reflect(a as i64 - t.pad_top as i64, m as i64);
+        let sb = emu_reflect(b as i64 - t.pad_left as i64, n as i64);
+        *u = [x[sa * n + sb] as f64, 0.0];
+    }
+}
+
+/// kernels/scatter.cu `reflect`.
+fn emu_reflect(s: i64, len: i64) -> usize {
+    if len == 1 {
+        return 0;
+    }
+    let period = 2 * (len - 1);
+    let mut s = s % period;
+    if s < 0 {
+        s += period;
+    }
+    if s >= len {
+        s = period - s;
+    }
+    s as usize
+}
+
+/// kernels/scatter.cu `dft2`: the 2-D DFT of the `m × n` plane `x` in place (forward:
+/// e^(−2πi·jk/n); inverse: e^(+2πi·jk/n), no 1/(mn)), rows into `w`, then columns back into
+/// `x`. Each output is one sequential sum over j = 0..n−1 with the twiddle index j·k mod n.
+#[allow(clippy::needless_range_loop)]
+fn emu_dft2(
+    x: &mut [Cx],
+    w: &mut [Cx],
+    m: usize,
+    n: usize,
+    trow: &[f64],
+    tcol: &[f64],
+    inverse: bool,
+) {
+    // Rows: w[a, k] = Σ_b x[a, b] · ω_n^(b·k).
+    for e in 0..m * n {
+        let (a, k) = (e / n, e % n);
+        let (mut re, mut im) = (0f64, 0f64);
+        let mut idx = 0usize;
+        for b in 0..n {
+            let c = trow[2 * idx];
+            let s = if inverse {
+                trow[2 * idx + 1]
+            } else {
+                -trow[2 * idx + 1]
+            };
+            let v = x[a * n + b];
+            re += v[0] * c - v[1] * s;
+            im += v[0] * s + v[1] * c;
+            idx += k;
+            if idx >= n {
+                idx -= n;
+            }
+        }
+        w[e] = [re, im];
+    }
+    // Columns: x[k, b] = Σ_a w[a, b] · ω_m^(a·k).
+    for e in 0..m * n {
+        let (k, b) = (e / n, e % n);
+        let (mut re, mut im) = (0f64, 0f64);
+        let mut idx = 0usize;
+        for a in 0..m {
+            let c = tcol[2 * idx];
+            let s = if inverse {
+                tcol[2 * idx + 1]
+            } else {
+                -tcol[2 * idx + 1]
+            };
+            let v = w[a * n + b];
+            re += v[0] * c - v[1] * s;
+            im += v[0] * s + v[1] * c;
+            idx += k;
+            if idx >= m {
+                idx -= m;
+            }
+        }
+        x[e] = [re, im];
+    }
+}
+
+/// kernels/scatter.cu `filter_sub`: `dst[a, b] = (Σ_{i<k} Σ_{j<k} src[p] · f[p]) / k²` with
+/// p = (a + i·m/k, b + j·n/k): the product with a real filter, then Kymatio's
+/// `subsample_fourier` (k = 1: the product alone).
+#[allow(clippy::needless_range_loop)]
+fn emu_filter_sub(dst: &mut [Cx], src: &[Cx], f: &[f64], m: usize, n: usize, k: usize) {
+    let (mm, nn) = (m / k, n / k);
+    let inv = 1.0 / (k * k) as f64;
+    for e in 0..mm * nn {
+        let (a, b) = (e / nn, e % nn);
+        let (mut re, mut im) = (0f64, 0f64);
+        for i in 0..k {
+            for j in 0..k {
+                let p = (a + i * mm) * n + b + j * nn;
+                re += src[p][0] * f[p];
+                im += src[p][1] * f[p];
+            }
+        }
+        dst[e] = [re * inv, im * inv];
+    }
+}
+
+/// kernels/scatter.cu `modulus`: `fft2(|ifft2(x)|)` in place at resolution r.
+fn emu_modulus(t: &KernelTables, x: &mut [Cx], w: &mut [Cx], r: usize) {
+    let (m, n) = (t.mp >> r, t.np >> r);
+    emu_dft2(x, w, m, n, t.tw_row(r), t.tw_col(r), true);
+    let inv = 1.0 / (m * n) as f64;
+    for v in x[..m * n].iter_mut() {
+        let (re, im) = (v[0] * inv, v[1] * inv);
+        *v = [(re * re + im * im).sqrt(), 0.0];
+    }
+    emu_dft2(x, w, m, n, t.tw_row(r), t.tw_col(r), false);
+}
+
+/// kernels/scatter.cu `finish`: inverse DFT of the coarse plane `s` (resolution J), real part
+/// divided by its size, cropped by one coarse pixel on each side (`unpad`) into `out`.
+/// (The kernel writes `(float)` of each value; the emulation keeps f64 and its caller rounds.)
+#[allow(clippy::needless_range_loop)]
+fn emu_finish(t: &KernelTables, s: &mut [Cx], w: &mut [Cx], oh: usize, ow: usize, out: &mut [f64]) {
+    let (m, n) = (t.mp >> t.j, t.np >> t.j);
+    emu_dft2(s, w, m, n, t.tw_row(t.j), t.tw_col(t.j), true);
+    let inv = 1.0 / (m * n) as f64;
+    for e in 0..oh * ow {
+        let (a, b) = (e / ow, e % ow);
+        out[e] = s[(a + 1) * n + b + 1][0] * inv;
+    }
+}
+
+/// kernels/scatter.cu `dpsgd_scatter`, the body of its loop over image planes: one `M × N`
+/// image into `out` (`K × M/2^J × N/2^J`), in `scratch` ([`SCRATCH_PLANES`] planes).
+fn emu_scatter_one(
+    t: &KernelTables,
+    p: ScatterParams,
+    x: &[f32],
+    out: &mut [f64],
+    scratch: &mut [Cx],
+) {
+    let (jj, l) = (t.j, t.l);
+    let plane = t.mp * t.np;
+    let (oh, ow) = p.out_hw();
+    let hw = oh * ow;
+    let (u0, rest) = scratch.split_at_mut(plane);
+    let (u1, rest) = rest.split_at_mut(plane);
+    let (u2, rest) = rest.split_at_mut(plane);
+    let (s, rest) = rest.split_at_mut(plane);
+    let (w, _) = rest.split_at_mut(plane);
+    emu_pad(t, p.height, p.width, x, u0);
+    emu_dft2(u0, w, t.mp, t.np, t.tw_row(0), t.tw_col(0), false);
+    // S0 = x ⋆ φ_J.
+    emu_filter_sub(s, u0, t.phi(0), t.mp, t.np, 1 << jj);
+    emu_finish(t, s, w, oh, ow, &mut out[..hw]);
+    let mut ch2 = 1 + jj * l;
+    for n1 in 0..jj * l {
+        let j1 = n1 / l;
+        let (m1, nn1) = (t.mp >> j1, t.np >> j1);
+        // U1 = |x ⋆ ψ_λ1| at resolution j1.
+        emu_filter_sub(u1, u0, t.psi(n1, 0), t.mp, t.np, 1 << j1);
+        emu_modulus(t, u1, w, j1);
+        // S1 = U1 ⋆ φ_J.
+        emu_filter_sub(s, u1, t.phi(j1), m1, nn1, 1 << (jj - j1));
+        emu_finish(t, s, w, oh, ow, &mut out[(1 + n1) * hw..(2 + n1) * hw]);
+        // S2 = |U1 ⋆ ψ_λ2| ⋆ φ_J for j2 > j1.
+        for n2 in 0..jj * l {
+            let j2 = n2 / l;
+            if j2 <= j1 {
+                continue;
+            }
+            emu_filter_sub(u2, u1, t.psi(n2, j1), m1, nn1, 1 << (j2 - j1));
+            emu_modulus(t, u2, w, j2);
+            emu_filter_sub(s, u2, t.phi(j2), t.mp >> j2, t.np >> j2, 1 << (jj - j2));
+            emu_finish(t, s, w, oh, ow, &mut out[ch2 * hw..(ch2 + 1) * hw]);
+            ch2 += 1;
+        }
     }
 }
 
@@ -626,6 +1015,97 @@ mod tests {
             s.transform(&x, 1, &mut out),
             Err(Error::NonFinite { .. })
         ));
+    }
+
+    /// Random images in [0, 1), `count` planes of `h × w`.
+    fn random_images(count: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
+        use crate::rng::RandomBits;
+        let mut r = crate::cpu::philox::Philox::new(seed, 7);
+        (0..count * h * w).map(|_| r.next_f64() as f32).collect()
+    }
+
+    /// Worst `|a − b|` over each output channel's largest `|b|` (channel = `hw` consecutive
+    /// values; an element-wise relative error means nothing where coefficients are near zero).
+    fn worst_channel_rel(a: &[f64], b: &[f64], hw: usize) -> f64 {
+        a.chunks(hw)
+            .zip(b.chunks(hw))
+            .map(|(x, y)| {
+                let scale = y.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
+                x.iter()
+                    .zip(y)
+                    .fold(0f64, |m, (p, q)| m.max((p - q).abs() / scale))
+            })
+            .fold(0f64, f64::max)
+    }
+
+    /// The kernel's algorithm (`transform_by_tables`: dense DFTs by twiddle tables, the
+    /// periodisation, the crop, as kernels/scatter.cu runs them) against the rustfft
+    /// transform, in f64 before the f32 rounding: within 1e-12 of each channel's largest
+    /// coefficient. Non-square sizes (a swapped M/N would fail them), J = 1, 2, 3 (J = 3 uses
+    /// wavelets at two resolutions and three low-pass levels) and L = 4, 8.
+    #[test]
+    fn kernel_algorithm_matches_the_fft_transform_in_f64() {
+        let cases = [
+            (2, 8, 28, 28, 3),
+            (2, 8, 32, 32, 2),
+            (2, 8, 28, 32, 2),
+            (1, 8, 28, 28, 2),
+            (3, 4, 28, 36, 1),
+            (2, 4, 17, 23, 2),
+        ];
+        for (i, &(j, l, h, w, count)) in cases.iter().enumerate() {
+            let p = ScatterParams {
+                j,
+                l,
+                height: h,
+                width: w,
+            };
+            let s = Scattering2d::new(p).unwrap();
+            let x = random_images(count, h, w, 100 + i as u64);
+            let fft = s.transform_f64(&x);
+            let emu = s.transform_by_tables_f64(&x);
+            assert_eq!(fft.len(), emu.len());
+            let (oh, ow) = p.out_hw();
+            let worst = worst_channel_rel(&emu, &fft, oh * ow);
+            eprintln!("{p:?}: worst error {worst:.2e} of the channel max");
+            assert!(worst <= 1e-12, "{p:?}: worst {worst:e}");
+        }
+    }
+
+    /// The same on Kymatio's reference inputs (MNIST, Fashion-MNIST and random images in
+    /// tests/reference/scatter_kymatio.json), and the emulation's f32 outputs against
+    /// Kymatio's within the tolerances tests/scatter.rs applies to the rustfft transform.
+    #[test]
+    fn kernel_algorithm_matches_on_kymatio_reference_inputs() {
+        #[derive(serde::Deserialize)]
+        struct Case {
+            name: String,
+            input: Vec<f64>,
+            output: Vec<f64>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Reference {
+            cases: Vec<Case>,
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/reference/scatter_kymatio.json");
+        let r: Reference = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
+        for c in &r.cases {
+            let x: Vec<f32> = c.input.iter().map(|&v| v as f32).collect();
+            let fft = s.transform_f64(&x);
+            let emu = s.transform_by_tables_f64(&x);
+            let worst = worst_channel_rel(&emu, &fft, 49);
+            eprintln!("{}: kernel algorithm vs rustfft {worst:.2e}", c.name);
+            assert!(worst <= 1e-12, "{}: {worst:e}", c.name);
+            let emu32: Vec<f64> = emu.iter().map(|&v| v as f32 as f64).collect();
+            let worst_k = worst_channel_rel(&emu32, &c.output, 49);
+            eprintln!(
+                "{}: kernel algorithm (f32) vs Kymatio {worst_k:.2e}",
+                c.name
+            );
+            assert!(worst_k <= 1e-5, "{}: {worst_k:e}", c.name);
+        }
     }
 
     #[test]

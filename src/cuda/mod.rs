@@ -4,7 +4,7 @@
 //! `kernels/clip.cu` ↔ [`clip`], `kernels/noise.cu` ↔ [`noise`], `kernels/optim.cu` ↔ [`optim`];
 //! the conv-net layers: `kernels/conv.cu` ↔ [`conv`], `linear.cu` ↔ [`linear`], `norm.cu` ↔
 //! [`norm`], `pool.cu` ↔ [`pool`], `activation.cu` ↔ [`activation`], `loss.cu` ↔ [`loss`],
-//! `grad.cu` ↔ [`grad`] (shared tiled-GEMM helpers in `kernels/nn.cuh`). Each function has the
+//! `grad.cu` ↔ [`grad`], `scatter.cu` ↔ [`scatter`] (the ScatterNet front end) (shared tiled-GEMM helpers in `kernels/nn.cuh`). Each function has the
 //! same semantics as its CPU twin in [`crate::cpu`], with `CudaView`s in place of slices. All
 //! `unsafe` of the crate lives in this module.
 
@@ -18,6 +18,7 @@ pub mod noise;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod scatter;
 
 use crate::{Error, Result};
 use cudarc::driver::{
@@ -73,6 +74,8 @@ unsafe impl DeviceRepr for ffi::DpsgdLinearArgs {}
 unsafe impl DeviceRepr for ffi::DpsgdGroupNormArgs {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ffi::DpsgdPoolArgs {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ffi::DpsgdScatterArgs {}
 
 /// Maps a driver error into the crate's error, naming the operation.
 pub(crate) fn drv(op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
@@ -102,7 +105,8 @@ pub(crate) struct Kernels {
     pub noisy_adam: CudaFunction,
 }
 
-/// The conv-net layer kernels (`kernels/{conv,linear,norm,pool,activation,loss,grad}.cu`).
+/// The conv-net layer kernels (`kernels/{conv,linear,norm,pool,activation,loss,grad}.cu`) and
+/// the scattering transform (`kernels/scatter.cu`).
 pub(crate) struct NnKernels {
     pub conv_fwd: CudaFunction,
     pub conv_bwd_data: CudaFunction,
@@ -124,6 +128,8 @@ pub(crate) struct NnKernels {
     pub cross_entropy: CudaFunction,
     pub bce_with_logits: CudaFunction,
     pub bce: CudaFunction,
+    pub scatter: CudaFunction,
+    pub scatter_check_finite: CudaFunction,
 }
 
 impl NnKernels {
@@ -135,6 +141,7 @@ impl NnKernels {
         let pool = load(ctx, fatbin::POOL, "loading kernels/pool.cu")?;
         let act = load(ctx, fatbin::ACTIVATION, "loading kernels/activation.cu")?;
         let loss = load(ctx, fatbin::LOSS, "loading kernels/loss.cu")?;
+        let scatter = load(ctx, fatbin::SCATTER, "loading kernels/scatter.cu")?;
         Ok(NnKernels {
             conv_fwd: func(&conv, "dpsgd_conv_fwd")?,
             conv_bwd_data: func(&conv, "dpsgd_conv_bwd_data")?,
@@ -156,6 +163,8 @@ impl NnKernels {
             cross_entropy: func(&loss, "dpsgd_cross_entropy")?,
             bce_with_logits: func(&loss, "dpsgd_bce_with_logits")?,
             bce: func(&loss, "dpsgd_bce")?,
+            scatter: func(&scatter, "dpsgd_scatter")?,
+            scatter_check_finite: func(&scatter, "dpsgd_scatter_check_finite")?,
         })
     }
 }

@@ -15,10 +15,24 @@
 //! another key or shape, or whose checksum does not match is reported (a warning on stderr
 //! and [`CacheOutcome::Recomputed`]) and rewritten from a fresh computation; it is never
 //! used.
+//!
+//! # Device
+//! The `_on` variants compute on a [`Device`]: the CPU ([`Scattering2d::transform`], rustfft)
+//! or a GPU (`crate::cuda::scatter::CudaScattering2d`, feature `cuda`); a GPU failure is an
+//! error, never a silent fallback to the CPU. Both compute the same transform in f64 from the
+//! same filters and round once to f32; they differ only in the f64 rounding of the DFTs (dense
+//! DFTs by twiddle tables on the GPU, rustfft on the CPU: ~1e-15 of each channel's largest
+//! coefficient, `src/cpu/scatter.rs`'s tests). On the first 1000 MNIST test images the
+//! kernel's algorithm (run on the host) and the CPU transform give bit-identical f32 features
+//! except 0.09% of them, near-zero ones, which differ by at most 1.2e-11 of their channel's
+//! largest value (`mnist_features_kernel_algorithm_vs_transform` in tests/scatter.rs;
+//! BENCHMARKS.md) — far below the 1e-5 to which both match Kymatio, and below anything
+//! training could notice. The device is therefore **not** part of the cache key: a cached file
+//! may have been computed on either device, and serves both.
 
 use super::Dataset;
 pub use crate::cpu::scatter::{ScatterParams, Scattering2d};
-use crate::{Error, Result};
+use crate::{Device, Error, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -45,8 +59,56 @@ pub enum CacheOutcome {
 /// [`ScatterParams::channels`]. Feed it pixels on the scale the features are meant for
 /// (Tramèr & Boneh: [0, 1], [`Dataset::load_unit_range`]).
 pub fn scatter_dataset(ds: &Dataset, params: ScatterParams) -> Result<Dataset> {
+    scatter_dataset_on(ds, params, &Device::Cpu)
+}
+
+/// A transform ready to run on a device: the CPU's, or its tables uploaded to a GPU.
+enum OnDevice {
+    Cpu(Scattering2d),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<crate::cuda::scatter::CudaScattering2d>),
+}
+
+impl OnDevice {
+    fn new(params: ScatterParams, device: &Device) -> Result<Self> {
+        let s = Scattering2d::new(params)?;
+        match device {
+            Device::Cpu => Ok(OnDevice::Cpu(s)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => {
+                let g = crate::cuda::scatter::CudaScattering2d::new(d.backend(), &s)?;
+                Ok(OnDevice::Cuda(Box::new(g)))
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(d) => {
+                let _ = d;
+                Err(Error::CudaNotCompiled)
+            }
+        }
+    }
+
+    fn out_len(&self) -> usize {
+        match self {
+            OnDevice::Cpu(s) => s.out_len(),
+            #[cfg(feature = "cuda")]
+            OnDevice::Cuda(s) => s.out_len(),
+        }
+    }
+
+    fn transform(&self, images: &[f32], c: usize, out: &mut [f32]) -> Result<()> {
+        match self {
+            OnDevice::Cpu(s) => s.transform(images, c, out),
+            #[cfg(feature = "cuda")]
+            OnDevice::Cuda(s) => s.transform_host(images, c, out),
+        }
+    }
+}
+
+/// [`scatter_dataset`] computed on `device` (see [Device](self#device)): the CPU, or the
+/// CUDA kernel on a GPU (an error, not a fallback, if it fails).
+pub fn scatter_dataset_on(ds: &Dataset, params: ScatterParams, device: &Device) -> Result<Dataset> {
     check_size(ds, params)?;
-    let s = Scattering2d::new(params)?;
+    let s = OnDevice::new(params, device)?;
     let mut out = vec![0f32; ds.len() * ds.channels() * s.out_len()];
     s.transform(ds.images(), ds.channels(), &mut out)?;
     let (h, w) = params.out_hw();
@@ -112,6 +174,17 @@ pub fn scatter_dataset_cached(
     params: ScatterParams,
     dir: &Path,
 ) -> Result<(Dataset, CacheOutcome)> {
+    scatter_dataset_cached_on(ds, params, dir, &Device::Cpu)
+}
+
+/// [`scatter_dataset_cached`] computing missing features on `device` (the same key and file
+/// whatever the device: see [Device](self#device)).
+pub fn scatter_dataset_cached_on(
+    ds: &Dataset,
+    params: ScatterParams,
+    dir: &Path,
+    device: &Device,
+) -> Result<(Dataset, CacheOutcome)> {
     check_size(ds, params)?;
     let key = cache_key(ds, params);
     let path = dir.join(format!("scatter-{key}.bin"));
@@ -135,7 +208,7 @@ pub fn scatter_dataset_cached(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(Error::Io { path, source }),
     }
-    let d = scatter_dataset(ds, params)?;
+    let d = scatter_dataset_on(ds, params, device)?;
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -256,9 +329,19 @@ const VIEW_BLOCK: usize = 512;
 /// the unshifted image, whose features equal [`scatter_dataset`]'s) — with the labels
 /// repeated.
 pub fn scatter_views(ds: &Dataset, params: ScatterParams, spec: ViewSpec) -> Result<Dataset> {
+    scatter_views_on(ds, params, spec, &Device::Cpu)
+}
+
+/// [`scatter_views`] computed on `device` (see [Device](self#device)).
+pub fn scatter_views_on(
+    ds: &Dataset,
+    params: ScatterParams,
+    spec: ViewSpec,
+    device: &Device,
+) -> Result<Dataset> {
     check_size(ds, params)?;
     spec.validate()?;
-    let s = Scattering2d::new(params)?;
+    let s = OnDevice::new(params, device)?;
     let (c, h, w) = (ds.channels(), ds.height(), ds.width());
     let ex = c * h * w;
     let v = spec.views;
@@ -322,6 +405,18 @@ pub fn scatter_views_cached(
     spec: ViewSpec,
     dir: &Path,
 ) -> Result<(Dataset, CacheOutcome)> {
+    scatter_views_cached_on(ds, params, spec, dir, &Device::Cpu)
+}
+
+/// [`scatter_views_cached`] computing missing views on `device` (the same key and file
+/// whatever the device: see [Device](self#device)).
+pub fn scatter_views_cached_on(
+    ds: &Dataset,
+    params: ScatterParams,
+    spec: ViewSpec,
+    dir: &Path,
+    device: &Device,
+) -> Result<(Dataset, CacheOutcome)> {
     check_size(ds, params)?;
     spec.validate()?;
     let key = views_cache_key(ds, params, spec);
@@ -356,7 +451,7 @@ pub fn scatter_views_cached(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(Error::Io { path, source }),
     }
-    let d = scatter_views(ds, params, spec)?;
+    let d = scatter_views_on(ds, params, spec, device)?;
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
