@@ -666,7 +666,7 @@ fn kernel_algorithm_on_the_host_rejects_bad_input() {
 }
 
 /// A measurement, not a CI test (it needs data/mnist, so it is ignored): the f32 features of
-/// the first N MNIST test images (`DPSGD_SCATTER_CHECK_N`, default 1000) by the kernel's
+/// the first N MNIST test images (`DPSGD_SCATTER_CHECK_N`, default all 10 000) by the kernel's
 /// algorithm on the host against the rustfft transform — how many differ and by how much
 /// (the argument for sharing the feature cache between devices, src/data/scatter.rs).
 /// `cargo test --release --test scatter -- --ignored --nocapture mnist_features_`.
@@ -683,7 +683,7 @@ fn mnist_features_kernel_algorithm_vs_transform() {
     let n: usize = std::env::var("DPSGD_SCATTER_CHECK_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
+        .unwrap_or(ds.len())
         .min(ds.len());
     let x = &ds.images()[..n * 784];
     let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
