@@ -766,6 +766,16 @@ mod gpu {
         }
     }
 
+    /// The GPU (None, after saying so, without one), its backend and the MNIST transform on
+    /// both devices.
+    fn mnist_gpu(test: &str) -> Option<(Arc<CudaBackend>, Scattering2d, CudaScattering2d)> {
+        let dev = common::gpu(test)?;
+        let be = backend(&dev);
+        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
+        let g = CudaScattering2d::new(&be, &s).unwrap();
+        Some((be, s, g))
+    }
+
     /// The GPU transform of host images through device buffers (`transform`, not the chunked
     /// host helper).
     fn on_gpu(g: &CudaScattering2d, be: &CudaBackend, x: &[f32], c: usize) -> Vec<f32> {
@@ -848,12 +858,9 @@ mod gpu {
     /// `matches_kymatio_on_mnist_fashion_and_random_images`.
     #[test]
     fn gpu_matches_kymatio() {
-        let Some(dev) = common::gpu("gpu_matches_kymatio") else {
+        let Some((be, _, g)) = mnist_gpu("gpu_matches_kymatio") else {
             return;
         };
-        let be = backend(&dev);
-        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
-        let g = CudaScattering2d::new(&be, &s).unwrap();
         for c in &reference().cases {
             let x: Vec<f32> = c.input.iter().map(|&v| v as f32).collect();
             let out = on_gpu(&g, &be, &x, 1);
@@ -879,12 +886,9 @@ mod gpu {
     /// by the check kernel and reported with its offset, `out` untouched in every case.
     #[test]
     fn gpu_bad_inputs_are_typed_errors() {
-        let Some(dev) = common::gpu("gpu_bad_inputs_are_typed_errors") else {
+        let Some((be, s, g)) = mnist_gpu("gpu_bad_inputs_are_typed_errors") else {
             return;
         };
-        let be = backend(&dev);
-        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
-        let g = CudaScattering2d::new(&be, &s).unwrap();
         let x = unit_images(2, 28, 28, 5);
         let dx = be.htod(&x).unwrap();
         let n = 2 * s.out_len();
@@ -935,12 +939,9 @@ mod gpu {
     /// (chunks of whole examples), against the CPU.
     #[test]
     fn gpu_host_path_across_chunks() {
-        let Some(dev) = common::gpu("gpu_host_path_across_chunks") else {
+        let Some((_, s, g)) = mnist_gpu("gpu_host_path_across_chunks") else {
             return;
         };
-        let be = backend(&dev);
-        let s = Scattering2d::new(ScatterParams::MNIST).unwrap();
-        let g = CudaScattering2d::new(&be, &s).unwrap();
         let b = 2731; // 8193 planes: two chunks
         let x = unit_images(3 * b, 28, 28, 77);
         let mut got = vec![0f32; 3 * b * s.out_len()];
