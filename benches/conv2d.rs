@@ -9,17 +9,12 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dpsgd::cpu::conv::{conv2d_backward, conv2d_forward, Conv2dShape};
 use dpsgd::cpu::grad::ParamGrad;
 use dpsgd::cpu::philox::Philox;
-#[allow(unused_imports)]
-use dpsgd::rng::RandomBits;
 use std::hint::black_box;
 
-const B: usize = 64;
+mod common;
+use common::rand;
 
-fn rand(rng: &mut Philox, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-        .collect()
-}
+const B: usize = 64;
 
 fn bench(c: &mut Criterion) {
     let layers = [

@@ -12,9 +12,10 @@ use dpsgd::cpu::grad::ParamGrad;
 use dpsgd::cpu::linear::{linear_backward, linear_forward, LinearShape};
 use dpsgd::cpu::philox::Philox;
 use dpsgd::cpu::pool::{max_pool2d_backward_with_output, max_pool2d_forward, PoolShape};
-#[allow(unused_imports)]
-use dpsgd::rng::RandomBits;
 use std::time::Instant;
+
+mod common;
+use common::rand;
 
 const B: usize = 256;
 const P: usize = 26_010;
@@ -35,12 +36,6 @@ fn time(name: &str, mut f: impl FnMut()) -> f64 {
     let m = ts[ITERS / 2];
     println!("{name:32} {m:8.3} ms");
     m
-}
-
-fn rand(rng: &mut Philox, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-        .collect()
 }
 
 fn main() {

@@ -51,3 +51,11 @@ pub fn data(n: usize) -> Vec<f32> {
     dpsgd::cpu::noise::add_gaussian(&mut v, 0.01, key(u64::MAX)).expect("valid std");
     v
 }
+
+/// `n` values uniform in [−1, 1) from `rng` (the layer benches' inputs and weights).
+pub fn rand(rng: &mut dpsgd::cpu::philox::Philox, n: usize) -> Vec<f32> {
+    use dpsgd::rng::RandomBits;
+    (0..n)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+        .collect()
+}
