@@ -222,6 +222,16 @@ pub struct Args {
     /// Hidden units of the MLP critic.
     #[arg(long, default_value_t = 128)]
     critic_hidden: usize,
+    /// Refresh rounds: every N generator iterations **all** K discriminators take
+    /// `--refresh-steps` critic steps (in parallel) against a pool of the current generator's
+    /// samples, so that no critic is left with only the warm start's fakes (0: off; preset:
+    /// cpu 100, paper 0). Data-independent schedule and randomness, the released generator
+    /// only: ε is unchanged.
+    #[arg(long)]
+    refresh_every: Option<u64>,
+    /// Critic steps per discriminator in each refresh round (preset: cpu 10).
+    #[arg(long)]
+    refresh_steps: Option<u64>,
     /// What the discriminators are warm-started against (preset: cpu initial, paper own).
     #[arg(long, value_enum)]
     pretrain_fakes: Option<PretrainFakes>,
@@ -299,6 +309,12 @@ pub struct Config {
     /// Discriminators trained per iteration (absent in older checkpoints: 1).
     #[serde(default = "one")]
     critics_per_iteration: usize,
+    /// Refresh rounds every N iterations (0: none; absent in older checkpoints: 0).
+    #[serde(default)]
+    refresh_every: u64,
+    /// Critic steps per discriminator per refresh round (absent in older checkpoints: 0).
+    #[serde(default)]
+    refresh_steps: u64,
 }
 
 fn one() -> usize {
@@ -413,6 +429,8 @@ struct PresetValues {
     critics: usize,
     lr_g: f32,
     ema: f64,
+    refresh_every: u64,
+    refresh_steps: u64,
 }
 
 /// The settings `a` resolves to (its preset, overridden by its flags), validated.
@@ -430,6 +448,8 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             critics: 2,
             lr_g: 2e-4,
             ema: 0.995,
+            refresh_every: 100,
+            refresh_steps: 10,
         },
         Preset::Paper => PresetValues {
             k: 1000,
@@ -443,6 +463,8 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             critics: 1,
             lr_g: a.lr,
             ema: 0.999,
+            refresh_every: 0,
+            refresh_steps: 0,
         },
     };
     let (k, pre, it, md) = (p.k, p.pretrain, p.iterations, p.md);
@@ -481,6 +503,8 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             0
         },
         critics_per_iteration: a.critics_per_iteration.unwrap_or(p.critics),
+        refresh_every: a.refresh_every.unwrap_or(p.refresh_every),
+        refresh_steps: a.refresh_steps.unwrap_or(p.refresh_steps),
         gen_arch: match a.generator.unwrap_or(p.gen) {
             Gen::Conv => "conv",
             Gen::Mlp => "mlp",
@@ -513,6 +537,25 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             "0",
             ">= 1",
         ));
+    }
+    if c.refresh_every > 0 {
+        // Refresh round r's random streams are `(1 << 50) | (r << 20) | k` (discriminator k)
+        // and `(1 << 51) | r` (its pool): distinct from each other and from the warm start's
+        // and the iterations' streams while k < 2^20 and r < 2^29.
+        if c.refresh_steps == 0 {
+            return Err(invalid(
+                "refresh_steps",
+                0,
+                ">= 1 when --refresh-every is set (or --refresh-every 0 for no refresh rounds)",
+            ));
+        }
+        if c.k >= 1 << 20 || c.iterations.checked_div(c.refresh_every).unwrap_or(0) >= 1 << 29 {
+            return Err(invalid(
+                "refresh_every",
+                c.refresh_every,
+                "at most 2^29 refresh rounds and fewer than 2^20 discriminators",
+            ));
+        }
     }
     if !(c.clip.is_finite() && c.clip > 0.0) {
         return Err(invalid("clip", c.clip, "finite and > 0"));
@@ -877,6 +920,58 @@ fn warm_start(
         })
 }
 
+/// Refresh round `round` (module docs): every discriminator takes `cfg.refresh_steps` critic
+/// steps on its own partition against one pool of the current generator's samples (weights
+/// `g_now`, the generator just released), in parallel, continuing its Adam state. Everything
+/// but partition `k` that discriminator `k` sees is the released generator and randomness
+/// from the data-independent critic stream `omega` (round `r`: pool `(1 << 51) | r`,
+/// discriminator `k`: `(1 << 50) | (r << 20) | k`), and the rounds fall on fixed iterations,
+/// so the accountant's assumptions hold as for the per-iteration critic steps.
+fn refresh_round(
+    cfg: &Config,
+    g_now: &[f32],
+    st: &mut State,
+    parts: &Parts,
+    omega: StreamKey,
+    round: u64,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let dev = Device::Cpu;
+    let dp = st.d_all.len() / cfg.k;
+    let per_class = 256;
+    let mut g = gen_model(&dev, cfg, 0)?;
+    let pool = sample(&mut g, g_now, cfg, per_class, omega, (1 << 51) | round)?.0;
+    st.d_all
+        .par_chunks_mut(dp)
+        .zip(st.d_m.par_chunks_mut(dp))
+        .zip(st.d_v.par_chunks_mut(dp))
+        .zip(st.d_steps.par_iter_mut())
+        .enumerate()
+        .try_for_each(|(k, (((w, m), v), steps))| -> Result<()> {
+            let mut d = critic(&dev, cfg, 0)?;
+            let mut grad = Buffer::<f32>::zeros(&dev, dp)?;
+            let mut rng = omega.rng((1 << 50) | (round << 20) | k as u64);
+            let fakes = Fakes::Pool {
+                images: &pool,
+                per_class,
+            };
+            for _ in 0..cfg.refresh_steps {
+                critic_update(
+                    cfg,
+                    &mut d,
+                    &fakes,
+                    (&mut *w, &mut *m, &mut *v),
+                    steps,
+                    k,
+                    parts,
+                    &mut rng,
+                    &mut grad,
+                )?;
+            }
+            Ok(())
+        })
+}
+
 /// The training set split into K partitions (example i → partition i mod K), pixels in [0, 1].
 struct Parts {
     images: Vec<f32>,
@@ -1215,6 +1310,12 @@ pub fn run(a: Args) -> Result<()> {
         g.params_mut().copy_from_slice(&p)?;
         ema_update(&mut st.g_ema, &p, t, cfg.ema_decay);
         st.iteration += 1;
+        // (Also after the last iteration, so that a run resumed with more iterations is the
+        // same as a straight one.)
+        if cfg.refresh_every > 0 && st.iteration % cfg.refresh_every == 0 {
+            let round = st.iteration / cfg.refresh_every;
+            refresh_round(&cfg, &p, &mut st, &parts, omega, round)?;
+        }
         if st.iteration % a.log_every == 0 || st.iteration == cfg.iterations {
             let eps = if cfg.disable_dp {
                 f64::INFINITY
