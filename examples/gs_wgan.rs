@@ -183,8 +183,15 @@ pub struct Args {
     /// Channels multiplier of both networks (paper 64).
     #[arg(long)]
     model_dim: Option<usize>,
+    /// Generated images (rows) per generator iteration, B: the accountant composes `B · T`
+    /// rows, and each row is clipped to `C/B`.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Real (and fake) images per critic step (default: `--batch-size`). The discriminators
+    /// are never released, so this does not touch ε; it lets B grow without making every
+    /// critic step (warm start, refresh rounds) dearer.
+    #[arg(long)]
+    critic_batch_size: Option<usize>,
     #[arg(long, default_value_t = 5)]
     critic_iters: usize,
     /// Discriminators trained per generator iteration (each `critic_iters` steps; drawn from
@@ -309,6 +316,9 @@ pub struct Config {
     /// Discriminators trained per iteration (absent in older checkpoints: 1).
     #[serde(default = "one")]
     critics_per_iteration: usize,
+    /// Images per critic step (absent in older checkpoints: 0, meaning `b`).
+    #[serde(default)]
+    critic_b: usize,
     /// Refresh rounds every N iterations (0: none; absent in older checkpoints: 0).
     #[serde(default)]
     refresh_every: u64,
@@ -336,6 +346,15 @@ fn own_fakes() -> String {
 impl Config {
     fn g_lr(&self) -> f32 {
         self.lr_g.unwrap_or(self.lr)
+    }
+
+    /// Images per critic step.
+    fn d_batch(&self) -> usize {
+        if self.critic_b == 0 {
+            self.b
+        } else {
+            self.critic_b
+        }
     }
 }
 
@@ -503,6 +522,8 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             0
         },
         critics_per_iteration: a.critics_per_iteration.unwrap_or(p.critics),
+        // 0: the same as `b` (as older checkpoints, which lack the field, read it).
+        critic_b: a.critic_batch_size.unwrap_or(0),
         refresh_every: a.refresh_every.unwrap_or(p.refresh_every),
         refresh_steps: a.refresh_steps.unwrap_or(p.refresh_steps),
         gen_arch: match a.generator.unwrap_or(p.gen) {
@@ -531,9 +552,15 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             "in 1..=training examples (each needs a non-empty partition)",
         ));
     }
-    if c.md == 0 || c.b == 0 || c.critic == 0 || c.z == 0 || c.critics_per_iteration == 0 {
+    if c.md == 0
+        || c.b == 0
+        || a.critic_batch_size == Some(0)
+        || c.critic == 0
+        || c.z == 0
+        || c.critics_per_iteration == 0
+    {
         return Err(invalid(
-            "model_dim/batch_size/critic_iters/z_dim",
+            "model_dim/batch_size/critic_batch_size/critic_iters/z_dim/critics_per_iteration",
             "0",
             ">= 1",
         ));
@@ -814,7 +841,7 @@ fn critic_update(
 ) -> Result<(f64, f64)> {
     let (w, m, v) = wmv;
     d.params_mut().copy_from_slice(w)?;
-    let (real, labels) = data.batch(k, cfg.b, rng);
+    let (real, labels) = data.batch(k, cfg.d_batch(), rng);
     let (wd, gp, _) = match fakes {
         Fakes::Generator(g) => critic_step(cfg, d, g, &real, &labels, rng, grad)?,
         Fakes::Pool { images, per_class } => {
