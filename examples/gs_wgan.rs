@@ -66,6 +66,16 @@
 //! go from noise to digits: ≈ 100 s per critic here even with the MLP critic, ≈ a day for
 //! `K = 1000`. BENCHMARKS.md, "GS-WGAN, private CPU preset", has the runs.
 //!
+//! **Refresh rounds (`--refresh-every N --refresh-steps S`).** Every `N` generator iterations
+//! **all** `K` discriminators take `S` critic steps, in parallel, against one pool of 2 560
+//! samples of the current generator, so that no critic is more than `N` generator steps
+//! behind. Privacy is unchanged: discriminator `k` still sees only partition `k`, the released
+//! generator and randomness from the data-independent critic stream (`Purpose::Sampling`,
+//! streams `(1 << 50) | (r << 20) | k` and `(1 << 51) | r` for round `r`), on a schedule fixed
+//! by the flags, which is what `dpsgd::accounting::gs_wgan` assumes. `--critic-batch-size`
+//! sets the critics' batch apart from `B` (the critics are never released: no effect on ε), so
+//! that `B` can grow without making every critic step dearer.
+//!
 //! Samples: `samples_NNNNNN.png` is the weight average (`--ema-decay`, paper 0.999; it starts
 //! as the plain mean of the iterates, so for the first `≈ 1/(1 − β)` iterations it still
 //! holds the untrained start and looks darker and flatter than the generator),
