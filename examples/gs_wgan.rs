@@ -241,12 +241,13 @@ pub struct Args {
     critic_hidden: usize,
     /// Refresh rounds: every N generator iterations **all** K discriminators take
     /// `--refresh-steps` critic steps (in parallel) against a pool of the current generator's
-    /// samples, so that no critic is left with only the warm start's fakes (0: off; preset:
-    /// cpu 100, paper 0). Data-independent schedule and randomness, the released generator
-    /// only: ε is unchanged.
+    /// samples, so that no critic is left with only the warm start's fakes (0, both presets:
+    /// off). Data-independent schedule and randomness, the released generator only: ε is
+    /// unchanged. With it the private CPU runs still learn nothing (BENCHMARKS.md, seventh
+    /// round).
     #[arg(long)]
     refresh_every: Option<u64>,
-    /// Critic steps per discriminator in each refresh round (preset: cpu 10).
+    /// Critic steps per discriminator in each refresh round (needed with `--refresh-every`).
     #[arg(long)]
     refresh_steps: Option<u64>,
     /// What the discriminators are warm-started against (preset: cpu initial, paper own).
@@ -477,8 +478,8 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             critics: 2,
             lr_g: 2e-4,
             ema: 0.995,
-            refresh_every: 100,
-            refresh_steps: 10,
+            refresh_every: 0,
+            refresh_steps: 0,
         },
         Preset::Paper => PresetValues {
             k: 1000,
