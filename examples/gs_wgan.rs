@@ -74,7 +74,12 @@
 //! streams `(1 << 50) | (r << 20) | k` and `(1 << 51) | r` for round `r`), on a schedule fixed
 //! by the flags, which is what `dpsgd::accounting::gs_wgan` assumes. `--critic-batch-size`
 //! sets the critics' batch apart from `B` (the critics are never released: no effect on ε), so
-//! that `B` can grow without making every critic step dearer.
+//! that `B` can grow without making every critic step dearer. Refresh rounds did **not** make
+//! a private CPU run learn (BENCHMARKS.md, "GS-WGAN, issue 12, seventh round"): noise-free
+//! diagnostics show that the private code path learns with one critic trained every step,
+//! fails as soon as each of `K` critics gets only a `1/K` share of that training, and learns
+//! again with 10 critics when every one is trained every step (`--critics-per-iteration 10`):
+//! `K × 5` critic steps per iteration, which at the `K` a useful ε needs is hours here.
 //!
 //! Samples: `samples_NNNNNN.png` is the weight average (`--ema-decay`, paper 0.999; it starts
 //! as the plain mean of the iterates, so for the first `≈ 1/(1 − β)` iterations it still
