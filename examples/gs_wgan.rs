@@ -66,6 +66,21 @@
 //! go from noise to digits: ≈ 100 s per critic here even with the MLP critic, ≈ a day for
 //! `K = 1000`. BENCHMARKS.md, "GS-WGAN, private CPU preset", has the runs.
 //!
+//! **Refresh rounds (`--refresh-every N --refresh-steps S`).** Every `N` generator iterations
+//! **all** `K` discriminators take `S` critic steps, in parallel, against one pool of 2 560
+//! samples of the current generator, so that no critic is more than `N` generator steps
+//! behind. Privacy is unchanged: discriminator `k` still sees only partition `k`, the released
+//! generator and randomness from the data-independent critic stream (`Purpose::Sampling`,
+//! streams `(1 << 50) | (r << 20) | k` and `(1 << 51) | r` for round `r`), on a schedule fixed
+//! by the flags, which is what `dpsgd::accounting::gs_wgan` assumes. `--critic-batch-size`
+//! sets the critics' batch apart from `B` (the critics are never released: no effect on ε), so
+//! that `B` can grow without making every critic step dearer. Refresh rounds did **not** make
+//! a private CPU run learn (BENCHMARKS.md, "GS-WGAN, issue 12, seventh round"): noise-free
+//! diagnostics show that the private code path learns with one critic trained every step,
+//! fails as soon as each of `K` critics gets only a `1/K` share of that training, and learns
+//! again with 10 critics when every one is trained every step (`--critics-per-iteration 10`):
+//! `K × 5` critic steps per iteration, which at the `K` a useful ε needs is hours here.
+//!
 //! Samples: `samples_NNNNNN.png` is the weight average (`--ema-decay`, paper 0.999; it starts
 //! as the plain mean of the iterates, so for the first `≈ 1/(1 − β)` iterations it still
 //! holds the untrained start and looks darker and flatter than the generator),
@@ -183,8 +198,15 @@ pub struct Args {
     /// Channels multiplier of both networks (paper 64).
     #[arg(long)]
     model_dim: Option<usize>,
+    /// Generated images (rows) per generator iteration, B: the accountant composes `B · T`
+    /// rows, and each row is clipped to `C/B`.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Real (and fake) images per critic step (default: `--batch-size`). The discriminators
+    /// are never released, so this does not touch ε; it lets B grow without making every
+    /// critic step (warm start, refresh rounds) dearer.
+    #[arg(long)]
+    critic_batch_size: Option<usize>,
     #[arg(long, default_value_t = 5)]
     critic_iters: usize,
     /// Discriminators trained per generator iteration (each `critic_iters` steps; drawn from
@@ -222,6 +244,17 @@ pub struct Args {
     /// Hidden units of the MLP critic.
     #[arg(long, default_value_t = 128)]
     critic_hidden: usize,
+    /// Refresh rounds: every N generator iterations **all** K discriminators take
+    /// `--refresh-steps` critic steps (in parallel) against a pool of the current generator's
+    /// samples, so that no critic is left with only the warm start's fakes (0, both presets:
+    /// off). Data-independent schedule and randomness, the released generator only: ε is
+    /// unchanged. With it the private CPU runs still learn nothing (BENCHMARKS.md, seventh
+    /// round).
+    #[arg(long)]
+    refresh_every: Option<u64>,
+    /// Critic steps per discriminator in each refresh round (needed with `--refresh-every`).
+    #[arg(long)]
+    refresh_steps: Option<u64>,
     /// What the discriminators are warm-started against (preset: cpu initial, paper own).
     #[arg(long, value_enum)]
     pretrain_fakes: Option<PretrainFakes>,
@@ -299,6 +332,15 @@ pub struct Config {
     /// Discriminators trained per iteration (absent in older checkpoints: 1).
     #[serde(default = "one")]
     critics_per_iteration: usize,
+    /// Images per critic step (absent in older checkpoints: 0, meaning `b`).
+    #[serde(default)]
+    critic_b: usize,
+    /// Refresh rounds every N iterations (0: none; absent in older checkpoints: 0).
+    #[serde(default)]
+    refresh_every: u64,
+    /// Critic steps per discriminator per refresh round (absent in older checkpoints: 0).
+    #[serde(default)]
+    refresh_steps: u64,
 }
 
 fn one() -> usize {
@@ -320,6 +362,15 @@ fn own_fakes() -> String {
 impl Config {
     fn g_lr(&self) -> f32 {
         self.lr_g.unwrap_or(self.lr)
+    }
+
+    /// Images per critic step.
+    fn d_batch(&self) -> usize {
+        if self.critic_b == 0 {
+            self.b
+        } else {
+            self.critic_b
+        }
     }
 }
 
@@ -413,6 +464,8 @@ struct PresetValues {
     critics: usize,
     lr_g: f32,
     ema: f64,
+    refresh_every: u64,
+    refresh_steps: u64,
 }
 
 /// The settings `a` resolves to (its preset, overridden by its flags), validated.
@@ -430,6 +483,8 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             critics: 2,
             lr_g: 2e-4,
             ema: 0.995,
+            refresh_every: 0,
+            refresh_steps: 0,
         },
         Preset::Paper => PresetValues {
             k: 1000,
@@ -443,6 +498,8 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             critics: 1,
             lr_g: a.lr,
             ema: 0.999,
+            refresh_every: 0,
+            refresh_steps: 0,
         },
     };
     let (k, pre, it, md) = (p.k, p.pretrain, p.iterations, p.md);
@@ -481,6 +538,10 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             0
         },
         critics_per_iteration: a.critics_per_iteration.unwrap_or(p.critics),
+        // 0: the same as `b` (as older checkpoints, which lack the field, read it).
+        critic_b: a.critic_batch_size.unwrap_or(0),
+        refresh_every: a.refresh_every.unwrap_or(p.refresh_every),
+        refresh_steps: a.refresh_steps.unwrap_or(p.refresh_steps),
         gen_arch: match a.generator.unwrap_or(p.gen) {
             Gen::Conv => "conv",
             Gen::Mlp => "mlp",
@@ -507,12 +568,37 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             "in 1..=training examples (each needs a non-empty partition)",
         ));
     }
-    if c.md == 0 || c.b == 0 || c.critic == 0 || c.z == 0 || c.critics_per_iteration == 0 {
+    if c.md == 0
+        || c.b == 0
+        || a.critic_batch_size == Some(0)
+        || c.critic == 0
+        || c.z == 0
+        || c.critics_per_iteration == 0
+    {
         return Err(invalid(
-            "model_dim/batch_size/critic_iters/z_dim",
+            "model_dim/batch_size/critic_batch_size/critic_iters/z_dim/critics_per_iteration",
             "0",
             ">= 1",
         ));
+    }
+    if c.refresh_every > 0 {
+        // Refresh round r's random streams are `(1 << 50) | (r << 20) | k` (discriminator k)
+        // and `(1 << 51) | r` (its pool): distinct from each other and from the warm start's
+        // and the iterations' streams while k < 2^20 and r < 2^29.
+        if c.refresh_steps == 0 {
+            return Err(invalid(
+                "refresh_steps",
+                0,
+                ">= 1 when --refresh-every is set (or --refresh-every 0 for no refresh rounds)",
+            ));
+        }
+        if c.k >= 1 << 20 || c.iterations.checked_div(c.refresh_every).unwrap_or(0) >= 1 << 29 {
+            return Err(invalid(
+                "refresh_every",
+                c.refresh_every,
+                "at most 2^29 refresh rounds and fewer than 2^20 discriminators",
+            ));
+        }
     }
     if !(c.clip.is_finite() && c.clip > 0.0) {
         return Err(invalid("clip", c.clip, "finite and > 0"));
@@ -771,7 +857,7 @@ fn critic_update(
 ) -> Result<(f64, f64)> {
     let (w, m, v) = wmv;
     d.params_mut().copy_from_slice(w)?;
-    let (real, labels) = data.batch(k, cfg.b, rng);
+    let (real, labels) = data.batch(k, cfg.d_batch(), rng);
     let (wd, gp, _) = match fakes {
         Fakes::Generator(g) => critic_step(cfg, d, g, &real, &labels, rng, grad)?,
         Fakes::Pool { images, per_class } => {
@@ -872,6 +958,58 @@ fn warm_start(
                     adam_step(&mut p, &gg, &mut gm, &mut gv, it + 1, cfg.g_lr())?;
                     g.params_mut().copy_from_slice(&p)?;
                 }
+            }
+            Ok(())
+        })
+}
+
+/// Refresh round `round` (module docs): every discriminator takes `cfg.refresh_steps` critic
+/// steps on its own partition against one pool of the current generator's samples (weights
+/// `g_now`, the generator just released), in parallel, continuing its Adam state. Everything
+/// but partition `k` that discriminator `k` sees is the released generator and randomness
+/// from the data-independent critic stream `omega` (round `r`: pool `(1 << 51) | r`,
+/// discriminator `k`: `(1 << 50) | (r << 20) | k`), and the rounds fall on fixed iterations,
+/// so the accountant's assumptions hold as for the per-iteration critic steps.
+fn refresh_round(
+    cfg: &Config,
+    g_now: &[f32],
+    st: &mut State,
+    parts: &Parts,
+    omega: StreamKey,
+    round: u64,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let dev = Device::Cpu;
+    let dp = st.d_all.len() / cfg.k;
+    let per_class = 256;
+    let mut g = gen_model(&dev, cfg, 0)?;
+    let pool = sample(&mut g, g_now, cfg, per_class, omega, (1 << 51) | round)?.0;
+    st.d_all
+        .par_chunks_mut(dp)
+        .zip(st.d_m.par_chunks_mut(dp))
+        .zip(st.d_v.par_chunks_mut(dp))
+        .zip(st.d_steps.par_iter_mut())
+        .enumerate()
+        .try_for_each(|(k, (((w, m), v), steps))| -> Result<()> {
+            let mut d = critic(&dev, cfg, 0)?;
+            let mut grad = Buffer::<f32>::zeros(&dev, dp)?;
+            let mut rng = omega.rng((1 << 50) | (round << 20) | k as u64);
+            let fakes = Fakes::Pool {
+                images: &pool,
+                per_class,
+            };
+            for _ in 0..cfg.refresh_steps {
+                critic_update(
+                    cfg,
+                    &mut d,
+                    &fakes,
+                    (&mut *w, &mut *m, &mut *v),
+                    steps,
+                    k,
+                    parts,
+                    &mut rng,
+                    &mut grad,
+                )?;
             }
             Ok(())
         })
@@ -1215,6 +1353,12 @@ pub fn run(a: Args) -> Result<()> {
         g.params_mut().copy_from_slice(&p)?;
         ema_update(&mut st.g_ema, &p, t, cfg.ema_decay);
         st.iteration += 1;
+        // (Also after the last iteration, so that a run resumed with more iterations is the
+        // same as a straight one.)
+        if cfg.refresh_every > 0 && st.iteration % cfg.refresh_every == 0 {
+            let round = st.iteration / cfg.refresh_every;
+            refresh_round(&cfg, &p, &mut st, &parts, omega, round)?;
+        }
         if st.iteration % a.log_every == 0 || st.iteration == cfg.iterations {
             let eps = if cfg.disable_dp {
                 f64::INFINITY

@@ -122,6 +122,8 @@ fn bad_input_is_an_error_before_training() {
         &["--critics-per-iteration", "0"],
         &["--critic", "mlp", "--critic-hidden", "0"],
         &["--lr-g=-1"],
+        &["--refresh-every", "1", "--refresh-steps", "0"],
+        &["--critic-batch-size", "0"],
     ] {
         let out = dir.join("x");
         let e = gs_wgan::run(args(&out, extra));
@@ -223,6 +225,126 @@ fn warm_start_does_not_depend_on_the_thread_count() {
         );
         assert!(dd < 2e-5 && dg < 2e-5, "{mode:?}: d {dd}, g {dg}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--refresh-every N --refresh-steps S`: every N iterations **every** discriminator takes S
+/// critic steps against the current generator's pool (each discriminator's Adam step count
+/// shows it), in parallel without depending on the thread count, and `--resume` across a
+/// round is bit-exact.
+#[test]
+fn refresh_rounds_train_every_discriminator() {
+    let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-refresh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let steps = |out: &Path| -> Vec<u64> {
+        tensors(&out.join("checkpoint.safetensors"), &["d_steps"])[0]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let base = [
+        "--critic",
+        "mlp",
+        "--discriminators",
+        "12",
+        "--critics-per-iteration",
+        "1",
+        "--gen-samples",
+        "0",
+    ];
+    // Without refresh rounds: 4 iterations × 1 critic × 2 critic steps, so at most 4 of the
+    // 12 discriminators were trained in the private phase.
+    let off = dir.join("off");
+    let mut extra = base.to_vec();
+    extra.extend(["--iterations", "4", "--refresh-every", "0"]);
+    gs_wgan::run(args(&off, &extra)).unwrap();
+    let s = steps(&off);
+    assert_eq!(s.iter().sum::<u64>(), 4 * 2);
+    assert!(s.iter().filter(|&&x| x == 0).count() >= 8, "{s:?}");
+    // Rounds after iterations 2 and 4, 3 steps each: every discriminator has ≥ 6 steps, and
+    // exactly 6 more than the per-iteration schedule gave it (the same ω stream as above).
+    let mut on = Vec::new();
+    for threads in [1, 3] {
+        let out = dir.join(format!("on-{threads}"));
+        let mut extra = base.to_vec();
+        extra.extend(["--iterations", "4", "--refresh-every", "2"]);
+        extra.extend(["--refresh-steps", "3"]);
+        let a = args(&out, &extra);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| gs_wgan::run(a))
+            .unwrap();
+        on.push(out);
+    }
+    let r = steps(&on[0]);
+    assert_eq!(
+        r.iter().zip(&s).map(|(a, b)| a - b).collect::<Vec<_>>(),
+        vec![6; 12]
+    );
+    let d = |out: &Path| -> Vec<f32> {
+        tensors(&out.join("checkpoint.safetensors"), &["d_all"])[0]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let (d1, d3, d0) = (d(&on[0]), d(&on[1]), d(&off));
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    // Thread count: last-bit differences only (see the warm-start test); the rounds
+    // themselves move the discriminators by far more.
+    assert!(max_diff(&d1, &d3) < 2e-5, "{}", max_diff(&d1, &d3));
+    assert!(max_diff(&d1, &d0) > 1e-4, "{}", max_diff(&d1, &d0));
+    // Resume across the round at iteration 2: the same state, bit for bit.
+    let res = dir.join("resumed");
+    let mut extra = base.to_vec();
+    extra.extend(["--refresh-every", "2", "--refresh-steps", "3"]);
+    let mut two = extra.clone();
+    two.extend(["--iterations", "2"]);
+    gs_wgan::run(args(&res, &two)).unwrap();
+    let mut four = extra.clone();
+    four.extend(["--iterations", "4", "--resume"]);
+    gs_wgan::run(args(&res, &four)).unwrap();
+    let straight = dir.join("straight");
+    let mut four = extra.clone();
+    four.extend(["--iterations", "4"]);
+    gs_wgan::run(args(&straight, &four)).unwrap();
+    let names = ["g", "g_ema", "d_all", "d_m", "d_v", "d_steps"];
+    assert_eq!(
+        tensors(&straight.join("checkpoint.safetensors"), &names),
+        tensors(&res.join("checkpoint.safetensors"), &names)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--critic-batch-size` changes the critics' batches only: the run trains, its ε (a function
+/// of K, σ, B and T) is the same as with the default, and the discriminators differ.
+#[test]
+fn critic_batch_size_changes_the_critics_not_epsilon() {
+    let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-cbs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut outs = Vec::new();
+    for cbs in [None, Some("7")] {
+        let out = dir.join(cbs.unwrap_or("default"));
+        let mut extra = vec!["--critic", "mlp", "--gen-samples", "0", "--iterations", "2"];
+        if let Some(c) = cbs {
+            extra.extend(["--critic-batch-size", c]);
+        }
+        gs_wgan::run(args(&out, &extra)).unwrap();
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let last: serde_json::Value =
+            serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+        let d = tensors(&out.join("checkpoint.safetensors"), &["d_all"]).remove(0);
+        outs.push((last["epsilon"].as_f64().unwrap(), d));
+    }
+    assert!(outs[0].0 > 0.0);
+    assert_eq!(outs[0].0, outs[1].0);
+    assert_ne!(outs[0].1, outs[1].1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
