@@ -16,6 +16,7 @@ pub mod conv;
 pub mod dropout;
 pub mod gemm;
 pub mod grad;
+pub(crate) mod igemm;
 pub mod linear;
 pub mod loss;
 pub mod norm;
