@@ -28,7 +28,9 @@ pub mod scatter;
 /// target: any x86-64, or another architecture; also whenever the `baseline-cpu` feature is
 /// on). Both compute the same values bit for bit (no fused multiply-adds are introduced:
 /// Rust does not contract `a * b + c`); only the speed differs. GEMM (`matrixmultiply`) picks
-/// its own kernel at run time either way.
+/// its own kernel at run time either way, and on a CPU with AVX-512 (not in the `baseline-cpu`
+/// build) some f32 convolution products run the crate's own FMA GEMM instead (`cpu::igemm`):
+/// which GEMM ran, like `matrixmultiply`'s choice, depends on the CPU.
 pub fn simd_path() -> &'static str {
     if cfg!(feature = "baseline-cpu") {
         return "baseline";
