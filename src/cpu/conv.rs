@@ -12,6 +12,7 @@
 
 use super::gemm::{gemm, Real};
 use super::grad::{check_grad, check_len, chunks_for, run_chunks, run_single, GradOut, ParamGrad};
+use super::igemm;
 use crate::{Error, Result};
 
 /// The geometry of a convolution over one example: input `[c, h, w]`, square kernel `k`,
@@ -378,6 +379,54 @@ fn col2im_phased<T: Real>(g: &ConvGeom, cols: &[T], ld: usize, dph: &mut [T]) {
     }
 }
 
+/// The gather offsets of the implicit im2col (see [`igemm::gemm_gather`]) of `n` examples
+/// whose phase splits ([`phase_split`]) lie one after another: `po[r]` for the column-matrix
+/// row `r = (ci, ki, kj)`, `qo[j·l + oy·ow + ox]` for example `j`'s output position, so that
+/// `cols_j[r, oy·ow + ox] = phases[po[r] + qo[j·l + oy·ow + ox]]` — what [`im2col_phased`]
+/// copies.
+fn phased_offsets(g: &ConvGeom, n: usize) -> (Vec<usize>, Vec<usize>) {
+    let (s, k) = (g.stride, g.k);
+    let (phh, phw) = g.phase_hw();
+    let plane = phh * phw;
+    let mut po = Vec::with_capacity(g.col_rows());
+    for ci in 0..g.c {
+        for ki in 0..k {
+            for kj in 0..k {
+                po.push(((ci * s + ki % s) * s + kj % s) * plane + (ki / s) * phw + kj / s);
+            }
+        }
+    }
+    let pl = g.phase_len();
+    let mut qo = Vec::with_capacity(n * g.out_positions());
+    for j in 0..n {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                qo.push(j * pl + oy * phw + ox);
+            }
+        }
+    }
+    (po, qo)
+}
+
+/// Scratch of the implicit-im2col products of a micro-batch of `n` examples: a packed A of up
+/// to `m × kmax`, a packed B panel, their phase splits and 8 values of slack (the packing's
+/// 8-wide moves may read past the last plane; what they read there is never used).
+fn implicit_len(g: &ConvGeom, n: usize, m: usize, kmax: usize) -> usize {
+    igemm::packed_a_len(m, kmax) + igemm::PACKED_B_LEN + n * g.phase_len() + 8
+}
+
+/// Splits the scratch of [`implicit_len`] into (packed A, packed B, phase splits + slack).
+fn implicit_split<T>(
+    buf: &mut [T],
+    n: usize,
+    pl: usize,
+    alen: usize,
+) -> (&mut [T], &mut [T], &mut [T]) {
+    let (apack, rest) = buf.split_at_mut(alen);
+    let (bpack, rest) = rest.split_at_mut(igemm::PACKED_B_LEN);
+    (apack, bpack, &mut rest[..n * pl + 8])
+}
+
 /// Column matrices up to this many entries per example go through [`ColTables`] (4 bytes per
 /// entry: up to 4 MiB per geometry and thread); larger ones through the phase split.
 const TABLE_MAX_COLS: usize = 1 << 20;
@@ -732,6 +781,12 @@ fn forward_block<T: Real>(
         ld,
         1,
     );
+    unpack_outputs(s, n, l, ybuf, b, y);
+}
+
+/// `y_j[c, t] = ybuf[c, j·l + t] + b[c]` for the `n` examples of a block.
+fn unpack_outputs<T: Real>(s: &Conv2dShape, n: usize, l: usize, ybuf: &[T], b: &[T], y: &mut [T]) {
+    let (cout, ld) = (s.cout, n * l);
     for jj in 0..n {
         let yi = &mut y[jj * cout * l..(jj + 1) * cout * l];
         for c in 0..cout {
@@ -952,18 +1007,42 @@ pub fn conv2d_forward<T: Real>(
     let chunks = chunks_for(OP, s.batch, scratch.len(), work)?;
     let mb = s.micro_batch(&g);
     let (w, b) = params.split_at(s.weight_len());
+    let kk = g.col_rows();
+    // The own GEMM reads the phase splits of x (no column matrix) where the phase split is
+    // the im2col path and its buffers fit in the columns' scratch.
+    let implicit = igemm::enabled::<T>()
+        && col_tables(&g).is_none()
+        && implicit_len(&g, mb, cout, kk) <= mb * g.cols_len();
     let f =
         |ex: std::ops::Range<usize>, y: Option<&mut [T]>, _: &mut GradOut<'_, T>, scr: &mut [T]| {
             let Some(y) = y else { return };
             let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
             let (ybuf, ph) = rest[mb * g.cols_len()..].split_at_mut(mb * cout * l);
+            let pl = g.phase_len();
             let mut j0 = 0;
             while j0 < ex.len() {
                 let n = mb.min(ex.len() - j0);
                 let i = ex.start + j0;
                 let xs = &x[i * il..(i + n) * il];
                 let ys = &mut y[j0 * cout * l..(j0 + n) * cout * l];
-                forward_block(s, &g, n, xs, w, b, cols, ybuf, ph, ys);
+                if implicit {
+                    let (apack, bpack, phs) =
+                        implicit_split(cols, n, pl, igemm::packed_a_len(cout, kk));
+                    for jj in 0..n {
+                        phase_split(
+                            &g,
+                            &xs[jj * il..(jj + 1) * il],
+                            &mut phs[jj * pl..(jj + 1) * pl],
+                        );
+                    }
+                    let (po, qo) = phased_offsets(&g, n);
+                    // Y [cout × n·l] = W [cout × kk] · cols, cols[r, (j, t)] gathered.
+                    igemm::pack_a(cout, kk, w, kk, 1, apack);
+                    igemm::gemm_gather(cout, apack, phs, &po, &qo, ybuf, n * l, false, bpack);
+                    unpack_outputs(s, n, l, ybuf, b, ys);
+                } else {
+                    forward_block(s, &g, n, xs, w, b, cols, ybuf, ph, ys);
+                }
                 j0 += n;
             }
         };
@@ -1332,6 +1411,11 @@ pub fn conv_transpose2d_backward<T: Real>(
     let chunks = chunks_for(OP, s.batch, scratch.len(), work + grad.extra_scratch(np))?;
     let mb = s.micro_batch(&g);
     let direct = s.is_dense_1x1(&g);
+    // The own GEMM reads the phase splits of dy (no column matrix) where the phase split is
+    // the im2col path and its buffers fit in the columns' scratch.
+    let implicit = igemm::enabled::<T>()
+        && col_tables(&g).is_none()
+        && implicit_len(&g, mb, cin, kk.max(mb * lin)) <= mb * g.cols_len();
     let f = |ex: std::ops::Range<usize>,
              mut dx: Option<&mut [T]>,
              gout: &mut GradOut<'_, T>,
@@ -1366,6 +1450,49 @@ pub fn conv_transpose2d_backward<T: Real>(
             let ld = n * lin;
             if !gout.wanted() && dx.is_none() {
                 break;
+            }
+            if implicit && (gout.is_sum() || !gout.wanted()) {
+                let pl = g.phase_len();
+                let (apack, bpack, phs) =
+                    implicit_split(dcols, n, pl, igemm::packed_a_len(cin, kk.max(ld)));
+                for jj in 0..n {
+                    let dyi = &dy[(i + jj) * ol..(i + jj + 1) * ol];
+                    phase_split(&g, dyi, &mut phs[jj * pl..(jj + 1) * pl]);
+                }
+                let (po, qo) = phased_offsets(&g, n);
+                let xs = &x[i * il..(i + n) * il];
+                let dys = &dy[i * ol..(i + n) * ol];
+                if let Some((region, beta)) = gout.sum_region(np) {
+                    let (dw, db) = region.split_at_mut(nw);
+                    let xm: &[T] = if n == 1 {
+                        xs
+                    } else {
+                        gather_examples(xs, n, cin, lin, xb);
+                        &xb[..cin * ld]
+                    };
+                    // dW [cin × kk] (+)= X [cin × n·lin] · dcolsᵀ, dcolsᵀ[(j, t), r] gathered.
+                    igemm::pack_a(cin, ld, xm, ld, 1, apack);
+                    igemm::gemm_gather(cin, apack, phs, &qo, &po, dw, kk, beta != T::ZERO, bpack);
+                    if s.bias {
+                        for jj in 0..n {
+                            let bj = if jj == 0 { beta } else { T::ONE };
+                            bias_grad(&dys[jj * ol..(jj + 1) * ol], sp, db, bj);
+                        }
+                    }
+                }
+                if let Some(dx) = dx.as_deref_mut() {
+                    let dxs = &mut dx[j0 * il..(j0 + n) * il];
+                    // dX [cin × n·lin] = W [cin × kk] · dcols, dcols[r, (j, t)] gathered.
+                    igemm::pack_a(cin, kk, w, kk, 1, apack);
+                    if n == 1 {
+                        igemm::gemm_gather(cin, apack, phs, &po, &qo, dxs, lin, false, bpack);
+                    } else {
+                        igemm::gemm_gather(cin, apack, phs, &po, &qo, xb, ld, false, bpack);
+                        scatter_examples(xb, n, cin, lin, dxs);
+                    }
+                }
+                j0 += n;
+                continue;
             }
             let tab = col_tables(&g);
             for jj in 0..n {
@@ -1871,6 +1998,198 @@ mod tests {
                 (u - w).abs() <= sum_tol * (1.0 + w.abs()),
                 "sum: {u} vs {w}"
             );
+        }
+    }
+
+    /// Inputs in [−1, 1] for the implicit-GEMM checks, in f64 (rounded to f32 for the f32 runs,
+    /// so both see the same values).
+    fn wave(n: usize, a: f64) -> Vec<f64> {
+        (0..n).map(|i| ((i as f64 * a).sin() * 1e4).sin()).collect()
+    }
+
+    fn to32(v: &[f64]) -> Vec<f32> {
+        v.iter().map(|&u| u as f32).collect()
+    }
+
+    /// max |u − w| over the pairs, and max |w|.
+    fn max_err(u: &[f32], w: &[f64]) -> (f64, f64) {
+        assert_eq!(u.len(), w.len());
+        u.iter().zip(w).fold((0.0, 0.0), |(e, m), (&a, &b)| {
+            assert!(a.is_finite(), "non-finite output");
+            (f64::max(e, (a as f64 - b).abs()), f64::max(m, b.abs()))
+        })
+    }
+
+    /// The f32 result of the own GEMM (`new`) against the old path in f32 (`old`, im2col +
+    /// `matrixmultiply`) and against the old path in f64 (`reference`): within
+    /// `1e-6·(depth)·(1 + max |reference|)` of the reference, and no more than 4× the old
+    /// path's own error (+ 1e-6) — as accurate as before, with its new summation order.
+    fn check_new_old_ref(what: &str, depth: usize, new: &[f32], old: &[f32], reference: &[f64]) {
+        let (en, m) = max_err(new, reference);
+        let (eo, _) = max_err(old, reference);
+        let tol = 1e-6 * depth as f64 * (1.0 + m);
+        assert!(en <= tol, "{what}: new path error {en} > {tol}");
+        assert!(
+            en <= 4.0 * eo + 1e-6,
+            "{what}: new path error {en} vs old path {eo}"
+        );
+    }
+
+    /// `Conv2d` forward through the own GEMM (implicit im2col from the phase split) equals
+    /// the old path (f32) and the f64 reference, on odd shapes, strides 1–3, paddings 0–2,
+    /// kernels 3–5, batch 1 and several micro-batches (DCGAN's D2: 10 + 2); bias included.
+    #[test]
+    fn conv2d_forward_implicit_gemm_matches_old_path_and_f64() {
+        if !igemm::available() {
+            return; // only the old path runs on this CPU / build
+        }
+        let shapes = [
+            (1, 3, 11, 13, 5, 3, 1, 1),
+            (7, 4, 15, 12, 13, 5, 2, 2),
+            (3, 2, 20, 17, 7, 4, 3, 0),
+            (12, 32, 14, 14, 64, 4, 2, 1),
+        ];
+        for (batch, cin, h, w, cout, k, stride, pad) in shapes {
+            let s = Conv2dShape {
+                batch,
+                cin,
+                h,
+                w,
+                cout,
+                k,
+                stride,
+                pad,
+                bias: true,
+            };
+            let g = s.geom().unwrap();
+            assert!(col_tables(&g).is_none(), "{s:?} takes the tables");
+            let (il, ol) = (g.in_len(), s.cout * g.out_positions());
+            let (x, p) = (wave(batch * il, 0.37), wave(s.num_params(), 0.11));
+            let mut y64 = vec![f64::NAN; batch * ol];
+            let mut scr64 = vec![0.0; s.scratch_len(2).unwrap()];
+            conv2d_forward(&s, &x, &p, &mut y64, &mut scr64).unwrap();
+            let (x32, p32) = (to32(&x), to32(&p));
+            // One chunk: the layer runs on this thread, where igemm::calls() counts.
+            let mut scr = vec![0f32; s.scratch_len(1).unwrap()];
+            let mut new = vec![f32::NAN; batch * ol];
+            let calls = igemm::calls();
+            conv2d_forward(&s, &x32, &p32, &mut new, &mut scr).unwrap();
+            assert!(igemm::calls() > calls, "{s:?}: the new path did not run");
+            let mut old = vec![f32::NAN; batch * ol];
+            igemm::with_old_path(|| conv2d_forward(&s, &x32, &p32, &mut old, &mut scr)).unwrap();
+            check_new_old_ref(&format!("y {s:?}"), g.col_rows(), &new, &old, &y64);
+        }
+    }
+
+    /// `ConvTranspose2d` backward through the own GEMM (implicit im2col of dy from its phase
+    /// split, for the summed weight gradient and the input gradient) equals the old path (f32)
+    /// and the f64 reference: summed gradient overwritten and accumulated, input gradient with
+    /// a summed or no parameter gradient; odd shapes, strides 1–3, batch 1, several
+    /// micro-batches (DCGAN's G2: 9 + 2). Per-sample gradients (the old path, unchanged) still
+    /// sum to the new summed gradient.
+    #[test]
+    fn conv_transpose_backward_implicit_gemm_matches_old_path_and_f64() {
+        if !igemm::available() {
+            return;
+        }
+        let shapes = [
+            (11, 128, 7, 7, 64, 4, 2, 1),
+            (1, 3, 5, 6, 4, 3, 1, 0),
+            (5, 6, 6, 5, 7, 5, 3, 2),
+            (4, 9, 9, 8, 3, 4, 2, 1),
+        ];
+        for (batch, cin, h, w, cout, k, stride, pad) in shapes {
+            let s = ConvTranspose2dShape {
+                batch,
+                cin,
+                h,
+                w,
+                cout,
+                k,
+                stride,
+                pad,
+                bias: true,
+            };
+            let g = s.geom().unwrap();
+            assert!(col_tables(&g).is_none(), "{s:?} takes the tables");
+            let (il, ol, np) = (cin * h * w, g.in_len(), s.num_params());
+            let (x, p, dy) = (
+                wave(batch * il, 0.37),
+                wave(np, 0.11),
+                wave(batch * ol, 0.23),
+            );
+            let prior = wave(np, 0.71);
+            let (x32, p32, dy32, prior32) = (to32(&x), to32(&p), to32(&dy), to32(&prior));
+            // f64 reference (old path): dx, the summed gradient, the accumulated one.
+            let mut scr64 = vec![0.0; s.scratch_len(2).unwrap() + np];
+            let mut dx64 = vec![f64::NAN; batch * il];
+            let mut sum64 = vec![f64::NAN; np];
+            let grad = ParamGrad::Sum {
+                grad: &mut sum64,
+                accumulate: false,
+            };
+            conv_transpose2d_backward(&s, &x, &p, &dy, Some(&mut dx64), grad, &mut scr64).unwrap();
+            let acc64: Vec<f64> = prior.iter().zip(&sum64).map(|(a, b)| a + b).collect();
+            let run = |old: bool, accumulate: bool, none: bool| -> (Vec<f32>, Vec<f32>) {
+                // One chunk: the layer runs on this thread, where igemm::calls() counts.
+                let mut scr = vec![0f32; s.scratch_len(1).unwrap() + np];
+                let calls = igemm::calls();
+                let mut dx = vec![f32::NAN; batch * il];
+                let mut sum = if accumulate {
+                    prior32.clone()
+                } else {
+                    vec![f32::NAN; np]
+                };
+                let mut f = || {
+                    let grad = if none {
+                        ParamGrad::None
+                    } else {
+                        ParamGrad::Sum {
+                            grad: &mut sum,
+                            accumulate,
+                        }
+                    };
+                    conv_transpose2d_backward(&s, &x32, &p32, &dy32, Some(&mut dx), grad, &mut scr)
+                };
+                if old {
+                    igemm::with_old_path(f).unwrap();
+                } else {
+                    f().unwrap();
+                }
+                assert_eq!(igemm::calls() > calls, !old, "{s:?}: which path ran");
+                (dx, sum)
+            };
+            let (dx_new, sum_new) = run(false, false, false);
+            let (dx_old, sum_old) = run(true, false, false);
+            let depth_dw = batch * g.out_positions();
+            check_new_old_ref(&format!("dx {s:?}"), g.col_rows(), &dx_new, &dx_old, &dx64);
+            check_new_old_ref(&format!("dW {s:?}"), depth_dw, &sum_new, &sum_old, &sum64);
+            let (_, acc_new) = run(false, true, false);
+            let (_, acc_old) = run(true, true, false);
+            check_new_old_ref(
+                &format!("dW += {s:?}"),
+                depth_dw,
+                &acc_new,
+                &acc_old,
+                &acc64,
+            );
+            let (dx_none, _) = run(false, false, true);
+            assert_eq!(dx_none, dx_new, "{s:?}: dx with no parameter gradient");
+            // Per-sample rows (old path) against the new summed gradient.
+            let mut scr = vec![0f32; s.scratch_len(2).unwrap() + np];
+            let mut rows = vec![f32::NAN; batch * np];
+            let grad = ParamGrad::PerSample {
+                rows: &mut rows,
+                stride: np,
+                offset: 0,
+            };
+            conv_transpose2d_backward(&s, &x32, &p32, &dy32, None, grad, &mut scr).unwrap();
+            let from_rows: Vec<f64> = (0..np)
+                .map(|t| (0..batch).map(|i| rows[i * np + t] as f64).sum())
+                .collect();
+            let (e, m) = max_err(&sum_new, &from_rows);
+            let tol = 1e-6 * depth_dw as f64 * (1.0 + m);
+            assert!(e <= tol, "{s:?}: Σ per-sample rows vs summed: {e} > {tol}");
         }
     }
 

@@ -51,6 +51,9 @@ pub trait Real:
     fn is_finite(self) -> bool;
     /// `true` for NaN.
     fn is_nan(self) -> bool;
+    /// `self · a + b` with one rounding (one FMA instruction where the CPU has it; a library
+    /// call elsewhere — see `cpu::igemm::available`).
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 macro_rules! impl_real {
@@ -90,6 +93,10 @@ macro_rules! impl_real {
             #[inline]
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
         }
     };

@@ -16,6 +16,7 @@ pub mod conv;
 pub mod dropout;
 pub mod gemm;
 pub mod grad;
+pub(crate) mod igemm;
 pub mod linear;
 pub mod loss;
 pub mod norm;
@@ -27,7 +28,9 @@ pub mod scatter;
 /// target: any x86-64, or another architecture; also whenever the `baseline-cpu` feature is
 /// on). Both compute the same values bit for bit (no fused multiply-adds are introduced:
 /// Rust does not contract `a * b + c`); only the speed differs. GEMM (`matrixmultiply`) picks
-/// its own kernel at run time either way.
+/// its own kernel at run time either way, and on a CPU with AVX-512 (not in the `baseline-cpu`
+/// build) some f32 convolution products run the crate's own FMA GEMM instead (`cpu::igemm`):
+/// which GEMM ran, like `matrixmultiply`'s choice, depends on the CPU.
 pub fn simd_path() -> &'static str {
     if cfg!(feature = "baseline-cpu") {
         return "baseline";
