@@ -1,6 +1,9 @@
 //! WGAN-GP's double backward (`Sequential::input_grad_param_grad`, `nn::gradient_penalty`):
 //! a closed form in f64 on a two-layer MLP, and the whole penalty's parameter gradient against
-//! central finite differences on a small conv net.
+//! central finite differences on a small conv net. With the `cuda` feature and a GPU, the CUDA
+//! path against the CPU on GS-WGAN's two critics (the MLP critic and the conv critic, batch 1
+//! and larger, overwrite and accumulate); those skip without a GPU and fail without one when
+//! `DPSGD_REQUIRE_GPU=1`.
 
 use dpsgd::nn::{gradient_penalty, Grads, Sequential};
 use dpsgd::{Buffer, Device};
@@ -172,4 +175,168 @@ fn refuses_smooth_layers_and_bad_shapes() {
     // ‖u‖ = 1 for both rows: no penalty, no gradient.
     let p = gradient_penalty(&[0.6, 0.8, 1.0, 0.0], 2, 10.0, &mut out).unwrap();
     assert!(p.abs() < 1e-12 && out.iter().all(|v| v.abs() < 1e-6));
+}
+
+/// GS-WGAN's MLP critic (`examples/gs_wgan.rs`, `mlp_discriminator`) at `hidden` units.
+#[allow(dead_code)]
+fn mlp_critic(dev: &Device, hidden: usize, seed: u64) -> Sequential {
+    Sequential::builder(&[1, 28, 28])
+        .flatten()
+        .linear(hidden, true)
+        .leaky_relu(0.2)
+        .linear(10, true)
+        .build(dev, seed)
+        .unwrap()
+}
+
+/// GS-WGAN's conv critic (`examples/gs_wgan.rs`, `discriminator`) at model_dim `md`.
+#[allow(dead_code)]
+fn conv_critic(dev: &Device, md: usize, seed: u64) -> Sequential {
+    Sequential::builder(&[1, 28, 28])
+        .conv2d(md, 5, 2, 2, true)
+        .relu()
+        .conv2d(2 * md, 5, 2, 2, true)
+        .relu()
+        .conv2d(4 * md, 5, 2, 2, true)
+        .relu()
+        .flatten()
+        .linear(10, true)
+        .build(dev, seed)
+        .unwrap()
+}
+
+/// The CUDA double backward against the CPU's on the same weights and inputs: `x` (images in
+/// [0, 1]), the class selector `dy`, and `v` = `∂P/∂u` of the CPU's input gradient `u` (the
+/// WGAN-GP step of `examples/gs_wgan.rs`); batch sizes `batches`, overwrite then accumulate
+/// onto a non-zero gradient. The GPU's input gradient is checked against the CPU's too.
+///
+/// Tolerance: both sides sum the same products in another order (the CPU's GEMM blocks
+/// against the GPU's tiles and batch splits), so each value may differ by a relative `1e-4`
+/// of itself or of the largest value (as in `tests/nn_cuda.rs` for conv/linear sums).
+#[cfg(feature = "cuda")]
+fn cuda_vs_cpu(what: &str, make: &dyn Fn(&Device) -> Sequential, batches: &[usize]) {
+    let Some(gpu) = common::gpu(what) else {
+        return;
+    };
+    let cpu_m = make(&Device::Cpu);
+    let gpu_m = make(&gpu);
+    let p = cpu_m.num_params();
+    assert_eq!(
+        cpu_m.params().to_vec().unwrap(),
+        gpu_m.params().to_vec().unwrap()
+    );
+    let close = |name: &str, g: &[f32], c: &[f32]| {
+        assert_eq!(g.len(), c.len());
+        let scale = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{name}: all zero");
+        for (k, (a, b)) in g.iter().zip(c).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * (scale + b.abs()),
+                "{what} {name}[{k}]: gpu {a} cpu {b} (scale {scale})"
+            );
+        }
+    };
+    for &b in batches {
+        let x: Vec<f32> = common::uniform(b * 784, 0.5, 40 + b as u64)
+            .iter()
+            .map(|v| v + 0.5)
+            .collect();
+        let mut dy = vec![0f32; b * 10];
+        for i in 0..b {
+            dy[i * 10 + (i * 7 + 3) % 10] = 1.0;
+        }
+        let u = input_grad(&cpu_m, &x, &dy);
+        // The GPU's input gradient (the `u` a GPU critic step feeds the penalty).
+        let mut ws = gpu_m.workspace(b).unwrap();
+        gpu_m.forward(&mut ws, &x).unwrap();
+        gpu_m.set_output_grad(&mut ws, &dy).unwrap();
+        gpu_m.backward(&mut ws, Grads::None, true).unwrap();
+        close("u", &ws.input_grad_vec().unwrap().unwrap(), &u);
+        let mut v = vec![0f32; u.len()];
+        gradient_penalty(&u, b, 10.0, &mut v).unwrap();
+        let mut gc = Buffer::zeros(&Device::Cpu, p).unwrap();
+        cpu_m
+            .input_grad_param_grad(&x, &dy, &v, &mut gc, false)
+            .unwrap();
+        // Overwrite: the GPU buffer starts as garbage (NaN), which must not survive.
+        let mut gg = Buffer::from_slice(&gpu, &vec![f32::NAN; p]).unwrap();
+        gpu_m
+            .input_grad_param_grad(&x, &dy, &v, &mut gg, false)
+            .unwrap();
+        let (gc, gv) = (gc.to_vec().unwrap(), gg.to_vec().unwrap());
+        close(&format!("batch {b} overwrite"), &gv, &gc);
+        // Bias gradients are exactly zero on both.
+        for info in cpu_m.param_info() {
+            if info.name.ends_with(".bias") {
+                assert!(gv[info.range.clone()].iter().all(|&z| z == 0.0));
+            }
+        }
+        // Accumulate onto a non-zero gradient.
+        let base = common::uniform(p, 1.0, 77);
+        let mut ga = Buffer::from_slice(&gpu, &base).unwrap();
+        gpu_m
+            .input_grad_param_grad(&x, &dy, &v, &mut ga, true)
+            .unwrap();
+        let want: Vec<f32> = base.iter().zip(&gc).map(|(a, g)| a + g).collect();
+        close(
+            &format!("batch {b} accumulate"),
+            &ga.to_vec().unwrap(),
+            &want,
+        );
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_mlp_critic_matches_cpu() {
+    cuda_vs_cpu(
+        "cuda_mlp_critic_matches_cpu",
+        &|d| mlp_critic(d, 128, 21),
+        &[1, 5, 64],
+    );
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_conv_critic_matches_cpu() {
+    cuda_vs_cpu(
+        "cuda_conv_critic_matches_cpu",
+        &|d| conv_critic(d, 8, 22),
+        &[1, 3, 32],
+    );
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_refuses_what_the_cpu_refuses_and_foreign_buffers() {
+    let Some(gpu) = common::gpu("cuda_refuses_what_the_cpu_refuses_and_foreign_buffers") else {
+        return;
+    };
+    let m = Sequential::builder(&[4])
+        .linear(3, true)
+        .tanh()
+        .linear(1, true)
+        .build(&gpu, 1)
+        .unwrap();
+    let mut g = Buffer::zeros(&gpu, m.num_params()).unwrap();
+    assert!(m
+        .input_grad_param_grad(&[0.0; 4], &[1.0], &[0.0; 4], &mut g, false)
+        .is_err());
+    let m = mlp_critic(&gpu, 8, 3);
+    // grad on the CPU for a GPU model, and the other way round: a typed device mismatch.
+    let mut host = Buffer::zeros(&Device::Cpu, m.num_params()).unwrap();
+    let e = m
+        .input_grad_param_grad(&[0.5; 784], &[1.0; 10], &[0.1; 784], &mut host, false)
+        .unwrap_err();
+    assert!(matches!(e, dpsgd::Error::DeviceMismatch { .. }), "{e}");
+    let c = mlp_critic(&Device::Cpu, 8, 3);
+    let mut dev_g = Buffer::zeros(&gpu, c.num_params()).unwrap();
+    let e = c
+        .input_grad_param_grad(&[0.5; 784], &[1.0; 10], &[0.1; 784], &mut dev_g, false)
+        .unwrap_err();
+    assert!(matches!(e, dpsgd::Error::DeviceMismatch { .. }), "{e}");
+    // Wrong lengths are refused before anything runs.
+    assert!(m
+        .input_grad_param_grad(&[0.5; 784], &[1.0; 9], &[0.1; 784], &mut g, false)
+        .is_err());
 }

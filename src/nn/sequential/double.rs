@@ -33,9 +33,17 @@ impl Sequential {
     /// `u` = the input gradient of [`Sequential::backward`] with that `dy`, and `v` =
     /// [`gradient_penalty`]'s `∂P/∂u`.
     ///
+    /// On a CUDA model (feature `cuda`) the same algorithm runs on the GPU, composed from the
+    /// layers' GPU forward and backward kernels: `x`, `dy` and `v` are copied to the device,
+    /// `grad` must live on the model's GPU, and the result matches the CPU's up to the order of
+    /// the f32 sums (`tests/double_backward.rs`). It allocates its activations, tangents and
+    /// scratch per call, and copies the `P` gradient values back once to check them for
+    /// non-finite values (as the CPU path does).
+    ///
     /// Errors: a layer that is not piecewise linear (Tanh, Sigmoid, GroupNorm, MaxPool2d,
-    /// Dropout; each layer says so in its `src/nn/layer/` file); a CUDA model; lengths that do
-    /// not match.
+    /// Dropout; each layer says so in its `src/nn/layer/` file); a CUDA model without the
+    /// `cuda` feature, or `grad` on another device than the model; lengths that do not
+    /// match.
     pub fn input_grad_param_grad(
         &self,
         x: &[f32],
@@ -44,7 +52,6 @@ impl Sequential {
         grad: &mut Buffer<f32>,
         accumulate: bool,
     ) -> Result<()> {
-        let params = self.cpu_params(OP)?;
         for l in &self.kinds {
             if l.double() == Double::Unsupported {
                 return Err(Error::invalid(
@@ -78,13 +85,28 @@ impl Sequential {
                 ),
             ));
         }
-        let out = grad.as_mut_slice().ok_or_else(|| super::no_cuda(OP))?;
-        if out.len() != p {
+        if grad.len() != p {
             return Err(Error::shape(
                 OP,
-                format!("grad has {} values, the model {p}", out.len()),
+                format!("grad has {} values, the model {p}", grad.len()),
             ));
         }
+        if !grad.device().same(&self.device) {
+            return Err(Error::DeviceMismatch {
+                op: OP,
+                msg: format!(
+                    "the model lives on {} but grad on {}: make grad with Buffer::zeros(model.device(), …)",
+                    self.device.describe(),
+                    grad.device().describe()
+                ),
+            });
+        }
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda(d) = &self.device {
+            return self.gpu_input_grad_param_grad(d, batch, x, dy, v, grad, accumulate);
+        }
+        let params = self.cpu_params(OP)?;
+        let out = grad.as_mut_slice().ok_or_else(|| super::no_cuda(OP))?;
         // Parameters with the biases zeroed (the tangent network has none).
         let mut p0 = params.to_vec();
         for info in &self.infos {
@@ -211,6 +233,171 @@ impl Sequential {
             out.copy_from_slice(&tmp);
         }
         Ok(())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Sequential {
+    /// The CUDA arm of [`Sequential::input_grad_param_grad`] (arguments validated there): the
+    /// CPU algorithm step for step, each layer through its GPU forward/backward kernels.
+    #[allow(clippy::too_many_arguments)]
+    fn gpu_input_grad_param_grad(
+        &self,
+        d: &crate::device::CudaDevice,
+        batch: usize,
+        x: &[f32],
+        dy: &[f32],
+        v: &[f32],
+        grad: &mut Buffer<f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        use crate::cuda::grad::DeviceGrad;
+        use crate::nn::layer::dtod;
+        let dev = d.backend().clone();
+        for l in &self.kinds {
+            l.gpu_supported()?;
+        }
+        let mismatch = |what: &str| Error::DeviceMismatch {
+            op: OP,
+            msg: format!("the model lives on a GPU but {what} does not"),
+        };
+        let params = self
+            .params
+            .cuda_view()
+            .ok_or_else(|| mismatch("its parameter buffer"))?;
+        let p = self.num_params();
+        let n = self.layers.len();
+        let per: Vec<usize> = self.shapes.iter().map(|s| numel(s)).collect();
+        // Parameters with the biases zeroed (the tangent network has none).
+        let mut p0 = dev.alloc_zeros::<f32>(p)?;
+        dtod(&dev, &params, &mut p0.slice_mut(..p))?;
+        for info in &self.infos {
+            if info.name.ends_with(".bias") {
+                dev.memset_zero(&mut p0.slice_mut(info.range.clone()))?;
+            }
+        }
+        let scratch_len = self
+            .kinds
+            .iter()
+            .zip(&self.shapes)
+            .map(|(l, s)| l.gpu_scratch_len(s, batch))
+            .max()
+            .unwrap_or(0);
+        let mut scratch = dev.alloc_zeros::<f32>(scratch_len)?;
+        // Primal activations (for the masks) and tangents.
+        let mut acts = vec![dev.htod(x)?];
+        let mut tans = vec![dev.htod(v)?];
+        for (i, l) in self.kinds.iter().enumerate() {
+            let (nin, len) = (batch * per[i], batch * per[i + 1]);
+            let mut y = dev.alloc_zeros::<f32>(len)?;
+            let mut t = dev.alloc_zeros::<f32>(len)?;
+            let r = self.ranges[i].clone();
+            let (shape, xv, tv) = (&self.shapes[i], acts[i].slice(..nin), tans[i].slice(..nin));
+            l.gpu_forward(
+                &dev,
+                shape,
+                batch,
+                &xv,
+                &params.slice(r.clone()),
+                &mut y.slice_mut(..len),
+            )?;
+            match l.double() {
+                // JVP of an element-wise activation: t · σ'(x), what its backward computes.
+                Double::Diagonal => l.gpu_backward(
+                    &dev,
+                    shape,
+                    batch,
+                    &xv,
+                    &y.slice(..len),
+                    &params.slice(r),
+                    &tv,
+                    Some(&mut t.slice_mut(..len)),
+                    DeviceGrad::None,
+                    &mut scratch.slice_mut(..),
+                )?,
+                _ => l.gpu_forward(
+                    &dev,
+                    shape,
+                    batch,
+                    &tv,
+                    &p0.slice(r),
+                    &mut t.slice_mut(..len),
+                )?,
+            }
+            acts.push(y);
+            tans.push(t);
+        }
+        // Backward of the tangent network from dy.
+        let first = self.first_layer(false);
+        let mut tmp = dev.alloc_zeros::<f32>(p)?;
+        let mut delta = dev.htod(dy)?;
+        for i in (first..n).rev() {
+            let l = &self.kinds[i];
+            let r = self.ranges[i].clone();
+            let (nin, nout) = (batch * per[i], batch * per[i + 1]);
+            let ndx = if i > first { nin } else { 0 };
+            let mut dx = dev.alloc_zeros::<f32>(ndx)?;
+            let mut dxv = dx.slice_mut(..ndx);
+            let dxo = if i > first { Some(&mut dxv) } else { None };
+            let shape = &self.shapes[i];
+            let dyv = delta.slice(..nout);
+            match l.double() {
+                // The mask at the primal input: the activation's backward on the primal.
+                Double::Diagonal => l.gpu_backward(
+                    &dev,
+                    shape,
+                    batch,
+                    &acts[i].slice(..nin),
+                    &acts[i + 1].slice(..nout),
+                    &params.slice(r),
+                    &dyv,
+                    dxo,
+                    DeviceGrad::None,
+                    &mut scratch.slice_mut(..),
+                )?,
+                _ => {
+                    let pg = if r.is_empty() {
+                        DeviceGrad::None
+                    } else {
+                        DeviceGrad::Sum {
+                            grad: tmp.slice_mut(r.clone()),
+                            accumulate: false,
+                        }
+                    };
+                    l.gpu_backward(
+                        &dev,
+                        shape,
+                        batch,
+                        &tans[i].slice(..nin),
+                        &tans[i + 1].slice(..nout),
+                        &p0.slice(r),
+                        &dyv,
+                        dxo,
+                        pg,
+                        &mut scratch.slice_mut(..),
+                    )?;
+                }
+            }
+            delta = dx;
+        }
+        for info in &self.infos {
+            if info.name.ends_with(".bias") {
+                dev.memset_zero(&mut tmp.slice_mut(info.range.clone()))?;
+            }
+        }
+        let host = dev.dtoh(&tmp.slice(..p))?;
+        if let Some(k) = host.iter().position(|g| !g.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "input_grad_param_grad",
+                detail: format!("parameter {k} of the double backward"),
+            });
+        }
+        let mut out = grad.cuda_view_mut().ok_or_else(|| mismatch("grad"))?;
+        if accumulate {
+            crate::cuda::grad::sum_rows(&dev, &tmp.slice(..p), 1, p, 1.0, &mut out)
+        } else {
+            dtod(&dev, &tmp.slice(..p), &mut out)
+        }
     }
 }
 
