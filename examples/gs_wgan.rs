@@ -81,6 +81,23 @@
 //! again with 10 critics when every one is trained every step (`--critics-per-iteration 10`):
 //! `K × 5` critic steps per iteration, which at the `K` a useful ε needs is hours here.
 //!
+//! **On a GPU (`--device cuda`, a build with `--features cuda`; `--preset gpu`).** The same
+//! code runs with the models on the GPU: every forward and backward, WGAN-GP's double backward
+//! (`Sequential::input_grad_param_grad`'s CUDA path) and the sanitisation (`ops::sanitize_rows`,
+//! the same noise stream as on the CPU) run there, and every random stream has the same
+//! `Purpose` on both devices, so a GPU run differs from the CPU run only by f32 summation
+//! order. What stays on the host, and its cost per critic step: the K critics' weights and
+//! Adam moments (`State::d_all/d_m/d_v`, `3·K·P_D` floats: 1.2 GB for K = 1000 MLP critics,
+//! 12.8 GB for conv critics at model_dim 64) — the critic's weights are copied in, its weights
+//! and gradient copied out and Adam runs on the host (3 copies of `P_D` floats: 0.4 MB each
+//! for the MLP critic, 4.3 MB for the conv critic at model_dim 64); the penalty's `∂P/∂u`
+//! (`nn::gradient_penalty`, on the host: `B × 784` floats each way); and each critic step
+//! allocates its workspace. The generator's Adam and EMA run on the host too (once per
+//! iteration). The warm start and refresh rounds train the K critics one after another on the
+//! GPU (the CPU runs them in parallel). Moving the critics' state and Adam onto the GPU
+//! (`ops::noisy_adam_step` has a CUDA path) is the next speed step once a GPU run shows where
+//! the time goes.
+//!
 //! Samples: `samples_NNNNNN.png` is the weight average (`--ema-decay`, paper 0.999; it starts
 //! as the plain mean of the iterates, so for the first `≈ 1/(1 − β)` iterations it still
 //! holds the untrained start and looks darker and flatter than the generator),
@@ -88,6 +105,8 @@
 //!
 //! ```text
 //! cargo run --release --example gs_wgan -- --preset cpu --out runs/gswgan
+//! cargo run --release --features cuda --example gs_wgan -- --preset gpu --device cuda \
+//!     --out runs/gswgan-gpu                                            # needs a GPU
 //! cargo run --release --example gs_wgan -- --disable-dp --discriminators 1 \
 //!     --pretrain-iterations 0 --iterations 7000 --out runs/control     # NOT private
 //! ```
@@ -117,9 +136,25 @@ enum Preset {
     /// black: its critics are stale; module docs, BENCHMARKS.md "GS-WGAN, private CPU preset").
     Cpu,
     /// The paper's setting (K = 1000, 2 000 pretraining iterations each, 20 000 iterations,
-    /// model_dim 64). The example runs on the CPU only (the double backward has no CUDA path
-    /// yet): this preset is days of CPU time.
+    /// model_dim 64): days of CPU time; with `--device cuda` the paper's run on a GPU (an
+    /// estimate of its time is in README's GS-WGAN section; not run yet).
     Paper,
+    /// For a GPU (`--device cuda`): `--preset cpu`'s privacy budget (K = 1000, σ = 0.6, B = 32,
+    /// T = 3 000: ε = 9.83 at δ = 1e-5) with **every** critic trained 5 steps every generator
+    /// iteration (refresh rounds `--refresh-every 1 --refresh-steps 5`, the schedule under which
+    /// the noise-free diagnostics learn), lr_g 1e-4. 5 000 critic steps per iteration: hours
+    /// on a GPU (an estimate, README), weeks here. Written and CPU-verified, not yet run on a
+    /// GPU: whether it learns is not known.
+    Gpu,
+}
+
+/// Where the models train (`--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    /// The CPU (all cores, rayon).
+    Cpu,
+    /// CUDA GPU 0 (needs a build with `--features cuda`).
+    Cuda,
 }
 
 /// The discriminators' architecture (never released: it does not touch privacy).
@@ -178,6 +213,11 @@ pub struct Args {
     /// Settings preset; the flags below override it.
     #[arg(long, value_enum, default_value = "cpu")]
     preset: Preset,
+    /// Where the generator and the critics train. `cuda` needs a build with `--features cuda`
+    /// (an error otherwise, never a silent fallback to the CPU). Noise and every random stream
+    /// are the same on both devices; the results differ only by the order of f32 sums.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
     #[arg(long, value_enum, default_value = "mnist")]
     dataset: Data,
     /// Folder of the IDX files (default: the dataset's usual place).
@@ -486,6 +526,21 @@ pub fn resolve(a: &Args, n_total: usize) -> Result<Config> {
             refresh_every: 0,
             refresh_steps: 0,
         },
+        Preset::Gpu => PresetValues {
+            k: 1000,
+            pretrain: 20,
+            iterations: 3000,
+            md: 16,
+            sigma: 0.6,
+            critic: Critic::Mlp,
+            gen: Gen::Conv,
+            fakes: PretrainFakes::InitialDimmed,
+            critics: 1,
+            lr_g: 1e-4,
+            ema: 0.995,
+            refresh_every: 1,
+            refresh_steps: 5,
+        },
         Preset::Paper => PresetValues {
             k: 1000,
             pretrain: 2000,
@@ -707,7 +762,7 @@ pub fn critic_step(
     latent(rng, cfg, labels, &mut zin);
     let mut gws = g.workspace(b)?;
     g.forward(&mut gws, &zin)?;
-    let fake = gws.output().to_vec();
+    let fake = gws.output_vec()?;
     critic_step_on(cfg, d, &fake, real, labels, rng, grad)
 }
 
@@ -726,7 +781,7 @@ pub fn critic_step_on(
     let mut ws = d.workspace(b)?;
     // Real: −mean D(x, y) + λ_ε · mean D(x, y)².
     d.forward(&mut ws, real)?;
-    let out = ws.output();
+    let out = ws.output_vec()?;
     let dr: Vec<f32> = labels
         .iter()
         .enumerate()
@@ -747,7 +802,7 @@ pub fn critic_step_on(
     )?;
     // Fake: + mean D(G(z), y).
     d.forward(&mut ws, fake)?;
-    let out = ws.output();
+    let out = ws.output_vec()?;
     let df: Vec<f32> = labels
         .iter()
         .enumerate()
@@ -775,9 +830,8 @@ pub fn critic_step_on(
     d.set_output_grad(&mut ws, &sel)?;
     d.backward(&mut ws, Grads::None, true)?;
     let u = ws
-        .input_grad()
-        .ok_or_else(|| invalid("input_grad", "none", "an input gradient"))?
-        .to_vec();
+        .input_grad_vec()?
+        .ok_or_else(|| invalid("input_grad", "none", "an input gradient"))?;
     let mut v = vec![0f32; u.len()];
     let gp = gradient_penalty(&u, b, cfg.lambda_gp, &mut v)?;
     d.input_grad_param_grad(&xh, &sel, &v, grad, true)?;
@@ -880,8 +934,10 @@ fn critic_update(
 /// runs `pretrain × critic_iters` critic steps on its own partition against the generator
 /// with initial weights `g0` — kept fixed (`initial`) or trained alongside with one step per
 /// `critic_iters` critic steps and then discarded (`own`, the authors' `pretrain.py`). Every
-/// discriminator's Adam state is reset afterwards (fresh for the private phase).
+/// discriminator's Adam state is reset afterwards (fresh for the private phase). On a GPU
+/// (`dev`) the discriminators train one after another (each on the GPU), with the same streams.
 fn warm_start(
+    dev: &Device,
     cfg: &Config,
     g0: &[f32],
     st: &mut State,
@@ -889,7 +945,6 @@ fn warm_start(
     omega: StreamKey,
 ) -> Result<()> {
     use rayon::prelude::*;
-    let dev = Device::Cpu;
     let dp = st.d_all.len() / cfg.k;
     let own = cfg.pretrain_fakes == "own";
     // `initial`: one pool of the fixed initial generator's samples for all discriminators
@@ -898,7 +953,7 @@ fn warm_start(
     let pool = if own || cfg.pretrain == 0 {
         Vec::new()
     } else {
-        let mut g = gen_model(&dev, cfg, 0)?;
+        let mut g = gen_model(dev, cfg, 0)?;
         let mut pool = sample(&mut g, g0, cfg, per_class, omega, 1 << 41)?.0;
         if cfg.pretrain_fakes == "initial-dimmed" {
             // Each sample times a factor drawn uniformly from [0, 1]: fakes from black to the
@@ -911,56 +966,67 @@ fn warm_start(
         }
         pool
     };
-    st.d_all
-        .par_chunks_mut(dp)
-        .zip(st.d_m.par_chunks_mut(dp))
-        .zip(st.d_v.par_chunks_mut(dp))
-        .enumerate()
-        .try_for_each(|(k, ((w, m), v))| -> Result<()> {
-            let mut g = gen_model(&dev, cfg, 0)?;
-            g.params_mut().copy_from_slice(g0)?;
-            let mut d = critic(&dev, cfg, 0)?;
-            let mut grad = Buffer::<f32>::zeros(&dev, dp)?;
-            let gp = g0.len();
-            let (mut gm, mut gv) = if own {
-                (vec![0f32; gp], vec![0f32; gp])
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            let mut steps = 0;
-            let mut rng = omega.rng((1 << 40) | k as u64);
-            for it in 0..cfg.pretrain {
-                for _ in 0..cfg.critic {
-                    let fakes = if own {
-                        Fakes::Generator(&g)
-                    } else {
-                        Fakes::Pool {
-                            images: &pool,
-                            per_class,
-                        }
-                    };
-                    critic_update(
-                        cfg,
-                        &mut d,
-                        &fakes,
-                        (&mut *w, &mut *m, &mut *v),
-                        &mut steps,
-                        k,
-                        parts,
-                        &mut rng,
-                        &mut grad,
-                    )?;
-                }
-                if own {
-                    d.params_mut().copy_from_slice(w)?;
-                    let (gg, _) = generator_grad(cfg, &mut g, &d, &mut rng, None)?;
-                    let mut p = g.params().to_vec()?;
-                    adam_step(&mut p, &gg, &mut gm, &mut gv, it + 1, cfg.g_lr())?;
-                    g.params_mut().copy_from_slice(&p)?;
-                }
+    let body = |k: usize, w: &mut [f32], m: &mut [f32], v: &mut [f32]| -> Result<()> {
+        let mut g = gen_model(dev, cfg, 0)?;
+        g.params_mut().copy_from_slice(g0)?;
+        let mut d = critic(dev, cfg, 0)?;
+        let mut grad = Buffer::<f32>::zeros(dev, dp)?;
+        let gp = g0.len();
+        let (mut gm, mut gv) = if own {
+            (vec![0f32; gp], vec![0f32; gp])
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut steps = 0;
+        let mut rng = omega.rng((1 << 40) | k as u64);
+        for it in 0..cfg.pretrain {
+            for _ in 0..cfg.critic {
+                let fakes = if own {
+                    Fakes::Generator(&g)
+                } else {
+                    Fakes::Pool {
+                        images: &pool,
+                        per_class,
+                    }
+                };
+                critic_update(
+                    cfg,
+                    &mut d,
+                    &fakes,
+                    (&mut *w, &mut *m, &mut *v),
+                    &mut steps,
+                    k,
+                    parts,
+                    &mut rng,
+                    &mut grad,
+                )?;
             }
-            Ok(())
-        })
+            if own {
+                d.params_mut().copy_from_slice(w)?;
+                let (gg, _) = generator_grad(cfg, &mut g, &d, &mut rng, None)?;
+                let mut p = g.params().to_vec()?;
+                adam_step(&mut p, &gg, &mut gm, &mut gv, it + 1, cfg.g_lr())?;
+                g.params_mut().copy_from_slice(&p)?;
+            }
+        }
+        Ok(())
+    };
+    if dev.is_cuda() {
+        // One GPU stream: the discriminators one after another.
+        st.d_all
+            .chunks_mut(dp)
+            .zip(st.d_m.chunks_mut(dp))
+            .zip(st.d_v.chunks_mut(dp))
+            .enumerate()
+            .try_for_each(|(k, ((w, m), v))| body(k, w, m, v))
+    } else {
+        st.d_all
+            .par_chunks_mut(dp)
+            .zip(st.d_m.par_chunks_mut(dp))
+            .zip(st.d_v.par_chunks_mut(dp))
+            .enumerate()
+            .try_for_each(|(k, ((w, m), v))| body(k, w, m, v))
+    }
 }
 
 /// Refresh round `round` (module docs): every discriminator takes `cfg.refresh_steps` critic
@@ -969,8 +1035,10 @@ fn warm_start(
 /// but partition `k` that discriminator `k` sees is the released generator and randomness
 /// from the data-independent critic stream `omega` (round `r`: pool `(1 << 51) | r`,
 /// discriminator `k`: `(1 << 50) | (r << 20) | k`), and the rounds fall on fixed iterations,
-/// so the accountant's assumptions hold as for the per-iteration critic steps.
+/// so the accountant's assumptions hold as for the per-iteration critic steps. On a GPU (`dev`)
+/// the discriminators train one after another, with the same streams.
 fn refresh_round(
+    dev: &Device,
     cfg: &Config,
     g_now: &[f32],
     st: &mut State,
@@ -979,20 +1047,14 @@ fn refresh_round(
     round: u64,
 ) -> Result<()> {
     use rayon::prelude::*;
-    let dev = Device::Cpu;
     let dp = st.d_all.len() / cfg.k;
     let per_class = 256;
-    let mut g = gen_model(&dev, cfg, 0)?;
+    let mut g = gen_model(dev, cfg, 0)?;
     let pool = sample(&mut g, g_now, cfg, per_class, omega, (1 << 51) | round)?.0;
-    st.d_all
-        .par_chunks_mut(dp)
-        .zip(st.d_m.par_chunks_mut(dp))
-        .zip(st.d_v.par_chunks_mut(dp))
-        .zip(st.d_steps.par_iter_mut())
-        .enumerate()
-        .try_for_each(|(k, (((w, m), v), steps))| -> Result<()> {
-            let mut d = critic(&dev, cfg, 0)?;
-            let mut grad = Buffer::<f32>::zeros(&dev, dp)?;
+    let body =
+        |k: usize, w: &mut [f32], m: &mut [f32], v: &mut [f32], steps: &mut u64| -> Result<()> {
+            let mut d = critic(dev, cfg, 0)?;
+            let mut grad = Buffer::<f32>::zeros(dev, dp)?;
             let mut rng = omega.rng((1 << 50) | (round << 20) | k as u64);
             let fakes = Fakes::Pool {
                 images: &pool,
@@ -1012,7 +1074,25 @@ fn refresh_round(
                 )?;
             }
             Ok(())
-        })
+        };
+    if dev.is_cuda() {
+        // One GPU stream: the discriminators one after another.
+        st.d_all
+            .chunks_mut(dp)
+            .zip(st.d_m.chunks_mut(dp))
+            .zip(st.d_v.chunks_mut(dp))
+            .zip(st.d_steps.iter_mut())
+            .enumerate()
+            .try_for_each(|(k, (((w, m), v), steps))| body(k, w, m, v, steps))
+    } else {
+        st.d_all
+            .par_chunks_mut(dp)
+            .zip(st.d_m.par_chunks_mut(dp))
+            .zip(st.d_v.par_chunks_mut(dp))
+            .zip(st.d_steps.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(k, (((w, m), v), steps))| body(k, w, m, v, steps))
+    }
 }
 
 /// The training set split into K partitions (example i → partition i mod K), pixels in [0, 1].
@@ -1192,10 +1272,28 @@ fn sample(
     for ys in labels.chunks(chunk) {
         latent(&mut rng, cfg, ys, &mut zin);
         g.forward(&mut ws, &zin)?;
-        out.extend_from_slice(ws.output());
+        out.extend_from_slice(&ws.output_vec()?);
     }
     g.params_mut().copy_from_slice(&saved)?;
     Ok((out, labels))
+}
+
+/// The device `--device` names. `cuda` in a build without the `cuda` feature is a typed error
+/// that says to rebuild (never a silent fallback to the CPU).
+fn open_device(d: DeviceArg) -> Result<Device> {
+    match d {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda if cfg!(feature = "cuda") => Device::cuda(0),
+        DeviceArg::Cuda => Err(Error::invalid(
+            "device",
+            "cuda",
+            "cpu in this build: the example was built without the `cuda` feature; rebuild with \
+             `cargo run --release --features cuda --example gs_wgan -- --device cuda …` (after \
+             `eval \"$(scripts/install-cuda-toolchain --env)\"`), or stage it for a GPU machine \
+             with `../shared/gpu/stage --example gs_wgan`"
+                .to_string(),
+        )),
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -1248,7 +1346,8 @@ pub fn run(a: Args) -> Result<()> {
             paper_epsilon(cfg.k as u64, cfg.sigma, cfg.b as u64, cfg.iterations, cfg.delta)?
         );
     }
-    let dev = Device::Cpu;
+    let dev = open_device(a.device)?;
+    eprintln!("device: {}", dev.describe());
     let init = keys.key(Purpose::ModelInit);
     let mut g = gen_model(&dev, &cfg, init.rng(0).next_u64())?;
     let mut d = critic(&dev, &cfg, init.rng(1).next_u64())?;
@@ -1282,7 +1381,7 @@ pub fn run(a: Args) -> Result<()> {
         // result does not depend on the number of threads.
         let g0 = g.params().to_vec()?;
         let tw = std::time::Instant::now();
-        warm_start(&cfg, &g0, &mut st, &parts, omega)?;
+        warm_start(&dev, &cfg, &g0, &mut st, &parts, omega)?;
         if cfg.pretrain > 0 {
             eprintln!(
                 "warm start: {} discriminators × {} critic steps ({} critic, fakes: {}) in {:.0} s",
@@ -1357,7 +1456,7 @@ pub fn run(a: Args) -> Result<()> {
         // same as a straight one.)
         if cfg.refresh_every > 0 && st.iteration % cfg.refresh_every == 0 {
             let round = st.iteration / cfg.refresh_every;
-            refresh_round(&cfg, &p, &mut st, &parts, omega, round)?;
+            refresh_round(&dev, &cfg, &p, &mut st, &parts, omega, round)?;
         }
         if st.iteration % a.log_every == 0 || st.iteration == cfg.iterations {
             let eps = if cfg.disable_dp {
@@ -1471,7 +1570,7 @@ pub fn generator_grad(
     latent(rng, cfg, &labels, &mut zin);
     let mut gws = g.workspace(b)?;
     g.forward(&mut gws, &zin)?;
-    let fake = gws.output().to_vec();
+    let fake = gws.output_vec()?;
     let mut u = vec![0f32; b * IMG];
     let sel = |ys: &[u32]| onehot(ys, &vec![-1.0 / b as f32; ys.len()]);
     let mut loss = f64::NAN;
@@ -1479,7 +1578,7 @@ pub fn generator_grad(
         None => {
             let mut ws = d.workspace(b)?;
             d.forward(&mut ws, &fake)?;
-            let out = ws.output();
+            let out = ws.output_vec()?;
             loss = -labels
                 .iter()
                 .enumerate()
@@ -1488,11 +1587,11 @@ pub fn generator_grad(
                 / b as f64;
             d.set_output_grad(&mut ws, &sel(&labels))?;
             d.backward(&mut ws, Grads::None, true)?;
-            u.copy_from_slice(ws.input_grad().unwrap_or(&[]));
+            u.copy_from_slice(&ws.input_grad_vec()?.unwrap_or_default());
         }
         Some((ks, d_all, key)) => {
             let dp = d.num_params();
-            let mut dk = critic(&Device::Cpu, cfg, 0)?;
+            let mut dk = critic(d.device(), cfg, 0)?;
             let mut ws = dk.workspace(1)?;
             for (i, &k) in ks.iter().enumerate() {
                 dk.params_mut()
@@ -1500,16 +1599,19 @@ pub fn generator_grad(
                 dk.forward(&mut ws, &fake[i * IMG..(i + 1) * IMG])?;
                 dk.set_output_grad(&mut ws, &sel(&labels[i..i + 1]))?;
                 dk.backward(&mut ws, Grads::None, true)?;
-                u[i * IMG..(i + 1) * IMG].copy_from_slice(ws.input_grad().unwrap_or(&[]));
+                u[i * IMG..(i + 1) * IMG]
+                    .copy_from_slice(&ws.input_grad_vec()?.unwrap_or_default());
             }
-            let mut buf = Buffer::from_vec(u);
+            // Sanitised where the critics ran (`ops::sanitize_rows` has a CUDA path; its
+            // noise is the same stream on both devices).
+            let mut buf = Buffer::from_slice(d.device(), &u)?;
             let c = cfg.clip / b as f64;
             ops::sanitize_rows(&mut buf, b, c as f32, noise_std(c, cfg.sigma), key)?;
             u = buf.to_vec()?;
         }
     }
     g.set_output_grad(&mut gws, &u)?;
-    let mut grad = Buffer::<f32>::zeros(&Device::Cpu, g.num_params())?;
+    let mut grad = Buffer::<f32>::zeros(g.device(), g.num_params())?;
     g.backward(
         &mut gws,
         Grads::Sum {

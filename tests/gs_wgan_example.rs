@@ -1,6 +1,9 @@
 //! A tiny end-to-end run of `examples/gs_wgan.rs` (compiled into this test as a module): the
 //! outputs exist, ε is reported, `--resume` continues bit-exactly on the CPU, and bad input is
-//! an error before anything is trained.
+//! an error before anything is trained. `--device cuda`: a typed error without the `cuda`
+//! feature; with it and a GPU, the critic step (WGAN-GP's double backward included), the
+//! private generator gradient (same noise stream) and a tiny run against the CPU's (these skip
+//! without a GPU, and fail without one when `DPSGD_REQUIRE_GPU=1`).
 
 mod common;
 #[allow(dead_code)]
@@ -524,4 +527,217 @@ fn check_critic_gradient(mut d: dpsgd::nn::Sequential, arch: &str) {
         theta.len()
     );
     assert!(checked * 2 > theta.len());
+}
+
+/// `--device cuda` in a build without the `cuda` feature: a typed error that says to rebuild
+/// with `--features cuda`, before anything is trained (no silent fallback to the CPU).
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_cuda_without_the_feature_is_a_typed_error() {
+    let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-nocuda-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = gs_wgan::run(args(&dir, &["--device", "cuda"])).unwrap_err();
+    assert!(
+        matches!(e, dpsgd::Error::InvalidParameter { name: "device", .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("--features cuda"), "{e}");
+    assert!(!dir.join("checkpoint.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--preset gpu` resolves to the CPU preset's privacy budget with every critic trained 5
+/// steps every iteration (refresh rounds 1 × 5), and the accountant gives it ε ≤ 10.
+#[test]
+fn gpu_preset_trains_every_critic_every_iteration_at_epsilon_below_10() {
+    use dpsgd::accounting::gs_wgan::{DiscriminatorSampling, GsWganAccountant};
+    let a =
+        gs_wgan::Args::try_parse_from(["gs_wgan", "--preset", "gpu", "--device", "cuda"]).unwrap();
+    let cfg = serde_json::to_value(gs_wgan::resolve(&a, 60_000).unwrap()).unwrap();
+    assert_eq!(cfg["k"], 1000);
+    assert_eq!(cfg["refresh_every"], 1);
+    assert_eq!(cfg["refresh_steps"], 5);
+    assert_eq!(cfg["critic"], 5);
+    assert_eq!(cfg["critic_arch"], "mlp");
+    let (k, sigma, b, t) = (
+        cfg["k"].as_u64().unwrap(),
+        cfg["sigma"].as_f64().unwrap(),
+        cfg["b"].as_u64().unwrap(),
+        cfg["iterations"].as_u64().unwrap(),
+    );
+    let acc = GsWganAccountant::new(k, sigma, b, DiscriminatorSampling::IndependentPerRow).unwrap();
+    let keys = dpsgd::rng::RunKeys::from_seed(Some(1)).unwrap();
+    let eps = acc
+        .epsilon_charged(t, cfg["delta"].as_f64().unwrap(), 784, keys.generator())
+        .unwrap()
+        .epsilon;
+    assert!(eps > 9.0 && eps <= 10.0, "ε = {eps}");
+}
+
+/// GPU vs CPU, the same weights and random streams: one critic step (real, fake, λ_ε and the
+/// gradient penalty's double backward) for the conv and the MLP critic, and the private
+/// generator gradient (per-row critics, `ops::sanitize_rows` with the same noise key). The
+/// GPU sums f32 products in another order: each value within a relative 1e-4 of itself or of
+/// the largest value (1e-3 for the generator gradient, which passes through two networks and
+/// the noise).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_critic_step_and_generator_gradient_match_the_cpu() {
+    use dpsgd::rng::{Purpose, RandomBits, RunKeys};
+    use dpsgd::{Buffer, Device, NoiseKey};
+    let Some(gpu) = common::gpu("cuda_critic_step_and_generator_gradient_match_the_cpu") else {
+        return;
+    };
+    let close = |what: &str, g: &[f32], c: &[f32], tol: f32| {
+        assert_eq!(g.len(), c.len());
+        let scale = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{what}: all zero");
+        for (k, (a, b)) in g.iter().zip(c).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * (scale + b.abs()),
+                "{what}[{k}]: gpu {a} cpu {b} (scale {scale})"
+            );
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-gpu1-{}", std::process::id()));
+    for arch in ["conv", "mlp"] {
+        let cfg = gs_wgan::resolve(
+            &args(
+                &dir,
+                &[
+                    "--batch-size",
+                    "5",
+                    "--critic",
+                    arch,
+                    "--critic-hidden",
+                    "32",
+                ],
+            ),
+            120,
+        )
+        .unwrap();
+        let key = RunKeys::from_seed(Some(9)).unwrap().key(Purpose::Sampling);
+        let mut r = key.rng(7);
+        let real: Vec<f32> = (0..5 * 784).map(|_| r.next_f64() as f32).collect();
+        let labels = [3u32, 0, 9, 9, 1];
+        let mut grads = Vec::new();
+        let mut dims = Vec::new();
+        for dev in [Device::Cpu, gpu.clone()] {
+            let d = gs_wgan::critic(&dev, &cfg, 6).unwrap();
+            let g = gs_wgan::generator(&dev, 10, 2, 5).unwrap();
+            let mut grad = Buffer::<f32>::zeros(&dev, d.num_params()).unwrap();
+            let (w, gp, l) =
+                gs_wgan::critic_step(&cfg, &d, &g, &real, &labels, &mut key.rng(1), &mut grad)
+                    .unwrap();
+            grads.push(grad.to_vec().unwrap());
+            dims.push([w, gp, l]);
+        }
+        close(
+            &format!("{arch} critic gradient"),
+            &grads[1],
+            &grads[0],
+            1e-4,
+        );
+        for (a, b) in dims[1].iter().zip(&dims[0]) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{arch}: {a} vs {b}"
+            );
+        }
+        // The private generator gradient: rows 0..5 through critics 2, 0, 1, 2, 2 of three.
+        let mut outs = Vec::new();
+        for dev in [Device::Cpu, gpu.clone()] {
+            let d = gs_wgan::critic(&dev, &cfg, 6).unwrap();
+            let dp = d.num_params();
+            let mut d_all = Vec::new();
+            for k in 0..3 {
+                d_all.extend(
+                    gs_wgan::critic(&Device::Cpu, &cfg, 40 + k)
+                        .unwrap()
+                        .params()
+                        .to_vec()
+                        .unwrap(),
+                );
+            }
+            assert_eq!(d_all.len(), 3 * dp);
+            let mut g = gs_wgan::generator(&dev, 10, 2, 5).unwrap();
+            let nk = NoiseKey::for_step(11, 4, 0).unwrap();
+            let (gg, _) = gs_wgan::generator_grad(
+                &cfg,
+                &mut g,
+                &d,
+                &mut key.rng(2),
+                Some((&[2, 0, 1, 2, 2], &d_all, nk)),
+            )
+            .unwrap();
+            outs.push(gg);
+        }
+        close(
+            &format!("{arch} private generator gradient"),
+            &outs[1],
+            &outs[0],
+            1e-3,
+        );
+    }
+}
+
+/// A tiny run on the GPU against the same run on the CPU: the same ε and critic schedule, and
+/// weights and samples that agree to what f32 summation order can move through a few Adam
+/// steps (each moves a weight by at most ≈ lr = 1e-4 · a few; a sign flip of a near-zero
+/// gradient component is the worst case).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_tiny_run_matches_the_cpu_run() {
+    let Some(_gpu) = common::gpu("cuda_tiny_run_matches_the_cpu_run") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("dpsgd-gswgan-gpu2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (c, g) = (dir.join("cpu"), dir.join("gpu"));
+    let extra = [
+        "--iterations",
+        "3",
+        "--refresh-every",
+        "2",
+        "--refresh-steps",
+        "1",
+    ];
+    gs_wgan::run(args(&c, &extra)).unwrap();
+    let mut ge = extra.to_vec();
+    ge.extend(["--device", "cuda"]);
+    gs_wgan::run(args(&g, &ge)).unwrap();
+    let last = |d: &Path| -> serde_json::Value {
+        let m = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+        serde_json::from_str(m.lines().last().unwrap()).unwrap()
+    };
+    assert_eq!(last(&c)["epsilon"], last(&g)["epsilon"]);
+    let names = ["d_steps"];
+    assert_eq!(
+        tensors(&c.join("checkpoint.safetensors"), &names),
+        tensors(&g.join("checkpoint.safetensors"), &names)
+    );
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    for name in ["g", "d_all"] {
+        let a = f32s(&tensors(&c.join("checkpoint.safetensors"), &[name])[0]);
+        let b = f32s(&tensors(&g.join("checkpoint.safetensors"), &[name])[0]);
+        let max = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(max <= 1e-2, "{name}: max |cpu − gpu| = {max}");
+    }
+    let a = f32s(&tensors(&c.join("gen_data.safetensors"), &["images"])[0]);
+    let b = f32s(&tensors(&g.join("gen_data.safetensors"), &["images"])[0]);
+    let mean = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .sum::<f64>()
+        / a.len() as f64;
+    assert!(mean <= 1e-2, "samples: mean |cpu − gpu| = {mean}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
