@@ -1297,6 +1297,8 @@ fn open_device(d: DeviceArg) -> Result<Device> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // First: a device that cannot be opened is an error before anything is read or written.
+    let dev = open_device(a.device)?;
     let kind = match a.dataset {
         Data::Mnist => DatasetKind::Mnist,
         Data::FashionMnist => DatasetKind::FashionMnist,
@@ -1346,7 +1348,6 @@ pub fn run(a: Args) -> Result<()> {
             paper_epsilon(cfg.k as u64, cfg.sigma, cfg.b as u64, cfg.iterations, cfg.delta)?
         );
     }
-    let dev = open_device(a.device)?;
     eprintln!("device: {}", dev.describe());
     let init = keys.key(Purpose::ModelInit);
     let mut g = gen_model(&dev, &cfg, init.rng(0).next_u64())?;
