@@ -5,7 +5,9 @@
 //! labels some of them, and the privacy analysis of the answers ([`PrivacyReport`]). The
 //! student is then trained on the labelled public examples with [`fit`], or semi-supervised on
 //! them and the unlabelled public images with [`fit_fixmatch`] (consistency training, Sohn et
-//! al. 2020) — post-processing of the answers and public data, no privacy cost. Tuning holds
+//! al. 2020) — post-processing of the answers and public data, no privacy cost; several
+//! students from their own streams ([`student_stream`]) can be averaged ([`ensemble_predict`]),
+//! post-processing too. Tuning holds
 //! out a random part of the public images ([`validation_split`]); [`save_teacher_predictions`]
 //! caches a seed's (private) teacher predictions for student variants.
 //!
