@@ -5,7 +5,9 @@
 //! labels some of them, and the privacy analysis of the answers ([`PrivacyReport`]). The
 //! student is then trained on the labelled public examples with [`fit`], or semi-supervised on
 //! them and the unlabelled public images with [`fit_fixmatch`] (consistency training, Sohn et
-//! al. 2020) — post-processing of the answers and public data, no privacy cost. Tuning holds
+//! al. 2020) — post-processing of the answers and public data, no privacy cost; several
+//! students from their own streams ([`student_stream`]) can be averaged ([`ensemble_predict`]),
+//! post-processing too. Tuning holds
 //! out a random part of the public images ([`validation_split`]); [`save_teacher_predictions`]
 //! caches a seed's (private) teacher predictions for student variants.
 //!
@@ -305,6 +307,121 @@ fn top_class(row: &[f32]) -> (u32, f32) {
         );
     let z: f32 = row.iter().map(|&v| (v - m).exp()).sum();
     (k as u32, 1.0 / z)
+}
+
+/// The softmax probabilities of each of the `images.len() / example_len` examples under
+/// `model`, row by row (`[n, classes]`).
+pub fn softmax_outputs(model: &Sequential, images: &[f32]) -> Result<Vec<f32>> {
+    let ex: usize = model.input_shape().iter().product();
+    if ex == 0 || images.len() % ex != 0 {
+        return Err(Error::shape(
+            "pate::softmax_outputs",
+            format!(
+                "{} values are not a whole number of {ex}-value examples",
+                images.len()
+            ),
+        ));
+    }
+    let classes: usize = model.output_shape().iter().product();
+    let mut ws = model.workspace(PREDICT_BATCH)?;
+    let mut out = Vec::with_capacity(images.len() / ex * classes);
+    for chunk in images.chunks(PREDICT_BATCH * ex) {
+        model.forward_slice(&mut ws, chunk)?;
+        let logits = ws.output_vec()?;
+        for row in logits.chunks(classes).take(chunk.len() / ex) {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+            out.extend(row.iter().map(|&v| (v - m).exp() / z));
+        }
+    }
+    Ok(out)
+}
+
+/// The most students [`ensemble_predict`] averages and `dpsgd pate --students` trains.
+pub const MAX_STUDENTS: usize = 32;
+
+/// The stream of student `j` of an ensemble of students (its [`Purpose::ModelInit`],
+/// [`Purpose::Shuffle`] and [`Purpose::Augmentation`] streams; its consistency training, if
+/// any, uses this + 100, and self-training rounds this + 1 + round): student 0 is
+/// [`STUDENT_STREAM`], the single student's, so that an ensemble of one is that student; student
+/// `j` is `STUDENT_STREAM + j · 2²⁰`, clear of the others' and of [`VALIDATION_STREAM`].
+/// Errors when `j >= MAX_STUDENTS`.
+pub fn student_stream(j: usize) -> Result<u64> {
+    if j >= MAX_STUDENTS {
+        return Err(Error::invalid(
+            "student",
+            j,
+            format!("< {MAX_STUDENTS} (the largest ensemble of students)"),
+        ));
+    }
+    Ok(STUDENT_STREAM + ((j as u64) << 20))
+}
+
+/// The prediction of an ensemble of models: the class with the largest softmax probability
+/// averaged over `models` (the first on ties) and that average probability, for each of the
+/// `images.len() / example_len` examples. An ensemble of one is [`predict`] of its model,
+/// bit for bit.
+///
+/// # Privacy
+/// In PATE, averaging students trained on the aggregator's answers and public images is
+/// post-processing: no privacy cost beyond the answers'.
+///
+/// # Errors
+/// No model, more than [`MAX_STUDENTS`], or models that differ in input or output shape.
+pub fn ensemble_predict(models: &[Sequential], images: &[f32]) -> Result<Vec<(u32, f32)>> {
+    let Some(first) = models.first() else {
+        return Err(Error::invalid(
+            "students",
+            0,
+            format!("in 1..={MAX_STUDENTS} models to average"),
+        ));
+    };
+    if models.len() > MAX_STUDENTS {
+        return Err(Error::invalid(
+            "students",
+            models.len(),
+            format!("in 1..={MAX_STUDENTS} models to average"),
+        ));
+    }
+    if models
+        .iter()
+        .any(|m| m.input_shape() != first.input_shape() || m.output_shape() != first.output_shape())
+    {
+        return Err(Error::shape(
+            "pate::ensemble_predict",
+            "the models differ in input or output shape",
+        ));
+    }
+    if models.len() == 1 {
+        return predict(first, images);
+    }
+    let classes: usize = first.output_shape().iter().product();
+    let mut sum = softmax_outputs(first, images)?;
+    for m in &models[1..] {
+        for (a, p) in sum.iter_mut().zip(softmax_outputs(m, images)?) {
+            *a += p;
+        }
+    }
+    let n = models.len() as f32;
+    Ok(sum
+        .chunks(classes)
+        .map(|row| {
+            let (k, p) = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |a, (k, &v)| {
+                        if v > a.1 {
+                            (k, v)
+                        } else {
+                            a
+                        }
+                    },
+                );
+            (k as u32, p / n)
+        })
+        .collect())
 }
 
 /// Accuracy of predicted classes against labels (0 when empty).

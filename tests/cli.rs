@@ -593,6 +593,84 @@ fn pate_fixmatch_student_and_teacher_cache() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `dpsgd pate --students N`: an ensemble of one is the single student bit for bit (same
+/// accuracy, same saved weights); an ensemble of two reports both students beside the
+/// ensemble, its first student being that single student.
+#[test]
+fn pate_student_ensembles() {
+    let out = tmpdir("pate-students");
+    let cache = out.join("cache");
+    let run = |name: &str, extra: &[&str]| {
+        let dir = out.join(name);
+        let mut args = vec![
+            "pate",
+            "--dataset",
+            "synthetic",
+            "--quick",
+            "--validation",
+            "100",
+            "--fixmatch",
+            "--fixmatch-steps",
+            "30",
+            "--teacher-cache",
+            cache.to_str().unwrap(),
+            "--seed",
+            "4",
+            "--json",
+            "--out",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = dpsgd(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v, dir)
+    };
+    let (plain, plain_dir) = run("plain", &[]);
+    let (one, one_dir) = run("one", &["--students", "1"]);
+    let (two, two_dir) = run("two", &["--students", "2"]);
+    let bytes = |d: &std::path::Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert_eq!(
+        bytes(&plain_dir, "student.safetensors"),
+        bytes(&one_dir, "student.safetensors")
+    );
+    for key in [
+        "student_accuracy",
+        "student_accuracy_answered_only",
+        "fixmatch",
+        "privacy",
+    ] {
+        assert_eq!(plain[key], one[key], "{key}");
+    }
+    assert_eq!(one["students"].as_u64(), Some(1));
+    assert_eq!(one["student_accuracies"], one["ensemble_accuracies"]);
+    assert_eq!(one["student_accuracies"][0], one["student_accuracy"]);
+    // Two students: the first is the single student; the second has its own weights.
+    assert_eq!(two["students"].as_u64(), Some(2));
+    assert_eq!(
+        bytes(&two_dir, "student.safetensors"),
+        bytes(&one_dir, "student.safetensors")
+    );
+    assert_ne!(
+        bytes(&two_dir, "student-1.safetensors"),
+        bytes(&one_dir, "student.safetensors")
+    );
+    assert!(!one_dir.join("student-1.safetensors").exists());
+    let accs = two["student_accuracies"].as_array().unwrap();
+    let ens = two["ensemble_accuracies"].as_array().unwrap();
+    assert_eq!((accs.len(), ens.len()), (2, 2));
+    assert_eq!(accs[0], one["student_accuracy"]);
+    assert_eq!(ens[0], one["student_accuracy"]);
+    assert_eq!(ens[1], two["student_accuracy"]);
+    assert!(two["student_accuracy"].as_f64().unwrap() > 0.5, "{two}");
+    assert!(two["student_trained_on"]
+        .as_str()
+        .unwrap()
+        .contains("ensemble of 2"));
+    assert_eq!(two["privacy"], one["privacy"]);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// `dpsgd pate --aggregate-only` stops after the aggregator: the same teachers, answers and ε's
 /// as a full run of the same seed, and no student (no accuracy, no student.safetensors).
 #[test]
@@ -684,6 +762,10 @@ fn pate_bad_input_is_a_typed_error() {
         (&["--release-order", "50"][..], "order", 2),
         (&["--release-sigma", "0"][..], "release_sigma", 2),
         (&["--fixmatch", "--self-train"][..], "self_train", 2),
+        (&["--students", "0"][..], "students", 2),
+        (&["--students", "33", "--fixmatch"][..], "students", 2),
+        (&["--students", "2", "--self-train"][..], "students", 2),
+        (&["--students", "2", "--aggregate-only"][..], "students", 2),
         (&["--aggregate-only", "--fixmatch"][..], "aggregate_only", 2),
         (
             &["--aggregate-only", "--self-train"][..],

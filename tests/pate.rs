@@ -10,9 +10,10 @@ use dpsgd::mechanisms::pate::{
     ConfidentGnmaxAccountant,
 };
 use dpsgd::pate::{
-    accuracy, aggregate, fit, fit_fixmatch, load_teacher_predictions, new_model, partition,
-    predict, save_teacher_predictions, train_teachers, validation_split, vote_histograms,
-    Aggregator, FitConfig, FixMatchConfig,
+    accuracy, aggregate, ensemble_predict, fit, fit_fixmatch, load_teacher_predictions, new_model,
+    partition, predict, save_teacher_predictions, softmax_outputs, student_stream, train_teachers,
+    validation_split, vote_histograms, Aggregator, FitConfig, FixMatchConfig, MAX_STUDENTS,
+    STUDENT_STREAM, VALIDATION_STREAM,
 };
 use dpsgd::rng::{Purpose, RunKeys};
 use dpsgd::train::ModelKind;
@@ -576,4 +577,120 @@ fn fixmatch_learns_from_few_labels_and_pseudo_labels_the_rest() {
     )
     .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+/// An ensemble of students averages their softmax outputs: an ensemble of one is its model's
+/// own prediction bit for bit; of several, the arg-max of the mean probabilities, which can
+/// beat every member; bad input is a typed error.
+#[test]
+fn student_ensembles_average_softmax_outputs() {
+    let train = Dataset::synthetic(300, 21).unwrap();
+    let test = Dataset::synthetic(400, 22).unwrap();
+    let keys = RunKeys::seeded(9);
+    let cfg = FitConfig {
+        model: ModelKind::SampleConvnet,
+        epochs: 1,
+        batch_size: 32,
+        lr: 2e-3,
+        max_shift: 1,
+        affine: None,
+    };
+    let models: Vec<_> = (0..3)
+        .map(|j| {
+            let stream = student_stream(j).unwrap();
+            let mut m = new_model(ModelKind::SampleConvnet, &keys, stream).unwrap();
+            fit(&mut m, &train, &cfg, &keys, stream).unwrap();
+            m
+        })
+        .collect();
+    // Softmax rows: probabilities summing to 1, their arg-max and top value those of predict.
+    let probs: Vec<Vec<f32>> = models
+        .iter()
+        .map(|m| softmax_outputs(m, test.images()).unwrap())
+        .collect();
+    let single = predict(&models[0], test.images()).unwrap();
+    for (row, &(k, p)) in probs[0].chunks(10).zip(&single) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert!(row.iter().all(|&v| (0.0..=1.0).contains(&v)));
+        assert!((row[k as usize] - p).abs() < 1e-6);
+    }
+    // One model: predict, bit for bit.
+    assert_eq!(
+        ensemble_predict(&models[..1], test.images()).unwrap(),
+        single
+    );
+    // Three: the arg-max of the mean probabilities, and that mean.
+    let ens = ensemble_predict(&models, test.images()).unwrap();
+    assert_eq!(ens.len(), test.len());
+    let mut changed = 0;
+    for (i, &(k, p)) in ens.iter().enumerate() {
+        let mean: Vec<f32> = (0..10)
+            .map(|c| probs.iter().map(|q| q[i * 10 + c]).sum::<f32>() / 3.0)
+            .collect();
+        let best = mean.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        assert!((p - best).abs() < 1e-6, "{p} vs {best}");
+        assert!((mean[k as usize] - best).abs() < 1e-6);
+        changed += usize::from(k != single[i].0);
+    }
+    // The members differ (own streams), so the ensemble is not the first student.
+    assert!(
+        changed > 0,
+        "the ensemble equals its first member everywhere"
+    );
+    let acc = |p: &[(u32, f32)]| {
+        let c: Vec<u32> = p.iter().map(|(k, _)| *k).collect();
+        accuracy(&c, test.labels())
+    };
+    let members: Vec<f64> = models
+        .iter()
+        .map(|m| acc(&predict(m, test.images()).unwrap()))
+        .collect();
+    let mean_member = members.iter().sum::<f64>() / 3.0;
+    assert!(
+        acc(&ens) >= mean_member - 0.02,
+        "ensemble {} against members {members:?}",
+        acc(&ens)
+    );
+    // Streams: student 0 is the single student's; the others distinct, below the validation
+    // split's; too many students is an error.
+    assert_eq!(student_stream(0).unwrap(), STUDENT_STREAM);
+    let streams: Vec<u64> = (0..MAX_STUDENTS)
+        .map(|j| student_stream(j).unwrap())
+        .collect();
+    for (j, &s) in streams.iter().enumerate() {
+        assert!(s + 200 < VALIDATION_STREAM);
+        if j > 0 {
+            assert!(
+                s >= streams[j - 1] + 200,
+                "streams {j} and {} overlap",
+                j - 1
+            );
+        }
+    }
+    assert!(matches!(
+        student_stream(MAX_STUDENTS),
+        Err(Error::InvalidParameter { .. })
+    ));
+    // No model; models of different shapes; images not a whole number of examples.
+    assert!(matches!(
+        ensemble_predict(&[], test.images()),
+        Err(Error::InvalidParameter { .. })
+    ));
+    let other = new_model(ModelKind::ScatterLinear, &keys, 1).unwrap();
+    let mixed = vec![
+        new_model(ModelKind::SampleConvnet, &keys, 1).unwrap(),
+        other,
+    ];
+    assert!(matches!(
+        ensemble_predict(&mixed, test.images()),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        ensemble_predict(&models, &test.images()[..100]),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        softmax_outputs(&models[0], &test.images()[..100]),
+        Err(Error::Shape { .. })
+    ));
 }

@@ -9,10 +9,10 @@ use clap::{Args, ValueEnum};
 use dpsgd::data::{Dataset, DatasetKind};
 use dpsgd::mechanisms::pate_smooth::SmoothSensitivity;
 use dpsgd::pate::{
-    accuracy, aggregate_with_release, confident_pseudo_labels, fit, fit_fixmatch,
+    accuracy, aggregate_with_release, confident_pseudo_labels, ensemble_predict, fit, fit_fixmatch,
     load_teacher_predictions, new_model, partition, predict, save_teacher_predictions,
-    train_teachers, validation_split, vote_histograms, Aggregator, FitConfig, FixMatchConfig,
-    FixMatchStats, PrivacyReport, ReleaseConfig, STUDENT_STREAM,
+    student_stream, train_teachers, validation_split, vote_histograms, Aggregator, FitConfig,
+    FixMatchConfig, FixMatchStats, PrivacyReport, ReleaseConfig, MAX_STUDENTS,
 };
 use dpsgd::rng::RunKeys;
 use dpsgd::train::{load_data, write_atomic, DataSource, ModelKind};
@@ -153,6 +153,13 @@ pub struct PateArgs {
     /// student model; replaces the answers-only student and --self-train.
     #[arg(long)]
     pub fixmatch: bool,
+    /// Students: train N students on the same answers and public images, each with its own
+    /// initialisation, data order and augmentation streams of the seed (student 0 is the
+    /// single student of N = 1), and evaluate the average of their softmax outputs
+    /// (post-processing: no privacy cost). Each student's own accuracy is reported beside the
+    /// ensemble's. Not with --self-train.
+    #[arg(long, default_value_t = 1)]
+    pub students: usize,
     /// FixMatch's optimizer steps.
     #[arg(long, default_value_t = 4000)]
     pub fixmatch_steps: usize,
@@ -255,10 +262,21 @@ pub struct PateReport {
     self_training_labels: usize,
     /// The student's test accuracy after each self-training round.
     self_training_accuracies: Vec<f64>,
-    /// None with --aggregate-only.
+    /// The first student's accuracy when trained on the answers only (before FixMatch or
+    /// self-training); None with --aggregate-only.
     student_accuracy_answered_only: Option<f64>,
-    /// None with --aggregate-only.
+    /// The student's accuracy (with --students N > 1: the ensemble's, the average of the N
+    /// students' softmax outputs); None with --aggregate-only.
     student_accuracy: Option<f64>,
+    /// Students trained (--students; 0 with --aggregate-only).
+    students: usize,
+    /// Each student's own accuracy (after FixMatch or self-training, when on).
+    student_accuracies: Vec<f64>,
+    /// Each student's accuracy when trained on the answers only.
+    student_accuracies_answered_only: Vec<f64>,
+    /// The accuracy of the ensemble of the first n students, n = 1..=N (the last is
+    /// `student_accuracy`).
+    ensemble_accuracies: Vec<f64>,
     privacy: PrivacyReport,
     dp_statement: String,
     not_covered_by_epsilon: Vec<String>,
@@ -268,6 +286,14 @@ pub struct PateReport {
     teachers_from_cache: bool,
     teacher_seconds: f64,
     total_seconds: f64,
+}
+
+/// "98.10%, 97.90%, …" for a list of accuracies.
+fn percentages(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{:.2}%", 100.0 * x))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn positive(name: &'static str, v: f64) -> Result<()> {
@@ -391,6 +417,27 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
                 "off with --fixmatch (consistency training replaces self-training)",
             ));
         }
+    }
+    if a.students == 0 || a.students > MAX_STUDENTS {
+        return Err(Error::invalid(
+            "students",
+            a.students,
+            format!("in 1..={MAX_STUDENTS} (the number of students to train and average)"),
+        ));
+    }
+    if a.students > 1 && a.self_train {
+        return Err(Error::invalid(
+            "students",
+            a.students,
+            "1 with --self-train (ensembles are of answers-only or FixMatch students)",
+        ));
+    }
+    if a.students > 1 && a.aggregate_only {
+        return Err(Error::invalid(
+            "students",
+            a.students,
+            "1 with --aggregate-only (it trains no student)",
+        ));
     }
     if a.aggregate_only && (a.fixmatch || a.self_train) {
         return Err(Error::invalid(
@@ -651,7 +698,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
 
     // The student: answered queries (public images, aggregator's labels); none with
     // --aggregate-only (the aggregator's figures and the ε's only).
-    let (acc_answered, student_acc, trained_on, n_self, round_acc, fixmatch_out) = if a
+    let (acc_answered, student_acc, trained_on, n_self, round_acc, fixmatch_out, per_student) = if a
         .aggregate_only
     {
         say("--aggregate-only: no student trained".to_string());
@@ -662,6 +709,7 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             0,
             Vec::new(),
             None,
+            (Vec::new(), Vec::new(), Vec::new()),
         )
     } else {
         if answered.is_empty() {
@@ -691,14 +739,6 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
             )
         };
         let student_data = labelled(&answered)?;
-        let mut student = new_model(model, &keys, STUDENT_STREAM)?;
-        fit(
-            &mut student,
-            &student_data,
-            &student_fit,
-            &keys,
-            STUDENT_STREAM,
-        )?;
         let eval = |m: &dpsgd::nn::Sequential| -> Result<f64> {
             let p: Vec<u32> = predict(m, held.images())?
                 .into_iter()
@@ -706,104 +746,151 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
                 .collect();
             Ok(accuracy(&p, held.labels()))
         };
-        let acc_answered = eval(&student)?;
-        say(format!(
-            "student on {} answered queries: test accuracy {:.2}%",
-            answered.len(),
-            100.0 * acc_answered
-        ));
+        // Student j learns from its own streams (student 0: STUDENT_STREAM, the single
+        // student's); with --students N > 1 the N students' softmax outputs are averaged
+        // (post-processing of the answers and public images: no privacy cost).
+        let mut students = Vec::with_capacity(a.students);
+        let mut accs = Vec::with_capacity(a.students);
+        let mut accs_answered = Vec::with_capacity(a.students);
         let mut round_acc = Vec::new();
         let mut fixmatch_out = None;
-        let (student_acc, trained_on, n_self) = if a.fixmatch {
-            // Warm start from the answers-only student (its pseudo-labels pass the threshold from
-            // the first step); the unlabelled images are every usable public image.
-            let stats = fit_fixmatch(
-                &mut student,
-                &student_data,
-                public.images(),
-                &fixmatch_cfg,
-                &keys,
-                STUDENT_STREAM + 100,
-            )?;
-            let acc = eval(&student)?;
-            say(format!(
-            "FixMatch (post-processing, no privacy cost): {} steps, {} of {} unlabelled views pseudo-labelled (last tenth of the steps: {:.1}%); accuracy on the {eval_name} {:.2}%",
-            fixmatch_cfg.steps,
-            stats.pseudo_labelled,
-            stats.unlabelled_seen,
-            100.0 * stats.mask_rate_final,
-            100.0 * acc
-        ));
-            let trained_on = format!(
-            "{} answered queries + consistency training (FixMatch) on {} unlabelled public images (post-processing)",
-            answered.len(),
-            public.len()
-        );
-            fixmatch_out = Some((fixmatch_cfg, stats));
-            (acc, trained_on, 0)
-        } else if a.self_train {
-            let answered_set: std::collections::HashSet<usize> =
-                answered.iter().map(|(i, _)| *i).collect();
-            let cfg = FitConfig {
-                epochs: a.self_train_epochs,
-                ..student_fit
+        let mut trained_on = String::new();
+        let mut n_self = 0;
+        for j in 0..a.students {
+            let stream = student_stream(j)?;
+            let who = if a.students > 1 {
+                format!("student {} of {}", j + 1, a.students)
+            } else {
+                "student".to_string()
             };
-            let mut n_self = 0;
-            let mut acc = acc_answered;
-            for r in 0..a.self_train_rounds {
-                // The current student labels the public images it is confident about; a fresh
-                // student learns those and the answered queries.
-                let p = predict(&student, public.images())?;
-                let mut items = answered.clone();
-                n_self = 0;
-                for (i, c) in confident_pseudo_labels(&p, a.self_train_confidence) {
-                    if !answered_set.contains(&i) {
-                        items.push((i, c));
-                        n_self += 1;
-                    }
-                }
-                let data = labelled(&items)?;
-                let stream = STUDENT_STREAM + 1 + r as u64;
-                let mut next = new_model(model, &keys, stream)?;
-                fit(&mut next, &data, &cfg, &keys, stream)?;
-                acc = eval(&next)?;
-                round_acc.push(acc);
-                student = next;
-                say(format!(
-                "self-training round {} (post-processing, no privacy cost): +{n_self} public images labelled by the student (confidence >= {}); test accuracy {:.2}%",
-                r + 1,
-                a.self_train_confidence,
-                100.0 * acc
-            ));
-            }
-            (
-            acc,
-            format!(
-                "{} answered queries + {n_self} public images self-labelled by the student (confidence >= {}, {} rounds; post-processing)",
+            let mut student = new_model(model, &keys, stream)?;
+            fit(&mut student, &student_data, &student_fit, &keys, stream)?;
+            let acc_answered = eval(&student)?;
+            say(format!(
+                "{who} on {} answered queries: accuracy on the {eval_name} {:.2}%",
                 answered.len(),
-                a.self_train_confidence,
-                a.self_train_rounds
-            ),
-            n_self,
-        )
-        } else {
-            (
-                acc_answered,
-                format!(
+                100.0 * acc_answered
+            ));
+            let student_acc = if a.fixmatch {
+                // Warm start from the answers-only student (its pseudo-labels pass the threshold
+                // from the first step); the unlabelled images are every usable public image.
+                let stats = fit_fixmatch(
+                    &mut student,
+                    &student_data,
+                    public.images(),
+                    &fixmatch_cfg,
+                    &keys,
+                    stream + 100,
+                )?;
+                let acc = eval(&student)?;
+                say(format!(
+                    "{who}, FixMatch (post-processing, no privacy cost): {} steps, {} of {} unlabelled views pseudo-labelled (last tenth of the steps: {:.1}%); accuracy on the {eval_name} {:.2}%",
+                    fixmatch_cfg.steps,
+                    stats.pseudo_labelled,
+                    stats.unlabelled_seen,
+                    100.0 * stats.mask_rate_final,
+                    100.0 * acc
+                ));
+                trained_on = format!(
+                    "{} answered queries + consistency training (FixMatch) on {} unlabelled public images (post-processing)",
+                    answered.len(),
+                    public.len()
+                );
+                if j == 0 {
+                    fixmatch_out = Some((fixmatch_cfg, stats));
+                }
+                acc
+            } else if a.self_train {
+                // (--students is 1 here: checked above.)
+                let answered_set: std::collections::HashSet<usize> =
+                    answered.iter().map(|(i, _)| *i).collect();
+                let cfg = FitConfig {
+                    epochs: a.self_train_epochs,
+                    ..student_fit
+                };
+                let mut acc = acc_answered;
+                for r in 0..a.self_train_rounds {
+                    // The current student labels the public images it is confident about; a
+                    // fresh student learns those and the answered queries.
+                    let p = predict(&student, public.images())?;
+                    let mut items = answered.clone();
+                    n_self = 0;
+                    for (i, c) in confident_pseudo_labels(&p, a.self_train_confidence) {
+                        if !answered_set.contains(&i) {
+                            items.push((i, c));
+                            n_self += 1;
+                        }
+                    }
+                    let data = labelled(&items)?;
+                    let stream = stream + 1 + r as u64;
+                    let mut next = new_model(model, &keys, stream)?;
+                    fit(&mut next, &data, &cfg, &keys, stream)?;
+                    acc = eval(&next)?;
+                    round_acc.push(acc);
+                    student = next;
+                    say(format!(
+                        "self-training round {} (post-processing, no privacy cost): +{n_self} public images labelled by the student (confidence >= {}); test accuracy {:.2}%",
+                        r + 1,
+                        a.self_train_confidence,
+                        100.0 * acc
+                    ));
+                }
+                trained_on = format!(
+                    "{} answered queries + {n_self} public images self-labelled by the student (confidence >= {}, {} rounds; post-processing)",
+                    answered.len(),
+                    a.self_train_confidence,
+                    a.self_train_rounds
+                );
+                acc
+            } else {
+                trained_on = format!(
                     "{} answered queries only (no self-training)",
                     answered.len()
-                ),
-                0,
-            )
-        };
-        student.save_safetensors(a.out.join("student.safetensors"))?;
+                );
+                acc_answered
+            };
+            let file = if j == 0 {
+                "student.safetensors".to_string()
+            } else {
+                format!("student-{j}.safetensors")
+            };
+            student.save_safetensors(a.out.join(file))?;
+            accs_answered.push(acc_answered);
+            accs.push(student_acc);
+            students.push(student);
+        }
+        // The ensembles of the first n students, n = 1..=N (n = 1: student 0 alone).
+        let mut ensemble_acc = Vec::with_capacity(a.students);
+        for n in 1..=students.len() {
+            let p: Vec<u32> = ensemble_predict(&students[..n], held.images())?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
+            ensemble_acc.push(accuracy(&p, held.labels()));
+        }
+        let student_acc = ensemble_acc.last().copied().unwrap_or(0.0);
+        if a.students > 1 {
+            say(format!(
+                "ensemble of {} students (averaged softmax; post-processing, no privacy cost): accuracy on the {eval_name} {:.2}% (the students alone: {}; the first n = 1..{}: {})",
+                a.students,
+                100.0 * student_acc,
+                percentages(&accs),
+                a.students,
+                percentages(&ensemble_acc)
+            ));
+            trained_on = format!(
+                "{trained_on}; an ensemble of {} such students (averaged softmax outputs; post-processing)",
+                a.students
+            );
+        }
         (
-            Some(acc_answered),
+            Some(accs_answered[0]),
             Some(student_acc),
             trained_on,
             n_self,
             round_acc,
             fixmatch_out,
+            (accs, accs_answered, ensemble_acc),
         )
     };
 
@@ -831,6 +918,10 @@ pub fn pate_cmd(a: PateArgs) -> Result<()> {
         self_training_accuracies: round_acc,
         student_accuracy_answered_only: acc_answered,
         student_accuracy: student_acc,
+        students: per_student.0.len(),
+        student_accuracies: per_student.0,
+        student_accuracies_answered_only: per_student.1,
+        ensemble_accuracies: per_student.2,
         privacy: p.clone(),
         dp_statement: format!(
             "({:.4}, {:e})-DP for the teachers' training data: the data-independent ε ({}). The data-dependent ε is itself a function of the private votes and is not a DP statement; its smooth-sensitivity release (privacy.smooth_release, Papernot et al. 2018 Appendix B, when present) may be published — its cost is inside the DP statement — but it is a noisy estimate of the data-dependent ε, not a guarantee.",
@@ -943,8 +1034,21 @@ fn print_table(r: &PateReport, out: &Path, plotted: bool) {
     );
     println!("  student trained on {}", r.student_trained_on);
     if let Some(acc) = r.student_accuracy {
+        if r.students > 1 {
+            println!(
+                "  the {} students alone on the {}: {}",
+                r.students,
+                r.evaluation_set,
+                percentages(&r.student_accuracies)
+            );
+        }
         println!(
-            "  student accuracy on the {} ({} images): {:.2}%",
+            "  student{} accuracy on the {} ({} images): {:.2}%",
+            if r.students > 1 {
+                format!(" ensemble ({} students, averaged softmax)", r.students)
+            } else {
+                String::new()
+            },
             r.evaluation_set,
             r.student_test_examples,
             100.0 * acc
