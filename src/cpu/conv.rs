@@ -2193,6 +2193,161 @@ mod tests {
         }
     }
 
+    /// A whole-image kernel (`k = h = w`, no padding: DCGAN's `Conv2d(64, 1, 7)` on 7 × 7,
+    /// whose im2col goes through the tables and is the identity permutation) against the
+    /// definition in f64 (`y_j = W·x_j + b`, `dW = Σ_j dy_j ⊗ x_j`, `dx_j = Wᵀ·dy_j`): forward,
+    /// backward with a summed (overwritten and accumulated), per-sample or no parameter
+    /// gradient, layer-major over several micro-batches (64 + 3) and depth-first over a
+    /// group, in f32 and f64, batch 1 and a stride that does not matter (one position); each
+    /// example's output and input gradient bit-identical to its batch of one.
+    #[test]
+    fn conv2d_whole_image_kernel_matches_definition() {
+        fn check<T: Real>(s: Conv2dShape, tol: f64) {
+            let g = s.geom().unwrap();
+            assert_eq!((g.oh, g.ow), (1, 1), "{s:?}");
+            let (b, kk, co, np) = (s.batch, g.col_rows(), s.cout, s.num_params());
+            assert_eq!(g.in_len(), kk);
+            let (x, p, dy) = (wave(b * kk, 0.37), wave(np, 0.11), wave(b * co, 0.23));
+            let prior = wave(np, 0.71);
+            let t = |v: &[f64]| -> Vec<T> { v.iter().map(|&u| T::from_f64(u)).collect() };
+            let (xt, pt, dyt, priort) = (t(&x), t(&p), t(&dy), t(&prior));
+            let (w, bias) = p.split_at(co * kk);
+            let y_def: Vec<f64> = (0..b * co)
+                .map(|e| {
+                    let (j, c) = (e / co, e % co);
+                    (0..kk).map(|r| w[c * kk + r] * x[j * kk + r]).sum::<f64>() + bias[c]
+                })
+                .collect();
+            let dx_def: Vec<f64> = (0..b * kk)
+                .map(|e| {
+                    let (j, r) = (e / kk, e % kk);
+                    (0..co).map(|c| w[c * kk + r] * dy[j * co + c]).sum()
+                })
+                .collect();
+            let row_def = |j: usize| -> Vec<f64> {
+                let mut v: Vec<f64> = (0..co * kk)
+                    .map(|e| dy[j * co + e / kk] * x[j * kk + e % kk])
+                    .collect();
+                v.extend((0..co).map(|c| dy[j * co + c]));
+                v
+            };
+            let sum_def: Vec<f64> = (0..np)
+                .map(|e| (0..b).map(|j| row_def(j)[e]).sum())
+                .collect();
+            let close = |what: &str, u: &[T], v: &[f64]| {
+                assert_eq!(u.len(), v.len());
+                for (i, (a, w)) in u.iter().zip(v).enumerate() {
+                    let a = a.to_f64();
+                    assert!(
+                        (a - w).abs() <= tol * (1.0 + w.abs()),
+                        "{what} {s:?} [{i}]: {a} vs {w}"
+                    );
+                }
+            };
+            let nan = T::from_f64(f64::NAN);
+            let mut scr = vec![T::ZERO; s.scratch_len(1).unwrap() + np];
+            let mut y = vec![nan; b * co];
+            conv2d_forward(&s, &xt, &pt, &mut y, &mut scr).unwrap();
+            close("y", &y, &y_def);
+            for mode in 0..4 {
+                let mut dx = vec![nan; b * kk];
+                let mut gb = match mode {
+                    0 => vec![nan; np],
+                    1 => priort.clone(),
+                    2 => vec![nan; b * np],
+                    _ => vec![],
+                };
+                let grad = match mode {
+                    0 | 1 => ParamGrad::Sum {
+                        grad: &mut gb,
+                        accumulate: mode == 1,
+                    },
+                    2 => ParamGrad::PerSample {
+                        rows: &mut gb,
+                        stride: np,
+                        offset: 0,
+                    },
+                    _ => ParamGrad::None,
+                };
+                conv2d_backward(&s, &xt, &pt, &dyt, Some(&mut dx), grad, &mut scr).unwrap();
+                close("dx", &dx, &dx_def);
+                match mode {
+                    0 => close("dW", &gb, &sum_def),
+                    1 => {
+                        let acc: Vec<f64> =
+                            prior.iter().zip(&sum_def).map(|(a, c)| a + c).collect();
+                        close("dW +=", &gb, &acc)
+                    }
+                    2 => (0..b).for_each(|j| close("row", &gb[j * np..(j + 1) * np], &row_def(j))),
+                    _ => {}
+                }
+            }
+            // Depth-first group.
+            let (lc, lw) = s.group_lens().unwrap();
+            let (mut cols, mut work) = (vec![T::ZERO; lc], vec![T::ZERO; lw]);
+            let mut yg = vec![nan; b * co];
+            conv2d_forward_group(&s, &xt, &pt, &mut yg, &mut cols, &mut work).unwrap();
+            close("y group", &yg, &y_def);
+            let mut rows = vec![nan; b * np];
+            let mut dxg = vec![nan; b * kk];
+            let grad = ParamGrad::PerSample {
+                rows: &mut rows,
+                stride: np,
+                offset: 0,
+            };
+            conv2d_backward_group(&s, &cols, &pt, &dyt, Some(&mut dxg), grad, &mut work).unwrap();
+            close("dx group", &dxg, &dx_def);
+            (0..b).for_each(|j| close("row group", &rows[j * np..(j + 1) * np], &row_def(j)));
+            // Each example alone.
+            let one = Conv2dShape { batch: 1, ..s };
+            let mut scr1 = vec![T::ZERO; one.scratch_len(1).unwrap()];
+            for j in 0..b {
+                let mut yi = vec![nan; co];
+                let xi = &xt[j * kk..(j + 1) * kk];
+                conv2d_forward(&one, xi, &pt, &mut yi, &mut scr1).unwrap();
+                let mut dxi = vec![nan; kk];
+                let dyi = &dyt[j * co..(j + 1) * co];
+                conv2d_backward(
+                    &one,
+                    xi,
+                    &pt,
+                    dyi,
+                    Some(&mut dxi),
+                    ParamGrad::None,
+                    &mut scr1,
+                )
+                .unwrap();
+                assert!(
+                    yi == y[j * co..(j + 1) * co],
+                    "{s:?}: y of example {j} alone"
+                );
+                assert!(
+                    dxi == dxg[j * kk..(j + 1) * kk],
+                    "{s:?}: dx of example {j} alone"
+                );
+            }
+        }
+        let shapes = [(5, 64, 7, 1, 1), (67, 3, 5, 4, 2), (1, 2, 3, 3, 1)];
+        for (batch, cin, hw, cout, stride) in shapes {
+            let s = Conv2dShape {
+                batch,
+                cin,
+                h: hw,
+                w: hw,
+                cout,
+                k: hw,
+                stride,
+                pad: 0,
+                bias: true,
+            };
+            if batch == 67 {
+                assert_eq!(s.micro_batch(&s.geom().unwrap()), 64, "two micro-batches");
+            }
+            check::<f64>(s, 1e-12);
+            check::<f32>(s, 1e-5);
+        }
+    }
+
     #[test]
     fn geometry_errors() {
         assert!(ConvGeom::new("t", 1, 3, 3, 8, 1, 2).is_err());
