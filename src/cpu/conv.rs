@@ -237,6 +237,25 @@ impl ConvGeom {
         )
     }
 
+    /// Whether the kernel covers the whole unpadded image (`k = h = w`, no padding, so one
+    /// output position): the im2col of an example is the example itself (row `r = (ci, ki,
+    /// kj)` is `x[ci, ki, kj]`). DCGAN's last discriminator layer, `Conv2d(2d, 1, 7)` on 7 × 7.
+    /// `Conv2d` then keeps its column matrix example-major (`cols[j·kk + r]`, a copy of the
+    /// inputs) and reads and writes it through strides: no table gather and no col2im.
+    fn is_whole_image(&self) -> bool {
+        self.k == self.h && self.k == self.w && self.pad == 0
+    }
+
+    /// Strides `(row, column)` of a `Conv2d` micro-batch's column matrix `[kk, ld]` in its
+    /// buffer: `(ld, 1)`, or `(1, kk)` for a whole-image kernel (see [`Self::is_whole_image`]).
+    fn col_strides(&self, ld: usize) -> (usize, usize) {
+        if self.is_whole_image() {
+            (1, self.col_rows())
+        } else {
+            (ld, 1)
+        }
+    }
+
     /// Elements of the phase-split image (`c · s² ` planes): scratch of [`phase_split`].
     fn phase_len(&self) -> usize {
         let (ph, pw) = self.phase_hw();
@@ -573,6 +592,22 @@ fn scatter_cols<T: Real>(
     }
 }
 
+/// The column matrix of `n` examples `x` (one after another) of a `Conv2d` micro-batch into
+/// `cols` (laid out as [`ConvGeom::col_strides`] says): a copy of the inputs for a whole-image
+/// kernel, else each example's im2col at column `j·l` (leading dimension `n·l`).
+fn fill_cols<T: Real>(g: &ConvGeom, n: usize, x: &[T], ph: &mut [T], cols: &mut [T]) {
+    let (il, l) = (g.in_len(), g.out_positions());
+    if g.is_whole_image() {
+        cols[..n * il].copy_from_slice(&x[..n * il]);
+        return;
+    }
+    let tab = col_tables(g);
+    for jj in 0..n {
+        let xi = &x[jj * il..(jj + 1) * il];
+        gather_cols(g, tab.as_deref(), xi, ph, &mut cols[jj * l..], n * l);
+    }
+}
+
 /// Checks that `g` is what [`ConvGeom::new`] computes from its own fields.
 fn check_geom(op: &'static str, g: &ConvGeom) -> Result<()> {
     let want = ConvGeom::new(op, g.c, g.h, g.w, g.k, g.stride, g.pad)?;
@@ -757,13 +792,10 @@ fn forward_block<T: Real>(
     ph: &mut [T],
     y: &mut [T],
 ) {
-    let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
+    let (kk, l, cout) = (g.col_rows(), g.out_positions(), s.cout);
     let ld = n * l;
-    let tab = col_tables(g);
-    for jj in 0..n {
-        let xi = &x[jj * il..(jj + 1) * il];
-        gather_cols(g, tab.as_deref(), xi, ph, &mut cols[jj * l..], ld);
-    }
+    fill_cols(g, n, x, ph, cols);
+    let (crs, ccs) = g.col_strides(ld);
     // Y [cout × n·l] = W [cout × kk] · cols [kk × n·l]
     gemm(
         cout,
@@ -774,8 +806,8 @@ fn forward_block<T: Real>(
         kk,
         1,
         cols,
-        ld,
-        1,
+        crs,
+        ccs,
         T::ZERO,
         ybuf,
         ld,
@@ -829,6 +861,8 @@ fn backward_block<T: Real>(
     let (kk, l, il, cout) = (g.col_rows(), g.out_positions(), g.in_len(), s.cout);
     let (np, nw) = (s.num_params(), s.weight_len());
     let ld = n * l;
+    // cols[r, p] at cols[r·crs + p·ccs]; its transpose has strides (ccs, crs).
+    let (crs, ccs) = g.col_strides(ld);
     if gout.is_sum() || dx.is_some() {
         // dY of the block as [cout × n·l].
         for jj in 0..n {
@@ -850,8 +884,8 @@ fn backward_block<T: Real>(
             ld,
             1,
             cols,
-            1,
-            ld,
+            ccs,
+            crs,
             beta,
             dw,
             kk,
@@ -876,9 +910,9 @@ fn backward_block<T: Real>(
                 dyi,
                 l,
                 1,
-                &cols[jj * l..],
-                1,
-                ld,
+                &cols[jj * l * ccs..],
+                ccs,
+                crs,
                 beta,
                 dw,
                 kk,
@@ -890,6 +924,27 @@ fn backward_block<T: Real>(
         }
     }
     if let Some(dx) = dx {
+        if g.is_whole_image() {
+            // col2im is the identity: dX [kk × n] = Wᵀ · dY written straight into the
+            // examples (dx[j·il + r], il = kk), no dcols.
+            gemm(
+                kk,
+                cout,
+                ld,
+                T::ONE,
+                w,
+                1,
+                kk,
+                dyb,
+                ld,
+                1,
+                T::ZERO,
+                dx,
+                1,
+                il,
+            );
+            return;
+        }
         // dcols [kk × n·l] = Wᵀ [kk × cout] · dY [cout × n·l]
         gemm(
             kk,
@@ -1101,11 +1156,7 @@ pub fn conv2d_backward<T: Real>(
             let n = mb.min(ex.len() - j0);
             let first = ex.start + j0;
             if gout.wanted() {
-                let tab = col_tables(&g);
-                for jj in 0..n {
-                    let xi = &x[(first + jj) * il..(first + jj + 1) * il];
-                    gather_cols(&g, tab.as_deref(), xi, ph, &mut cols[jj * l..], n * l);
-                }
+                fill_cols(&g, n, &x[first * il..(first + n) * il], ph, cols);
             }
             let dys = &dy[first * cout * l..(first + n) * cout * l];
             let dxs = dx.as_deref_mut().map(|d| &mut d[j0 * il..(j0 + n) * il]);
