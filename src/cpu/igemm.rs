@@ -6,8 +6,8 @@
 //! Safe Rust: a 6 × 32 register tile of fixed-size arrays whose inner loop the compiler turns
 //! into AVX-512 FMAs in the `multiversion` clone (12 accumulator registers of 16 f32, A
 //! broadcast from memory, B two 16-wide loads), packed A panels (`MR` rows, `KC` deep) streamed
-//! from L2, one packed B panel (`KC × NR`, 32 KiB in f32) kept in L1 while every A panel passes
-//! over it (BLIS's loop order). Used only where [`available`] (an x86-64 CPU with AVX-512F/VL,
+//! from L2 or L3, a block of `NB` packed B panels (`KC × NR`, 32 KiB each in f32) kept in L2,
+//! each A panel passing over all of them from L1. Used only where [`available`] (an x86-64 CPU with AVX-512F/VL,
 //! AVX2 and FMA, and not the `baseline-cpu` build); elsewhere the callers keep the im2col +
 //! `matrixmultiply` path. (A 6 × 16 AVX2 tile of the same code ran at ~100 GFLOP/s on this
 //! project's Zen 5 VM against `matrixmultiply`'s ~190, and 12 × 16 in AVX-512 much slower:
@@ -85,8 +85,14 @@ pub(crate) fn packed_a_len(m: usize, k: usize) -> usize {
     m.div_ceil(MR) * MR * k
 }
 
-/// Elements of the packed B panel (`KC × NR`, plus the 8-value overhang of the last run copy).
-pub(crate) const PACKED_B_LEN: usize = KC * NR + 8;
+/// B panels packed together: each packed A panel passes over `NB` B panels (`NB·NR` columns)
+/// while it is in L1, so a tall A (a weight of 2048–4096 rows, 2–4 MiB per `KC` block, more
+/// than L2) is read from L3 once per `NB·NR` columns instead of once per `NR`.
+const NB: usize = 4;
+
+/// Elements of the packed B block (`NB` panels of `KC × NR`, plus the 8-value overhang of the
+/// last run copy).
+pub(crate) const PACKED_B_LEN: usize = NB * KC * NR + 8;
 
 /// Packs `A` (`m × k`, element `(i, p)` at `a[i·rsa + p·csa]`) for [`gemm_gather`]: for each
 /// block of `KC` columns of A (the last one shorter), its `MR`-row panels, each `kc × MR`
@@ -270,8 +276,11 @@ pub(crate) fn gemm_packed_a<T: Real>(
 }
 
 /// The loops of [`gemm_gather`] and [`gemm_packed_a`]: for each `KC` block of the depth and
-/// each `NR` panel of columns, `pack(p0, kc, j0, nr, bpack)` fills the `kc × NR` B panel
-/// (columns `j0 .. j0 + nr` valid), then every packed A panel passes over it.
+/// each block of `NB` panels of `NR` columns, `pack(p0, kc, j0, nr, bpack)` fills each
+/// `kc × NR` B panel (columns `j0 .. j0 + nr` valid; it may write 8 values past its panel,
+/// into the next one, packed after it), then every packed A panel passes over the block's
+/// panels. Each entry of C is one `KC`-deep FMA chain per depth block, whatever the blocking
+/// of the columns.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn gemm_core<T: Real>(
@@ -302,20 +311,27 @@ fn gemm_core<T: Real>(
         let kc = KC.min(k - p0);
         let ablk = &apack[p0 * mp..p0 * mp + kc * mp];
         let add = accumulate || p0 > 0;
-        for j0 in (0..n).step_by(NR) {
-            let nr = NR.min(n - j0);
-            pack(p0, kc, j0, nr, bpack);
+        for jb in (0..n).step_by(NB * NR) {
+            let panels = (NB * NR).min(n - jb).div_ceil(NR);
+            for q in 0..panels {
+                let j0 = jb + q * NR;
+                pack(p0, kc, j0, NR.min(n - j0), &mut bpack[q * KC * NR..]);
+            }
             for (ir, apanel) in ablk.chunks_exact(kc * MR).enumerate() {
-                let acc = tile(kc, apanel, bpack);
                 let rows = MR.min(m - ir * MR);
-                for (i, ai) in acc.iter().enumerate().take(rows) {
-                    let crow = &mut c[(ir * MR + i) * rsc + j0..][..nr];
-                    if add {
-                        for (d, v) in crow.iter_mut().zip(ai) {
-                            *d += *v;
+                for q in 0..panels {
+                    let j0 = jb + q * NR;
+                    let nr = NR.min(n - j0);
+                    let acc = tile(kc, apanel, &bpack[q * KC * NR..]);
+                    for (i, ai) in acc.iter().enumerate().take(rows) {
+                        let crow = &mut c[(ir * MR + i) * rsc + j0..][..nr];
+                        if add {
+                            for (d, v) in crow.iter_mut().zip(ai) {
+                                *d += *v;
+                            }
+                        } else {
+                            crow.copy_from_slice(&ai[..nr]);
                         }
-                    } else {
-                        crow.copy_from_slice(&ai[..nr]);
                     }
                 }
             }
