@@ -446,6 +446,16 @@ fn implicit_split<T>(
     (apack, bpack, &mut rest[..n * pl + 8])
 }
 
+/// Whether the layers of geometry `g` run their weight products on the own GEMM with the
+/// weight (or its transpose) packed once per layer call ([`igemm::pack_a`] before the parallel
+/// chunks start, shared read-only by every micro-batch and thread): f32 where
+/// [`igemm::enabled`], and where the phase split is the im2col path (not the tables of the
+/// small layers). Depends on the geometry only, so every schedule and batch size of a layer
+/// takes the same kernel (bit-identical results).
+fn packs_weight<T: Real>(g: &ConvGeom) -> bool {
+    igemm::enabled::<T>() && col_tables(g).is_none()
+}
+
 /// Column matrices up to this many entries per example go through [`ColTables`] (4 bytes per
 /// entry: up to 4 MiB per geometry and thread); larger ones through the phase split.
 const TABLE_MAX_COLS: usize = 1 << 20;
@@ -774,7 +784,9 @@ impl Conv2dShape {
 
 /// The forward of `n` examples (`x`: their inputs, `y`: their outputs) as one GEMM: im2col of
 /// each into `cols` (`[kk, n·l]`, leading dimension `n·l`), `Y = W·cols` into `ybuf`, then
-/// each example's `[cout, l]` plus the bias into `y`.
+/// each example's `[cout, l]` plus the bias into `y`. `pk`: the weight packed by
+/// [`igemm::pack_a`] and a B panel, where [`packs_weight`] (the product then runs on
+/// [`igemm::gemm_packed_a`]).
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(
     not(feature = "baseline-cpu"),
@@ -786,6 +798,7 @@ fn forward_block<T: Real>(
     n: usize,
     x: &[T],
     w: &[T],
+    pk: Option<(&[T], &mut [T])>,
     b: &[T],
     cols: &mut [T],
     ybuf: &mut [T],
@@ -796,6 +809,12 @@ fn forward_block<T: Real>(
     let ld = n * l;
     fill_cols(g, n, x, ph, cols);
     let (crs, ccs) = g.col_strides(ld);
+    if let (Some((wp, bpack)), 1) = (pk, ccs) {
+        // Y = W · cols, W packed once per layer call ([`packs_weight`]).
+        igemm::gemm_packed_a(cout, kk, ld, wp, cols, crs, ybuf, ld, false, bpack);
+        unpack_outputs(s, n, l, ybuf, b, y);
+        return;
+    }
     // Y [cout × n·l] = W [cout × kk] · cols [kk × n·l]
     gemm(
         cout,
@@ -838,7 +857,9 @@ fn unpack_outputs<T: Real>(s: &Conv2dShape, n: usize, l: usize, ybuf: &[T], b: &
 
 /// The backward of `n` examples from their im2col `cols` (`[kk, n·l]`, leading dimension
 /// `n·l`, as [`forward_block`] leaves it): `dys` their output gradients; parameter gradients
-/// to `gout` (local examples `j0 ..`); their input gradients into `dx` when given.
+/// to `gout` (local examples `j0 ..`); their input gradients into `dx` when given. `pk`: the
+/// weight's transpose `[kk × cout]` packed by [`igemm::pack_a`] and a B panel, where
+/// [`packs_weight`] and not a whole image (`dcols` then runs on [`igemm::gemm_packed_a`]).
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(
     not(feature = "baseline-cpu"),
@@ -852,6 +873,7 @@ fn backward_block<T: Real>(
     cols: &[T],
     dys: &[T],
     w: &[T],
+    pk: Option<(&[T], &mut [T])>,
     dyb: &mut [T],
     dcols: &mut [T],
     ph: &mut [T],
@@ -946,22 +968,26 @@ fn backward_block<T: Real>(
             return;
         }
         // dcols [kk × n·l] = Wᵀ [kk × cout] · dY [cout × n·l]
-        gemm(
-            kk,
-            cout,
-            ld,
-            T::ONE,
-            w,
-            1,
-            kk,
-            dyb,
-            ld,
-            1,
-            T::ZERO,
-            dcols,
-            ld,
-            1,
-        );
+        if let Some((wtp, bpack)) = pk {
+            igemm::gemm_packed_a(kk, cout, ld, wtp, dyb, ld, dcols, ld, false, bpack);
+        } else {
+            gemm(
+                kk,
+                cout,
+                ld,
+                T::ONE,
+                w,
+                1,
+                kk,
+                dyb,
+                ld,
+                1,
+                T::ZERO,
+                dcols,
+                ld,
+                1,
+            );
+        }
         let tab = col_tables(g);
         for jj in 0..n {
             let dxi = &mut dx[jj * il..(jj + 1) * il];
@@ -1005,7 +1031,22 @@ pub(crate) fn conv2d_forward_group<T: Real>(
     check_len(OP, "work", work.len(), lw)?;
     let (w, b) = params.split_at(s.weight_len());
     let (ybuf, ph) = work[lc..].split_at_mut(s.batch * s.cout * g.out_positions());
-    forward_block(s, &g, s.batch, x, w, b, cols, ybuf, ph, y);
+    let (cout, kk) = (s.cout, g.col_rows());
+    let alen = igemm::packed_a_len(cout, kk);
+    let packed = packs_weight::<T>(&g);
+    let len = if packed {
+        alen + igemm::PACKED_B_LEN
+    } else {
+        0
+    };
+    igemm::with_pack_buf(len, |buf: &mut [T]| {
+        let pk = packed.then(|| {
+            let (wp, bpack) = buf.split_at_mut(alen);
+            igemm::pack_a(cout, kk, w, kk, 1, wp);
+            (&*wp, bpack)
+        });
+        forward_block(s, &g, s.batch, x, w, pk, b, cols, ybuf, ph, y);
+    });
     Ok(())
 }
 
@@ -1036,8 +1077,23 @@ pub(crate) fn conv2d_backward_group<T: Real>(
     let w = &params[..s.weight_len()];
     let (dcols, rest) = work.split_at_mut(lc);
     let (dyb, ph) = rest.split_at_mut(s.batch * cout * l);
-    run_single(dx, grad, |dx, gout| {
-        backward_block(s, &g, s.batch, 0, cols, dy, w, dyb, dcols, ph, gout, dx)
+    let kk = g.col_rows();
+    let alen = igemm::packed_a_len(kk, cout);
+    let packed = dx.is_some() && packs_weight::<T>(&g) && !g.is_whole_image();
+    let len = if packed {
+        alen + igemm::PACKED_B_LEN
+    } else {
+        0
+    };
+    igemm::with_pack_buf(len, |buf: &mut [T]| {
+        let pk = packed.then(|| {
+            let (wtp, bpack) = buf.split_at_mut(alen);
+            igemm::pack_a(kk, cout, w, 1, kk, wtp);
+            (&*wtp, bpack)
+        });
+        run_single(dx, grad, |dx, gout| {
+            backward_block(s, &g, s.batch, 0, cols, dy, w, pk, dyb, dcols, ph, gout, dx)
+        });
     });
     Ok(())
 }
@@ -1063,17 +1119,37 @@ pub fn conv2d_forward<T: Real>(
     let mb = s.micro_batch(&g);
     let (w, b) = params.split_at(s.weight_len());
     let kk = g.col_rows();
-    // The own GEMM reads the phase splits of x (no column matrix) where the phase split is
-    // the im2col path and its buffers fit in the columns' scratch.
-    let implicit = igemm::enabled::<T>()
-        && col_tables(&g).is_none()
-        && implicit_len(&g, mb, cout, kk) <= mb * g.cols_len();
-    let f =
-        |ex: std::ops::Range<usize>, y: Option<&mut [T]>, _: &mut GradOut<'_, T>, scr: &mut [T]| {
+    // The weight packed once for every micro-batch and thread ([`packs_weight`]); the own
+    // GEMM reads the phase splits of x (no column matrix) where their buffers fit in the
+    // columns' scratch, else the columns are materialised ([`forward_block`]).
+    let packed = packs_weight::<T>(&g);
+    let implicit = packed && implicit_len(&g, mb, 0, 0) <= mb * g.cols_len();
+    let alen = if packed {
+        igemm::packed_a_len(cout, kk)
+    } else {
+        0
+    };
+    igemm::with_pack_buf(alen, |wp: &mut [T]| {
+        if packed {
+            igemm::pack_a(cout, kk, w, kk, 1, wp);
+        }
+        let wp: &[T] = wp;
+        let f = |ex: std::ops::Range<usize>,
+                 y: Option<&mut [T]>,
+                 _: &mut GradOut<'_, T>,
+                 scr: &mut [T]| {
             let Some(y) = y else { return };
             let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
             let (ybuf, ph) = rest[mb * g.cols_len()..].split_at_mut(mb * cout * l);
             let pl = g.phase_len();
+            let mut bp = vec![
+                T::ZERO;
+                if packed && !implicit {
+                    igemm::PACKED_B_LEN
+                } else {
+                    0
+                }
+            ];
             let mut j0 = 0;
             while j0 < ex.len() {
                 let n = mb.min(ex.len() - j0);
@@ -1081,8 +1157,7 @@ pub fn conv2d_forward<T: Real>(
                 let xs = &x[i * il..(i + n) * il];
                 let ys = &mut y[j0 * cout * l..(j0 + n) * cout * l];
                 if implicit {
-                    let (apack, bpack, phs) =
-                        implicit_split(cols, n, pl, igemm::packed_a_len(cout, kk));
+                    let (_, bpack, phs) = implicit_split(cols, n, pl, 0);
                     for jj in 0..n {
                         phase_split(
                             &g,
@@ -1092,25 +1167,26 @@ pub fn conv2d_forward<T: Real>(
                     }
                     let (po, qo) = phased_offsets(&g, n);
                     // Y [cout × n·l] = W [cout × kk] · cols, cols[r, (j, t)] gathered.
-                    igemm::pack_a(cout, kk, w, kk, 1, apack);
-                    igemm::gemm_gather(cout, apack, phs, &po, &qo, ybuf, n * l, false, bpack);
+                    igemm::gemm_gather(cout, wp, phs, &po, &qo, ybuf, n * l, false, bpack);
                     unpack_outputs(s, n, l, ybuf, b, ys);
                 } else {
-                    forward_block(s, &g, n, xs, w, b, cols, ybuf, ph, ys);
+                    let pk = packed.then_some((wp, &mut bp[..]));
+                    forward_block(s, &g, n, xs, w, pk, b, cols, ybuf, ph, ys);
                 }
                 j0 += n;
             }
         };
-    run_chunks(
-        s.batch,
-        chunks,
-        Some((y, cout * l)),
-        ParamGrad::None,
-        0,
-        scratch,
-        work,
-        &f,
-    );
+        run_chunks(
+            s.batch,
+            chunks,
+            Some((y, cout * l)),
+            ParamGrad::None,
+            0,
+            scratch,
+            work,
+            &f,
+        );
+    });
     Ok(())
 }
 
@@ -1144,28 +1220,44 @@ pub fn conv2d_backward<T: Real>(
     let mb = s.micro_batch(&g);
     let nw = s.weight_len();
     let w = &params[..nw];
-    let f = |ex: std::ops::Range<usize>,
-             mut dx: Option<&mut [T]>,
-             gout: &mut GradOut<'_, T>,
-             scr: &mut [T]| {
-        let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
-        let (dcols, rest) = rest.split_at_mut(mb * g.cols_len());
-        let (dyb, ph) = rest.split_at_mut(mb * cout * l);
-        let mut j0 = 0;
-        while j0 < ex.len() {
-            let n = mb.min(ex.len() - j0);
-            let first = ex.start + j0;
-            if gout.wanted() {
-                fill_cols(&g, n, &x[first * il..(first + n) * il], ph, cols);
-            }
-            let dys = &dy[first * cout * l..(first + n) * cout * l];
-            let dxs = dx.as_deref_mut().map(|d| &mut d[j0 * il..(j0 + n) * il]);
-            backward_block(s, &g, n, j0, cols, dys, w, dyb, dcols, ph, gout, dxs);
-            j0 += n;
-        }
+    // Wᵀ packed once for every micro-batch and thread (the input gradient's product).
+    let kk = g.col_rows();
+    let packed = dx.is_some() && packs_weight::<T>(&g) && !g.is_whole_image();
+    let alen = if packed {
+        igemm::packed_a_len(kk, cout)
+    } else {
+        0
     };
-    let out = dx.map(|d| (d, il));
-    run_chunks(s.batch, chunks, out, grad, np, scratch, work, &f);
+    igemm::with_pack_buf(alen, |wtp: &mut [T]| {
+        if packed {
+            igemm::pack_a(kk, cout, w, 1, kk, wtp);
+        }
+        let wtp: &[T] = wtp;
+        let f = |ex: std::ops::Range<usize>,
+                 mut dx: Option<&mut [T]>,
+                 gout: &mut GradOut<'_, T>,
+                 scr: &mut [T]| {
+            let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
+            let (dcols, rest) = rest.split_at_mut(mb * g.cols_len());
+            let (dyb, ph) = rest.split_at_mut(mb * cout * l);
+            let mut bp = vec![T::ZERO; if packed { igemm::PACKED_B_LEN } else { 0 }];
+            let mut j0 = 0;
+            while j0 < ex.len() {
+                let n = mb.min(ex.len() - j0);
+                let first = ex.start + j0;
+                if gout.wanted() {
+                    fill_cols(&g, n, &x[first * il..(first + n) * il], ph, cols);
+                }
+                let dys = &dy[first * cout * l..(first + n) * cout * l];
+                let dxs = dx.as_deref_mut().map(|d| &mut d[j0 * il..(j0 + n) * il]);
+                let pk = packed.then_some((wtp, &mut bp[..]));
+                backward_block(s, &g, n, j0, cols, dys, w, pk, dyb, dcols, ph, gout, dxs);
+                j0 += n;
+            }
+        };
+        let out = dx.map(|d| (d, il));
+        run_chunks(s.batch, chunks, out, grad, np, scratch, work, &f);
+    });
     Ok(())
 }
 
@@ -1349,8 +1441,22 @@ pub fn conv_transpose2d_forward<T: Real>(
     let mb = s.micro_batch(&g);
     let (w, b) = params.split_at(s.weight_len());
     let direct = s.is_dense_1x1(&g);
-    let f =
-        |ex: std::ops::Range<usize>, y: Option<&mut [T]>, _: &mut GradOut<'_, T>, scr: &mut [T]| {
+    // Wᵀ packed once for every micro-batch and thread ([`packs_weight`]).
+    let packed = !direct && packs_weight::<T>(&g);
+    let alen = if packed {
+        igemm::packed_a_len(kk, cin)
+    } else {
+        0
+    };
+    igemm::with_pack_buf(alen, |wtp: &mut [T]| {
+        if packed {
+            igemm::pack_a(kk, cin, w, 1, kk, wtp);
+        }
+        let wtp: &[T] = wtp;
+        let f = |ex: std::ops::Range<usize>,
+                 y: Option<&mut [T]>,
+                 _: &mut GradOut<'_, T>,
+                 scr: &mut [T]| {
             let Some(y) = y else { return };
             if direct {
                 // col2im is the identity: Y [n × kk] = X [n × cin] · W [cin × kk].
@@ -1371,6 +1477,7 @@ pub fn conv_transpose2d_forward<T: Real>(
             let (cols, rest) = scr.split_at_mut(mb * g.cols_len());
             let (xb, ph) = rest.split_at_mut(mb * il);
             let ph = &mut ph[..g.phase_len()];
+            let mut bp = vec![T::ZERO; if packed { igemm::PACKED_B_LEN } else { 0 }];
             let mut j0 = 0;
             while j0 < ex.len() {
                 let n = mb.min(ex.len() - j0);
@@ -1384,22 +1491,26 @@ pub fn conv_transpose2d_forward<T: Real>(
                     &xb[..cin * ld]
                 };
                 // cols [kk × n·lin] = Wᵀ [kk × cin] · X [cin × n·lin]
-                gemm(
-                    kk,
-                    cin,
-                    ld,
-                    T::ONE,
-                    w,
-                    1,
-                    kk,
-                    xm,
-                    ld,
-                    1,
-                    T::ZERO,
-                    cols,
-                    ld,
-                    1,
-                );
+                if packed {
+                    igemm::gemm_packed_a(kk, cin, ld, wtp, xm, ld, cols, ld, false, &mut bp);
+                } else {
+                    gemm(
+                        kk,
+                        cin,
+                        ld,
+                        T::ONE,
+                        w,
+                        1,
+                        kk,
+                        xm,
+                        ld,
+                        1,
+                        T::ZERO,
+                        cols,
+                        ld,
+                        1,
+                    );
+                }
                 let tab = col_tables(&g);
                 for jj in 0..n {
                     let yi = &mut y[(j0 + jj) * ol..(j0 + jj + 1) * ol];
@@ -1415,16 +1526,17 @@ pub fn conv_transpose2d_forward<T: Real>(
                 j0 += n;
             }
         };
-    run_chunks(
-        s.batch,
-        chunks,
-        Some((y, ol)),
-        ParamGrad::None,
-        0,
-        scratch,
-        work,
-        &f,
-    );
+        run_chunks(
+            s.batch,
+            chunks,
+            Some((y, ol)),
+            ParamGrad::None,
+            0,
+            scratch,
+            work,
+            &f,
+        );
+    });
     Ok(())
 }
 
@@ -1463,54 +1575,115 @@ pub fn conv_transpose2d_backward<T: Real>(
     let mb = s.micro_batch(&g);
     let direct = s.is_dense_1x1(&g);
     // The own GEMM reads the phase splits of dy (no column matrix) where the phase split is
-    // the im2col path and its buffers fit in the columns' scratch.
-    let implicit = igemm::enabled::<T>()
-        && col_tables(&g).is_none()
-        && implicit_len(&g, mb, cin, kk.max(mb * lin)) <= mb * g.cols_len();
-    let f = |ex: std::ops::Range<usize>,
-             mut dx: Option<&mut [T]>,
-             gout: &mut GradOut<'_, T>,
-             scr: &mut [T]| {
-        if direct && (gout.is_sum() || !gout.wanted()) {
-            // im2col of dy is the identity: dW [cin × kk] += Xᵀ · DY, dX [n × cin] = DY · Wᵀ.
-            let n = ex.len();
-            let xs = &x[ex.start * il..ex.end * il];
-            let dys = &dy[ex.start * ol..ex.end * ol];
-            if let Some((region, beta)) = gout.sum_region(np) {
-                let (dw, db) = region.split_at_mut(nw);
-                gemm(cin, n, kk, T::ONE, xs, 1, il, dys, ol, 1, beta, dw, kk, 1);
-                if s.bias {
-                    for (jj, dyi) in dys.chunks_exact(ol).enumerate() {
-                        let bj = if jj == 0 { beta } else { T::ONE };
-                        bias_grad(dyi, sp, db, bj);
+    // the im2col path ([`packs_weight`]) and its buffers (the packed X of the summed dW, the
+    // B panel, the splits) fit in the columns' scratch; W, for the input gradient, is packed
+    // once for every micro-batch and thread.
+    let packed = !direct && packs_weight::<T>(&g);
+    let implicit = packed && implicit_len(&g, mb, cin, mb * lin) <= mb * g.cols_len();
+    let packed_dx = packed && dx.is_some();
+    let alen = if packed_dx {
+        igemm::packed_a_len(cin, kk)
+    } else {
+        0
+    };
+    igemm::with_pack_buf(alen, |wp: &mut [T]| {
+        if packed_dx {
+            igemm::pack_a(cin, kk, w, kk, 1, wp);
+        }
+        let wp: &[T] = wp;
+        let f = |ex: std::ops::Range<usize>,
+                 mut dx: Option<&mut [T]>,
+                 gout: &mut GradOut<'_, T>,
+                 scr: &mut [T]| {
+            if direct && (gout.is_sum() || !gout.wanted()) {
+                // im2col of dy is the identity: dW [cin × kk] += Xᵀ · DY, dX [n × cin] = DY · Wᵀ.
+                let n = ex.len();
+                let xs = &x[ex.start * il..ex.end * il];
+                let dys = &dy[ex.start * ol..ex.end * ol];
+                if let Some((region, beta)) = gout.sum_region(np) {
+                    let (dw, db) = region.split_at_mut(nw);
+                    gemm(cin, n, kk, T::ONE, xs, 1, il, dys, ol, 1, beta, dw, kk, 1);
+                    if s.bias {
+                        for (jj, dyi) in dys.chunks_exact(ol).enumerate() {
+                            let bj = if jj == 0 { beta } else { T::ONE };
+                            bias_grad(dyi, sp, db, bj);
+                        }
                     }
                 }
+                if let Some(dx) = dx.as_deref_mut() {
+                    gemm(n, kk, cin, T::ONE, dys, ol, 1, w, 1, kk, T::ZERO, dx, il, 1);
+                }
+                return;
             }
-            if let Some(dx) = dx.as_deref_mut() {
-                gemm(n, kk, cin, T::ONE, dys, ol, 1, w, 1, kk, T::ZERO, dx, il, 1);
-            }
-            return;
-        }
-        let (dcols, rest) = scr.split_at_mut(mb * g.cols_len());
-        let (xb, ph) = rest.split_at_mut(mb * il);
-        let ph = &mut ph[..g.phase_len()];
-        let mut j0 = 0;
-        while j0 < ex.len() {
-            let n = mb.min(ex.len() - j0);
-            let i = ex.start + j0;
-            let ld = n * lin;
-            if !gout.wanted() && dx.is_none() {
-                break;
-            }
-            if implicit && (gout.is_sum() || !gout.wanted()) {
-                let pl = g.phase_len();
-                let (apack, bpack, phs) =
-                    implicit_split(dcols, n, pl, igemm::packed_a_len(cin, kk.max(ld)));
+            let (dcols, rest) = scr.split_at_mut(mb * g.cols_len());
+            let (xb, ph) = rest.split_at_mut(mb * il);
+            let ph = &mut ph[..g.phase_len()];
+            let mut bp = vec![T::ZERO; if packed_dx { igemm::PACKED_B_LEN } else { 0 }];
+            let mut j0 = 0;
+            while j0 < ex.len() {
+                let n = mb.min(ex.len() - j0);
+                let i = ex.start + j0;
+                let ld = n * lin;
+                if !gout.wanted() && dx.is_none() {
+                    break;
+                }
+                if implicit && (gout.is_sum() || !gout.wanted()) {
+                    let pl = g.phase_len();
+                    let (apack, bpack, phs) =
+                        implicit_split(dcols, n, pl, igemm::packed_a_len(cin, ld));
+                    for jj in 0..n {
+                        let dyi = &dy[(i + jj) * ol..(i + jj + 1) * ol];
+                        phase_split(&g, dyi, &mut phs[jj * pl..(jj + 1) * pl]);
+                    }
+                    let (po, qo) = phased_offsets(&g, n);
+                    let xs = &x[i * il..(i + n) * il];
+                    let dys = &dy[i * ol..(i + n) * ol];
+                    if let Some((region, beta)) = gout.sum_region(np) {
+                        let (dw, db) = region.split_at_mut(nw);
+                        let xm: &[T] = if n == 1 {
+                            xs
+                        } else {
+                            gather_examples(xs, n, cin, lin, xb);
+                            &xb[..cin * ld]
+                        };
+                        // dW [cin × kk] (+)= X [cin × n·lin] · dcolsᵀ, dcolsᵀ[(j, t), r] gathered.
+                        igemm::pack_a(cin, ld, xm, ld, 1, apack);
+                        igemm::gemm_gather(
+                            cin,
+                            apack,
+                            phs,
+                            &qo,
+                            &po,
+                            dw,
+                            kk,
+                            beta != T::ZERO,
+                            bpack,
+                        );
+                        if s.bias {
+                            for jj in 0..n {
+                                let bj = if jj == 0 { beta } else { T::ONE };
+                                bias_grad(&dys[jj * ol..(jj + 1) * ol], sp, db, bj);
+                            }
+                        }
+                    }
+                    if let Some(dx) = dx.as_deref_mut() {
+                        let dxs = &mut dx[j0 * il..(j0 + n) * il];
+                        // dX [cin × n·lin] = W [cin × kk] · dcols, dcols[r, (j, t)] gathered.
+                        if n == 1 {
+                            igemm::gemm_gather(cin, wp, phs, &po, &qo, dxs, lin, false, bpack);
+                        } else {
+                            igemm::gemm_gather(cin, wp, phs, &po, &qo, xb, ld, false, bpack);
+                            scatter_examples(xb, n, cin, lin, dxs);
+                        }
+                    }
+                    j0 += n;
+                    continue;
+                }
+                let tab = col_tables(&g);
                 for jj in 0..n {
                     let dyi = &dy[(i + jj) * ol..(i + jj + 1) * ol];
-                    phase_split(&g, dyi, &mut phs[jj * pl..(jj + 1) * pl]);
+                    gather_cols(&g, tab.as_deref(), dyi, ph, &mut dcols[jj * lin..], ld);
                 }
-                let (po, qo) = phased_offsets(&g, n);
                 let xs = &x[i * il..(i + n) * il];
                 let dys = &dy[i * ol..(i + n) * ol];
                 if let Some((region, beta)) = gout.sum_region(np) {
@@ -1521,84 +1694,16 @@ pub fn conv_transpose2d_backward<T: Real>(
                         gather_examples(xs, n, cin, lin, xb);
                         &xb[..cin * ld]
                     };
-                    // dW [cin × kk] (+)= X [cin × n·lin] · dcolsᵀ, dcolsᵀ[(j, t), r] gathered.
-                    igemm::pack_a(cin, ld, xm, ld, 1, apack);
-                    igemm::gemm_gather(cin, apack, phs, &qo, &po, dw, kk, beta != T::ZERO, bpack);
-                    if s.bias {
-                        for jj in 0..n {
-                            let bj = if jj == 0 { beta } else { T::ONE };
-                            bias_grad(&dys[jj * ol..(jj + 1) * ol], sp, db, bj);
-                        }
-                    }
-                }
-                if let Some(dx) = dx.as_deref_mut() {
-                    let dxs = &mut dx[j0 * il..(j0 + n) * il];
-                    // dX [cin × n·lin] = W [cin × kk] · dcols, dcols[r, (j, t)] gathered.
-                    igemm::pack_a(cin, kk, w, kk, 1, apack);
-                    if n == 1 {
-                        igemm::gemm_gather(cin, apack, phs, &po, &qo, dxs, lin, false, bpack);
-                    } else {
-                        igemm::gemm_gather(cin, apack, phs, &po, &qo, xb, ld, false, bpack);
-                        scatter_examples(xb, n, cin, lin, dxs);
-                    }
-                }
-                j0 += n;
-                continue;
-            }
-            let tab = col_tables(&g);
-            for jj in 0..n {
-                let dyi = &dy[(i + jj) * ol..(i + jj + 1) * ol];
-                gather_cols(&g, tab.as_deref(), dyi, ph, &mut dcols[jj * lin..], ld);
-            }
-            let xs = &x[i * il..(i + n) * il];
-            let dys = &dy[i * ol..(i + n) * ol];
-            if let Some((region, beta)) = gout.sum_region(np) {
-                let (dw, db) = region.split_at_mut(nw);
-                let xm: &[T] = if n == 1 {
-                    xs
-                } else {
-                    gather_examples(xs, n, cin, lin, xb);
-                    &xb[..cin * ld]
-                };
-                // dW [cin × kk] += X [cin × n·lin] · dcolsᵀ [n·lin × kk]
-                gemm(
-                    cin,
-                    ld,
-                    kk,
-                    T::ONE,
-                    xm,
-                    ld,
-                    1,
-                    dcols,
-                    1,
-                    ld,
-                    beta,
-                    dw,
-                    kk,
-                    1,
-                );
-                if s.bias {
-                    for jj in 0..n {
-                        let bj = if jj == 0 { beta } else { T::ONE };
-                        bias_grad(&dys[jj * ol..(jj + 1) * ol], sp, db, bj);
-                    }
-                }
-            } else {
-                for jj in 0..n {
-                    let Some((region, beta)) = gout.region(j0 + jj, np) else {
-                        break;
-                    };
-                    let (dw, db) = region.split_at_mut(nw);
-                    // dW_i [cin × kk] = x_i [cin × lin] · dcols_iᵀ [lin × kk]
+                    // dW [cin × kk] += X [cin × n·lin] · dcolsᵀ [n·lin × kk]
                     gemm(
                         cin,
-                        lin,
+                        ld,
                         kk,
                         T::ONE,
-                        &xs[jj * il..(jj + 1) * il],
-                        lin,
+                        xm,
+                        ld,
                         1,
-                        &dcols[jj * lin..],
+                        dcols,
                         1,
                         ld,
                         beta,
@@ -1607,55 +1712,96 @@ pub fn conv_transpose2d_backward<T: Real>(
                         1,
                     );
                     if s.bias {
-                        bias_grad(&dys[jj * ol..(jj + 1) * ol], sp, db, beta);
+                        for jj in 0..n {
+                            let bj = if jj == 0 { beta } else { T::ONE };
+                            bias_grad(&dys[jj * ol..(jj + 1) * ol], sp, db, bj);
+                        }
+                    }
+                } else {
+                    for jj in 0..n {
+                        let Some((region, beta)) = gout.region(j0 + jj, np) else {
+                            break;
+                        };
+                        let (dw, db) = region.split_at_mut(nw);
+                        // dW_i [cin × kk] = x_i [cin × lin] · dcols_iᵀ [lin × kk]
+                        gemm(
+                            cin,
+                            lin,
+                            kk,
+                            T::ONE,
+                            &xs[jj * il..(jj + 1) * il],
+                            lin,
+                            1,
+                            &dcols[jj * lin..],
+                            1,
+                            ld,
+                            beta,
+                            dw,
+                            kk,
+                            1,
+                        );
+                        if s.bias {
+                            bias_grad(&dys[jj * ol..(jj + 1) * ol], sp, db, beta);
+                        }
                     }
                 }
-            }
-            if let Some(dx) = dx.as_deref_mut() {
-                let dxs = &mut dx[j0 * il..(j0 + n) * il];
-                // dX [cin × n·lin] = W [cin × kk] · dcols [kk × n·lin]
-                if n == 1 {
-                    gemm(
-                        cin,
-                        kk,
-                        lin,
-                        T::ONE,
-                        w,
-                        kk,
-                        1,
-                        dcols,
-                        lin,
-                        1,
-                        T::ZERO,
-                        dxs,
-                        lin,
-                        1,
-                    );
-                } else {
-                    gemm(
-                        cin,
-                        kk,
-                        ld,
-                        T::ONE,
-                        w,
-                        kk,
-                        1,
-                        dcols,
-                        ld,
-                        1,
-                        T::ZERO,
-                        xb,
-                        ld,
-                        1,
-                    );
-                    scatter_examples(xb, n, cin, lin, dxs);
+                if let Some(dx) = dx.as_deref_mut() {
+                    let dxs = &mut dx[j0 * il..(j0 + n) * il];
+                    // dX [cin × n·lin] = W [cin × kk] · dcols [kk × n·lin]
+                    if packed_dx {
+                        if n == 1 {
+                            igemm::gemm_packed_a(
+                                cin, kk, lin, wp, dcols, lin, dxs, lin, false, &mut bp,
+                            );
+                        } else {
+                            igemm::gemm_packed_a(
+                                cin, kk, ld, wp, dcols, ld, xb, ld, false, &mut bp,
+                            );
+                            scatter_examples(xb, n, cin, lin, dxs);
+                        }
+                    } else if n == 1 {
+                        gemm(
+                            cin,
+                            kk,
+                            lin,
+                            T::ONE,
+                            w,
+                            kk,
+                            1,
+                            dcols,
+                            lin,
+                            1,
+                            T::ZERO,
+                            dxs,
+                            lin,
+                            1,
+                        );
+                    } else {
+                        gemm(
+                            cin,
+                            kk,
+                            ld,
+                            T::ONE,
+                            w,
+                            kk,
+                            1,
+                            dcols,
+                            ld,
+                            1,
+                            T::ZERO,
+                            xb,
+                            ld,
+                            1,
+                        );
+                        scatter_examples(xb, n, cin, lin, dxs);
+                    }
                 }
+                j0 += n;
             }
-            j0 += n;
-        }
-    };
-    let out = dx.map(|d| (d, il));
-    run_chunks(s.batch, chunks, out, grad, np, scratch, work, &f);
+        };
+        let out = dx.map(|d| (d, il));
+        run_chunks(s.batch, chunks, out, grad, np, scratch, work, &f);
+    });
     Ok(())
 }
 
@@ -2241,6 +2387,259 @@ mod tests {
             let (e, m) = max_err(&sum_new, &from_rows);
             let tol = 1e-6 * depth_dw as f64 * (1.0 + m);
             assert!(e <= tol, "{s:?}: Σ per-sample rows vs summed: {e} > {tol}");
+        }
+    }
+
+    /// The products with the weight packed once per layer call (`Conv2d`: the forward of the
+    /// depth-first group and the input gradient on both schedules; `ConvTranspose2d`: the
+    /// forward, and the input gradient beside per-sample gradients) against the old path (f32)
+    /// and the f64 reference, on odd shapes, strides 1–3, batch 1, several micro-batches
+    /// (D2 at W = 32: 10 + 2; D2 and G2 at W = 128: 2 + 1 and 1 + 1 + 1); and bit-identical
+    /// across schedules and paths: group forward = layer-major forward, group dx =
+    /// layer-major dx, the per-sample path's dx = the summed path's dx, each example's
+    /// output = its batch of one.
+    #[test]
+    fn packed_weight_paths_match_old_path_and_f64() {
+        if !igemm::available() {
+            return;
+        }
+        let conv = [
+            (1, 3, 11, 13, 5, 3, 1, 1),
+            (7, 4, 15, 12, 13, 5, 2, 2),
+            (3, 2, 20, 17, 7, 4, 3, 0),
+            (12, 32, 14, 14, 64, 4, 2, 1),
+            (3, 128, 14, 14, 256, 4, 2, 1),
+        ];
+        for (batch, cin, h, w, cout, k, stride, pad) in conv {
+            let s = Conv2dShape {
+                batch,
+                cin,
+                h,
+                w,
+                cout,
+                k,
+                stride,
+                pad,
+                bias: true,
+            };
+            let g = s.geom().unwrap();
+            assert!(packs_weight::<f32>(&g), "{s:?} does not pack its weight");
+            let (il, ol, np) = (g.in_len(), cout * g.out_positions(), s.num_params());
+            let (x, p, dy) = (
+                wave(batch * il, 0.37),
+                wave(np, 0.11),
+                wave(batch * ol, 0.23),
+            );
+            let (x32, p32, dy32) = (to32(&x), to32(&p), to32(&dy));
+            let mut scr64 = vec![0.0; s.scratch_len(1).unwrap() + np];
+            let mut y64 = vec![f64::NAN; batch * ol];
+            conv2d_forward(&s, &x, &p, &mut y64, &mut scr64).unwrap();
+            let mut dx64 = vec![f64::NAN; batch * il];
+            conv2d_backward(
+                &s,
+                &x,
+                &p,
+                &dy,
+                Some(&mut dx64),
+                ParamGrad::None,
+                &mut scr64,
+            )
+            .unwrap();
+            // Layer-major, one chunk (this thread, where igemm::calls() counts), new and old.
+            let mut scr = vec![0f32; s.work_len(&g)];
+            let mut y = vec![f32::NAN; batch * ol];
+            conv2d_forward(&s, &x32, &p32, &mut y, &mut scr).unwrap();
+            let mut dx = vec![f32::NAN; batch * il];
+            let calls = igemm::calls();
+            conv2d_backward(
+                &s,
+                &x32,
+                &p32,
+                &dy32,
+                Some(&mut dx),
+                ParamGrad::None,
+                &mut scr,
+            )
+            .unwrap();
+            assert!(
+                igemm::calls() > calls,
+                "{s:?}: dx did not take the packed Wᵀ"
+            );
+            let mut dx_old = vec![f32::NAN; batch * il];
+            igemm::with_old_path(|| {
+                conv2d_backward(
+                    &s,
+                    &x32,
+                    &p32,
+                    &dy32,
+                    Some(&mut dx_old),
+                    ParamGrad::None,
+                    &mut scr,
+                )
+            })
+            .unwrap();
+            check_new_old_ref(&format!("conv dx {s:?}"), cout, &dx, &dx_old, &dx64);
+            // dx beside per-sample gradients, and on two chunks: the same bits.
+            let mut scr2 = vec![0f32; s.scratch_len(2).unwrap() + 2 * np];
+            let mut rows = vec![f32::NAN; batch * np];
+            let mut dx_rows = vec![f32::NAN; batch * il];
+            let grad = ParamGrad::PerSample {
+                rows: &mut rows,
+                stride: np,
+                offset: 0,
+            };
+            conv2d_backward(&s, &x32, &p32, &dy32, Some(&mut dx_rows), grad, &mut scr2).unwrap();
+            assert_eq!(
+                dx_rows, dx,
+                "{s:?}: dx with per-sample gradients, two chunks"
+            );
+            // The depth-first group: forward and dx bit-identical to the layer-major ones.
+            let (lc, lw) = s.group_lens().unwrap();
+            let (mut cols, mut work) = (vec![0f32; lc], vec![0f32; lw]);
+            let mut yg = vec![f32::NAN; batch * ol];
+            let calls = igemm::calls();
+            conv2d_forward_group(&s, &x32, &p32, &mut yg, &mut cols, &mut work).unwrap();
+            assert!(
+                igemm::calls() > calls,
+                "{s:?}: the group forward took the old path"
+            );
+            assert_eq!(yg, y, "{s:?}: group forward vs layer-major");
+            let mut dxg = vec![f32::NAN; batch * il];
+            let mut rows_g = vec![f32::NAN; batch * np];
+            let grad = ParamGrad::PerSample {
+                rows: &mut rows_g,
+                stride: np,
+                offset: 0,
+            };
+            conv2d_backward_group(&s, &cols, &p32, &dy32, Some(&mut dxg), grad, &mut work).unwrap();
+            assert_eq!(dxg, dx, "{s:?}: group dx vs layer-major");
+            assert_eq!(rows_g, rows, "{s:?}: group per-sample rows vs layer-major");
+            let mut y_old = vec![f32::NAN; batch * ol];
+            let mut work_old = vec![0f32; lw];
+            igemm::with_old_path(|| {
+                conv2d_forward_group(&s, &x32, &p32, &mut y_old, &mut cols, &mut work_old)
+            })
+            .unwrap();
+            check_new_old_ref(&format!("conv y {s:?}"), g.col_rows(), &yg, &y_old, &y64);
+        }
+        let convt = [
+            (11, 128, 7, 7, 64, 4, 2, 1),
+            (1, 3, 5, 6, 4, 3, 1, 0),
+            (5, 6, 6, 5, 7, 5, 3, 2),
+            (3, 512, 7, 7, 256, 4, 2, 1),
+        ];
+        for (batch, cin, h, w, cout, k, stride, pad) in convt {
+            let s = ConvTranspose2dShape {
+                batch,
+                cin,
+                h,
+                w,
+                cout,
+                k,
+                stride,
+                pad,
+                bias: true,
+            };
+            let g = s.geom().unwrap();
+            assert!(packs_weight::<f32>(&g), "{s:?} does not pack its weight");
+            let (il, ol, np) = (cin * h * w, g.in_len(), s.num_params());
+            let (x, p, dy) = (
+                wave(batch * il, 0.37),
+                wave(np, 0.11),
+                wave(batch * ol, 0.23),
+            );
+            let (x32, p32, dy32) = (to32(&x), to32(&p), to32(&dy));
+            let mut scr64 = vec![0.0; s.scratch_len(1).unwrap() + np];
+            let mut y64 = vec![f64::NAN; batch * ol];
+            conv_transpose2d_forward(&s, &x, &p, &mut y64, &mut scr64).unwrap();
+            let mut dx64 = vec![f64::NAN; batch * il];
+            conv_transpose2d_backward(
+                &s,
+                &x,
+                &p,
+                &dy,
+                Some(&mut dx64),
+                ParamGrad::None,
+                &mut scr64,
+            )
+            .unwrap();
+            // One chunk: this thread, where igemm::calls() counts.
+            let mut scr = vec![0f32; s.work_len(&g)];
+            let mut y = vec![f32::NAN; batch * ol];
+            let calls = igemm::calls();
+            conv_transpose2d_forward(&s, &x32, &p32, &mut y, &mut scr).unwrap();
+            assert!(
+                igemm::calls() > calls,
+                "{s:?}: the forward took the old path"
+            );
+            let mut y_old = vec![f32::NAN; batch * ol];
+            igemm::with_old_path(|| conv_transpose2d_forward(&s, &x32, &p32, &mut y_old, &mut scr))
+                .unwrap();
+            check_new_old_ref(&format!("convT y {s:?}"), cin, &y, &y_old, &y64);
+            // Each example's output equals its batch of one.
+            let one = ConvTranspose2dShape { batch: 1, ..s };
+            let mut scr1 = vec![0f32; one.scratch_len(1).unwrap()];
+            for j in [0, batch - 1] {
+                let mut yj = vec![f32::NAN; ol];
+                conv_transpose2d_forward(
+                    &one,
+                    &x32[j * il..(j + 1) * il],
+                    &p32,
+                    &mut yj,
+                    &mut scr1,
+                )
+                .unwrap();
+                assert_eq!(
+                    yj,
+                    y[j * ol..(j + 1) * ol],
+                    "{s:?}: example {j} vs batch of one"
+                );
+            }
+            // dx beside per-sample gradients (materialised columns, packed W) against the
+            // old path, f64, and the summed path's dx (gathered columns): the same bits.
+            let mut rows = vec![f32::NAN; batch * np];
+            let mut dx = vec![f32::NAN; batch * il];
+            let grad = ParamGrad::PerSample {
+                rows: &mut rows,
+                stride: np,
+                offset: 0,
+            };
+            let calls = igemm::calls();
+            conv_transpose2d_backward(&s, &x32, &p32, &dy32, Some(&mut dx), grad, &mut scr)
+                .unwrap();
+            assert!(igemm::calls() > calls, "{s:?}: dx took the old path");
+            let mut rows_old = vec![f32::NAN; batch * np];
+            let mut dx_old = vec![f32::NAN; batch * il];
+            igemm::with_old_path(|| {
+                let grad = ParamGrad::PerSample {
+                    rows: &mut rows_old,
+                    stride: np,
+                    offset: 0,
+                };
+                conv_transpose2d_backward(&s, &x32, &p32, &dy32, Some(&mut dx_old), grad, &mut scr)
+            })
+            .unwrap();
+            check_new_old_ref(
+                &format!("convT dx {s:?}"),
+                g.col_rows(),
+                &dx,
+                &dx_old,
+                &dx64,
+            );
+            assert_eq!(rows, rows_old, "{s:?}: per-sample rows (unchanged path)");
+            let mut sum = vec![f32::NAN; np];
+            let mut dx_sum = vec![f32::NAN; batch * il];
+            let grad = ParamGrad::Sum {
+                grad: &mut sum,
+                accumulate: false,
+            };
+            let mut scr = vec![0f32; s.scratch_len(2).unwrap() + 2 * np];
+            conv_transpose2d_backward(&s, &x32, &p32, &dy32, Some(&mut dx_sum), grad, &mut scr)
+                .unwrap();
+            assert_eq!(
+                dx_sum, dx,
+                "{s:?}: dx of the summed path vs the per-sample path"
+            );
         }
     }
 

@@ -6,8 +6,8 @@
 //! Safe Rust: a 6 × 32 register tile of fixed-size arrays whose inner loop the compiler turns
 //! into AVX-512 FMAs in the `multiversion` clone (12 accumulator registers of 16 f32, A
 //! broadcast from memory, B two 16-wide loads), packed A panels (`MR` rows, `KC` deep) streamed
-//! from L2, one packed B panel (`KC × NR`, 32 KiB in f32) kept in L1 while every A panel passes
-//! over it (BLIS's loop order). Used only where [`available`] (an x86-64 CPU with AVX-512F/VL,
+//! from L2 or L3, a block of `NB` packed B panels (`KC × NR`, 32 KiB each in f32) kept in L2,
+//! each A panel passing over all of them from L1. Used only where [`available`] (an x86-64 CPU with AVX-512F/VL,
 //! AVX2 and FMA, and not the `baseline-cpu` build); elsewhere the callers keep the im2col +
 //! `matrixmultiply` path. (A 6 × 16 AVX2 tile of the same code ran at ~100 GFLOP/s on this
 //! project's Zen 5 VM against `matrixmultiply`'s ~190, and 12 × 16 in AVX-512 much slower:
@@ -85,8 +85,14 @@ pub(crate) fn packed_a_len(m: usize, k: usize) -> usize {
     m.div_ceil(MR) * MR * k
 }
 
-/// Elements of the packed B panel (`KC × NR`, plus the 8-value overhang of the last run copy).
-pub(crate) const PACKED_B_LEN: usize = KC * NR + 8;
+/// B panels packed together: each packed A panel passes over `NB` B panels (`NB·NR` columns)
+/// while it is in L1, so a tall A (a weight of 2048–4096 rows, 2–4 MiB per `KC` block, more
+/// than L2) is read from L3 once per `NB·NR` columns instead of once per `NR`.
+const NB: usize = 4;
+
+/// Elements of the packed B block (`NB` panels of `KC × NR`, plus the 8-value overhang of the
+/// last run copy).
+pub(crate) const PACKED_B_LEN: usize = NB * KC * NR + 8;
 
 /// Packs `A` (`m × k`, element `(i, p)` at `a[i·rsa + p·csa]`) for [`gemm_gather`]: for each
 /// block of `KC` columns of A (the last one shorter), its `MR`-row panels, each `kc × MR`
@@ -186,7 +192,8 @@ fn pack_b_panel<T: Real>(q: &[usize; NR], src: &[T], po: &[usize], bpack: &mut [
 /// [`PACKED_B_LEN`].
 ///
 /// Summation order: `KC`-deep blocks, each summed in one running FMA chain per entry, the
-/// blocks added in order (equal to any other order within f32 rounding).
+/// blocks added in order (equal to any other order within f32 rounding; the same order as
+/// [`gemm_packed_a`], whatever `n` or the column a value lands in).
 /// Crate-internal: callers size every slice; an offset outside `src` is a bug and panics.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(
@@ -207,6 +214,86 @@ pub(crate) fn gemm_gather<T: Real>(
     #[cfg(test)]
     CALLS.with(|c| c.set(c.get() + 1));
     let (k, n) = (po.len(), qo.len());
+    gemm_core(
+        m,
+        k,
+        n,
+        apack,
+        c,
+        rsc,
+        accumulate,
+        bpack,
+        |p0, kc, j0, nr, bp| {
+            // Columns past n read offset qo[j0] again: computed, never stored.
+            let mut q = [qo[j0]; NR];
+            q[..nr].copy_from_slice(&qo[j0..j0 + nr]);
+            pack_b_panel(&q, src, &po[p0..p0 + kc], bp);
+        },
+    );
+}
+
+/// `C ← A·B` (or `C += A·B` with `accumulate`) for a plain row-major `B` (`k × n`, `B[p, j]`
+/// at `b[p·ldb + j]`), `A` packed by [`pack_a`] (`m × k`) — typically a layer's weight,
+/// packed once per layer call and shared by every micro-batch and thread. `C` and `bpack` as
+/// in [`gemm_gather`], and the same kernel and summation order: a product equals the
+/// [`gemm_gather`] of the same values bit for bit.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(
+    not(feature = "baseline-cpu"),
+    multiversion::multiversion(targets("x86_64+avx2+fma+avx512f+avx512vl"))
+)]
+pub(crate) fn gemm_packed_a<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    apack: &[T],
+    b: &[T],
+    ldb: usize,
+    c: &mut [T],
+    rsc: usize,
+    accumulate: bool,
+    bpack: &mut [T],
+) {
+    #[cfg(test)]
+    CALLS.with(|c| c.set(c.get() + 1));
+    gemm_core(
+        m,
+        k,
+        n,
+        apack,
+        c,
+        rsc,
+        accumulate,
+        bpack,
+        |p0, kc, j0, nr, bp| {
+            // Columns past n keep what the panel held: computed, never stored.
+            for (p, out) in bp.chunks_exact_mut(NR).take(kc).enumerate() {
+                let row = &b[(p0 + p) * ldb + j0..][..nr];
+                out[..nr].copy_from_slice(row);
+            }
+        },
+    );
+}
+
+/// The loops of [`gemm_gather`] and [`gemm_packed_a`]: for each `KC` block of the depth and
+/// each block of `NB` panels of `NR` columns, `pack(p0, kc, j0, nr, bpack)` fills each
+/// `kc × NR` B panel (columns `j0 .. j0 + nr` valid; it may write 8 values past its panel,
+/// into the next one, packed after it), then every packed A panel passes over the block's
+/// panels. Each entry of C is one `KC`-deep FMA chain per depth block, whatever the blocking
+/// of the columns.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm_core<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    apack: &[T],
+    c: &mut [T],
+    rsc: usize,
+    accumulate: bool,
+    bpack: &mut [T],
+    mut pack: impl FnMut(usize, usize, usize, usize, &mut [T]),
+) {
     let mp = m.div_ceil(MR) * MR;
     if m == 0 || n == 0 {
         return;
@@ -224,26 +311,59 @@ pub(crate) fn gemm_gather<T: Real>(
         let kc = KC.min(k - p0);
         let ablk = &apack[p0 * mp..p0 * mp + kc * mp];
         let add = accumulate || p0 > 0;
-        for j0 in (0..n).step_by(NR) {
-            let nr = NR.min(n - j0);
-            // Columns past n read offset qo[j0] again: computed, never stored.
-            let mut q = [qo[j0]; NR];
-            q[..nr].copy_from_slice(&qo[j0..j0 + nr]);
-            pack_b_panel(&q, src, &po[p0..p0 + kc], bpack);
+        for jb in (0..n).step_by(NB * NR) {
+            let panels = (NB * NR).min(n - jb).div_ceil(NR);
+            for q in 0..panels {
+                let j0 = jb + q * NR;
+                pack(p0, kc, j0, NR.min(n - j0), &mut bpack[q * KC * NR..]);
+            }
             for (ir, apanel) in ablk.chunks_exact(kc * MR).enumerate() {
-                let acc = tile(kc, apanel, bpack);
                 let rows = MR.min(m - ir * MR);
-                for (i, ai) in acc.iter().enumerate().take(rows) {
-                    let crow = &mut c[(ir * MR + i) * rsc + j0..][..nr];
-                    if add {
-                        for (d, v) in crow.iter_mut().zip(ai) {
-                            *d += *v;
+                for q in 0..panels {
+                    let j0 = jb + q * NR;
+                    let nr = NR.min(n - j0);
+                    let acc = tile(kc, apanel, &bpack[q * KC * NR..]);
+                    for (i, ai) in acc.iter().enumerate().take(rows) {
+                        let crow = &mut c[(ir * MR + i) * rsc + j0..][..nr];
+                        if add {
+                            for (d, v) in crow.iter_mut().zip(ai) {
+                                *d += *v;
+                            }
+                        } else {
+                            crow.copy_from_slice(&ai[..nr]);
                         }
-                    } else {
-                        crow.copy_from_slice(&ai[..nr]);
                     }
                 }
             }
+        }
+    }
+}
+
+std::thread_local! {
+    /// This thread's buffer of packed weights (f32; see [`with_pack_buf`]).
+    static PACK_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a buffer of `len` values (contents unspecified) for a layer's packed weight:
+/// this thread's reusable f32 buffer (grown as needed, kept between calls, so a layer call
+/// does not allocate and fault in megabytes), or a fresh one for f64 or when this thread's is
+/// in use (a layer call nested in another's parallel chunks by work stealing).
+pub(crate) fn with_pack_buf<T: Real, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    let mut f = Some(f);
+    let r = PACK_BUF.with(|cell| {
+        let mut guard = cell.try_borrow_mut().ok()?;
+        let v = (&mut *guard as &mut dyn std::any::Any).downcast_mut::<Vec<T>>()?;
+        if v.len() < len {
+            v.resize(len, T::ZERO);
+        }
+        let f = f.take().expect("called once");
+        Some(f(&mut v[..len]))
+    });
+    match r {
+        Some(r) => r,
+        None => {
+            let f = f.take().expect("not called");
+            f(&mut vec![T::ZERO; len])
         }
     }
 }
@@ -343,6 +463,92 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// `gemm_packed_a` (plain row-major B, wider than `n`: `ldb = n + 3`) against the f64
+/// definition, and bit-identical to `gemm_gather` on the same values (same kernel and order);
+/// the panel's stale columns (a `bpack` full of NaN) never reach C.
+#[cfg(test)]
+mod packed_a_tests {
+    use super::*;
+
+    #[test]
+    fn gemm_packed_a_matches_definition_and_gather() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (5, 7, 3),
+            (6, 16, 33),
+            (13, 300, 37),
+            (64, 513, 50),
+            (7, 1030, 17),
+        ] {
+            let ldb = n + 3;
+            let wave = |len: usize, a: f64| -> Vec<f64> {
+                (0..len)
+                    .map(|i| ((i as f64 * a).sin() * 1e4).sin())
+                    .collect()
+            };
+            let (a, b, c0) = (
+                wave(m * k, 0.37),
+                wave(k * ldb, 0.11),
+                wave(m * (n + 2), 0.5),
+            );
+            let want = |i: usize, j: usize| -> f64 {
+                (0..k).map(|p| a[i * k + p] * b[p * ldb + j]).sum::<f64>()
+            };
+            for accumulate in [false, true] {
+                let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+                let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+                let mut ap = vec![0f32; packed_a_len(m, k)];
+                pack_a(m, k, &a32, k, 1, &mut ap);
+                let mut bp = vec![f32::NAN; PACKED_B_LEN];
+                let mut c: Vec<f32> = c0.iter().map(|&v| v as f32).collect();
+                gemm_packed_a(m, k, n, &ap, &b32, ldb, &mut c, n + 2, accumulate, &mut bp);
+                let po: Vec<usize> = (0..k).map(|p| p * ldb).collect();
+                let qo: Vec<usize> = (0..n).collect();
+                let mut cg: Vec<f32> = c0.iter().map(|&v| v as f32).collect();
+                gemm_gather(m, &ap, &b32, &po, &qo, &mut cg, n + 2, accumulate, &mut bp);
+                assert_eq!(c, cg, "{m}x{k}x{n}: packed-A and gather products differ");
+                let tol = 1e-6 * k as f64 + 1e-6;
+                for i in 0..m {
+                    for j in 0..n + 2 {
+                        let idx = i * (n + 2) + j;
+                        let w = if j >= n {
+                            c0[idx]
+                        } else if accumulate {
+                            c0[idx] + want(i, j)
+                        } else {
+                            want(i, j)
+                        };
+                        assert!(
+                            (c[idx] as f64 - w).abs() < tol,
+                            "{m}x{k}x{n} ({i},{j}): {} vs {w}",
+                            c[idx]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The thread's buffer serves f32 calls; a nested call (buffer in use) and f64 get a
+    /// fresh one of the asked length.
+    #[test]
+    fn pack_buf_nests_and_serves_f64() {
+        with_pack_buf::<f32, _>(100, |outer| {
+            assert_eq!(outer.len(), 100);
+            outer.fill(1.0);
+            with_pack_buf::<f32, _>(7, |inner| {
+                assert_eq!(inner.len(), 7);
+                inner.fill(2.0);
+            });
+            assert!(
+                outer.iter().all(|&v| v == 1.0),
+                "nested call wrote the outer buffer"
+            );
+        });
+        with_pack_buf::<f64, _>(9, |b| assert_eq!(b.len(), 9));
     }
 }
 
